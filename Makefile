@@ -1,0 +1,31 @@
+# Two commands set everything up: `make demo` and `make test`. Both create .venv when needed and are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# Meltano runs the plugins' executables from the project's own environment, so its bin must be on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install demo test lint typecheck clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/cdp demo
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy plugins taps targets transforms loaders activators schema_registry
+
+clean:
+	rm -rf $(VENV) data .meltano/run .meltano/logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Activators that export audiences to marketing channels (email, Facebook, Google Ads)."""

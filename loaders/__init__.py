@@ -1,0 +1,1 @@
+"""Loaders from curated Parquet into PostgreSQL and Elasticsearch (registered through the ``cdp_loaders`` hook)."""

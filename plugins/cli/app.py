@@ -1,0 +1,69 @@
+"""The ``cdp`` command: exit 0 on success, 1 on failure, 2 on a usage error; errors are one line unless --debug."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from plugins.cli import demo_cmd, plugins_cmd, sandbox_cmd
+from plugins.cli.output import print_error
+from plugins.errors import CdpError
+
+app = typer.Typer(
+    name="cdp",
+    help="Customer data platform connectors: plugins, sandboxes, the raw zone and its tools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(plugins_cmd.app, name="plugins")
+app.add_typer(sandbox_cmd.app, name="sandbox")
+app.command("demo")(demo_cmd.demo)
+
+_debug = False
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", envvar="CDP_DEBUG", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the ``cdp`` console script)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("CDP_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        result = app(args=args, prog_name="cdp", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # Usage errors exit 2, as click defines them.
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print_error("aborted")
+        return 1
+    except CdpError as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(str(exc))
+        return 1
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print_error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

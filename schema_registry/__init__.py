@@ -1,0 +1,1 @@
+"""The versioned schema registry: subjects ``{tenant}/{provider}/{stream}`` with JSON Schema versions."""

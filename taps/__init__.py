@@ -1,0 +1,1 @@
+"""Source taps: one sub-package per provider, each registered through the ``cdp`` entry-point group."""

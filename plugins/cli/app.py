@@ -8,7 +8,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from plugins.cli import demo_cmd, plugins_cmd, sandbox_cmd
@@ -43,13 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("CDP_DEBUG", "").lower() in ("1", "true", "yes")
     try:
-        result = app(args=args, prog_name="cdp", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:  # Usage errors exit 2, as click defines them.
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Standalone mode: typer prints usage errors and exits 2, and turns typer.Exit into SystemExit.
+        app(args=args, prog_name="cdp")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
         print_error("aborted")
         return 1
     except CdpError as exc:
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print_error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":

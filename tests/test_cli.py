@@ -1,0 +1,64 @@
+"""CLI conventions: exit codes 0/1/2, one-line errors (tracebacks only with --debug), --json output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugins.zones import Zone, resolve_zone_url
+
+CDP = str(Path(sys.executable).parent / "cdp")
+
+
+def cdp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CDP, *args], capture_output=True, text=True, check=False, env=os.environ.copy())
+
+
+def test_plugins_list_json_shows_the_built_ins() -> None:
+    result = cdp("plugins", "list", "--json")
+    assert result.returncode == 0
+    names = {entry["name"]: entry["kinds"] for entry in json.loads(result.stdout)}
+    assert names["tap-stripe"] == ["source"]
+    assert names["target-s3raw"] == ["destination"]
+
+
+def test_plugins_list_prints_a_table_for_people() -> None:
+    result = cdp("plugins", "list")
+    assert result.returncode == 0
+    assert "tap-stripe" in result.stdout
+    assert "cdp_sources" in result.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    result = cdp("plugins", "list", "--no-such-option")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr
+
+
+def test_failures_exit_1_with_one_line_on_stderr() -> None:
+    result = cdp("sandbox", "serve", "nosuch")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["error: no source plugin named 'nosuch' (known: stripe)"] or (
+        len(result.stderr.strip().splitlines()) == 1 and "no source plugin named 'nosuch'" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = cdp("--debug", "sandbox", "serve", "nosuch")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("zone", list(Zone))
+def test_zone_urls_resolve_option_then_environment_then_default(zone: Zone, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(zone.env_var, raising=False)
+    assert resolve_zone_url(zone) == f"data/{zone.value}"
+    monkeypatch.setenv(zone.env_var, f"s3://bucket/{zone.value}")
+    assert resolve_zone_url(zone) == f"s3://bucket/{zone.value}"
+    assert resolve_zone_url(zone, "/explicit") == "/explicit"

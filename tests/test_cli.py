@@ -62,3 +62,37 @@ def test_zone_urls_resolve_option_then_environment_then_default(zone: Zone, monk
     monkeypatch.setenv(zone.env_var, f"s3://bucket/{zone.value}")
     assert resolve_zone_url(zone) == f"s3://bucket/{zone.value}"
     assert resolve_zone_url(zone, "/explicit") == "/explicit"
+
+
+def test_sandbox_serve_answers_the_providers_protocol() -> None:
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [CDP, "sandbox", "serve", "stripe", "--port", str(port), "--records", "7"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/customers"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = requests.get(url, headers={"Authorization": "Bearer sk_test_cdp_sandbox"}, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "sandbox did not start"
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert len(response.json()["data"]) == 7
+        assert requests.get(url, timeout=2).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

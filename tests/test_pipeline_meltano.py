@@ -27,7 +27,8 @@ def meltano_project(tmp_path: Path) -> Path:
 
 
 def _run(project: Path, sandbox: SandboxServer, raw_url: str | None = None) -> None:
-    env = {"TAP_STRIPE_API_URL": sandbox.url}
+    # Only customers: tap-stripe has nine streams; this test is about the pipeline and its state, not the tap.
+    env = {"TAP_STRIPE_API_URL": sandbox.url, "TAP_STRIPE__SELECT": '["customers.*"]'}
     if raw_url:
         env["TARGET_S3RAW_RAW_URL"] = raw_url
     run_meltano(["run", "tap-stripe", "target-s3raw"], project_root=project, extra_env=env, capture=True, timeout=240)
@@ -58,10 +59,11 @@ def test_meltano_run_lands_every_sandbox_record_locally_then_resumes_from_state(
     assert record["object"] == "customer"  # the record's own properties land unchanged
     assert (meltano_project / ".meltano" / "state").is_dir()
 
-    # A second run starts from the bookmark: only the boundary record (Singer's >= semantics) comes again.
+    # A second run starts from the bookmark (tap-stripe checkpoints after each complete 'created' window, past the
+    # newest customer), so nothing comes again.
     _run(meltano_project, stripe_sandbox)
     second = {k: v for k, v in _landed(store).items() if k not in first}
-    assert sum(len(v) for v in second.values()) == 1
+    assert sum(len(v) for v in second.values()) == 0
 
 
 def test_meltano_run_lands_records_on_s3(meltano_project: Path, stripe_sandbox: SandboxServer, s3_url: str) -> None:

@@ -7,6 +7,7 @@ from plugins.descriptors import SourceDescriptor
 from taps.stripe.sandbox import create_sandbox
 from taps.stripe.streams import STREAM_TYPES
 from taps.stripe.tap import TapStripe
+from taps.stripe.webhook import StripeWebhookHandler
 
 
 @hookimpl
@@ -16,7 +17,8 @@ def cdp_sources() -> list[SourceDescriptor]:
             name="stripe",
             tap_class=TapStripe,
             streams=[stream.name for stream in STREAM_TYPES],  # type: ignore[misc]  # SDK types name per instance
-            description="Stripe payments: customers through the list API, incremental on 'created'.",
+            description="Stripe payments: nine list endpoints in created windows, updates through events.",
             sandbox=create_sandbox,
+            webhook_handler=StripeWebhookHandler(),
         )
     ]

@@ -2,36 +2,76 @@
 
 It follows Stripe's documented protocol, not our tap's convenience:
 - auth: ``Authorization: Bearer <key>`` or HTTP Basic with the key as user name; 401 otherwise;
-- lists: ``GET /v1/<objects>`` newest first, ``limit`` 1..100 (default 10), ``starting_after`` / ``ending_before``
-  object ids (mutually exclusive), ``created`` as an exact Unix time or ``created[gt|gte|lt|lte]``; unknown parameters
-  are rejected with 400 as Stripe does; responses ``{"object": "list", "url", "has_more", "data"}``;
-- create: ``POST /v1/customers`` with a form-encoded body;
-- errors: ``{"error": {"type", "code", "message", "param", "doc_url"}}`` and a ``Request-Id`` header;
-- faults (``SandboxOptions.faults``): ``rate_limit_every`` (every Nth request answers 429 ``rate_limit``),
-  ``server_error_every`` (every Nth answers 500 ``api_error``).
+- lists: ``GET /v1/{customers,charges,invoices,subscriptions,payment_intents,products,prices,refunds,events}``, newest
+  first (they cannot be sorted otherwise), ``limit`` 1..100 (default 10), ``starting_after`` / ``ending_before`` object
+  ids (mutually exclusive), ``created`` as an exact Unix time or ``created[gt|gte|lt|lte]``, plus each list's own
+  filters (``customer``, ``status``, ``active``, ``type``...); unknown parameters are rejected with 400 as Stripe does;
+  responses ``{"object": "list", "url", "has_more", "data"}``; expandable fields are ids unless ``expand[]`` is given
+  (the sandbox accepts ``expand[]`` but, like a fresh Stripe account without the right permissions, never expands);
+- subscriptions: without ``status``, canceled subscriptions are left out (``status=all`` includes them);
+- events: only the last 30 days are listed (Stripe's retention), filterable by ``type`` (``*`` wildcards) or
+  ``types[]``; creating or updating a customer emits ``customer.created`` / ``customer.updated``;
+- create/update: ``POST /v1/customers`` (created now) and ``POST /v1/customers/{id}`` with a form-encoded body;
+- errors: ``{"error": {"type", "code", "message", "param", "doc_url"}}`` and a ``Request-Id`` header.
+
+Synthetic data: ``SandboxOptions.records`` customers, payment intents and charges (one charge each); a tenth as many
+products (two prices each) and refunds; half as many subscriptions and invoices; events for recent changes. Same seed,
+same objects. Objects are created one hour apart from 2024-01-01; events fall in the last 30 days.
+
+Faults (``SandboxOptions.faults``), counted per path so each list can be targeted (``fault_paths``: only these paths):
+- ``rate_limit_every`` N (+ ``rate_limit_burst`` K, default 1): the last K of every N requests answer 429 with
+  ``code: rate_limit``, as Stripe does (Stripe sends no Retry-After);
+- ``server_error_every`` N (+ ``server_error_burst``): 500 ``api_error``;
+- ``slow_every`` N (+ ``slow_burst``, ``slow_seconds`` default 2): the answer comes late (client timeouts);
+- ``malformed_every`` N (+ ``malformed_burst``): a 200 whose JSON body is cut off mid-page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import copy
+import fnmatch
 import random
 import threading
+import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
-from plugins.synthetic import object_id, person
+from plugins.synthetic import SyntheticPerson, object_id, person
 
 DEFAULT_API_KEY = "sk_test_cdp_sandbox"
 FIRST_CREATED = 1_704_067_200  # 2024-01-01T00:00:00Z
-LIST_PARAMS = {"limit", "starting_after", "ending_before", "created", "expand[]"}
+EVENT_RETENTION_SECONDS = 30 * 86_400
+API_VERSION = "2024-06-20"
+PAGINATION_PARAMS = {"limit", "starting_after", "ending_before", "created", "expand"}
 CREATED_OPERATORS = ("gt", "gte", "lt", "lte")
+FAULTS = ("rate_limit", "server_error", "slow", "malformed")
+
+# The filters each list accepts beyond pagination and ``created`` (Stripe's API reference).
+LIST_FILTERS: dict[str, set[str]] = {
+    "customers": {"email", "test_clock"},
+    "charges": {"customer", "payment_intent", "transfer_group"},
+    "invoices": {"customer", "status", "subscription", "collection_method", "due_date"},
+    "subscriptions": {"customer", "price", "status", "collection_method", "test_clock"},
+    "payment_intents": {"customer"},
+    "products": {"active", "ids", "shippable", "url"},
+    "prices": {"active", "currency", "product", "type", "lookup_keys", "recurring"},
+    "refunds": {"charge", "payment_intent"},
+    "events": {"type", "types", "delivery_success"},
+}
+OBJECT_TYPES = tuple(LIST_FILTERS)
 
 
 class StripeError(Exception):
@@ -56,15 +96,17 @@ class StripeError(Exception):
                 "message": str(self),
                 "code": self.code,
                 "param": self.param,
-                "doc_url": f"https://stripe.com/docs/error-codes/{self.code}" if self.code else None,
+                "doc_url": f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}" if self.code else None,
             }
         }
         return JSONResponse(body, status_code=self.status)
 
 
-def _customer(rng: random.Random, index: int, created: int) -> dict[str, Any]:
-    who = person(rng, index)
-    address = {
+# -- synthetic objects ------------------------------------------------------------------------------------------
+
+
+def _address(who: SyntheticPerson) -> dict[str, Any]:
+    return {
         "city": who.city,
         "country": who.country,
         "line1": who.line1,
@@ -72,6 +114,11 @@ def _customer(rng: random.Random, index: int, created: int) -> dict[str, Any]:
         "postal_code": who.postal_code,
         "state": who.state,
     }
+
+
+def _customer(rng: random.Random, index: int, created: int) -> dict[str, Any]:
+    who = person(rng, index)
+    address = _address(who)
     return {
         "id": object_id("cus", rng),
         "object": "customer",
@@ -98,28 +145,471 @@ def _customer(rng: random.Random, index: int, created: int) -> dict[str, Any]:
     }
 
 
+_PRODUCT_NAMES = [
+    "Starter plan",
+    "Pro plan",
+    "Équipe",
+    "Enterprise seat",
+    "Add-on: SSO",
+    "Café beans 1 kg",
+    "Gift card",
+]
+
+
+def _product(rng: random.Random, index: int, created: int) -> dict[str, Any]:
+    return {
+        "id": object_id("prod", rng),
+        "object": "product",
+        "active": rng.random() > 0.1,
+        "created": created,
+        "default_price": None,
+        "description": rng.choice([None, "Billed monthly", "Données hébergées en UE"]),
+        "images": [],
+        "livemode": False,
+        "marketing_features": [],
+        "metadata": {"sku": f"SKU-{index:05d}"},
+        "name": f"{rng.choice(_PRODUCT_NAMES)} #{index}",
+        "package_dimensions": None,
+        "shippable": None,
+        "statement_descriptor": None,
+        "tax_code": None,
+        "type": "service",
+        "unit_label": None,
+        "updated": created,
+        "url": None,
+    }
+
+
+def _price(rng: random.Random, product: dict[str, Any], created: int, recurring: bool) -> dict[str, Any]:
+    amount = rng.choice([500, 999, 1900, 4900, 12000])
+    return {
+        "id": object_id("price", rng, 24),
+        "object": "price",
+        "active": product["active"],
+        "billing_scheme": "per_unit",
+        "created": created,
+        "currency": rng.choice(["usd", "eur"]),
+        "custom_unit_amount": None,
+        "livemode": False,
+        "lookup_key": None,
+        "metadata": {},
+        "nickname": None,
+        "product": product["id"],
+        "recurring": {
+            "aggregate_usage": None,
+            "interval": rng.choice(["month", "year"]),
+            "interval_count": 1,
+            "meter": None,
+            "trial_period_days": None,
+            "usage_type": "licensed",
+        }
+        if recurring
+        else None,
+        "tax_behavior": "unspecified",
+        "tiers_mode": None,
+        "transform_quantity": None,
+        "type": "recurring" if recurring else "one_time",
+        "unit_amount": amount,
+        "unit_amount_decimal": str(amount),
+    }
+
+
+def _payment_intent_and_charge(
+    rng: random.Random, customer: dict[str, Any], created: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    amount = rng.randrange(100, 50_000)
+    currency = customer["currency"] or "usd"
+    succeeded = rng.random() > 0.08
+    pi_id, ch_id, pm_id = object_id("pi", rng, 24), object_id("ch", rng, 24), object_id("pm", rng, 24)
+    intent = {
+        "id": pi_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_capturable": 0,
+        "amount_details": {"tip": {}},
+        "amount_received": amount if succeeded else 0,
+        "application": None,
+        "application_fee_amount": None,
+        "automatic_payment_methods": {"allow_redirects": "always", "enabled": True},
+        "canceled_at": None,
+        "cancellation_reason": None,
+        "capture_method": "automatic",
+        "client_secret": f"{pi_id}_secret_{object_id('x', rng, 20)[2:]}",
+        "confirmation_method": "automatic",
+        "created": created,
+        "currency": currency,
+        "customer": customer["id"],
+        "description": None,
+        "invoice": None,
+        "last_payment_error": None
+        if succeeded
+        else {"code": "card_declined", "decline_code": "insufficient_funds", "message": "Your card was declined."},
+        "latest_charge": ch_id,
+        "livemode": False,
+        "metadata": {},
+        "next_action": None,
+        "on_behalf_of": None,
+        "payment_method": pm_id,
+        "payment_method_types": ["card"],
+        "receipt_email": customer["email"],
+        "review": None,
+        "setup_future_usage": None,
+        "shipping": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "succeeded" if succeeded else "requires_payment_method",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+    charge = {
+        "id": ch_id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount if succeeded else 0,
+        "amount_refunded": 0,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": object_id("txn", rng, 24) if succeeded else None,
+        "billing_details": {
+            "address": customer["address"],
+            "email": customer["email"],
+            "name": customer["name"],
+            "phone": customer["phone"],
+        },
+        "calculated_statement_descriptor": "CDP SANDBOX",
+        "captured": succeeded,
+        "created": created,
+        "currency": currency,
+        "customer": customer["id"],
+        "description": None,
+        "disputed": False,
+        "failure_balance_transaction": None,
+        "failure_code": None if succeeded else "card_declined",
+        "failure_message": None if succeeded else "Your card was declined.",
+        "fraud_details": {},
+        "invoice": None,
+        "livemode": False,
+        "metadata": {},
+        "on_behalf_of": None,
+        "outcome": {
+            "network_status": "approved_by_network" if succeeded else "declined_by_network",
+            "reason": None if succeeded else "insufficient_funds",
+            "risk_level": "normal",
+            "risk_score": rng.randrange(0, 65),
+            "seller_message": "Payment complete." if succeeded else "The bank returned the decline code.",
+            "type": "authorized" if succeeded else "issuer_declined",
+        },
+        "paid": succeeded,
+        "payment_intent": pi_id,
+        "payment_method": pm_id,
+        "payment_method_details": {
+            "card": {
+                "brand": rng.choice(["visa", "mastercard", "amex"]),
+                "country": customer["address"]["country"],
+                "exp_month": rng.randrange(1, 13),
+                "exp_year": rng.randrange(2026, 2032),
+                "funding": rng.choice(["credit", "debit"]),
+                "last4": f"{rng.randrange(10**4):04d}",
+                "network": "visa",
+            },
+            "type": "card",
+        },
+        "receipt_email": customer["email"],
+        "receipt_number": None,
+        "receipt_url": f"https://pay.stripe.com/receipts/{ch_id}",
+        "refunded": False,
+        "review": None,
+        "shipping": None,
+        "source_transfer": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "succeeded" if succeeded else "failed",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+    return intent, charge
+
+
+def _refund(rng: random.Random, charge: dict[str, Any], created: int) -> dict[str, Any]:
+    amount = charge["amount"] if rng.random() < 0.7 else charge["amount"] // 2
+    charge["amount_refunded"] = amount
+    charge["refunded"] = amount == charge["amount"]
+    return {
+        "id": object_id("re", rng, 24),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": object_id("txn", rng, 24),
+        "charge": charge["id"],
+        "created": created,
+        "currency": charge["currency"],
+        "destination_details": {"card": {"reference_status": "available", "type": "refund"}, "type": "card"},
+        "metadata": {},
+        "payment_intent": charge["payment_intent"],
+        "reason": rng.choice(["requested_by_customer", "duplicate", "fraudulent", None]),
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": "succeeded",
+        "transfer_reversal": None,
+    }
+
+
+def _subscription_and_invoice(
+    rng: random.Random, customer: dict[str, Any], price: dict[str, Any], created: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    sub_id, in_id = object_id("sub", rng, 24), object_id("in", rng, 24)
+    period_end = created + (365 if (price["recurring"] or {}).get("interval") == "year" else 30) * 86_400
+    canceled = rng.random() < 0.2
+    status = "canceled" if canceled else rng.choice(["active", "active", "active", "trialing", "past_due"])
+    item_price = copy.deepcopy(price)
+    subscription = {
+        "id": sub_id,
+        "object": "subscription",
+        "application": None,
+        "application_fee_percent": None,
+        "automatic_tax": {"enabled": False, "liability": None},
+        "billing_cycle_anchor": created,
+        "cancel_at": None,
+        "cancel_at_period_end": False,
+        "canceled_at": created + 86_400 if canceled else None,
+        "cancellation_details": {
+            "comment": None,
+            "feedback": "too_expensive" if canceled else None,
+            "reason": "cancellation_requested" if canceled else None,
+        },
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": price["currency"],
+        "current_period_end": period_end,
+        "current_period_start": created,
+        "customer": customer["id"],
+        "days_until_due": None,
+        "default_payment_method": object_id("pm", rng, 24),
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": None,
+        "discounts": [],
+        "ended_at": created + 86_400 if canceled else None,
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": object_id("si", rng),
+                    "object": "subscription_item",
+                    "created": created,
+                    "metadata": {},
+                    "price": item_price,
+                    "quantity": rng.choice([1, 1, 2, 5]),
+                    "subscription": sub_id,
+                    "tax_rates": [],
+                }
+            ],
+            "has_more": False,
+            "total_count": 1,
+            "url": f"/v1/subscription_items?subscription={sub_id}",
+        },
+        "latest_invoice": in_id,
+        "livemode": False,
+        "metadata": {},
+        "pending_setup_intent": None,
+        "pending_update": None,
+        "start_date": created,
+        "status": status,
+        "trial_end": None,
+        "trial_start": None,
+    }
+    amount = price["unit_amount"] * subscription["items"]["data"][0]["quantity"]
+    paid = status != "past_due"
+    invoice = {
+        "id": in_id,
+        "object": "invoice",
+        "account_country": "US",
+        "account_name": "CDP Sandbox, Inc.",
+        "amount_due": amount,
+        "amount_paid": amount if paid else 0,
+        "amount_remaining": 0 if paid else amount,
+        "attempt_count": 1,
+        "attempted": True,
+        "auto_advance": not paid,
+        "billing_reason": "subscription_create",
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": price["currency"],
+        "customer": customer["id"],
+        "customer_email": customer["email"],
+        "customer_name": customer["name"],
+        "description": None,
+        "due_date": None,
+        "hosted_invoice_url": f"https://invoice.stripe.com/i/{in_id}",
+        "invoice_pdf": f"https://pay.stripe.com/invoice/{in_id}/pdf",
+        "lines": {
+            "object": "list",
+            "data": [
+                {
+                    "id": object_id("il", rng, 24),
+                    "object": "line_item",
+                    "amount": amount,
+                    "currency": price["currency"],
+                    "description": f"{subscription['items']['data'][0]['quantity']} x subscription",
+                    "period": {"end": period_end, "start": created},
+                    "price": item_price,
+                    "quantity": subscription["items"]["data"][0]["quantity"],
+                    "subscription": sub_id,
+                    "type": "subscription",
+                }
+            ],
+            "has_more": False,
+            "total_count": 1,
+            "url": f"/v1/invoices/{in_id}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "number": f"{customer['invoice_prefix']}-0001",
+        "paid": paid,
+        "period_end": created,
+        "period_start": created,
+        "status": "paid" if paid else "open",
+        "status_transitions": {
+            "finalized_at": created,
+            "marked_uncollectible_at": None,
+            "paid_at": created + 60 if paid else None,
+            "voided_at": None,
+        },
+        "subscription": sub_id,
+        "subtotal": amount,
+        "tax": None,
+        "total": amount,
+    }
+    return subscription, invoice
+
+
+def _event(
+    rng: random.Random, type_: str, obj: dict[str, Any], created: int, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {
+        "id": object_id("evt", rng, 24),
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": rng.choice([0, 0, 1]),
+        "request": {"id": f"req_{object_id('r', rng)[2:]}", "idempotency_key": str(uuid.UUID(int=rng.getrandbits(128)))}
+        if previous is not None
+        else {"id": None, "idempotency_key": None},
+        "type": type_,
+    }
+
+
 @dataclass
 class StripeState:
-    """The sandbox's objects, newest first, as Stripe lists them."""
+    """The sandbox's objects per type, newest first, as Stripe lists them."""
 
     options: SandboxOptions
-    customers: list[dict[str, Any]] = field(default_factory=list)
+    objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     requests_seen: int = 0
+    requests_by_path: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         rng = random.Random(self.options.seed)
-        created = [FIRST_CREATED + i * 3600 for i in range(self.options.records)]
-        self.customers = [_customer(rng, i, ts) for i, ts in enumerate(created)][::-1]
+        n = max(self.options.records, 1)
+        customers = [_customer(rng, i, FIRST_CREATED + i * 3600) for i in range(n)]
+        products = [_product(rng, i, FIRST_CREATED + i * 3600 + 60) for i in range(max(n // 10, 3))]
+        prices = []
+        for product in products:
+            one_time = _price(rng, product, product["created"] + 1, recurring=False)
+            recurring = _price(rng, product, product["created"] + 2, recurring=True)
+            product["default_price"] = recurring["id"]
+            prices += [one_time, recurring]
+        recurring_prices = [price for price in prices if price["recurring"]]
+        intents, charges = [], []
+        for i, customer in enumerate(customers):
+            intent, charge = _payment_intent_and_charge(rng, customer, customer["created"] + 120 + i % 7)
+            intents.append(intent)
+            charges.append(charge)
+        paid = [charge for charge in charges if charge["paid"]]
+        refunds = [_refund(rng, charge, charge["created"] + 1800) for charge in paid[::10]][: max(n // 10, 1)]
+        subscriptions, invoices = [], []
+        for customer in customers[::2]:
+            sub, inv = _subscription_and_invoice(rng, customer, rng.choice(recurring_prices), customer["created"] + 300)
+            subscriptions.append(sub)
+            invoices.append(inv)
+        self.objects = {
+            "customers": customers,
+            "products": products,
+            "prices": prices,
+            "payment_intents": intents,
+            "charges": charges,
+            "refunds": refunds,
+            "subscriptions": subscriptions,
+            "invoices": invoices,
+        }
+        self.objects["events"] = self._recent_events(rng, n)
+        for name, objects in self.objects.items():
+            self.objects[name] = sorted(objects, key=lambda obj: obj["created"], reverse=True)
         self._rng = rng
+
+    def _recent_events(self, rng: random.Random, n: int) -> list[dict[str, Any]]:
+        """Changes of the last days, as Stripe records them: the newest object states plus what changed."""
+        count = max(n // 2, 1)
+        today = int(time.time()) // 86_400 * 86_400
+        spacing = min(1800, (EVENT_RETENTION_SECONDS - 86_400) // count)
+        events = []
+        for k in range(count):
+            created = today - (count - k) * spacing
+            kind = k % 3
+            if kind == 0:
+                customer = self.objects["customers"][k % len(self.objects["customers"])]
+                old_email = customer["email"]
+                customer["email"] = old_email.replace("@", f"+{k}@")
+                events.append(_event(rng, "customer.updated", customer, created, {"email": old_email}))
+            elif kind == 1:
+                charge = self.objects["charges"][k % len(self.objects["charges"])]
+                events.append(
+                    _event(rng, "charge.succeeded" if charge["paid"] else "charge.failed", charge, created, None)
+                )
+            else:
+                invoice = self.objects["invoices"][k % len(self.objects["invoices"])]
+                events.append(
+                    _event(rng, f"invoice.{'paid' if invoice['paid'] else 'payment_failed'}", invoice, created, None)
+                )
+        return events
+
+    @property
+    def customers(self) -> list[dict[str, Any]]:
+        return self.objects["customers"]
 
     def add_customer(self, fields: dict[str, str]) -> dict[str, Any]:
         with self.lock:
             newest = self.customers[0]["created"] if self.customers else FIRST_CREATED
-            customer = _customer(self._rng, len(self.customers), newest + 1)
+            customer = _customer(self._rng, len(self.customers), max(int(time.time()), newest))
             customer.update({key: value for key, value in fields.items() if key in ("name", "email", "phone")})
             self.customers.insert(0, customer)
+            self._add_event("customer.created", customer, None)
         return customer
+
+    def update_customer(self, customer_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        with self.lock:
+            customer = next((c for c in self.customers if c["id"] == customer_id), None)
+            if customer is None:
+                raise StripeError(404, f"No such customer: '{customer_id}'", code="resource_missing", param="id")
+            changes = {key: value for key, value in fields.items() if key in ("name", "email", "phone")}
+            previous = {key: customer[key] for key in changes if customer[key] != changes[key]}
+            customer.update(changes)
+            if previous:
+                self._add_event("customer.updated", customer, previous)
+        return customer
+
+    def _add_event(self, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        newest = self.objects["events"][0]["created"] if self.objects["events"] else 0
+        self.objects["events"].insert(0, _event(self._rng, type_, obj, max(int(time.time()), newest), previous))
+
+
+# -- protocol -----------------------------------------------------------------------------------------------------
 
 
 def _authorised_key(request: Request) -> str | None:
@@ -144,16 +634,22 @@ def _check_auth(request: Request, state: StripeState) -> None:
         raise StripeError(401, f"Invalid API Key provided: {masked}", code="api_key_invalid")
 
 
-def _inject_faults(state: StripeState) -> None:
+def _fault_for(state: StripeState, path: str) -> str | None:
+    """The fault (if any) this request to ``path`` gets, from the per-path request count."""
+    faults = state.options.faults
     with state.lock:
         state.requests_seen += 1
-        count = state.requests_seen
-    rate_every = state.options.faults.get("rate_limit_every")
-    if rate_every and count % int(rate_every) == 0:
-        raise StripeError(429, "Too many requests hit the API too quickly.", code="rate_limit")
-    error_every = state.options.faults.get("server_error_every")
-    if error_every and count % int(error_every) == 0:
-        raise StripeError(500, "An unknown error occurred.", type_="api_error")
+        state.requests_by_path[path] += 1
+        count = state.requests_by_path[path]
+    paths = faults.get("fault_paths")
+    if paths and path not in paths:
+        return None
+    for fault in FAULTS:
+        every = int(faults.get(f"{fault}_every") or 0)
+        burst = int(faults.get(f"{fault}_burst") or 1)
+        if every and (count - 1) % every >= every - burst:
+            return fault
+    return None
 
 
 def _int_param(name: str, raw: str) -> int:
@@ -176,21 +672,62 @@ def _created_filter(request: Request) -> list[tuple[str, int]]:
     return conditions
 
 
-def _matches(created: int, conditions: list[tuple[str, int]]) -> bool:
-    checks = {
-        "eq": created.__eq__,
-        "gt": created.__gt__,
-        "gte": created.__ge__,
-        "lt": created.__lt__,
-        "lte": created.__le__,
-    }
-    return all(checks[operator](value) for operator, value in conditions)
+_CHECKS: dict[str, Callable[[int, int], bool]] = {
+    "eq": int.__eq__,
+    "gt": int.__gt__,
+    "gte": int.__ge__,
+    "lt": int.__lt__,
+    "lte": int.__le__,
+}
 
 
-def _list_page(request: Request, objects: list[dict[str, Any]], url: str) -> dict[str, Any]:
+def _bool_param(name: str, raw: str) -> bool:
+    if raw not in ("true", "false"):
+        raise StripeError(400, f"Invalid boolean: {raw}", code="parameter_invalid_boolean", param=name)
+    return raw == "true"
+
+
+def _equals(name: str, value: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: obj.get(name) == value
+
+
+def _filters(resource: str, request: Request, now: int) -> list[Callable[[dict[str, Any]], bool]]:
+    """Predicates for the list's own filters (the ones this sandbox models; others are accepted and ignored)."""
+    params = request.query_params
+    predicates: list[Callable[[dict[str, Any]], bool]] = []
+    for name in ("customer", "payment_intent", "charge", "product", "subscription", "currency", "type"):
+        if name in params and name in LIST_FILTERS[resource] and not (resource == "events" and name == "type"):
+            predicates.append(_equals(name, params[name]))
+    if "active" in params:
+        active = _bool_param("active", params["active"])
+        predicates.append(lambda obj: obj.get("active") is active)
+    if resource == "subscriptions":
+        status = params.get("status")
+        if status is None:
+            predicates.append(lambda obj: obj["status"] != "canceled")
+        elif status == "ended":
+            predicates.append(lambda obj: obj["status"] in ("canceled", "incomplete_expired"))
+        elif status != "all":
+            predicates.append(lambda obj: obj["status"] == status)
+    if resource == "invoices" and "status" in params:
+        predicates.append(lambda obj: obj["status"] == params["status"])
+    if resource == "events":
+        if "type" in params and params.getlist("types[]"):
+            raise StripeError(400, "You may pass either `type` or `types`, but not both.", param="types")
+        if "type" in params:
+            pattern = params["type"]
+            predicates.append(lambda obj: fnmatch.fnmatchcase(obj["type"], pattern))
+        types = params.getlist("types[]")
+        if types:
+            predicates.append(lambda obj: obj["type"] in types)
+        predicates.append(lambda obj: obj["created"] >= now - EVENT_RETENTION_SECONDS)
+    return predicates
+
+
+def _list_page(resource: str, request: Request, objects: list[dict[str, Any]]) -> dict[str, Any]:
+    allowed = PAGINATION_PARAMS | LIST_FILTERS[resource]
     for key in request.query_params:
-        base = key.split("[", 1)[0]
-        if base not in {param.split("[", 1)[0] for param in LIST_PARAMS}:
+        if key.split("[", 1)[0] not in allowed:
             raise StripeError(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
     params = request.query_params
     limit = _int_param("limit", params.get("limit", "10"))
@@ -201,7 +738,12 @@ def _list_page(request: Request, objects: list[dict[str, Any]], url: str) -> dic
     if "starting_after" in params and "ending_before" in params:
         raise StripeError(400, "You may only specify one of these parameters: ending_before, starting_after.")
     conditions = _created_filter(request)
-    matching = [obj for obj in objects if _matches(obj["created"], conditions)]
+    predicates = _filters(resource, request, int(time.time()))
+    matching = [
+        obj
+        for obj in objects
+        if all(_CHECKS[op](obj["created"], value) for op, value in conditions) and all(p(obj) for p in predicates)
+    ]
     ids = [obj["id"] for obj in matching]
     if "starting_after" in params:
         cursor = params["starting_after"]
@@ -220,31 +762,62 @@ def _list_page(request: Request, objects: list[dict[str, Any]], url: str) -> dic
     else:
         page = matching[:limit]
         has_more = limit < len(matching)
-    return {"object": "list", "url": url, "has_more": has_more, "data": page}
+    return {"object": "list", "url": f"/v1/{resource}", "has_more": has_more, "data": page}
 
 
 def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
-    """The Stripe sandbox as an ASGI app."""
+    """The Stripe sandbox as an ASGI app (``app.state.stripe`` is its :class:`StripeState`)."""
     state = StripeState(options or SandboxOptions())
+    slow_seconds = float(state.options.faults.get("slow_seconds", 2.0))
 
-    async def customers(request: Request) -> JSONResponse:
+    async def handle(request: Request) -> Response:
         request_id = f"req_{uuid.uuid4().hex[:14]}"
+        resource = request.path_params["resource"]
+        object_id_ = request.path_params.get("object_id")
         try:
+            if resource not in OBJECT_TYPES:
+                raise StripeError(404, f"Unrecognized request URL (GET: /v1/{resource}).")
             _check_auth(request, state)
-            _inject_faults(state)
+            fault = _fault_for(state, request.url.path)
+            if fault == "rate_limit":
+                raise StripeError(
+                    429,
+                    "Too many requests hit the API too quickly. Please retry with exponential backoff.",
+                    code="rate_limit",
+                )
+            if fault == "server_error":
+                raise StripeError(500, "An unknown error occurred.", type_="api_error")
+            if fault == "slow":
+                await asyncio.sleep(slow_seconds)
             if request.method == "POST":
-                form = await request.form()
-                body: dict[str, Any] = state.add_customer({key: str(value) for key, value in form.items()})
+                if resource != "customers":
+                    raise StripeError(404, f"Unrecognized request URL (POST: /v1/{resource}).")
+                form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+                body = state.update_customer(object_id_, form) if object_id_ else state.add_customer(form)
             else:
                 with state.lock:
-                    snapshot = list(state.customers)
-                body = _list_page(request, snapshot, "/v1/customers")
-            response = JSONResponse(body)
+                    snapshot = list(state.objects[resource])
+                if object_id_:
+                    found = next((obj for obj in snapshot if obj["id"] == object_id_), None)
+                    if found is None:
+                        raise StripeError(404, f"No such object: '{object_id_}'", code="resource_missing", param="id")
+                    body = found
+                else:
+                    body = _list_page(resource, request, snapshot)
+            payload = orjson.dumps(body)
+            if fault == "malformed":
+                payload = payload[: max(len(payload) // 2, 1)]
+            response: Response = Response(payload, media_type="application/json")
         except StripeError as error:
             response = error.response()
         response.headers["Request-Id"] = request_id
         return response
 
-    app = Starlette(routes=[Route("/v1/customers", customers, methods=["GET", "POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/{resource}", handle, methods=["GET", "POST"]),
+            Route("/v1/{resource}/{object_id}", handle, methods=["GET", "POST"]),
+        ]
+    )
     app.state.stripe = state
     return app

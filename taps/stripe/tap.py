@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from singer_sdk import Stream, Tap
+from singer_sdk import Stream
 from singer_sdk import typing as th
 
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap
+from taps.stripe.client import DEFAULT_START
 from taps.stripe.streams import STREAM_TYPES
 
 
-class TapStripe(Tap):
-    """Singer tap for Stripe."""
+class TapStripe(CdpTap):
+    """Singer tap for Stripe: nine list endpoints, incremental on ``created``, updates through ``events``."""
 
     name = "tap-stripe"
 
@@ -33,8 +35,25 @@ class TapStripe(Tap):
             "start_date",
             th.DateTimeType,
             title="Start date",
-            description="Extract objects created at or after this instant on the first run (ISO-8601).",
+            description=f"Extract objects created at or after this instant on the first run (default {DEFAULT_START}).",
         ),
+        th.Property(
+            "window_days",
+            th.NumberType,
+            default=30,
+            title="Window (days)",
+            description=(
+                "Width of the 'created' windows a sync walks through in ascending order; the bookmark is saved after "
+                "each window. Smaller windows checkpoint more often; empty windows widen automatically."
+            ),
+        ),
+        th.Property(
+            "api_version",
+            th.StringType,
+            title="API version",
+            description="Stripe-Version header to pin object shapes (e.g. 2024-06-20); default: the account's version.",
+        ),
+        *COMMON_TAP_SETTINGS,
     ).to_dict()
 
     def discover_streams(self) -> list[Stream]:

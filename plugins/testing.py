@@ -1,0 +1,188 @@
+"""Run a tap in tests and read what it said: in-process or as a real subprocess, with config and state.
+
+    run = run_tap(TapStripe, config, state=previous.last_state)
+    assert run.counts() == {"customers": 250}
+    assert run.bookmark("customers") == 1704967200
+
+``run_tap`` runs the tap class in this process (fast; the run's failure, if any, is in ``run.error``);
+``run_tap_process`` runs its console script in a subprocess (exit code, stderr, killable) exactly as Meltano does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from singer_sdk import Tap
+
+
+@dataclass
+class TapRun:
+    """The Singer messages one tap run wrote, and how it ended."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    stderr: str = ""
+    exit_code: int | None = 0
+    error: BaseException | None = None
+
+    @classmethod
+    def from_output(cls, stdout: str, **kwargs: Any) -> TapRun:
+        """Parse the tap's stdout (one JSON message per line; a torn last line from a killed tap is dropped)."""
+        messages = []
+        for line in stdout.splitlines():
+            if not line.strip():
+                continue
+            try:
+                messages.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return cls(messages=messages, **kwargs)
+
+    def of_type(self, message_type: str) -> list[dict[str, Any]]:
+        return [message for message in self.messages if message.get("type") == message_type]
+
+    def records(self, stream: str | None = None) -> list[dict[str, Any]]:
+        """The records emitted (for ``stream``, or all)."""
+        return [m["record"] for m in self.of_type("RECORD") if stream is None or m["stream"] == stream]
+
+    def counts(self) -> dict[str, int]:
+        """Records emitted per stream."""
+        return dict(Counter(message["stream"] for message in self.of_type("RECORD")))
+
+    @property
+    def states(self) -> list[dict[str, Any]]:
+        return [message["value"] for message in self.of_type("STATE")]
+
+    @property
+    def last_state(self) -> dict[str, Any] | None:
+        """The last STATE emitted: what Meltano would store and pass to the next run."""
+        states = self.states
+        return states[-1] if states else None
+
+    def bookmark(self, stream: str, state: dict[str, Any] | None = None) -> Any:
+        """The stream's ``replication_key_value`` in ``state`` (default: the last STATE), or None."""
+        state = state if state is not None else self.last_state
+        return ((state or {}).get("bookmarks", {}).get(stream) or {}).get("replication_key_value")
+
+
+def run_tap(
+    tap_class: type[Tap],
+    config: dict[str, Any],
+    *,
+    state: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
+) -> TapRun:
+    """Run ``tap_class`` in this process and collect its messages; an exception it raises ends up in ``error``."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stderr = io.StringIO()
+    error: BaseException | None = None
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            tap = tap_class(config=config, state=state, catalog=catalog, validate_config=True)
+            tap.sync_all()
+        except Exception as exc:
+            error = exc
+        stdout.flush()
+    stdout.seek(0)
+    return TapRun.from_output(stdout.read(), stderr=stderr.getvalue(), exit_code=1 if error else 0, error=error)
+
+
+@dataclass
+class TapProcess:
+    """A tap running as a subprocess; ``wait()`` or ``kill()`` it, then read its :class:`TapRun`."""
+
+    process: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    workdir: tempfile.TemporaryDirectory[str]
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, predicate_text: str, timeout: float = 30) -> None:
+        """Block until the tap's stdout contains ``predicate_text`` (e.g. a STATE with a bookmark)."""
+        deadline = time.monotonic() + timeout
+        while predicate_text not in self.output():
+            if self.process.poll() is not None:
+                raise AssertionError(f"tap exited ({self.process.returncode}) before writing {predicate_text!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tap did not write {predicate_text!r} within {timeout}s")
+            time.sleep(0.02)
+
+    def wait_for_state(self, predicate: Callable[[TapRun], bool], timeout: float = 30) -> TapRun:
+        """Block until what the tap has written so far satisfies ``predicate`` (e.g. a stream has a bookmark)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            so_far = TapRun.from_output(self.output())
+            if predicate(so_far):
+                return so_far
+            if self.process.poll() is not None:
+                raise AssertionError(f"tap exited ({self.process.returncode}) before the expected output")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tap did not write the expected output within {timeout}s")
+            time.sleep(0.02)
+
+    def kill(self) -> TapRun:
+        """SIGKILL the tap (no chance to write anything more) and return what it had written."""
+        self.process.send_signal(signal.SIGKILL)
+        return self.wait()
+
+    def wait(self, timeout: float = 120) -> TapRun:
+        code = self.process.wait(timeout=timeout)
+        run = TapRun.from_output(
+            self.output(), stderr=self.stderr_path.read_text(encoding="utf-8", errors="replace"), exit_code=code
+        )
+        self.workdir.cleanup()
+        return run
+
+
+def start_tap_process(
+    executable: str,
+    config: dict[str, Any],
+    *,
+    state: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> TapProcess:
+    """Start the tap's console script (e.g. ``tap-stripe``) with ``--config`` and ``--state`` files."""
+    workdir = tempfile.TemporaryDirectory(prefix="cdp-tap-")
+    folder = Path(workdir.name)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    command = [_script(executable), "--config", str(folder / "config.json")]
+    if state is not None:
+        (folder / "state.json").write_text(json.dumps(state), encoding="utf-8")
+        command += ["--state", str(folder / "state.json")]
+    stdout_path, stderr_path = folder / "stdout.jsonl", folder / "stderr.log"
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, env={**os.environ, **(env or {})})
+    return TapProcess(process, stdout_path, stderr_path, workdir)
+
+
+def run_tap_process(
+    executable: str,
+    config: dict[str, Any],
+    *,
+    state: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> TapRun:
+    """Run the tap's console script to the end and return its messages, stderr and exit code."""
+    return start_tap_process(executable, config, state=state, env=env).wait(timeout=timeout)
+
+
+def _script(executable: str) -> str:
+    """The console script next to this interpreter (the project's venv), else whatever PATH finds."""
+    candidate = Path(sys.executable).parent / executable
+    return str(candidate) if candidate.exists() else executable

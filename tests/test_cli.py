@@ -74,7 +74,20 @@ def test_sandbox_serve_answers_the_providers_protocol() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen(
-        [CDP, "sandbox", "serve", "stripe", "--port", str(port), "--records", "7"],
+        [
+            CDP,
+            "sandbox",
+            "serve",
+            "stripe",
+            "--port",
+            str(port),
+            "--records",
+            "7",
+            "--fault",
+            "rate_limit_every=3",
+            "--credential",
+            "api_key=sk_test_other",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -90,9 +103,18 @@ def test_sandbox_serve_answers_the_providers_protocol() -> None:
                 assert time.monotonic() < deadline, "sandbox did not start"
                 assert server.poll() is None, server.stderr.read() if server.stderr else ""
                 time.sleep(0.2)
-        assert response.status_code == 200
-        assert len(response.json()["data"]) == 7
-        assert requests.get(url, timeout=2).status_code == 401
+        assert response.status_code == 401  # only the key given with --credential is accepted
+        auth = {"Authorization": "Bearer sk_test_other"}
+        statuses = [requests.get(url, headers=auth, timeout=2).status_code for _ in range(3)]
+        assert statuses.count(429) == 1  # --fault rate_limit_every=3
+        ok = next(r for r in (requests.get(url, headers=auth, timeout=2) for _ in range(3)) if r.status_code == 200)
+        assert len(ok.json()["data"]) == 7
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_sandbox_serve_rejects_a_malformed_fault() -> None:
+    result = cdp("sandbox", "serve", "stripe", "--fault", "no-equals-sign")
+    assert result.returncode == 2
+    assert "is not KEY=VALUE" in result.stderr

@@ -46,12 +46,18 @@ class RawZoneWriter:
         self, stream: str, records: Iterable[Mapping[str, Any]], *, when: datetime | None = None
     ) -> WrittenBatch:
         """Write ``records`` (already carrying their metadata columns) as one batch object."""
-        when = when or datetime.now(UTC)
         rows = list(records)
-        payload = gzip_bytes(ndjson(rows), self.compression_level)
+        return self.write_ndjson(stream, ndjson(rows), len(rows), when=when)
+
+    def write_ndjson(
+        self, stream: str, payload: bytes, record_count: int, *, when: datetime | None = None
+    ) -> WrittenBatch:
+        """Write records already serialised as NDJSON (one object per line) as one gzip batch object."""
+        when = when or datetime.now(UTC)
+        compressed = gzip_bytes(payload, self.compression_level)
         key = raw_batch_key(self.tenant, self.provider, stream, when)
-        url = self.store.write_bytes(key, payload)
-        return WrittenBatch(key=key, url=url, stream=stream, record_count=len(rows), size_bytes=len(payload))
+        url = self.store.write_bytes(key, compressed)
+        return WrittenBatch(key=key, url=url, stream=stream, record_count=record_count, size_bytes=len(compressed))
 
 
 def read_batch(store: ObjectStore, key: str) -> list[dict[str, Any]]:

@@ -177,12 +177,19 @@ def test_hook_cdp_alert_sinks(caplog: pytest.LogCaptureFixture) -> None:
 
     pm = _manager_with(Plugin())
     assert [sink.name for sink in alert_sinks(pm)] == ["broken", "recorder", "log"]
-    alert = Alert(kind="schema_drift", severity=Severity.INFO, message="new property", tenant="acme")
+    alert = Alert(
+        kind="schema_drift",
+        severity=Severity.INFO,
+        message="new property",
+        tenant="acme",
+        details={"tenant": "shadowed?", "property": "nickname"},
+    )
     with caplog.at_level("INFO", logger="cdp.alerts"):
         raise_alert(alert, pm)
     assert delivered == [alert]  # a broken sink does not stop the others
     assert "alert sink 'broken' failed" in caplog.text
     assert "alert.schema_drift" in caplog.text
+    assert '"details":{"tenant":"shadowed?","property":"nickname"}' in caplog.text
 
 
 def test_hook_cdp_transforms() -> None:

@@ -1,79 +1,119 @@
-"""The raw-zone sink: collects a stream's records and writes each full batch as one object."""
+"""Per-stream buffers: raw records (already serialised) and dead letters, each flushed as one object per batch."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
-from singer_sdk.sinks import BatchSink
-
-from plugins.events import log_event
-
-if TYPE_CHECKING:
-    from singer_sdk.sinks.core import BaseJSONSchemaValidator
-
-    from targets.s3raw.target import TargetS3Raw
+from plugins.dlq import DeadLetter, DeadLetterQueue
+from plugins.raw_zone import RawZoneWriter, WrittenBatch
+from plugins.validation import RecordValidator
+from targets.s3raw.drift import SchemaDecision
 
 
-class RawZoneSink(BatchSink):
-    """Writes one stream's records to the raw zone, ``batch_size`` records per object."""
+@dataclass
+class RawBuffer:
+    """One stream's records bound for the raw zone, each serialised without its closing brace.
 
-    @property
-    def max_size(self) -> int:
-        return int(self.config.get("batch_size", 20_000))
+    Writing appends ``,"_sdc_batched_at":"<time>"}`` to every line in one ``join``, so the batch time is exact
+    without touching each record again.
+    """
 
-    @property
-    def include_sdc_metadata_properties(self) -> bool:
-        return True  # Every raw record carries its metadata columns.
+    stream: str
+    lines: list[bytes] = field(default_factory=list)
+    first_position: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, line_without_brace: bytes, position: int) -> None:
+        if self.first_position is None:
+            self.first_position = position
+        self.lines.append(line_without_brace)
+
+    def take(self) -> tuple[list[bytes], int | None]:
+        lines, first = self.lines, self.first_position
+        self.lines, self.first_position = [], None
+        return lines, first
+
+
+def raw_batch_job(writer: RawZoneWriter, stream: str, lines: list[bytes]) -> Callable[[], WrittenBatch]:
+    """The write of one raw batch, to run on the background writer."""
+
+    def job() -> WrittenBatch:
+        when = datetime.now(UTC)
+        closing = b',"_sdc_batched_at":"' + when.isoformat().encode() + b'"}\n'
+        payload = closing.join(lines) + closing
+        return writer.write_ndjson(stream, payload, len(lines), when=when)
+
+    return job
+
+
+@dataclass
+class DeadLetterBuffer:
+    """One stream's dead letters waiting to be written."""
+
+    stream: str
+    letters: list[DeadLetter] = field(default_factory=list)
+    first_position: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.letters)
+
+    def add(self, letter: DeadLetter, position: int) -> None:
+        if self.first_position is None:
+            self.first_position = position
+        self.letters.append(letter)
+
+    def take(self) -> tuple[list[DeadLetter], int | None]:
+        letters, first = self.letters, self.first_position
+        self.letters, self.first_position = [], None
+        return letters, first
+
+
+def dead_letter_job(dlq: DeadLetterQueue, letters: list[DeadLetter]) -> Callable[[], list[WrittenBatch]]:
+    """The write of one stream's dead letters, to run on the background writer."""
+
+    def job() -> list[WrittenBatch]:
+        return dlq.write(letters)
+
+    return job
+
+
+class StreamSink:
+    """What the target knows about one stream: its schema, how records are written, and its raw buffer."""
 
     def __init__(
-        self, target: TargetS3Raw, stream_name: str, schema: dict[str, Any], key_properties: Sequence[str] | None
+        self,
+        stream: str,
+        schema: dict[str, Any],
+        key_properties: Sequence[str],
+        validator: RecordValidator,
+        decision: SchemaDecision,
     ) -> None:
+        self.stream = stream
+        self.buffer = RawBuffer(stream)
         # Microseconds since the epoch at start, then +1 per record: unique in a run and ordered across runs.
-        self._next_sequence = time.time_ns() // 1000
-        self.raw_writer = target.raw_writer
-        super().__init__(target, stream_name, schema, key_properties)
+        self.next_sequence = time.time_ns() // 1000
+        self.records_written = 0
+        self.update(schema, key_properties, validator, decision)
 
-    def get_validator(self) -> BaseJSONSchemaValidator | None:
-        """No validation yet: records land as sent and ``_cdp_schema_version`` stays null (unvalidated)."""
-        return None
-
-    def _add_sdc_metadata_to_record(
-        self, record: dict[str, Any], message: dict[str, Any], context: dict[str, Any]
+    def update(
+        self,
+        schema: dict[str, Any],
+        key_properties: Sequence[str],
+        validator: RecordValidator,
+        decision: SchemaDecision,
     ) -> None:
-        now = datetime.now(UTC).isoformat()
-        record["_sdc_extracted_at"] = message.get("time_extracted")
-        record["_sdc_received_at"] = now
-        record["_sdc_batched_at"] = None  # Set when the batch is written.
-        record["_sdc_sequence"] = self._next_sequence
-        record["_cdp_schema_version"] = None  # Filled in once records are validated against the registry.
-        self._next_sequence += 1
+        """A new SCHEMA message: later records are validated and stamped under ``decision``'s version.
 
-    def _parse_timestamps_in_record(
-        self, record: dict[str, Any], schema: dict[str, Any], treatment: DatetimeErrorTreatmentEnum
-    ) -> None:
-        """Raw records keep their properties exactly as the tap sent them: no timestamp parsing."""
-
-    def process_record(self, record: dict[str, Any], context: dict[str, Any]) -> None:
-        context.setdefault("records", []).append(record)
-
-    def process_batch(self, context: dict[str, Any]) -> None:
-        records: list[dict[str, Any]] = context.get("records", [])
-        if not records:
-            return
-        batched_at = datetime.now(UTC)
-        stamp = batched_at.isoformat()
-        for record in records:
-            record["_sdc_batched_at"] = stamp
-        batch = self.raw_writer.write_batch(self.stream_name, records, when=batched_at)
-        log_event(
-            self.logger,
-            "raw_batch_written",
-            stream=self.stream_name,
-            records=batch.record_count,
-            bytes=batch.size_bytes,
-            key=batch.key,
-        )
+        Records already buffered keep the version they were stamped with, so one batch may mix versions.
+        """
+        self.schema = schema
+        self.key_properties = tuple(key_properties)
+        self.validator = validator
+        self.decision = decision
+        self.version = decision.version

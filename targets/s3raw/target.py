@@ -1,26 +1,65 @@
-"""target-s3raw: settings and the sink that writes each stream."""
+"""target-s3raw: lands every record in the raw zone or, with the reason, in the dead letter queue.
+
+The SDK's per-record machinery (sinks, mappers, per-record validation objects) is bypassed: records are parsed with
+orjson, validated with a validator compiled once per schema version, serialised once and gzipped on a background
+thread. See docs/raw-zone.md for layouts, drift reporting and the delivery guarantee (at-least-once).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, ClassVar
 
+import orjson
 from singer_sdk import Target
 from singer_sdk import typing as th
+from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
 
-from plugins.errors import ConfigError
+from plugins.descriptors import Severity
+from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError
+from plugins.errors import CdpError, ConfigError
+from plugins.events import log_event
 from plugins.layout import validate_name
-from plugins.raw_zone import RawZoneWriter
+from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
+from plugins.serialization import dumps
 from plugins.storage import ObjectStore
-from targets.s3raw.sinks import RawZoneSink
+from plugins.validation import InvalidRecordSchemaError, RecordValidator
+from schema_registry import InvalidSchemaError, SchemaRegistry
+from targets.s3raw.batch_files import read_batch_manifest
+from targets.s3raw.checkpoints import BackgroundWriter, StateCheckpoints
+from targets.s3raw.drift import AlertDispatcher, SchemaTracker, UndeclaredProperties
+from targets.s3raw.reader import RawMessageReader, line_size
+from targets.s3raw.sinks import DeadLetterBuffer, StreamSink, dead_letter_job, raw_batch_job
 
 DEFAULT_BATCH_SIZE = 20_000
+DEFAULT_MAX_BATCH_AGE_SECONDS = 300
+DEFAULT_COMPRESSION_LEVEL = 3
+DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
+DEFAULT_DLQ_ALERT_THRESHOLD = 1000
+UNPARSED_STREAM = "unparsed"  # The DLQ stream name of lines that name no stream.
+_METADATA = frozenset(METADATA_COLUMNS)
+_CLOCK_RESOLUTION_SECONDS = 0.01
+
+
+class ProtocolError(CdpError):
+    """The tap broke the Singer protocol (e.g. an invalid SCHEMA message): the run stops."""
 
 
 class TargetS3Raw(Target):
-    """Singer target for the raw zone."""
+    """Singer target for the raw zone, with schema registry, drift detection and a dead letter queue."""
 
     name = "target-s3raw"
-    default_sink_class = RawZoneSink
+    message_reader_class = RawMessageReader
+    # Records land exactly as the tap sent them: no stream maps or flattening (transforms come after the raw zone).
+    capabilities: ClassVar[list[CapabilitiesEnum]] = [PluginCapabilities.ABOUT, PluginCapabilities.BATCH]
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -29,6 +68,20 @@ class TargetS3Raw(Target):
             required=True,
             title="Raw zone URL",
             description="Where batches land: a local folder, a file:// URL or s3://bucket/prefix.",
+        ),
+        th.Property(
+            "dlq_url",
+            th.StringType,
+            required=True,
+            title="Dead letter queue URL",
+            description="Where records that cannot land go, with the reason: a local folder or s3://bucket/prefix.",
+        ),
+        th.Property(
+            "registry_url",
+            th.StringType,
+            required=True,
+            title="Schema registry URL",
+            description="The schema registry's store: a local folder or s3://bucket/prefix.",
         ),
         th.Property("tenant", th.StringType, required=True, title="Tenant", description="Tenant name, e.g. 'acme'."),
         th.Property(
@@ -42,6 +95,42 @@ class TargetS3Raw(Target):
             description="Records per batch file and stream.",
         ),
         th.Property(
+            "max_batch_age_seconds",
+            th.NumberType,
+            default=DEFAULT_MAX_BATCH_AGE_SECONDS,
+            title="Maximum batch age",
+            description="Write every buffered record once the oldest has waited this long (checked as messages "
+            "arrive).",
+        ),
+        th.Property(
+            "compression_level",
+            th.IntegerType,
+            default=DEFAULT_COMPRESSION_LEVEL,
+            title="gzip level",
+            description="1 (fastest) to 9 (smallest).",
+        ),
+        th.Property(
+            "max_record_bytes",
+            th.IntegerType,
+            default=DEFAULT_MAX_RECORD_BYTES,
+            title="Record size limit",
+            description="A RECORD message larger than this (bytes of its line) goes to the DLQ as record_too_large.",
+        ),
+        th.Property(
+            "dlq_alert_threshold",
+            th.IntegerType,
+            default=DEFAULT_DLQ_ALERT_THRESHOLD,
+            title="DLQ alert threshold",
+            description="Raise an alert when one run sends more than this many records to the DLQ (0: never).",
+        ),
+        th.Property(
+            "slack_webhook_url",
+            th.StringType,
+            secret=True,
+            title="Slack webhook URL",
+            description="A Slack-compatible incoming webhook for alerts (also CDP_SLACK_WEBHOOK_URL).",
+        ),
+        th.Property(
             "s3_endpoint_url",
             th.StringType,
             title="S3 endpoint URL",
@@ -49,16 +138,393 @@ class TargetS3Raw(Target):
         ),
     ).to_dict()
 
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict[str, Any]) -> None:
+        """No SDK sink settings (``add_record_metadata``, ``load_method``, ``batch_size_rows``...): none apply here."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        batch_size = self.config.get("batch_size", DEFAULT_BATCH_SIZE)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError("batch_size", f"must be a whole number of at least 1, got {batch_size!r}")
-        self.raw_writer = RawZoneWriter(
-            ObjectStore(self.config["raw_url"], s3_endpoint_url=self.config.get("s3_endpoint_url"), setting="raw_url"),
-            tenant=validate_name("tenant", self.config["tenant"]),
-            provider=validate_name("provider", self.config["provider"]),
+        config = self.config
+        self.batch_size = _positive_int(config, "batch_size", DEFAULT_BATCH_SIZE)
+        self.max_batch_age_seconds = _positive_number(config, "max_batch_age_seconds", DEFAULT_MAX_BATCH_AGE_SECONDS)
+        self.max_record_bytes = _positive_int(config, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
+        self.dlq_alert_threshold = _positive_int(config, "dlq_alert_threshold", DEFAULT_DLQ_ALERT_THRESHOLD, minimum=0)
+        level = config.get("compression_level", DEFAULT_COMPRESSION_LEVEL)
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 9:
+            raise ConfigError("compression_level", f"must be a whole number from 0 to 9, got {level!r}")
+        tenant = validate_name("tenant", config.get("tenant", ""))
+        provider = validate_name("provider", config.get("provider", ""))
+        endpoint = config.get("s3_endpoint_url")
+
+        def store(setting: str) -> ObjectStore:
+            url = config.get(setting)
+            if not isinstance(url, str) or not url.strip():
+                raise ConfigError(setting, "is required: a local folder, a file:// URL or s3://bucket/prefix")
+            return ObjectStore(url, s3_endpoint_url=endpoint, setting=setting)
+
+        self.raw_writer = RawZoneWriter(store("raw_url"), tenant=tenant, provider=provider, compression_level=level)
+        self.dlq = DeadLetterQueue(store("dlq_url"), tenant=tenant, provider=provider, compression_level=level)
+        self.registry = SchemaRegistry(store("registry_url"))
+        extra_sinks = []
+        webhook = config.get("slack_webhook_url")
+        if webhook:
+            from plugins.alerts import SlackWebhookAlertSink
+
+            extra_sinks.append(SlackWebhookAlertSink(webhook))
+        self.alerts = AlertDispatcher(tenant, provider, extra_sinks)
+        self.schemas = SchemaTracker(self.registry, tenant, provider, self.alerts)
+        self.undeclared = UndeclaredProperties(self.alerts)
+
+        self.streams: dict[str, StreamSink] = {}
+        self.dead_letters: dict[str, DeadLetterBuffer] = {}
+        # Guards the buffers' hand-over to the writer and STATE release, which the writer thread also does.
+        self._lock = threading.RLock()
+        self.writer = BackgroundWriter(on_done=self._on_batch_written)
+        self.checkpoints = StateCheckpoints(self._write_state_message)
+        self.position = 0  # The input position of the next buffered item.
+        self.dead_letter_count = 0
+        self._dlq_alert_raised = False
+        self._oldest_buffered_at: float | None = None
+        self._clock = 0.0
+        self._received_at = ""
+        self._finished = False
+        if isinstance(self.message_reader, RawMessageReader):
+            self.message_reader.on_unparseable = self._process_unparseable_line
+
+    # -- messages -------------------------------------------------------------------------------------------------
+
+    def _process_schema_message(self, message_dict: dict[str, Any]) -> None:
+        stream = message_dict.get("stream")
+        schema = message_dict.get("schema")
+        if not isinstance(stream, str) or not stream:
+            raise ProtocolError(f"a SCHEMA message needs a non-empty 'stream' name, got {stream!r}")
+        if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+            raise ProtocolError(
+                f"stream '{stream}': the SCHEMA message's schema must be a JSON Schema object with 'properties'"
+            )
+        key_properties = message_dict.get("key_properties") or []
+        if not isinstance(key_properties, list) or not all(isinstance(k, str) for k in key_properties):
+            raise ProtocolError(f"stream '{stream}': key_properties must be a list of property names")
+        sink = self.streams.get(stream)
+        if sink is not None and sink.schema == schema and list(sink.key_properties) == key_properties:
+            return  # Taps repeat SCHEMA messages; an unchanged one changes nothing.
+        try:
+            validator = RecordValidator.for_schema(schema)
+            decision = self.schemas.resolve(stream, schema)
+        except (InvalidRecordSchemaError, InvalidSchemaError) as exc:
+            raise ProtocolError(f"stream '{stream}': invalid SCHEMA message: {exc}") from exc
+        if sink is None:
+            self.streams[stream] = StreamSink(stream, schema, key_properties, validator, decision)
+        else:
+            sink.update(schema, key_properties, validator, decision)
+        log_event(
+            self.logger,
+            "stream_schema",
+            stream=stream,
+            version=decision.version,
+            incompatible=decision.incompatible,
         )
+
+    def _process_record_message(self, message_dict: dict[str, Any]) -> None:
+        stream = message_dict.get("stream")
+        if not isinstance(stream, str) or "record" not in message_dict:
+            self._dead_letter(
+                UNPARSED_STREAM if not isinstance(stream, str) else stream,
+                ErrorType.PARSE_ERROR,
+                "RECORD message without a 'stream' name or a 'record'",
+                message_dict,
+            )
+            return
+        sink = self.streams.get(stream)
+        if sink is None:
+            raise RecordsWithoutSchemaException(
+                f"A record for stream '{stream}' was encountered before a corresponding schema. "
+                "Check that the tap correctly implements the Singer spec."
+            )
+        size = self.message_reader.line_bytes if isinstance(self.message_reader, RawMessageReader) else 0
+        self.handle_record(sink, message_dict["record"], message_dict.get("time_extracted"), size)
+
+    def handle_record(self, sink: StreamSink, record: Any, time_extracted: Any, size: int) -> None:
+        """Route one record: raw zone if it is valid under its stream's schema version, else the DLQ."""
+        now = time.time()
+        if now - self._clock >= _CLOCK_RESOLUTION_SECONDS:
+            self._clock = now
+            self._received_at = datetime.fromtimestamp(now, UTC).isoformat()
+            self._check_age(now)
+        if isinstance(record, dict):
+            for key in sink.key_properties:
+                if key not in record:
+                    raise MissingKeyPropertiesError(
+                        f"Record is missing one or more key_properties. Key Properties: {list(sink.key_properties)}, "
+                        f"Record Keys: {list(record)} (stream '{sink.stream}')"
+                    )
+        if size > self.max_record_bytes:
+            self._dead_letter(
+                sink.stream,
+                ErrorType.RECORD_TOO_LARGE,
+                f"record of {size} bytes is over the max_record_bytes limit of {self.max_record_bytes}",
+                record,
+                version=sink.version,
+                context={"record_bytes": size, "max_record_bytes": self.max_record_bytes},
+            )
+            return
+        if not isinstance(record, dict):
+            error = FieldError("$", f"a record must be a JSON object, not {type(record).__name__}")
+            self._dead_letter(sink.stream, ErrorType.SCHEMA_VALIDATION, error.message, record, [error], sink.version)
+            return
+        decision = sink.decision
+        if decision.incompatible:
+            self._dead_letter(
+                sink.stream,
+                ErrorType.SCHEMA_INCOMPATIBLE,
+                f"the stream's schema is incompatible with the registry's latest version {decision.latest_version}",
+                record,
+                decision.violations,
+                version=decision.latest_version,
+                context={"latest_version": decision.latest_version},
+            )
+            return
+        validator = sink.validator
+        if not validator.is_valid(record):
+            errors = validator.errors(record)
+            message = "; ".join(f"{e.path}: {e.message}" for e in errors[:3]) or "record does not match its schema"
+            self._dead_letter(sink.stream, ErrorType.SCHEMA_VALIDATION, message, record, errors, sink.version)
+            return
+        undeclared = validator.undeclared(record, _METADATA)
+        if undeclared:
+            self.undeclared.record(sink.stream, undeclared, sink.version)
+        record["_sdc_extracted_at"] = time_extracted
+        record["_sdc_received_at"] = self._received_at
+        record.pop("_sdc_batched_at", None)  # Written last, when the batch is (see RawBuffer).
+        record["_sdc_sequence"] = sink.next_sequence
+        record["_cdp_schema_version"] = sink.version
+        sink.next_sequence += 1
+        if self._oldest_buffered_at is None:
+            self._oldest_buffered_at = now
+        buffer = sink.buffer
+        buffer.add(dumps(record)[:-1], self.position)
+        self.position += 1
+        if len(buffer) >= self.batch_size:
+            self._flush_stream(sink)
+
+    def _process_state_message(self, message_dict: dict[str, Any]) -> None:
+        value = message_dict.get("value")
+        if not isinstance(value, dict):
+            self._dead_letter(
+                UNPARSED_STREAM, ErrorType.PARSE_ERROR, "STATE message without a 'value' object", message_dict
+            )
+            return
+        with self._lock:
+            self.checkpoints.add(self.position, value)
+            self._release_states()
+
+    def _process_batch_message(self, message_dict: dict[str, Any]) -> None:
+        stream = message_dict.get("stream")
+        encoding = message_dict.get("encoding")
+        manifest = message_dict.get("manifest")
+        if not isinstance(stream, str) or not isinstance(encoding, dict) or not isinstance(manifest, list):
+            self._dead_letter(
+                UNPARSED_STREAM if not isinstance(stream, str) else stream,
+                ErrorType.PARSE_ERROR,
+                "BATCH message without 'stream', 'encoding' or 'manifest'",
+                message_dict,
+            )
+            return
+        sink = self.streams.get(stream)
+        if sink is None:
+            raise RecordsWithoutSchemaException(
+                f"A BATCH message for stream '{stream}' was encountered before a corresponding schema."
+            )
+        endpoint = self.config.get("s3_endpoint_url")
+        for url in manifest:
+            for item in read_batch_manifest(str(url), encoding, s3_endpoint_url=endpoint):
+                if item.error is not None:
+                    self._dead_letter(
+                        stream,
+                        ErrorType.PARSE_ERROR,
+                        item.error,
+                        item.raw,
+                        context={"manifest": url, "line": item.line},
+                    )
+                else:
+                    self.handle_record(sink, item.record, None, item.size)
+        log_event(self.logger, "batch_message_read", stream=stream, files=len(manifest))
+
+    def _process_activate_version_message(self, message_dict: dict[str, Any]) -> None:
+        log_event(self.logger, "activate_version_ignored", stream=message_dict.get("stream"))
+
+    def _process_unparseable_line(self, line: str | bytes, reason: str, number: int) -> None:
+        text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+        text = text.rstrip("\r\n")
+        stream = UNPARSED_STREAM
+        try:  # A JSON object that is not a Singer message may still name its stream.
+            parsed = orjson.loads(text)
+            if isinstance(parsed, dict) and isinstance(parsed.get("stream"), str) and parsed["stream"]:
+                stream = parsed["stream"]
+        except orjson.JSONDecodeError:
+            parsed = text
+        size = line_size(text)
+        self._dead_letter(stream, ErrorType.PARSE_ERROR, reason[:500], parsed, context={"line": number, "bytes": size})
+
+    # -- the DLQ --------------------------------------------------------------------------------------------------
+
+    def _dead_letter(
+        self,
+        stream: str,
+        error_type: ErrorType,
+        message: str,
+        record: Any,
+        errors: list[FieldError] | None = None,
+        version: int | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        letter = DeadLetter(
+            error_type=error_type,
+            error_message=message,
+            stream=stream,
+            record=record,
+            errors=list(errors or []),
+            schema_version=version,
+            context=context or {},
+        )
+        buffer = self.dead_letters.get(stream)
+        if buffer is None:
+            buffer = self.dead_letters[stream] = DeadLetterBuffer(stream)
+        if self._oldest_buffered_at is None:
+            self._oldest_buffered_at = time.time()
+        buffer.add(letter, self.position)
+        self.position += 1
+        self.dead_letter_count += 1
+        if (
+            self.dlq_alert_threshold
+            and self.dead_letter_count > self.dlq_alert_threshold
+            and not self._dlq_alert_raised
+        ):
+            self._dlq_alert_raised = True
+            self.alerts.raise_(
+                "dlq_volume",
+                Severity.ERROR,
+                f"this run sent more than {self.dlq_alert_threshold} records to the DLQ (dlq_alert_threshold)",
+                threshold=self.dlq_alert_threshold,
+                run_id=self.dlq.run_id,
+            )
+        if len(buffer) >= self.batch_size:
+            self._flush_dead_letters(buffer)
+
+    # -- flushing and state -----------------------------------------------------------------------------------------
+
+    def _flush_stream(self, sink: StreamSink) -> None:
+        if not sink.buffer.lines:
+            return
+        self.writer.wait_for_capacity()  # Outside the lock: the writer thread's callback takes it.
+        with self._lock:
+            lines, first = sink.buffer.take()
+            if not lines or first is None:
+                return
+            sink.records_written += len(lines)
+            self.writer.submit(first, raw_batch_job(self.raw_writer, sink.stream, lines))
+            self._release_states()
+
+    def _flush_dead_letters(self, buffer: DeadLetterBuffer) -> None:
+        if not buffer.letters:
+            return
+        self.writer.wait_for_capacity()
+        with self._lock:
+            letters, first = buffer.take()
+            if not letters or first is None:
+                return
+            self.writer.submit(first, dead_letter_job(self.dlq, letters))
+            self._release_states()
+
+    def flush_all(self, *, wait: bool = False) -> None:
+        """Hand every buffered record to the writer; with ``wait``, return once all are durable."""
+        for sink in list(self.streams.values()):
+            self._flush_stream(sink)
+        for buffer in list(self.dead_letters.values()):
+            self._flush_dead_letters(buffer)
+        self._oldest_buffered_at = None
+        if wait:
+            self.writer.wait_all()
+        with self._lock:
+            self._release_states()
+
+    def _check_age(self, now: float) -> None:
+        if self._oldest_buffered_at is not None and now - self._oldest_buffered_at >= self.max_batch_age_seconds:
+            log_event(self.logger, "batch_age_flush", max_batch_age_seconds=self.max_batch_age_seconds)
+            self.flush_all()
+
+    def _safe_position(self) -> int:
+        """Every input position below this one is durably written."""
+        safe = self.position
+        for sink in list(self.streams.values()):  # list(): atomic under the GIL, also on the writer thread
+            first = sink.buffer.first_position
+            if first is not None:
+                safe = min(safe, first)
+        for buffer in list(self.dead_letters.values()):
+            first = buffer.first_position
+            if first is not None:
+                safe = min(safe, first)
+        pending = self.writer.oldest_pending_position()
+        return safe if pending is None else min(safe, pending)
+
+    def _release_states(self) -> None:
+        self.writer.reap()
+        if self.checkpoints:
+            self.checkpoints.release(self._safe_position())
+
+    def _on_batch_written(self) -> None:
+        """On the writer thread: a batch is durable, so a waiting STATE may be too (even while input is idle)."""
+        # A failed write is not reported here: it stays queued and is raised on the main thread at its next step.
+        with self._lock, contextlib.suppress(Exception):
+            self._release_states()
+
+    def _write_state_message(self, state: dict[str, Any]) -> None:
+        sys.stdout.write(orjson.dumps(state).decode() + "\n")
+        sys.stdout.flush()
+
+    def process_endofpipe(self) -> None:
+        """End of input: write everything, then emit the last STATE."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self.flush_all(wait=True)
+        finally:
+            self.writer.close()
+        self.undeclared.log_summary()
+        log_event(
+            self.logger,
+            "run_summary",
+            run_id=self.dlq.run_id,
+            raw_records={name: sink.records_written for name, sink in sorted(self.streams.items())},
+            dead_letters=self.dead_letter_count,
+        )
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: write what is buffered (so its STATE can be emitted), then exit."""
+        log_event(self.logger, "termination_signal", logging.WARNING, signal=signal.Signals(signum).name)
+        try:
+            self.process_endofpipe()
+        finally:
+            sys.exit(0)
+
+
+def _positive_int(config: Any, setting: str, default: int, minimum: int = 1) -> int:
+    value = config.get(setting, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(setting, f"must be a whole number of at least {minimum}, got {value!r}")
+    return value
+
+
+def _positive_number(config: Any, setting: str, default: float) -> float:
+    value = config.get(setting, default)
+    if value is None:
+        return default
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(setting, f"must be a number of seconds above 0, got {value!r}")
+    return float(value)
 
 
 if __name__ == "__main__":

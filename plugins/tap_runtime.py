@@ -43,6 +43,7 @@ from singer_sdk.streams import RESTStream
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.errors import CdpError, ConfigError
 from plugins.events import log_event
+from plugins.layout import validate_name
 from plugins.storage import ObjectStore
 from plugins.zones import Zone, resolve_zone_url
 
@@ -80,7 +81,19 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
         th.StringType,
         default="default",
         title="Tenant",
-        description="The tenant this extraction belongs to; names the tap's DLQ folder ({dlq_url}/{tenant}/...).",
+        description=(
+            "The tenant this extraction belongs to; names the tap's DLQ folder ({dlq_url}/{tenant}/...). "
+            "target-s3raw reads it from Meltano as $MELTANO_EXTRACT_TENANT."
+        ),
+    ),
+    th.Property(
+        "provider",
+        th.StringType,
+        title="Provider",
+        description=(
+            "The provider name in raw-zone and DLQ paths; default the tap's own (stripe for tap-stripe). "
+            "target-s3raw reads it from Meltano as $MELTANO_EXTRACT_PROVIDER."
+        ),
     ),
     th.Property(
         "dlq_url",
@@ -466,13 +479,16 @@ class CdpTap(Tap):
             parts = urlsplit(str(value))
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(setting, f"'{redact_url(str(value))}' is not an http(s) URL like https://host[:port]")
+        validate_name("tenant", str(self.config.get("tenant") or "default"))
+        validate_name("provider", self.provider_name)
         max_runtime = self.config.get("max_runtime_seconds")
         if max_runtime is not None and (not isinstance(max_runtime, int | float) or max_runtime <= 0):
             raise ConfigError("max_runtime_seconds", f"'{max_runtime}' must be a positive number of seconds")
 
     @property
     def provider_name(self) -> str:
-        return self.provider or self.name.removeprefix("tap-")
+        """The ``provider`` setting, else the class's ``provider``, else the tap name without ``tap-``."""
+        return str(self.config.get("provider") or self.provider or self.name.removeprefix("tap-"))
 
     def secret_values(self) -> list[str]:
         """The values of settings declared ``secret=True`` (or named like secrets), to scrub from any text."""

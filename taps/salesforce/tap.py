@@ -1,0 +1,283 @@
+"""tap-salesforce: settings, OAuth, and one stream per configured sObject discovered through ``describe``."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from functools import cached_property
+from typing import Any
+
+import requests
+from singer_sdk import Stream
+from singer_sdk import typing as th
+from singer_sdk.authenticators import BearerTokenAuthenticator
+
+from plugins.errors import CdpError, ConfigError
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap, redact_text
+from taps.salesforce.client import SalesforceAuthenticator, SalesforceOAuthAuthenticator, salesforce_errors
+from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
+
+DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"  # noqa: S105  # a URL, not a secret
+DEFAULT_API_VERSION = "62.0"
+DESCRIBE_RETRIES = 3
+MIN_API_VERSION = 47.0  # Bulk API 2.0 query jobs
+SOBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # API names: letters, digits, underscores (Invoice__c)
+
+
+class DiscoveryError(CdpError):
+    """An sObject's ``describe`` failed, so its schema (and stream) cannot be built."""
+
+
+class TapSalesforce(CdpTap):
+    """Singer tap for Salesforce: any sObject, REST query or Bulk API 2.0, incremental on ``SystemModstamp``."""
+
+    name = "tap-salesforce"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "instance_url",
+            th.StringType,
+            title="Instance URL",
+            description=(
+                "Base URL of the org (https://MyDomain.my.salesforce.com) or of a local sandbox. Required with "
+                "access_token; with the refresh-token flow, default: the instance_url the token endpoint returns."
+            ),
+        ),
+        th.Property(
+            "client_id",
+            th.StringType,
+            title="Client ID",
+            description="Consumer key of the connected app (refresh-token flow).",
+        ),
+        th.Property(
+            "client_secret",
+            th.StringType,
+            secret=True,
+            title="Client secret",
+            description="Consumer secret of the connected app (refresh-token flow).",
+        ),
+        th.Property(
+            "refresh_token",
+            th.StringType,
+            secret=True,
+            title="Refresh token",
+            description="OAuth refresh token of the integration user; exchanged for access tokens as needed.",
+        ),
+        th.Property(
+            "token_url",
+            th.StringType,
+            default=DEFAULT_TOKEN_URL,
+            title="Token URL",
+            description=(
+                "OAuth token endpoint: https://login.salesforce.com/services/oauth2/token, "
+                "https://test.salesforce.com/... for sandboxes, or the My Domain URL."
+            ),
+        ),
+        th.Property(
+            "access_token",
+            th.StringType,
+            secret=True,
+            title="Access token",
+            description="A session or access token to use instead of the refresh-token flow (it cannot be renewed).",
+        ),
+        th.Property(
+            "api_version",
+            th.StringType,
+            default=DEFAULT_API_VERSION,
+            title="API version",
+            description="Salesforce API version, e.g. 62.0 (Bulk API 2.0 query needs 47.0 or later).",
+        ),
+        th.Property(
+            "objects",
+            th.ArrayType(th.StringType),
+            default=DEFAULT_OBJECTS,
+            title="Objects",
+            description="sObjects to extract, standard or custom (Invoice__c); each becomes a stream.",
+        ),
+        th.Property(
+            "start_date",
+            th.DateTimeType,
+            title="Start date",
+            description="On the first run, extract rows whose SystemModstamp is at or after this instant (ISO-8601).",
+        ),
+        th.Property(
+            "query_all",
+            th.BooleanType,
+            default=False,
+            title="Include deleted rows",
+            description="Use queryAll, so deleted and archived rows (IsDeleted = true) are extracted too.",
+        ),
+        th.Property(
+            "bulk_threshold",
+            th.IntegerType,
+            default=50_000,
+            title="Bulk API threshold",
+            description="Use a Bulk API 2.0 query job when a sync has more rows than this (from a COUNT() query).",
+        ),
+        th.Property(
+            "page_size",
+            th.IntegerType,
+            default=2000,
+            title="REST batch size",
+            description="Rows per REST query batch asked with Sforce-Query-Options (200 to 2000).",
+        ),
+        th.Property(
+            "bulk_window_days",
+            th.NumberType,
+            default=90,
+            title="Bulk window (days)",
+            description=(
+                "Split a Bulk API 2.0 sync into one job per this many days of SystemModstamp, each checkpointed, so "
+                "a stopped or crashed full load resumes from the last complete window; 0: one job."
+            ),
+        ),
+        th.Property(
+            "bulk_max_records",
+            th.IntegerType,
+            default=50_000,
+            title="Bulk result set size",
+            description="maxRecords per Bulk API 2.0 result set.",
+        ),
+        th.Property(
+            "bulk_poll_interval_seconds",
+            th.NumberType,
+            default=5,
+            title="Bulk poll interval (seconds)",
+            description="Wait between polls of a Bulk API 2.0 query job.",
+        ),
+        th.Property(
+            "bulk_timeout_seconds",
+            th.NumberType,
+            default=3600,
+            title="Bulk job timeout (seconds)",
+            description="Give up on a Bulk API 2.0 query job (DLQ, stream skipped) after this long.",
+        ),
+        th.Property(
+            "max_api_usage_percent",
+            th.NumberType,
+            default=80,
+            title="Maximum API usage (%)",
+            description=(
+                "Stop extracting once the org's daily API usage (Sforce-Limit-Info) passes this share, leaving the "
+                "rest to other integrations."
+            ),
+        ),
+        th.Property(
+            "request_timeout_seconds",
+            th.NumberType,
+            default=120,
+            title="Request timeout (seconds)",
+            description="Timeout of one HTTP request; timed-out requests are retried.",
+        ),
+        *COMMON_TAP_SETTINGS,
+    ).to_dict()
+
+    # -- credentials ---------------------------------------------------------------------------------------------
+
+    def _require(self, *names: str, because: str) -> None:
+        for name in names:
+            if not self.config.get(name):
+                raise ConfigError(name, f"is required {because}")
+
+    @cached_property
+    def authenticator(self) -> SalesforceAuthenticator:
+        """One authenticator for every stream, so a refreshed token serves them all."""
+        if self.config.get("access_token"):
+            self._require("instance_url", because="with access_token (the token does not say which org it is for)")
+            return BearerTokenAuthenticator(token=str(self.config["access_token"]))
+        self._require(
+            "client_id", "client_secret", "refresh_token", because="unless access_token is set (refresh-token flow)"
+        )
+        return SalesforceOAuthAuthenticator(
+            token_url=str(self.config.get("token_url") or DEFAULT_TOKEN_URL),
+            client_id=str(self.config["client_id"]),
+            client_secret=str(self.config["client_secret"]),
+            refresh_token=str(self.config["refresh_token"]),
+        )
+
+    @property
+    def instance_url(self) -> str:
+        configured = self.config.get("instance_url")
+        if configured:
+            return str(configured).rstrip("/")
+        authenticator = self.authenticator
+        if isinstance(authenticator, SalesforceOAuthAuthenticator):
+            if authenticator.instance_url is None:
+                authenticator.update_access_token()
+            if authenticator.instance_url:
+                return authenticator.instance_url.rstrip("/")
+        raise ConfigError("instance_url", "is not set and the token endpoint returned none")
+
+    @property
+    def data_url(self) -> str:
+        version = str(self.config.get("api_version") or DEFAULT_API_VERSION).removeprefix("v")
+        return f"{self.instance_url}/services/data/v{version}"
+
+    # -- discovery -----------------------------------------------------------------------------------------------
+
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """``GET /sobjects/{sobject}/describe``, renewing the token once on 401 and retrying 5xx and timeouts."""
+        url = f"{self.data_url}/sobjects/{sobject}/describe"
+        timeout = float(self.config.get("request_timeout_seconds", 120))
+        refreshed, attempt = False, 0
+        with requests.Session() as session:
+            while True:
+                attempt += 1
+                try:
+                    response = session.get(url, auth=self.authenticator, timeout=timeout)
+                except (requests.Timeout, requests.ConnectionError) as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                else:
+                    if response.ok:
+                        return dict(response.json())
+                    codes = [str(error.get("errorCode")) for error in salesforce_errors(response)]
+                    if response.status_code == 404 or "NOT_FOUND" in codes:
+                        raise ConfigError("objects", f"'{sobject}' is not an sObject this org or user can describe")
+                    if response.status_code == 401 and not refreshed and self._can_refresh():
+                        refreshed = True
+                        continue
+                    problem = f"{response.status_code} {', '.join(codes) or response.reason}"
+                    if response.status_code < 500 and "REQUEST_LIMIT_EXCEEDED" not in codes:
+                        attempt = DESCRIBE_RETRIES + 1
+                if attempt > DESCRIBE_RETRIES:
+                    message = f"describe of {sobject} failed after {attempt} attempt(s): {problem}"
+                    raise DiscoveryError(redact_text(message, self.secret_values()))
+                time.sleep(random.uniform(0.5, 1.5) * 2 ** (attempt - 1))  # noqa: S311  # backoff jitter
+
+    def _can_refresh(self) -> bool:
+        authenticator = self.authenticator
+        if isinstance(authenticator, SalesforceOAuthAuthenticator):
+            authenticator.invalidate()
+            return True
+        return False
+
+    def _validate_settings(self) -> None:
+        """Fail fast, naming the setting, on values Salesforce would reject later in the run."""
+        version = str(self.config.get("api_version") or DEFAULT_API_VERSION).removeprefix("v")
+        if not re.fullmatch(r"\d{2}\.0", version) or float(version) < MIN_API_VERSION:
+            raise ConfigError("api_version", f"'{version}' is not a Salesforce API version 47.0 or later, e.g. 62.0")
+        page_size = int(self.config.get("page_size", 2000))
+        if not 200 <= page_size <= 2000:
+            raise ConfigError("page_size", f"{page_size} is outside Salesforce's batchSize range 200..2000")
+        for name in ("bulk_threshold", "bulk_max_records"):
+            if int(self.config.get(name, 1)) < (0 if name == "bulk_threshold" else 1):
+                raise ConfigError(name, "must be a positive number")
+        if float(self.config.get("bulk_window_days", 90)) < 0:
+            raise ConfigError("bulk_window_days", "must be 0 (one job) or a positive number of days")
+        percent = float(self.config.get("max_api_usage_percent", 80))
+        if not 0 < percent <= 100:
+            raise ConfigError("max_api_usage_percent", f"{percent:g} is not a percentage in (0, 100]")
+
+    def discover_streams(self) -> list[Stream]:
+        self._validate_settings()
+        objects = self.config.get("objects") or DEFAULT_OBJECTS
+        if not isinstance(objects, list) or not all(
+            isinstance(name, str) and SOBJECT_NAME.match(name) for name in objects
+        ):
+            raise ConfigError("objects", "must be a list of sObject names such as ['Account', 'Invoice__c']")
+        return [SObjectStream(self, self.describe(name)) for name in objects]
+
+
+if __name__ == "__main__":
+    TapSalesforce.cli()

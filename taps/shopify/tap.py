@@ -1,0 +1,80 @@
+"""tap-shopify: settings and stream discovery."""
+
+from __future__ import annotations
+
+from singer_sdk import Stream
+from singer_sdk import typing as th
+
+from plugins.errors import ConfigError
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap
+from taps.shopify.client import DEFAULT_API_VERSION, CostBudget
+from taps.shopify.streams import STREAM_TYPES
+
+METAFIELD_STREAMS = [str(stream.name) for stream in STREAM_TYPES if stream.supports_metafields]  # type: ignore[misc]
+
+
+class TapShopify(CdpTap):
+    """Singer tap for Shopify's GraphQL Admin API."""
+
+    name = "tap-shopify"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "shop",
+            th.StringType,
+            required=True,
+            title="Shop",
+            description="The store's myshopify name, e.g. 'acme' for acme.myshopify.com.",
+        ),
+        th.Property(
+            "access_token",
+            th.StringType,
+            required=True,
+            secret=True,
+            title="Access token",
+            description="Admin API access token (shpat_...) with read scopes for the selected streams.",
+        ),
+        th.Property(
+            "api_version",
+            th.StringType,
+            default=DEFAULT_API_VERSION,
+            title="API version",
+            description="Admin API version (YYYY-MM). The tap's queries follow 2026-01 (e.g. defaultEmailAddress).",
+        ),
+        th.Property(
+            "start_date",
+            th.DateTimeType,
+            title="Start date",
+            description="On the first run, extract records updated at or after this instant (ISO-8601).",
+        ),
+        th.Property(
+            "api_url",
+            th.StringType,
+            title="API URL",
+            description="Base URL override (default https://{shop}.myshopify.com); point it at a local sandbox.",
+        ),
+        th.Property(
+            "metafields",
+            th.ArrayType(th.StringType(allowed_values=METAFIELD_STREAMS)),
+            default=[],
+            title="Streams with metafields",
+            description=f"Streams whose records include their metafields (any of {', '.join(METAFIELD_STREAMS)}).",
+        ),
+        *COMMON_TAP_SETTINGS,
+    ).to_dict()
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cost_budget = CostBudget()
+
+    def discover_streams(self) -> list[Stream]:
+        version = str(self.config.get("api_version") or DEFAULT_API_VERSION)
+        if version != "unstable" and not (
+            len(version) == 7 and version[4] == "-" and version.replace("-", "").isdigit()
+        ):
+            raise ConfigError("api_version", f"'{version}' is not an Admin API version such as {DEFAULT_API_VERSION}")
+        return [stream_type(tap=self) for stream_type in STREAM_TYPES]
+
+
+if __name__ == "__main__":
+    TapShopify.cli()

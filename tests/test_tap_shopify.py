@@ -1,0 +1,287 @@
+"""tap-shopify against its sandbox: full and incremental syncs, resume after a kill, the cost throttle, failures to
+the DLQ, and singer-sdk's standard tap tests."""
+
+from __future__ import annotations
+
+import atexit
+import gzip
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from singer_sdk.testing import get_tap_test_class
+
+from plugins.descriptors import SandboxOptions
+from plugins.errors import ConfigError
+from plugins.sandbox import SandboxServer
+from plugins.tap_runtime import StreamsFailedError
+from plugins.testing import TapRun, run_tap, run_tap_process, start_tap_process
+from taps.shopify import client as shopify_client
+from taps.shopify.client import ShopifyStream
+from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
+from taps.shopify.streams import OrdersStream, ProductsStream
+from taps.shopify.tap import TapShopify
+
+RECORDS = 24
+SECRET = "shpat_0123456789abcdef_never_logged"
+FAST_BUCKET = {"maximum": 1000.0, "restore_rate": 100_000.0}
+
+
+def start_sandbox(faults: dict[str, Any] | None = None, bucket: CostBucket | None = None) -> SandboxServer:
+    options = SandboxOptions(records=RECORDS, credentials={"access_token": SECRET}, faults=faults or {})
+    return SandboxServer(create_sandbox(options, bucket=bucket or CostBucket(**FAST_BUCKET)))
+
+
+def tap_config(server: SandboxServer, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "shop": "cdp-sandbox",
+        "access_token": SECRET,
+        "api_url": server.url,
+        "dlq_url": str(tmp_path / "dlq"),
+        "tenant": "acme",
+        **extra,
+    }
+
+
+def expected_counts(server: SandboxServer) -> dict[str, int]:
+    shop = server.app.state.shopify.shop  # type: ignore[attr-defined]
+    return {
+        "customers": len(shop.customers),
+        "orders": len(shop.orders),
+        "products": len(shop.products),
+        "inventory_items": len(shop.inventory_items),
+        "draft_orders": len(shop.draft_orders),
+    }
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    with start_sandbox() as server:
+        yield server
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries keep their count and backoff shape, in milliseconds instead of seconds."""
+    monkeypatch.setattr(ShopifyStream, "backoff_base_seconds", 0.01)
+    monkeypatch.setattr(ShopifyStream, "request_timeout_seconds", 1.0)
+
+
+def test_full_sync_emits_every_record_of_every_stream(sandbox: SandboxServer, tmp_path: Path) -> None:
+    run = run_tap(TapShopify, tap_config(sandbox, tmp_path, metafields=["customers"]))
+    assert run.error is None
+    assert run.counts() == expected_counts(sandbox)
+    order = run.records("orders")[0]
+    assert order["lineItems"]
+    assert order["lineItems"][0]["variant"]["id"].startswith("gid://shopify/ProductVariant/")
+    assert all(isinstance(product["variants"], list) for product in run.records("products"))
+    assert any(customer["metafields"] for customer in run.records("customers"))
+    assert "metafields" not in run.records("orders")[0]
+
+
+def test_nested_connections_longer_than_a_page_are_completed_by_follow_up_queries(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(OrdersStream, "nested", (replace(OrdersStream.nested[0], first=2),))
+    monkeypatch.setattr(ProductsStream, "nested", (replace(ProductsStream.nested[0], first=1),))
+    monkeypatch.setattr(shopify_client, "METAFIELDS", replace(shopify_client.METAFIELDS, first=1))
+    run = run_tap(TapShopify, tap_config(sandbox, tmp_path, metafields=["customers"]))
+    shop = sandbox.app.state.shopify.shop  # type: ignore[attr-defined]
+    assert run.error is None
+    assert max(len(order["_lineItems"]) for order in shop.orders) > 2
+    line_items = {order["id"]: [item["id"] for item in order["_lineItems"]] for order in shop.orders}
+    assert {o["id"]: [item["id"] for item in o["lineItems"]] for o in run.records("orders")} == line_items
+    variants = {product["id"]: len(product["_variants"]) for product in shop.products}
+    assert {p["id"]: len(p["variants"]) for p in run.records("products")} == variants
+    metafields = {customer["id"]: len(customer["_metafields"]) for customer in shop.customers}
+    assert max(metafields.values()) > 1
+    assert {c["id"]: len(c["metafields"]) for c in run.records("customers")} == metafields
+
+
+def test_incremental_rerun_emits_only_changed_rows(sandbox: SandboxServer, tmp_path: Path) -> None:
+    config = tap_config(sandbox, tmp_path)
+    first = run_tap(TapShopify, config)
+    customers = first.records("customers")
+    changed = {customers[2]["id"], customers[9]["id"]}
+    mutation = "mutation($input: CustomerInput!) { customerUpdate(input: $input) { userErrors { message } } }"
+    for customer_id in changed:
+        requests.post(
+            f"{sandbox.url}/admin/api/2026-01/graphql.json",
+            json={"query": mutation, "variables": {"input": {"id": customer_id, "note": "Nouvelle note ✨"}}},
+            headers={"X-Shopify-Access-Token": SECRET},
+            timeout=10,
+        ).raise_for_status()
+
+    second = run_tap(TapShopify, config, state=first.last_state)
+
+    assert second.error is None
+    boundary = customers[-1]["id"]  # the bookmark's own record: `updated_at:>=` re-reads it (at-least-once)
+    assert {c["id"] for c in second.records("customers")} == changed | {boundary}
+    for stream in ("orders", "products", "draft_orders"):
+        assert {r["updatedAt"] for r in second.records(stream)} == {first.bookmark(stream)}, stream
+
+
+def test_start_date_limits_the_first_run(sandbox: SandboxServer, tmp_path: Path) -> None:
+    everything = run_tap(TapShopify, tap_config(sandbox, tmp_path)).records("customers")
+    start = everything[len(everything) // 2]["updatedAt"]
+    run = run_tap(TapShopify, tap_config(sandbox, tmp_path, start_date=start))
+    assert [c["id"] for c in run.records("customers")] == [c["id"] for c in everything[len(everything) // 2 :]]
+
+
+def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
+    slow = {"timeout_every": 2, "timeout_seconds": 0.15}
+    with start_sandbox(faults=slow) as server:
+        config = tap_config(server, tmp_path)
+        process = start_tap_process("tap-shopify", config)
+        deadline = time.monotonic() + 60
+        while TapRun.from_output(process.output()).bookmark("orders") is None:  # mid-way through orders
+            assert time.monotonic() < deadline
+            assert process.process.poll() is None
+            time.sleep(0.01)
+        killed = process.kill()
+        resumed = run_tap_process("tap-shopify", config, state=killed.last_state, timeout=120)
+        total = expected_counts(server)
+
+    assert killed.exit_code != 0
+    assert resumed.exit_code == 0
+    assert 0 < len(killed.records("orders")) < total["orders"]
+    assert len(resumed.records("orders")) < total["orders"]
+    assert len(resumed.records("customers")) == 1  # only the bookmark's own record
+    seen = {r["id"] for r in killed.records("orders")} | {r["id"] for r in resumed.records("orders")}
+    assert len(seen) == total["orders"]
+
+
+def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
+    with start_sandbox(faults={"timeout_every": 2, "timeout_seconds": 0.2}) as server:
+        config = tap_config(server, tmp_path, max_runtime_seconds=1)
+        stopped = run_tap(TapShopify, config)
+        resumed = run_tap(TapShopify, {**config, "max_runtime_seconds": 120}, state=stopped.last_state)
+        total = expected_counts(server)
+    assert stopped.error is None
+    assert sum(stopped.counts().values()) < sum(total.values())
+    assert resumed.error is None
+    for stream, count in total.items():
+        seen = {r["id"] for r in stopped.records(stream)} | {r["id"] for r in resumed.records(stream)}
+        assert len(seen) == count, stream
+
+
+def test_cost_budget_is_respected_so_the_bucket_never_throttles(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bucket = CostBucket(maximum=600, restore_rate=1500)  # pages request up to ~500: the tap must wait between some
+    with caplog.at_level(logging.INFO), start_sandbox(bucket=bucket) as server:
+        run = run_tap(TapShopify, tap_config(server, tmp_path))
+        expected = expected_counts(server)
+    assert run.error is None
+    assert run.counts() == expected
+    assert any(getattr(record, "cdp_event", None) == "tap.pace" for record in caplog.records)
+    assert bucket.throttled == 0
+    assert bucket.lowest >= 0
+
+
+def test_throttled_requests_are_retried_after_the_bucket_refills(tmp_path: Path) -> None:
+    with start_sandbox(faults={"drain_bucket_every": 3}) as server:
+        run = run_tap(TapShopify, tap_config(server, tmp_path))
+        throttled = server.app.state.shopify.bucket.throttled  # type: ignore[attr-defined]
+        expected = expected_counts(server)
+    assert throttled > 0
+    assert run.error is None
+    assert run.counts() == expected
+
+
+def test_server_errors_timeouts_and_malformed_pages_are_retried(tmp_path: Path, fast_retries: None) -> None:
+    faults = {
+        "server_error_burst_at": 2,
+        "server_error_burst": 3,
+        "malformed_every": 7,
+        "timeout_every": 11,
+        "timeout_seconds": 1.5,
+    }
+    with start_sandbox(faults=faults) as server:
+        run = run_tap(TapShopify, tap_config(server, tmp_path))
+        expected = expected_counts(server)
+    assert run.error is None
+    assert run.counts() == expected
+
+
+def test_exhausted_retries_go_to_the_dlq_while_other_streams_complete(tmp_path: Path, fast_retries: None) -> None:
+    with start_sandbox(faults={"server_error_fields": ["orders"]}) as server:
+        run = run_tap(TapShopify, tap_config(server, tmp_path))
+        expected = expected_counts(server)
+
+    assert isinstance(run.error, StreamsFailedError)
+    assert "orders" not in run.counts()
+    assert {k: v for k, v in run.counts().items()} == {k: v for k, v in expected.items() if k != "orders"}
+    assert "orders" not in (run.last_state or {}).get("bookmarks", {})
+    files = list((tmp_path / "dlq" / "acme" / "shopify" / "extraction_failed").rglob("*.ndjson.gz"))
+    assert len(files) == 1
+    text = gzip.decompress(files[0].read_bytes()).decode()
+    letter = json.loads(text)
+    assert letter["stream"] == "orders"
+    assert letter["context"]["attempts"] == 4
+    assert letter["context"]["status"] == 500
+    assert letter["record"]["graphql_root_field"] == "orders"
+    assert SECRET not in text
+    assert SECRET not in run.stderr
+
+
+def test_failed_stream_makes_the_command_exit_non_zero(tmp_path: Path) -> None:
+    with start_sandbox(faults={"access_denied_fields": ["draftOrders"]}) as server:
+        run = run_tap_process("tap-shopify", tap_config(server, tmp_path), timeout=120)
+    assert run.exit_code == 1
+    assert "draft_orders: auth_failed" in run.stderr
+    assert "ACCESS_DENIED" in run.stderr
+    assert run.counts()["customers"] == RECORDS
+    assert "draft_orders" not in run.counts()
+    assert list((tmp_path / "dlq" / "acme" / "shopify" / "auth_failed").rglob("draft_orders_*.ndjson.gz"))
+
+
+def test_rejected_query_fails_the_stream_without_retrying(sandbox: SandboxServer, tmp_path: Path) -> None:
+    class BrokenCustomers(TapShopify):
+        def discover_streams(self) -> list[Any]:
+            streams = super().discover_streams()
+            streams[0].selection = "id updatedAt email"  # not in the 2026-01 schema: Shopify rejects it
+            return streams
+
+    run = run_tap(BrokenCustomers, tap_config(sandbox, tmp_path))
+    assert isinstance(run.error, StreamsFailedError)
+    assert "Field 'email' doesn't exist on type 'Customer'" in str(run.error)
+    state = sandbox.app.state.shopify  # type: ignore[attr-defined]
+    assert state.requests_seen - len(state.operations) == 1  # the rejected query was sent once, not retried
+
+
+def test_malformed_api_version_fails_fast_naming_the_setting(sandbox: SandboxServer, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="api_version"):
+        TapShopify(config={**tap_config(sandbox, tmp_path), "api_version": "2026-1"}, validate_config=True)
+
+
+def test_wrong_access_token_is_an_auth_failure(sandbox: SandboxServer, tmp_path: Path) -> None:
+    run = run_tap(TapShopify, {**tap_config(sandbox, tmp_path), "access_token": "shpat_wrong"})
+    assert isinstance(run.error, StreamsFailedError)
+    assert {failure.error_type.value for failure in run.error.failures} == {"auth_failed"}
+
+
+# singer-sdk's standard tap tests, against a sandbox that lives as long as this test module's process.
+_STANDARD_SANDBOX = SandboxServer(
+    create_sandbox(
+        SandboxOptions(records=8, credentials={"access_token": DEFAULT_ACCESS_TOKEN}), bucket=CostBucket(**FAST_BUCKET)
+    )
+)
+_STANDARD_SANDBOX.start()
+atexit.register(_STANDARD_SANDBOX.stop)
+
+TestTapShopifyStandard = get_tap_test_class(
+    tap_class=TapShopify,
+    config={
+        "shop": "cdp-sandbox",
+        "access_token": DEFAULT_ACCESS_TOKEN,
+        "api_url": _STANDARD_SANDBOX.url,
+        "metafields": ["customers", "products"],
+    },
+)

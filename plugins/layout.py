@@ -43,22 +43,30 @@ def date_partition(when: datetime) -> str:
     return f"year={when:%Y}/month={when:%m}/day={when:%d}"
 
 
-def batch_file_name(stream: str, when: datetime) -> str:
-    """``{stream}_{UTC timestamp}_{unique}.ndjson.gz``: sortable by time within a partition, never colliding."""
+def batch_file_name(stream: str, when: datetime, unique: str | None = None) -> str:
+    """``{stream}_{UTC timestamp}_{unique}.ndjson.gz``: sortable by time within a partition, never colliding.
+
+    ``unique`` (lower-case hex) replaces the random part when a writer needs a deterministic key, e.g. to make a
+    retried write land on the same object.
+    """
     stamp = when.astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
-    return f"{sanitize_stream_name(stream)}_{stamp}_{uuid.uuid4().hex[:16]}{BATCH_SUFFIX}"
+    return f"{sanitize_stream_name(stream)}_{stamp}_{unique or uuid.uuid4().hex[:16]}{BATCH_SUFFIX}"
 
 
-def raw_batch_key(tenant: str, provider: str, stream: str, when: datetime | None = None) -> str:
+def raw_batch_key(
+    tenant: str, provider: str, stream: str, when: datetime | None = None, unique: str | None = None
+) -> str:
     """The raw-zone key of a new batch of ``stream`` landing at ``when`` (now by default)."""
     when = when or datetime.now(UTC)
-    return f"{tenant}/{provider}/{date_partition(when)}/{batch_file_name(stream, when)}"
+    return f"{tenant}/{provider}/{date_partition(when)}/{batch_file_name(stream, when, unique)}"
 
 
-def dlq_batch_key(tenant: str, provider: str, error_type: str, stream: str, when: datetime | None = None) -> str:
+def dlq_batch_key(
+    tenant: str, provider: str, error_type: str, stream: str, when: datetime | None = None, unique: str | None = None
+) -> str:
     """The DLQ key of a new batch of ``stream`` records that failed with ``error_type``."""
     when = when or datetime.now(UTC)
-    return f"{tenant}/{provider}/{error_type}/{date_partition(when)}/{batch_file_name(stream, when)}"
+    return f"{tenant}/{provider}/{error_type}/{date_partition(when)}/{batch_file_name(stream, when, unique)}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Sequence
 
-import httpx
 import pluggy
 
 from plugins.descriptors import Alert, AlertSink, Severity
@@ -79,6 +78,8 @@ class SlackWebhookAlertSink:
         return "\n".join(lines)
 
     def send(self, alert: Alert) -> None:
+        import httpx  # Imported here: only a Slack delivery needs it, and every CLI start would pay for it.
+
         try:
             response = httpx.post(self.url, json={"text": self.text(alert)}, timeout=self.timeout_seconds)
             response.raise_for_status()

@@ -40,6 +40,8 @@ class SourceDescriptor:
     streams: Sequence[str]
     description: str = ""
     sandbox: Callable[[SandboxOptions], ASGIApp] | None = None
+    #: The port ``cdp sandbox serve NAME`` listens on by default (the one meltano.yml's dev environment points at).
+    sandbox_port: int = 12111
     webhook_handler: Any | None = None
 
     @property

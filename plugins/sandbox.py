@@ -6,11 +6,10 @@ import socket
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import uvicorn
     from starlette.types import ASGIApp
 
 
@@ -20,8 +19,9 @@ class SandboxServer:
     Use as a context manager: ``with SandboxServer(app) as server: requests.get(server.url + "/v1/customers")``.
     """
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any) -> None:
         self.app = app
+        self.uvicorn_options = uvicorn_options  # e.g. lifespan="on", proxy_headers=False (the webhook receiver)
         self.host = host
         self.port = port
         self._server: uvicorn.Server | None = None
@@ -36,7 +36,10 @@ class SandboxServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "off", "access_log": False}
+        import uvicorn  # Imported on use: the CLI starts faster without it.
+
+        config = uvicorn.Config(self.app, **{**options, **self.uvicorn_options})
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
@@ -66,4 +69,6 @@ class SandboxServer:
 
 def serve_forever(app: ASGIApp, host: str, port: int) -> None:
     """Serve ``app`` in the foreground until interrupted (``cdp sandbox serve``)."""
+    import uvicorn
+
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")

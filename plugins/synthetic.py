@@ -63,7 +63,7 @@ _LAST = [
     "van der Berg",
     "Wójcik",
     "Xu",
-    "Yılmaz",
+    "Yılmaz",  # noqa: RUF001 - a real Turkish name
     "Zimmermann",
     "王",
     "Смирнов",

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 import jsonschema_rs
 import orjson
 
@@ -146,6 +145,8 @@ class RecordValidator:
         if not isinstance(schema, Mapping):
             raise InvalidRecordSchemaError(f"a schema must be a JSON object, not {type(schema).__name__}")
         self.schema = dict(schema)
+        import jsonschema  # Imported on first compile: it is slow to import and most commands never validate.
+
         reference_class = jsonschema.validators.validator_for(self.schema, default=jsonschema.Draft202012Validator)
         try:
             reference_class.check_schema(self.schema)

@@ -64,6 +64,6 @@ def demo(
         table.add_row(stream, str(len(files[stream])), str(counts[stream]), str(new_counts[stream]), files[stream][-1])
     console.print(table)
     console.print(
-        "Re-running is safe: the tap resumes from its bookmark in .meltano/state, so a second run lands only new "
-        "records (plus the bookmark's own record, which Singer re-sends by design)."
+        "Re-running is safe: the tap resumes from its bookmark in .meltano/state, so a second run lands only what is "
+        "new (a record at the bookmark's boundary may come again; downstream de-duplicates on id and _sdc_sequence)."
     )

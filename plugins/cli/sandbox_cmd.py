@@ -20,7 +20,9 @@ app = typer.Typer(help="Local emulators of the providers' APIs.", no_args_is_hel
 def serve(
     provider: Annotated[str, typer.Argument(help="Source name, e.g. stripe.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 12111,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on [default: the source's dev port: stripe 12111, ...].")
+    ] = None,
     records: Annotated[int, typer.Option(help="How many synthetic records per resource.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data (same seed, same data).")] = 42,
     fault: Annotated[
@@ -47,6 +49,7 @@ def serve(
         credentials={key: str(value) for key, value in _key_values("--credential", credential or []).items()},
     )
     app_ = source.sandbox(options)
+    port = port or source.sandbox_port
     console.print(f"{provider} sandbox on http://{host}:{port} ({records} records per resource, seed {seed})")
     serve_forever(app_, host, port)
 

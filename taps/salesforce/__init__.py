@@ -22,6 +22,7 @@ def cdp_sources() -> list[SourceDescriptor]:
                 "incremental on SystemModstamp."
             ),
             sandbox=create_sandbox,
+            sandbox_port=12112,
             webhook_handler=SalesforceWebhookHandler(),
         )
     ]

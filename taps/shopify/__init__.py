@@ -19,6 +19,7 @@ def cdp_sources() -> list[SourceDescriptor]:
             streams=[stream.name for stream in STREAM_TYPES],  # type: ignore[misc]  # SDK types name per instance
             description="Shopify Admin GraphQL API: cursor pages sorted by UPDATED_AT, cost-budget throttling.",
             sandbox=create_sandbox,
+            sandbox_port=12113,
             webhook_handler=ShopifyWebhookHandler(),
         )
     ]

@@ -19,6 +19,7 @@ def cdp_sources() -> list[SourceDescriptor]:
             streams=[stream.name for stream in STREAM_TYPES],  # type: ignore[misc]  # SDK types name per instance
             description="Stripe payments: nine list endpoints in created windows, updates through events.",
             sandbox=create_sandbox,
+            sandbox_port=12111,
             webhook_handler=StripeWebhookHandler(),
         )
     ]

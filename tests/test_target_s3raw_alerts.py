@@ -113,7 +113,9 @@ def test_dlq_volume_over_the_threshold_raises_one_alert_per_run(
     bad = [record_message("customers", {"id": str(i), "age": "old"}) for i in range(8)]
     run_target(config, [schema_message("customers", CUSTOMERS_SCHEMA), *bad])
 
-    volume = [r.cdp for r in caplog.records if getattr(r, "cdp_event", None) == "alert.dlq_volume"]
+    volume = [
+        {**r.cdp, **r.cdp["details"]} for r in caplog.records if getattr(r, "cdp_event", None) == "alert.dlq_volume"
+    ]
     assert len(volume) == 1
     assert volume[0]["severity"] == "error"
     assert volume[0]["threshold"] == 3

@@ -31,7 +31,8 @@ AGE_AS_STRING = {
 
 
 def alerts(caplog: pytest.LogCaptureFixture, kind: str) -> list[dict[str, Any]]:
-    return [r.cdp for r in caplog.records if getattr(r, "cdp_event", None) == f"alert.{kind}"]
+    # The log sink nests an alert's details under "details"; flatten them for the assertions.
+    return [{**r.cdp, **r.cdp["details"]} for r in caplog.records if getattr(r, "cdp_event", None) == f"alert.{kind}"]
 
 
 def registry(config: dict[str, Any]) -> SchemaRegistry:

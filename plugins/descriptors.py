@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import typer
     from singer_sdk import Tap, Target
     from starlette.types import ASGIApp
 
@@ -62,6 +63,15 @@ class DestinationDescriptor:
     def executable(self) -> str:
         """The console script that runs the target, as Meltano calls it."""
         return f"target-{self.name}"
+
+
+@dataclass(frozen=True)
+class CommandGroup:
+    """A group of ``cdp`` subcommands a plugin contributes: ``cdp NAME ...`` runs ``app``."""
+
+    name: str
+    app: typer.Typer
+    help: str = ""
 
 
 @dataclass(frozen=True)

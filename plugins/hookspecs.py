@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from plugins.descriptors import (
         AlertSink,
+        CommandGroup,
         DestinationDescriptor,
         LoaderDescriptor,
         SourceDescriptor,
@@ -35,6 +36,11 @@ def cdp_sources() -> list[SourceDescriptor]:
 @hookspec
 def cdp_alert_sinks() -> list[AlertSink]:
     """Return alert sinks that receive operational alerts (schema drift, DLQ volume, extraction failures)."""
+
+
+@hookspec
+def cdp_commands() -> list[CommandGroup]:
+    """Return command groups the plugin adds to the ``cdp`` CLI (e.g. ``cdp webhooks``), as typer apps."""
 
 
 @hookspec

@@ -12,7 +12,7 @@ from typing import Any
 import pluggy
 
 from plugins import hookspecs
-from plugins.descriptors import AlertSink, DestinationDescriptor, SourceDescriptor
+from plugins.descriptors import AlertSink, CommandGroup, DestinationDescriptor, SourceDescriptor
 from plugins.errors import CdpError
 
 ENTRY_POINT_GROUP = "cdp"
@@ -24,6 +24,7 @@ HOOK_KINDS = {
     "cdp_transforms": "transform",
     "cdp_loaders": "loader",
     "cdp_alert_sinks": "alert-sink",
+    "cdp_commands": "cli",
 }
 
 
@@ -93,6 +94,12 @@ def destinations(pm: pluggy.PluginManager | None = None) -> dict[str, Destinatio
     """Every registered destination, by name."""
     pm = pm or plugin_manager()
     return {dest.name: dest for dest in _flatten(pm.hook.cdp_destinations())}
+
+
+def command_groups(pm: pluggy.PluginManager | None = None) -> dict[str, CommandGroup]:
+    """Every CLI command group plugins contribute, by name."""
+    pm = pm or plugin_manager()
+    return {group.name: group for group in _flatten(pm.hook.cdp_commands())}
 
 
 def alert_sinks(pm: pluggy.PluginManager | None = None) -> list[AlertSink]:

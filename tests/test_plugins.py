@@ -192,6 +192,54 @@ def test_hook_cdp_alert_sinks(caplog: pytest.LogCaptureFixture) -> None:
     assert '"details":{"tenant":"shadowed?","property":"nickname"}' in caplog.text
 
 
+def test_hook_cdp_commands() -> None:
+    import typer
+
+    from plugins.descriptors import CommandGroup
+    from plugins.manager import command_groups
+
+    group_app = typer.Typer()
+
+    class Plugin:
+        @hookimpl
+        def cdp_commands(self) -> list[CommandGroup]:
+            return [CommandGroup(name="acme", app=group_app)]
+
+    assert command_groups(_manager_with(Plugin()))["acme"].app is group_app
+    assert "webhooks" in command_groups(create_plugin_manager())  # tap-webhooks adds `cdp webhooks`
+
+
+def test_plugin_commands_run_from_the_cli_and_cannot_shadow_built_ins(third_party_package: Path) -> None:
+    module = third_party_package / "cdp_acme_tap" / "__init__.py"
+    module.write_text(
+        module.read_text()
+        + textwrap.dedent(
+            """
+            import typer
+            from plugins.descriptors import CommandGroup
+
+            acme = typer.Typer()
+
+            @acme.command("ping")
+            def ping() -> None:
+                print("pong")
+
+            @acme.command("other")
+            def other() -> None:
+                print("other")
+
+            @hookimpl
+            def cdp_commands():
+                return [CommandGroup(name="acme", app=acme), CommandGroup(name="plugins", app=acme)]
+            """
+        )
+    )
+    env = {"PYTHONPATH": str(third_party_package)}
+    result = _cdp("acme", "ping", env=env)
+    assert (result.returncode, result.stdout.strip()) == (0, "pong")
+    assert _cdp("plugins", "list", "--json", env=env).returncode == 0  # still the built-in `plugins`
+
+
 def test_hook_cdp_transforms() -> None:
     class Plugin:
         @hookimpl

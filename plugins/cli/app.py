@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from plugins.cli import demo_cmd, plugins_cmd, sandbox_cmd
+from plugins.cli import demo_cmd, dlq_cmd, new_cmd, plugins_cmd, sandbox_cmd, schema_cmd
 from plugins.cli.output import print_error
 from plugins.errors import CdpError
 
@@ -23,7 +23,28 @@ app = typer.Typer(
 )
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(sandbox_cmd.app, name="sandbox")
+app.add_typer(schema_cmd.app, name="schema")
+app.add_typer(dlq_cmd.app, name="dlq")
+app.add_typer(new_cmd.app, name="new")
 app.command("demo")(demo_cmd.demo)
+BUILT_IN_COMMANDS = frozenset({"plugins", "sandbox", "schema", "dlq", "new", "demo"})
+
+
+def add_plugin_commands(args: list[str]) -> None:
+    """Add the command groups plugins contribute (``cdp_commands``), unless ``args`` name a built-in command.
+
+    Loading every plugin takes a second or two, so a built-in command does not pay for it; help and plugin commands do.
+    """
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    if command in BUILT_IN_COMMANDS:
+        return
+    from plugins.manager import command_groups
+
+    for name, group in sorted(command_groups().items()):
+        if name in BUILT_IN_COMMANDS:
+            continue  # A plugin may not shadow a built-in command.
+        app.add_typer(group.app, name=name, help=group.help or None)
+
 
 _debug = False
 
@@ -42,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("CDP_DEBUG", "").lower() in ("1", "true", "yes")
     try:
+        add_plugin_commands(args)
         # Standalone mode: typer prints usage errors and exits 2, and turns typer.Exit into SystemExit.
         app(args=args, prog_name="cdp")
     except SystemExit as exc:

@@ -1,0 +1,100 @@
+"""``cdp webhooks``: serve the webhook receiver, inspect and compact its durable log.
+
+tap-webhooks adds this group to ``cdp`` through the ``cdp_commands`` hook. The receiver's modules are imported inside
+each command, so listing the command costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from plugins.cli.options import DlqUrlOption, JsonOption
+from plugins.cli.output import console, print_json
+
+app = typer.Typer(help="The webhook receiver and its durable log.", no_args_is_help=True)
+
+LogUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-url",
+        help="Webhook log: a folder, file://... or postgresql://... [env CDP_WEBHOOK_LOG_URL; default data/webhooks]",
+    ),
+]
+
+
+@app.command("serve")
+def serve(
+    log_url: LogUrlOption = None,
+    dlq_url: DlqUrlOption = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="CDP_WEBHOOK_MAX_BODY_BYTES", help="Largest body accepted (else 413).")
+    ] = 1024 * 1024,
+    rate: Annotated[
+        float, typer.Option(envvar="CDP_WEBHOOK_RATE", help="Requests per second per tenant (0: no limit; else 429).")
+    ] = 1000.0,
+    burst: Annotated[int, typer.Option(envvar="CDP_WEBHOOK_BURST", help="Burst size of each tenant's bucket.")] = 2000,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(help="PROVIDER=CIDR[,CIDR...]: only these sources may post for PROVIDER (else 403). Repeatable."),
+    ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR of a proxy whose X-Forwarded-For is trusted. Repeatable."),
+    ] = None,
+    compact_interval: Annotated[
+        float, typer.Option(help="Seconds between automatic log compactions (0: never).")
+    ] = 300.0,
+) -> None:
+    """Receive webhooks on POST /webhooks/{tenant}/{provider} until interrupted."""
+    import uvicorn
+
+    from taps.webhooks.log import open_log, resolve_log_url
+    from taps.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, create_app, parse_allowlist, parse_networks
+
+    settings = ReceiverSettings(
+        max_body_bytes=max_body_bytes,
+        rate_per_second=rate,
+        burst=burst,
+        allow=parse_allowlist(allow or []),
+        trusted_proxies=parse_networks("trusted_proxy", trusted_proxy or []),
+        compact_interval_seconds=compact_interval,
+        dlq_url=dlq_url,
+    )
+    log = open_log(log_url)
+    web_app = create_app(log, settings=settings)
+    console.print(f"webhook receiver on http://{host}:{port} (log {resolve_log_url(log_url)})", highlight=False)
+    uvicorn.run(web_app, host=host, port=port, log_level="warning", **UVICORN_OPTIONS)
+
+
+@app.command("compact")
+def compact(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
+    """Remove log segments (or rows) every consumer has committed past."""
+    from taps.webhooks.log import open_log
+
+    log = open_log(log_url)
+    result = log.compact()
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(
+        f"removed {result.removed_units} unit(s) holding {result.removed_entries} event(s); kept {result.kept_units}"
+    )
+
+
+@app.command("consumers")
+def consumers(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
+    """Each consumer (tenant/provider/stream of tap-webhooks) and the position its target confirmed."""
+    from taps.webhooks.log import open_log
+
+    committed = open_log(log_url).consumers()
+    if as_json:
+        print_json({"consumers": [{"consumer": name, "position": pos} for name, pos in sorted(committed.items())]})
+        return
+    if not committed:
+        console.print("no consumer has committed a position yet")
+    for name, position in sorted(committed.items()):
+        console.print(f"{name}  {position}", highlight=False)

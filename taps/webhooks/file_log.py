@@ -1,0 +1,356 @@
+"""The embedded webhook log: append-only segment files on local disk, group commit, one fsync per group.
+
+Layout: ``{folder}/segments/{first sequence:020d}.seg`` holding records ``[sequence u64][length u32][crc32 u32]
+[JSON body]``; ``{folder}/consumers.json`` holds each consumer's committed position; a sealed segment gets a
+``.idx`` sidecar (per consumer, its last sequence in the segment) the first time compaction looks at it. Only the
+newest segment is ever appended to; after a crash its torn tail (a record cut short or failing its CRC) is truncated
+when the next writer starts. One writer per folder (an exclusive lock); readers need no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from plugins.errors import CdpError, StorageError
+from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
+from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry, consumer_name
+
+_HEADER = struct.Struct("<QII")
+SEGMENT_SUFFIX = ".seg"
+INDEX_SUFFIX = ".idx"
+DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
+DEFAULT_DEDUPE_CAPACITY = 200_000
+
+
+class LogLockedError(CdpError):
+    """Another receiver is already writing to this log folder."""
+
+
+@dataclass(frozen=True)
+class _Segment:
+    base: int
+    path: Path
+
+
+def _position(sequence: int) -> str:
+    return f"{sequence:020d}"
+
+
+def _parse_position(position: str | None) -> int:
+    if position is None or position == "":
+        return 0
+    if not position.isdigit():
+        raise ValueError(f"'{position}' is not a position of a file webhook log")
+    return int(position)
+
+
+def encode_record(sequence: int, entry: LogEntry) -> bytes:
+    body = orjson.dumps(
+        [entry.tenant, entry.provider, entry.stream, entry.event_id, entry.topic, entry.received_at, entry.payload]
+    )
+    return _HEADER.pack(sequence, len(body), zlib.crc32(body)) + body
+
+
+def scan_records(data: bytes) -> Iterator[tuple[int, int, list[Any]]]:
+    """``(sequence, end offset, fields)`` of each intact record; stops at the first torn or corrupt one."""
+    offset = 0
+    size = len(data)
+    while offset + _HEADER.size <= size:
+        sequence, length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        end = start + length
+        if end > size:
+            return
+        body = data[start:end]
+        if zlib.crc32(body) != crc:
+            return
+        yield sequence, end, orjson.loads(body)
+        offset = end
+
+
+class _Descriptor:
+    """A segment's descriptor shared by the writer and the syncs in flight; closed once retired and unused.
+
+    A segment is fully synced when it is retired (at a roll), so a sync that comes later has nothing to flush.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lock = threading.Lock()
+        self._users = 0
+        self._retired = False
+        self._closed = False
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._users += 1
+        try:
+            os.fdatasync(self.fd)
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._close_if_done()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._retired and self._users == 0 and not self._closed:
+            os.close(self.fd)
+            self._closed = True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileWebhookLog:
+    """Segment files in a local folder. ``start_writer`` before appending; reading works from any process."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        dedupe_capacity: int = DEFAULT_DEDUPE_CAPACITY,
+    ) -> None:
+        self.folder = Path(folder)
+        self.url = str(self.folder)
+        self.segment_bytes = segment_bytes
+        self.dedupe_capacity = dedupe_capacity
+        self._segments_dir = self.folder / "segments"
+        self._writer: GroupCommitWriter[LogEntry] | None = None
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._descriptor: _Descriptor | None = None
+        self._size = 0
+        self._next_sequence = 1
+        self._seen: dict[tuple[str, str, str], None] = {}
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def start_writer(self) -> None:
+        if self._writer is not None:
+            return
+        self._segments_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.folder / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(lock_fd)
+            msg = f"another receiver is writing to {self.folder}; run several receivers on a postgresql:// log instead"
+            raise LogLockedError(msg) from exc
+        self._lock_fd = lock_fd
+        self._recover()
+        self._writer = GroupCommitWriter(self._write_batch)
+
+    def _recover(self) -> None:
+        segments = self._segments()
+        for segment in segments[:-1]:
+            for _, _, fields in scan_records(segment.path.read_bytes()):
+                self._remember((fields[0], fields[1], fields[3]))
+        if not segments:
+            self._open_segment(1)
+            return
+        last = segments[-1]
+        data = last.path.read_bytes()
+        valid_end = 0
+        next_sequence = last.base
+        for sequence, end, fields in scan_records(data):
+            self._remember((fields[0], fields[1], fields[3]))
+            valid_end = end
+            next_sequence = sequence + 1
+        if valid_end < len(data):  # A torn tail from a crash: the request was never acknowledged.
+            with open(last.path, "r+b") as handle:
+                handle.truncate(valid_end)
+                os.fsync(handle.fileno())
+        self._next_sequence = next_sequence
+        self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        self._descriptor = _Descriptor(self._fd)
+        self._size = valid_end
+
+    def _open_segment(self, base: int) -> None:
+        if self._descriptor is not None:
+            self._descriptor.retire()  # Closed as soon as no sync in flight uses it.
+        path = self._segments_dir / f"{_position(base)}{SEGMENT_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._descriptor = _Descriptor(self._fd)
+        _fsync_dir(self._segments_dir)
+        self._size = 0
+        self._next_sequence = base
+
+    def _remember(self, key: tuple[str, str, str]) -> None:
+        self._seen[key] = None
+        if len(self._seen) > self.dedupe_capacity:
+            del self._seen[next(iter(self._seen))]
+
+    def _write_batch(self, entries: list[LogEntry]) -> WriteResult:
+        """Append the new entries (in the writer thread, in order); the returned sync makes them durable."""
+        assert self._fd is not None
+        flags: list[bool] = []
+        batch_keys: set[tuple[str, str, str]] = set()
+        chunks: list[bytes] = []
+        sequence = self._next_sequence
+        for entry in entries:
+            key = (entry.tenant, entry.provider, entry.event_id)
+            if key in self._seen or key in batch_keys:
+                flags.append(False)
+                continue
+            batch_keys.add(key)
+            chunks.append(encode_record(sequence, entry))
+            sequence += 1
+            flags.append(True)
+        fd = self._fd
+        descriptor = self._descriptor
+        assert descriptor is not None
+        if not chunks:
+            # Only duplicates: their originals may still be waiting for a sync, so these wait for one too.
+            return flags, descriptor.sync
+        data = b"".join(chunks)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise StorageError(f"short write to the webhook log in {self.folder} (disk full?)")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+            raise
+        self._size += len(data)
+        self._next_sequence = sequence
+        for key in batch_keys:  # Later groups see these as duplicates; if the sync fails, the writer fails for good.
+            self._remember(key)
+        if self._size >= self.segment_bytes:
+            os.fdatasync(fd)  # The sealed segment is complete on disk before the next one starts.
+            self._open_segment(self._next_sequence)
+        return flags, descriptor.sync
+
+    async def append(self, entries: Sequence[LogEntry]) -> list[bool]:
+        if self._writer is None:
+            raise CdpError("the webhook log writer is not started")
+        return await self._writer.submit(entries)
+
+    def append_sync(self, entries: Sequence[LogEntry]) -> list[bool]:
+        if self._writer is None:
+            raise CdpError("the webhook log writer is not started")
+        return self._writer.submit_sync(entries)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._writer.queue_depth if self._writer is not None else 0
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._descriptor is not None:
+            self._descriptor.retire()
+            self._descriptor = None
+            self._fd = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def _segments(self) -> list[_Segment]:
+        if not self._segments_dir.is_dir():
+            return []
+        found = []
+        for path in self._segments_dir.iterdir():
+            if path.suffix == SEGMENT_SUFFIX and path.stem.isdigit():
+                found.append(_Segment(int(path.stem), path))
+        return sorted(found, key=lambda segment: segment.base)
+
+    def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
+        after_sequence = _parse_position(after)
+        segments = self._segments()
+        for index, segment in enumerate(segments):
+            following = segments[index + 1].base if index + 1 < len(segments) else None
+            if following is not None and following - 1 <= after_sequence:
+                continue
+            try:
+                data = segment.path.read_bytes()
+            except FileNotFoundError:  # Compacted while we listed: every consumer of it was past it.
+                continue
+            for sequence, _, fields in scan_records(data):
+                if sequence <= after_sequence or fields[0] != tenant or fields[1] != provider or fields[2] != stream:
+                    continue
+                yield StoredEntry(_position(sequence), LogEntry(*fields))
+
+    # -- consumers and compaction -----------------------------------------------------------------------------
+    def consumers(self) -> dict[str, str]:
+        path = self.folder / "consumers.json"
+        if not path.exists():
+            return {}
+        value = orjson.loads(path.read_bytes())
+        return {str(name): str(position) for name, position in value.items()}
+
+    def commit(self, consumer: str, position: str) -> None:
+        _parse_position(position)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.folder / "consumers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            current = self.consumers()
+            current[consumer] = position
+            target = self.folder / "consumers.json"
+            tmp = target.with_suffix(".json.tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(orjson.dumps(current, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(self.folder)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+
+    def _segment_index(self, segment: _Segment) -> dict[str, Any]:
+        """Per consumer, the last sequence it has in a sealed segment, plus the entry count (cached beside it)."""
+        index_path = segment.path.with_suffix(INDEX_SUFFIX)
+        if index_path.exists():
+            cached: dict[str, Any] = orjson.loads(index_path.read_bytes())
+            return cached
+        last: dict[str, int] = {}
+        count = 0
+        for sequence, _, fields in scan_records(segment.path.read_bytes()):
+            last[consumer_name(fields[0], fields[1], fields[2])] = sequence
+            count += 1
+        index = {"entries": count, "last": last}
+        index_path.write_bytes(orjson.dumps(index))
+        return index
+
+    def compact(self) -> CompactionResult:
+        committed = {name: _parse_position(position) for name, position in self.consumers().items()}
+        segments = self._segments()
+        removed = removed_entries = 0
+        details = []
+        for segment in segments[:-1]:  # The newest segment may still be appended to.
+            index = self._segment_index(segment)
+            waiting = [name for name, last in index["last"].items() if committed.get(name, 0) < last]
+            if waiting:
+                continue
+            segment.path.unlink(missing_ok=True)
+            segment.path.with_suffix(INDEX_SUFFIX).unlink(missing_ok=True)
+            removed += 1
+            removed_entries += int(index["entries"])
+            details.append(segment.path.name)
+        return CompactionResult(removed, removed_entries, len(segments) - removed, details)

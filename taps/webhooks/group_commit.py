@@ -1,0 +1,167 @@
+"""Group commit: one writer thread turns many concurrent append requests into one durable write (one fsync).
+
+Requests wait on a future; the thread takes everything queued, hands it to the backend's ``write_batch`` as one
+batch, and resolves every waiting future with its own slice of the results. Under load, the batch grows with the
+queue, so the cost of the fsync is shared by as many requests as arrived while the previous one ran.
+
+A backend whose write is only durable after a separate sync (the segment files) returns that sync from
+``write_batch``: the writer thread then goes on appending the next group while up to ``max_in_flight`` syncs run in
+parallel (each one started after its group was written, so it covers it). Disks complete concurrent flushes together,
+so a group no longer waits behind the previous group's fsync. A failed sync fails the writer for good: from then on
+nothing is acknowledged until a restart recovers the log from what is really on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from plugins.errors import CdpError
+
+T = TypeVar("T")
+Outcome = list[bool] | BaseException
+WriteResult = tuple[list[bool], Callable[[], None] | None]  # Flags, and the sync that makes them durable (if any).
+DEFAULT_MAX_IN_FLIGHT = 4
+
+
+class LogClosedError(CdpError):
+    """An append arrived after the webhook log was closed."""
+
+
+class LogFailedError(CdpError):
+    """A sync of the webhook log failed; nothing more is acknowledged until the receiver restarts."""
+
+
+@dataclass
+class _Request(Generic[T]):
+    """Queued items and where their outcome goes: an asyncio future (resolved in its loop) or a plain future."""
+
+    items: Sequence[T]
+    future: asyncio.Future[list[bool]] | concurrent.futures.Future[list[bool]]
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _settle(future: asyncio.Future[list[bool]] | concurrent.futures.Future[list[bool]], outcome: Outcome) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _settle_all(settlements: list[tuple[asyncio.Future[list[bool]], Outcome]]) -> None:
+    for future, outcome in settlements:
+        _settle(future, outcome)
+
+
+class GroupCommitWriter(Generic[T]):
+    """A writer thread calling ``write_batch(items) -> [stored?]`` for every group of queued requests."""
+
+    def __init__(
+        self,
+        write_batch: Callable[[list[T]], WriteResult],
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        name: str = "webhook-log-writer",
+    ) -> None:
+        self._write_batch = write_batch
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._syncers = concurrent.futures.ThreadPoolExecutor(max_in_flight, thread_name_prefix=f"{name}-sync")
+        self._failed: BaseException | None = None
+        self._pending: list[_Request[T]] = []
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the next group commit."""
+        return len(self._pending)
+
+    def _enqueue(self, request: _Request[T]) -> None:
+        with self._condition:
+            if self._closed:
+                raise LogClosedError("the webhook log is closed")
+            self._pending.append(request)
+            self._condition.notify()
+
+    async def submit(self, items: Sequence[T]) -> list[bool]:
+        """Wait until ``items`` are durable; one flag per item: True stored, False dropped as a duplicate."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[bool]] = loop.create_future()
+        self._enqueue(_Request(items, future, loop))
+        return await future
+
+    def submit_sync(self, items: Sequence[T], timeout: float | None = None) -> list[bool]:
+        """``submit`` for callers outside an event loop."""
+        future: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
+        self._enqueue(_Request(items, future))
+        return future.result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._pending and not self._closed:
+                    self._condition.wait()
+                if not self._pending and self._closed:
+                    return
+                group, self._pending = self._pending, []
+            items = [item for request in group for item in request.items]
+            sync: Callable[[], None] | None = None
+            outcomes: list[Outcome] = []
+            try:
+                if self._failed is not None:
+                    raise LogFailedError(f"the webhook log failed earlier ({self._failed}); restart the receiver")
+                results, sync = self._write_batch(items)
+            except BaseException as exc:  # Every waiting request learns the write failed; none is acknowledged.
+                outcomes = [exc] * len(group)
+            else:
+                offset = 0
+                for request in group:
+                    outcomes.append(results[offset : offset + len(request.items)])
+                    offset += len(request.items)
+            if sync is None:
+                self._resolve(group, outcomes)
+            else:
+                self._slots.acquire()  # At most max_in_flight syncs; meanwhile the next group grows.
+                self._syncers.submit(self._sync_then_resolve, group, outcomes, sync)
+
+    def _sync_then_resolve(self, group: list[_Request[T]], outcomes: list[Outcome], sync: Callable[[], None]) -> None:
+        try:
+            sync()
+            if self._failed is not None:
+                raise LogFailedError(f"the webhook log failed earlier ({self._failed}); restart the receiver")
+        except BaseException as exc:
+            self._failed = self._failed or exc
+            outcomes = [exc] * len(group)
+        finally:
+            self._slots.release()
+        self._resolve(group, outcomes)
+
+    @staticmethod
+    def _resolve(group: list[_Request[T]], outcomes: list[Outcome]) -> None:
+        """One wake-up per event loop for the whole group, rather than one per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[bool]], Outcome]]] = {}
+        for request, outcome in zip(group, outcomes, strict=True):
+            if request.loop is None:
+                _settle(request.future, outcome)
+            else:
+                by_loop.setdefault(request.loop, []).append((request.future, outcome))  # type: ignore[arg-type]
+        for loop, settlements in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # A loop closed while waiting: nobody is left to answer.
+                loop.call_soon_threadsafe(_settle_all, settlements)
+
+    def close(self, timeout: float = 10) -> None:
+        """Finish the queued requests, then stop the thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        self._thread.join(timeout)
+        self._syncers.shutdown(wait=True)

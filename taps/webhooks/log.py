@@ -1,0 +1,117 @@
+"""The durable webhook log: what the receiver appends before it acknowledges, and what tap-webhooks drains.
+
+Two backends behind one interface, chosen by URL: a local folder of append-only segment files (``file://...`` or a
+plain path; one receiver per folder) and a PostgreSQL table (``postgresql://...``; several receivers behind a load
+balancer). Positions are opaque, zero-padded strings that sort in log order; a consumer (one tenant, provider and
+stream of tap-webhooks) commits the position the target confirmed, and compaction removes only what every consumer of
+that data has committed past.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from plugins.errors import ConfigError
+
+LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
+DEFAULT_LOG_URL = "data/webhooks"
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One verified, mapped event as the log stores it. ``received_at`` is ISO-8601 UTC."""
+
+    tenant: str
+    provider: str
+    stream: str
+    event_id: str
+    topic: str
+    received_at: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry read back from the log, with its position."""
+
+    position: str
+    entry: LogEntry
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What a compaction removed and kept."""
+
+    removed_units: int
+    removed_entries: int
+    kept_units: int
+    details: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "removed_units": self.removed_units,
+            "removed_entries": self.removed_entries,
+            "kept_units": self.kept_units,
+            "details": self.details,
+        }
+
+
+def consumer_name(tenant: str, provider: str, stream: str) -> str:
+    """The name a consumer commits its position under: ``tenant/provider/stream``."""
+    return f"{tenant}/{provider}/{stream}"
+
+
+class WebhookLog(Protocol):
+    """The durable log. ``append`` is awaited by the receiver; everything else is synchronous."""
+
+    url: str
+
+    def start_writer(self) -> None:
+        """Prepare to append (recover a torn tail, start the group-commit thread)."""
+
+    async def append(self, entries: Sequence[LogEntry]) -> list[bool]:
+        """Durably store ``entries``; one flag each: True stored, False a duplicate (already in the log)."""
+
+    def append_sync(self, entries: Sequence[LogEntry]) -> list[bool]:
+        """``append`` outside an event loop."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Append requests waiting for the next group commit."""
+
+    def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
+        """Entries of one stream after position ``after`` (from the start if None), in log order."""
+
+    def commit(self, consumer: str, position: str) -> None:
+        """Record that ``consumer`` has durably processed everything up to and including ``position``."""
+
+    def consumers(self) -> dict[str, str]:
+        """Every consumer's committed position."""
+
+    def compact(self) -> CompactionResult:
+        """Remove what every consumer of it has committed past."""
+
+    def close(self) -> None:
+        """Flush pending appends and release resources."""
+
+
+def resolve_log_url(explicit: str | None = None) -> str:
+    """The log URL: ``explicit``, else ``CDP_WEBHOOK_LOG_URL``, else ``data/webhooks``."""
+    return explicit or os.environ.get(LOG_URL_ENV_VAR) or DEFAULT_LOG_URL
+
+
+def open_log(url: str | None = None, *, setting: str = "log_url") -> WebhookLog:
+    """The backend for ``url`` (resolved as ``resolve_log_url`` does)."""
+    resolved = resolve_log_url(url)
+    if resolved.startswith(("postgresql://", "postgres://")):
+        from taps.webhooks.postgres_log import PostgresWebhookLog
+
+        return PostgresWebhookLog(resolved)
+    if "://" in resolved and not resolved.startswith("file://"):
+        raise ConfigError(setting, f"'{resolved}' is neither a folder, a file:// URL nor a postgresql:// URL")
+    from taps.webhooks.file_log import FileWebhookLog
+
+    return FileWebhookLog(resolved.removeprefix("file://"))

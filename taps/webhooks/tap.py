@@ -1,0 +1,63 @@
+"""tap-webhooks: drains one tenant's and provider's events from the durable webhook log as Singer records."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from singer_sdk import Stream, Tap
+from singer_sdk import typing as th
+
+from plugins.errors import ConfigError
+from plugins.layout import validate_name
+from plugins.manager import UnknownPluginError, get_source
+from plugins.webhook_signing import WebhookHandler
+from taps.webhooks.log import LOG_URL_ENV_VAR, WebhookLog, open_log
+from taps.webhooks.streams import WebhookEventStream
+
+
+class TapWebhooks(Tap):
+    """Singer tap over the webhook log; streams come from the provider's webhook handler."""
+
+    name = "tap-webhooks"
+
+    config_jsonschema = th.PropertiesList(
+        th.Property(
+            "provider",
+            th.StringType,
+            required=True,
+            title="Provider",
+            description="Whose events to drain: a source with a webhook handler (stripe, shopify, salesforce...).",
+        ),
+        th.Property("tenant", th.StringType, required=True, title="Tenant", description="Tenant name, e.g. 'acme'."),
+        th.Property(
+            "log_url",
+            th.StringType,
+            title="Webhook log URL",
+            description=f"The receiver's log: a folder, file://... or postgresql://... [env {LOG_URL_ENV_VAR}; "
+            "default data/webhooks].",
+        ),
+    ).to_dict()
+
+    @cached_property
+    def handler(self) -> WebhookHandler:
+        provider = validate_name("provider", self.config["provider"])
+        try:
+            source = get_source(provider)
+        except UnknownPluginError as exc:
+            raise ConfigError("provider", str(exc)) from exc
+        if source.webhook_handler is None:
+            raise ConfigError("provider", f"source '{provider}' has no webhook handler")
+        handler: WebhookHandler = source.webhook_handler
+        return handler
+
+    @cached_property
+    def webhook_log(self) -> WebhookLog:
+        return open_log(self.config.get("log_url"))
+
+    def discover_streams(self) -> list[Stream]:
+        validate_name("tenant", self.config["tenant"])
+        return [WebhookEventStream(self, name, self.webhook_log) for name in self.handler.streams]
+
+
+if __name__ == "__main__":
+    TapWebhooks.cli()

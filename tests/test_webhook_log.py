@@ -1,0 +1,219 @@
+"""The durable webhook log: group commit, crash recovery, dedupe across restarts, consumers and compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from taps.webhooks.file_log import FileWebhookLog, LogLockedError
+from taps.webhooks.group_commit import GroupCommitWriter, LogFailedError, WriteResult
+from taps.webhooks.log import LogEntry, consumer_name, open_log
+from taps.webhooks.postgres_log import PostgresWebhookLog
+
+
+def entry(event_id: str, stream: str = "events", tenant: str = "acme", provider: str = "stripe") -> LogEntry:
+    return LogEntry(
+        tenant, provider, stream, event_id, "customer.created", "2026-01-01T00:00:00+00:00", {"id": event_id}
+    )
+
+
+def ids(log: object, stream: str = "events", after: str | None = None, tenant: str = "acme") -> list[str]:
+    return [stored.entry.event_id for stored in log.read(tenant, "stripe", stream, after)]  # type: ignore[attr-defined]
+
+
+def test_concurrent_appends_share_group_commits_and_all_become_durable(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+    groups: list[int] = []
+    write_batch = log._write_batch
+
+    def counting(entries: list[LogEntry]) -> WriteResult:
+        groups.append(len(entries))
+        return write_batch(entries)
+
+    log._writer._write_batch = counting  # type: ignore[union-attr]
+
+    async def send() -> list[list[bool]]:
+        return await asyncio.gather(*(log.append([entry(f"evt_{index}")]) for index in range(500)))
+
+    results = asyncio.run(send())
+    log.close()
+    assert all(result == [True] for result in results)
+    assert sum(groups) == 500
+    assert len(groups) < 500  # Several requests shared one write and fsync.
+    assert sorted(ids(FileWebhookLog(tmp_path))) == sorted(f"evt_{index}" for index in range(500))
+
+
+def test_duplicates_are_dropped_within_a_group_and_after_a_restart(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+    assert log.append_sync([entry("a"), entry("a"), entry("b")]) == [True, False, True]
+    log.close()
+    reopened = FileWebhookLog(tmp_path)
+    reopened.start_writer()
+    assert reopened.append_sync([entry("a"), entry("c"), entry("a", tenant="beta")]) == [False, True, True]
+    reopened.close()
+    assert ids(reopened) == ["a", "b", "c"]
+
+
+def test_a_torn_tail_from_a_crash_is_truncated_and_appending_continues(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+    log.append_sync([entry("a"), entry("b")])
+    log.close()
+    [segment] = (tmp_path / "segments").glob("*.seg")
+    intact = segment.stat().st_size
+    with segment.open("ab") as handle:
+        handle.write(b"\x03\x00\x00\x00\x00\x00\x00\x00\xff\x00\x00\x00partial")  # A record cut short by SIGKILL.
+    assert ids(log) == ["a", "b"]  # Readers stop at the torn record.
+    reopened = FileWebhookLog(tmp_path)
+    reopened.start_writer()
+    assert segment.stat().st_size == intact
+    reopened.append_sync([entry("c")])
+    reopened.close()
+    positions = [stored.position for stored in reopened.read("acme", "stripe", "events")]
+    assert ids(reopened) == ["a", "b", "c"]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == 3
+
+
+def test_reading_after_a_position_returns_only_later_entries_of_that_stream(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path, segment_bytes=200)  # Tiny segments: reads cross segment boundaries.
+    log.start_writer()
+    for index in range(10):  # One group commit each; a segment rolls after the group that fills it.
+        log.append_sync([entry(f"e{index}", stream="orders" if index % 2 else "events")])
+    log.close()
+    assert len(list((tmp_path / "segments").glob("*.seg"))) > 2
+    events = list(log.read("acme", "stripe", "events"))
+    assert [stored.entry.event_id for stored in events] == ["e0", "e2", "e4", "e6", "e8"]
+    assert ids(log, "events", after=events[2].position) == ["e6", "e8"]
+    assert ids(log, "events", tenant="beta") == []
+
+
+def test_a_second_writer_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    first = FileWebhookLog(tmp_path)
+    first.start_writer()
+    with pytest.raises(LogLockedError, match="postgresql"):
+        FileWebhookLog(tmp_path).start_writer()
+    first.close()
+
+
+def test_compaction_removes_only_segments_every_consumer_has_committed_past(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path, segment_bytes=150)
+    log.start_writer()
+    for index in range(10):
+        log.append_sync([entry(f"e{index}", stream="orders" if index >= 6 else "events")])
+    log.close()
+    before = len(list((tmp_path / "segments").glob("*.seg")))
+    assert log.compact().removed_units == 0  # No consumer has committed anything yet.
+    events = list(log.read("acme", "stripe", "events"))
+    log.commit(consumer_name("acme", "stripe", "events"), events[-1].position)
+    result = log.compact()
+    # Segments holding only events go; those with orders wait for the orders consumer.
+    assert result.removed_entries == 6  # e0..e5, two per segment.
+    assert ids(log, "orders") == ["e6", "e7", "e8", "e9"]
+    orders = list(log.read("acme", "stripe", "orders"))
+    log.commit(consumer_name("acme", "stripe", "orders"), orders[-1].position)
+    log.compact()
+    remaining = list((tmp_path / "segments").glob("*.seg"))
+    assert len(remaining) == 1 < before  # The newest segment always stays: it is the one being appended to.
+    assert log.consumers() == {
+        "acme/stripe/events": events[-1].position,
+        "acme/stripe/orders": orders[-1].position,
+    }
+
+
+def test_log_url_chooses_the_backend(tmp_path: Path) -> None:
+    assert isinstance(open_log(f"file://{tmp_path}"), FileWebhookLog)
+    assert isinstance(open_log(str(tmp_path)), FileWebhookLog)
+    assert isinstance(open_log("postgresql://u@localhost/db"), PostgresWebhookLog)
+    with pytest.raises(ValueError, match="log_url"):
+        open_log("s3://bucket/log")
+
+
+@pytest.fixture
+def pg_log(postgres_url: str) -> PostgresWebhookLog:
+    log = PostgresWebhookLog(postgres_url)
+    log.start_writer()
+    yield log
+    log.close()
+
+
+def test_postgres_log_stores_dedupes_and_reads_in_order(pg_log: PostgresWebhookLog) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    assert pg_log.append_sync([entry("a", tenant=tenant), entry("a", tenant=tenant), entry("b", tenant=tenant)]) == [
+        True,
+        False,
+        True,
+    ]
+
+    async def concurrent() -> list[list[bool]]:
+        return await asyncio.gather(*(pg_log.append([entry(f"c{index}", tenant=tenant)]) for index in range(50)))
+
+    assert all(result == [True] for result in asyncio.run(concurrent()))
+    assert pg_log.append_sync([entry("b", tenant=tenant)]) == [False]
+    stored = list(pg_log.read(tenant, "stripe", "events"))
+    assert [item.entry.event_id for item in stored[:2]] == ["a", "b"]
+    assert len(stored) == 52
+    assert [item.position for item in stored] == sorted(item.position for item in stored)
+    assert ids(pg_log, after=stored[1].position, tenant=tenant) == [item.entry.event_id for item in stored[2:]]
+
+
+def test_postgres_log_is_shared_by_two_receivers(postgres_url: str) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    first, second = PostgresWebhookLog(postgres_url), PostgresWebhookLog(postgres_url)
+    first.start_writer()
+    second.start_writer()
+    assert first.append_sync([entry("x", tenant=tenant)]) == [True]
+    assert second.append_sync([entry("x", tenant=tenant), entry("y", tenant=tenant)]) == [False, True]
+    first.close()
+    second.close()
+    assert ids(first, tenant=tenant) == ["x", "y"]
+
+
+def test_postgres_compaction_deletes_rows_up_to_the_committed_position(pg_log: PostgresWebhookLog) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    pg_log.append_sync([entry(f"e{index}", tenant=tenant) for index in range(5)])
+    stored = list(pg_log.read(tenant, "stripe", "events"))
+    pg_log.commit(consumer_name(tenant, "stripe", "events"), stored[2].position)
+    result = pg_log.compact()
+    assert result.removed_entries == 3
+    assert ids(pg_log, tenant=tenant) == ["e3", "e4"]
+    assert pg_log.consumers()[consumer_name(tenant, "stripe", "events")] == stored[2].position
+
+
+def test_cdp_webhooks_compact_reports_what_it_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from plugins.cli.app import main
+
+    log = FileWebhookLog(tmp_path, segment_bytes=100)
+    log.start_writer()
+    for index in range(3):
+        log.append_sync([entry(f"e{index}")])
+    log.close()
+    log.commit(consumer_name("acme", "stripe", "events"), list(log.read("acme", "stripe", "events"))[-1].position)
+    assert main(["webhooks", "compact", "--log-url", f"file://{tmp_path}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["removed_units"], report["removed_entries"]) == (3, 3)
+
+
+def test_a_failed_sync_fails_the_writer_until_restart() -> None:
+    syncs = iter([OSError(5, "Input/output error")])
+
+    def write_batch(items: list[str]) -> WriteResult:
+        def sync() -> None:
+            error = next(syncs, None)
+            if error is not None:
+                raise error
+
+        return [True] * len(items), sync
+
+    writer: GroupCommitWriter[str] = GroupCommitWriter(write_batch)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.submit_sync(["a"], timeout=5)
+    with pytest.raises(LogFailedError, match="restart"):  # Even though the next sync would succeed.
+        writer.submit_sync(["b"], timeout=5)
+    writer.close()

@@ -1,0 +1,263 @@
+"""The webhook receiver over real HTTP: every answer it can give, and what it stores or dead-letters for each."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import stripe
+
+from plugins.sandbox import SandboxServer
+from plugins.webhook_signing import StripeSignatureScheme
+from taps.salesforce.webhook import SalesforceWebhookHandler
+from taps.shopify.webhook import ShopifyWebhookHandler
+from taps.stripe.webhook import StripeWebhookHandler
+from taps.webhooks.file_log import FileWebhookLog
+from taps.webhooks.receiver import (
+    UVICORN_OPTIONS,
+    ReceiverSettings,
+    WebhookReceiver,
+    parse_allowlist,
+    parse_networks,
+    registered_handlers,
+)
+
+SECRETS = {
+    "CDP_WEBHOOK_SECRET__ACME__STRIPE": "whsec_new,whsec_old",
+    "CDP_WEBHOOK_SECRET__ACME__SHOPIFY": "shpss_1",
+    "CDP_WEBHOOK_SECRET__ACME__SALESFORCE": "sf_secret",
+    "CDP_WEBHOOK_SECRET__BETA__STRIPE": "whsec_beta",
+}
+HANDLERS = {
+    "stripe": StripeWebhookHandler(),
+    "shopify": ShopifyWebhookHandler(),
+    "salesforce": SalesforceWebhookHandler(),
+}
+
+
+@dataclass
+class Receiver:
+    url: str
+    log: FileWebhookLog
+    dlq: Path
+    receiver: WebhookReceiver
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=10)
+
+    def stored(self, tenant: str, provider: str, stream: str) -> list[str]:
+        return [stored.entry.event_id for stored in self.log.read(tenant, provider, stream)]
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, **settings: object) -> Iterator[Receiver]:
+    log = FileWebhookLog(tmp_path / "log")
+    receiver = WebhookReceiver(
+        log,
+        HANDLERS,
+        ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS, **settings),  # type: ignore[arg-type]
+    )
+    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:  # Its lifespan starts and closes the log.
+        yield Receiver(server.url, log, tmp_path / "dlq", receiver)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    with _serve(tmp_path) as server:
+        yield server
+
+
+def stripe_event(event_id: str, event_type: str = "customer.created") -> bytes:
+    return json.dumps(
+        {"id": event_id, "object": "event", "type": event_type, "data": {"object": {"id": "cus_1"}}}
+    ).encode()
+
+
+def stripe_headers(body: bytes, secret: str = "whsec_new", at: int | None = None) -> dict[str, str]:
+    signed_at = int(time.time()) if at is None else at
+    return {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(body.decode(), secret, signed_at)}
+
+
+def test_stripe_event_signed_with_the_current_secret_is_stored(receiver: Receiver) -> None:
+    body = stripe_event("evt_1")
+    response = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    assert response.status_code == 200
+    assert response.json() == {"status": "stored", "stored": 1, "duplicates": 0}
+    assert receiver.stored("acme", "stripe", "events") == ["evt_1"]
+
+
+def test_stripe_event_signed_with_the_rotated_out_secret_is_still_stored(receiver: Receiver) -> None:
+    body = stripe_event("evt_old")
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body, "whsec_old")).status_code == 200
+    assert receiver.stored("acme", "stripe", "events") == ["evt_old"]
+
+
+def test_stripe_stale_timestamp_is_401_and_nothing_is_stored(receiver: Receiver) -> None:
+    body = stripe_event("evt_stale")
+    response = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body, at=int(time.time()) - 301))
+    assert response.status_code == 401
+    assert receiver.stored("acme", "stripe", "events") == []
+
+
+def test_wrong_secret_is_401_counted_and_logged_without_the_body(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = stripe_event("evt_secret_payload")
+    response = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body, "whsec_attacker"))
+    assert response.status_code == 401
+    assert receiver.stored("acme", "stripe", "events") == []
+    metrics = httpx.get(receiver.url + "/metrics").text
+    assert 'cdp_webhook_signature_failures_total{provider="stripe",reason="mismatch"} 1.0' in metrics
+    assert "webhook_signature_rejected" in caplog.text
+    assert "evt_secret_payload" not in caplog.text
+
+
+def test_another_tenants_secret_does_not_verify(receiver: Receiver) -> None:
+    body = stripe_event("evt_cross")
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body, "whsec_beta")).status_code == 401
+
+
+def test_duplicate_delivery_is_acknowledged_but_stored_once(receiver: Receiver) -> None:
+    body = stripe_event("evt_dup")
+    first = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    second = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["status"] == "duplicate"
+    assert receiver.stored("acme", "stripe", "events") == ["evt_dup"]
+
+
+def test_shopify_order_is_stored_in_its_topic_stream_and_redelivery_dropped(receiver: Receiver) -> None:
+    body = json.dumps({"id": 450789469, "total_price": "10.00"}).encode()
+    headers = {
+        "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(b"shpss_1", body, hashlib.sha256).digest()).decode(),
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Webhook-Id": "wh-1",
+    }
+    assert receiver.post("/webhooks/acme/shopify", body, headers).status_code == 200
+    assert receiver.post("/webhooks/acme/shopify", body, headers).json()["status"] == "duplicate"
+    assert receiver.stored("acme", "shopify", "orders") == ["wh-1"]
+
+
+def test_shopify_bad_hmac_is_401(receiver: Receiver) -> None:
+    body = b'{"id": 1}'
+    headers = {"X-Shopify-Hmac-Sha256": "AAAA", "X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "x"}
+    assert receiver.post("/webhooks/acme/shopify", body, headers).status_code == 401
+
+
+def test_salesforce_change_event_is_stored_under_its_object(receiver: Receiver) -> None:
+    header = {"entityName": "Contact", "changeType": "CREATE", "transactionKey": "t1", "sequenceNumber": 1}
+    body = json.dumps({"payload": {"ChangeEventHeader": header, "LastName": "Ng"}}).encode()
+    signature = hmac.new(b"sf_secret", body, hashlib.sha256).hexdigest()
+    assert receiver.post("/webhooks/acme/salesforce", body, {"X-Salesforce-Signature": signature}).status_code == 200
+    assert receiver.stored("acme", "salesforce", "Contact") == ["t1:1"]
+
+
+def test_unknown_tenant_and_unknown_provider_are_404(receiver: Receiver) -> None:
+    body = stripe_event("evt_x")
+    assert receiver.post("/webhooks/nobody/stripe", body, stripe_headers(body)).status_code == 404
+    assert receiver.post("/webhooks/acme/paypal", body, stripe_headers(body)).status_code == 404
+
+
+def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    with _serve(tmp_path, max_body_bytes=1000) as server:
+        body = stripe_event("evt_big", "x" * 2000)
+        assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 413
+        chunks = iter([body[:600], body[600:]])  # No Content-Length: the limit holds while streaming too.
+        streamed = httpx.post(server.url + "/webhooks/acme/stripe", content=chunks, headers=stripe_headers(body))
+        assert streamed.status_code == 413
+        assert server.stored("acme", "stripe", "events") == []
+
+
+def test_tenant_over_its_rate_gets_429_with_retry_after(tmp_path: Path) -> None:
+    with _serve(tmp_path, rate_per_second=0.5, burst=2) as server:
+        statuses = []
+        for index in range(3):
+            body = stripe_event(f"evt_rate_{index}")
+            response = server.post("/webhooks/acme/stripe", body, stripe_headers(body))
+            statuses.append(response.status_code)
+        assert statuses == [200, 200, 429]
+        assert int(response.headers["Retry-After"]) >= 1
+        other = stripe_event("evt_beta")  # Another tenant has its own bucket.
+        assert server.post("/webhooks/beta/stripe", other, stripe_headers(other, "whsec_beta")).status_code == 200
+
+
+def test_source_outside_the_providers_allowlist_is_403(tmp_path: Path) -> None:
+    with _serve(tmp_path, allow=parse_allowlist(["stripe=10.0.0.0/8"])) as server:
+        body = stripe_event("evt_ip")
+        assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 403
+        shopify_body = b"{}"  # Providers without an allowlist are not restricted (401 here: unsigned).
+        assert server.post("/webhooks/acme/shopify", shopify_body, {}).status_code == 401
+
+
+def test_forwarded_for_is_trusted_only_from_a_configured_proxy(tmp_path: Path) -> None:
+    allow = parse_allowlist(["stripe=3.18.12.63/32"])
+    body = stripe_event("evt_proxy")
+    forwarded = {**stripe_headers(body), "X-Forwarded-For": "3.18.12.63"}
+    with _serve(tmp_path / "untrusted", allow=allow) as server:
+        assert server.post("/webhooks/acme/stripe", body, forwarded).status_code == 403
+    with _serve(tmp_path / "trusted", allow=allow, trusted_proxies=parse_networks("p", ["127.0.0.1"])) as server:
+        assert server.post("/webhooks/acme/stripe", body, forwarded).status_code == 200
+        spoofed = {**stripe_headers(body), "X-Forwarded-For": "3.18.12.63, 8.8.8.8"}
+        assert server.post("/webhooks/acme/stripe", body, spoofed).status_code == 403
+
+
+def test_signed_body_that_is_not_json_is_202_and_dead_lettered_as_webhook_invalid(receiver: Receiver) -> None:
+    body = b"<xml>not json</xml>"
+    headers = {"Stripe-Signature": StripeSignatureScheme().sign(body, "whsec_new", int(time.time()))}
+    response = receiver.post("/webhooks/acme/stripe", body, headers)
+    assert response.status_code == 202
+    [batch] = list((receiver.dlq / "acme" / "stripe" / "webhook_invalid").rglob("*.ndjson.gz"))
+    [letter] = [json.loads(line) for line in zlib.decompress(batch.read_bytes(), 31).splitlines()]
+    assert letter["error_type"] == "webhook_invalid"
+    assert letter["record"] == "<xml>not json</xml>"
+    assert "stripe-signature" not in letter["context"]["headers"]
+    assert receiver.stored("acme", "stripe", "events") == []
+
+
+def test_healthz_and_metrics_report_requests_bytes_latency_and_queue_depth(receiver: Receiver) -> None:
+    body = stripe_event("evt_m")
+    receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    assert httpx.get(receiver.url + "/healthz").json() == {"status": "ok", "queue_depth": 0}
+    metrics = httpx.get(receiver.url + "/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'cdp_webhook_requests_total{provider="stripe",status="200"} 1.0' in text
+    assert f'cdp_webhook_request_bytes_total{{provider="stripe"}} {float(len(body))}' in text
+    assert 'cdp_webhook_request_duration_seconds_count{provider="stripe"} 1.0' in text
+    assert "cdp_webhook_log_queue_depth 0.0" in text
+
+
+def test_the_receiver_compacts_its_log_on_a_schedule(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=100)  # Tiny segments: one event each.
+    settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS, compact_interval_seconds=0.05)
+    receiver = WebhookReceiver(log, HANDLERS, settings)
+    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:
+        for index in range(4):
+            body = stripe_event(f"evt_c{index}")
+            assert httpx.post(
+                f"{server.url}/webhooks/acme/stripe", content=body, headers=stripe_headers(body)
+            ).is_success
+        stored = list(log.read("acme", "stripe", "events"))
+        log.commit("acme/stripe/events", stored[-1].position)  # What a drained and confirmed run records.
+        deadline = time.monotonic() + 5
+        while len(list((tmp_path / "log" / "segments").glob("*.seg"))) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(list((tmp_path / "log" / "segments").glob("*.seg"))) == 1  # Only the segment being appended to.
+    assert list(log.read("acme", "stripe", "events")) == []
+
+
+def test_the_receiver_takes_its_handlers_from_the_source_plugins() -> None:
+    handlers = registered_handlers()
+    assert isinstance(handlers["stripe"], StripeWebhookHandler)
+    assert isinstance(handlers["shopify"], ShopifyWebhookHandler)
+    assert isinstance(handlers["salesforce"], SalesforceWebhookHandler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +13,7 @@ from rich.table import Table
 from plugins.cli.output import console
 from plugins.descriptors import SandboxOptions
 from plugins.errors import CdpError
-from plugins.layout import parse_batch_key
+from plugins.layout import BATCH_SUFFIX, parse_batch_key
 from plugins.manager import get_source
 from plugins.project import find_project_root, run_meltano
 from plugins.raw_zone import read_batch
@@ -61,9 +62,31 @@ def demo(
     for column in ("stream", "files", "records (all runs)", "records (this run)", "latest file"):
         table.add_column(column)
     for stream in sorted(counts):
-        table.add_row(stream, str(len(files[stream])), str(counts[stream]), str(new_counts[stream]), files[stream][-1])
+        latest = files[stream][-1].rsplit("/", 1)[-1]
+        table.add_row(stream, str(len(files[stream])), str(counts[stream]), str(new_counts[stream]), latest)
     console.print(table)
+    _print_landing_zone_summary(root)
     console.print(
         "Re-running is safe: the tap resumes from its bookmark in .meltano/state, so a second run lands only what is "
         "new (a record at the bookmark's boundary may come again; downstream de-duplicates on id and _sdc_sequence)."
     )
+
+
+def _print_landing_zone_summary(root: Path) -> None:
+    """What else the run left: dead letters by error type, and the schema versions it registered."""
+    from schema_registry import SchemaRegistry
+
+    dlq = ObjectStore(str(root / "data" / "dlq"))
+    by_error: dict[str, int] = defaultdict(int)
+    for info in dlq.list(f"{DEMO_TENANT}/{DEMO_SOURCE}"):
+        if not info.key.endswith(BATCH_SUFFIX):
+            continue
+        error_type = parse_batch_key(info.key).error_type
+        if error_type:
+            by_error[error_type] += len(read_batch(dlq, info.key))
+    dead = ", ".join(f"{count} {error}" for error, count in sorted(by_error.items())) or "none"
+    console.print(f"dead letter queue ({root / 'data' / 'dlq'}): {dead}")
+    registry = SchemaRegistry(ObjectStore(str(root / "data" / "registry")))
+    subjects = [s for s in registry.subjects() if s.startswith(f"{DEMO_TENANT}/{DEMO_SOURCE}/")]
+    versions = ", ".join(f"{s.rsplit('/', 1)[-1]} v{registry.versions(s)[-1]}" for s in subjects)
+    console.print(f"schema registry ({root / 'data' / 'registry'}): {versions or 'no subjects'}")

@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ DEFAULT_RATE_PER_SECOND = 1000.0
 DEFAULT_BURST = 2000
 DEFAULT_COMPACT_INTERVAL_SECONDS = 300.0
 DLQ_STREAM = "webhooks"
-GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PRIVATE_HEADER_WORDS = ("signature", "hmac", "authorization", "cookie", "token", "secret")
 
@@ -329,9 +327,6 @@ class WebhookReceiver:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        # The group-commit thread needs the GIL for a moment after each fsync; under load the event loop would hold it
-        # for the default 5 ms switch interval, stalling every waiting request. A short interval keeps acks prompt.
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_SECONDS))
         self.log.start_writer()
         compactor = None
         if self.settings.compact_interval_seconds > 0:

@@ -6,6 +6,7 @@ each command, so listing the command costs nothing.
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated
 
 import typer
@@ -67,6 +68,7 @@ def serve(
     log = open_log(log_url)
     web_app = create_app(log, settings=settings)
     console.print(f"webhook receiver on http://{host}:{port} (log {resolve_log_url(log_url)})", highlight=False)
+    _tune_garbage_collection()
     uvicorn.run(web_app, host=host, port=port, log_level="warning", **UVICORN_OPTIONS)
 
 
@@ -98,3 +100,21 @@ def consumers(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None
         console.print("no consumer has committed a position yet")
     for name, position in sorted(committed.items()):
         console.print(f"{name}  {position}", highlight=False)
+
+
+# Young-generation threshold for the receiver process: collections every 50k allocations instead of 700.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def _tune_garbage_collection() -> None:
+    """Keep full collections off the request path of this dedicated server process.
+
+    Under load, CPython's collector traversed every object the receiver had built at start-up (plugins, the SDK,
+    Starlette) many times a second; those pauses were the p99 (about 60 ms against 9-15 ms without them, measured
+    with wrk, 32 connections). Freezing the start-up objects takes them out of every later collection, and a larger
+    first threshold makes collections rarer; garbage is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)

@@ -35,7 +35,7 @@ def test_concurrent_appends_share_group_commits_and_all_become_durable(tmp_path:
         groups.append(len(entries))
         return write_batch(entries)
 
-    log._writer._write_batch = counting  # type: ignore[union-attr]
+    log._loop_writer._write_batch = counting  # type: ignore[union-attr]  # async appends commit on the loop
 
     async def send() -> list[list[bool]]:
         return await asyncio.gather(*(log.append([entry(f"evt_{index}")]) for index in range(500)))

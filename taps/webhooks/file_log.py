@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from plugins.errors import CdpError, StorageError
-from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
+from taps.webhooks.group_commit import GroupCommitWriter, InlineGroupCommit, WriteResult
 from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry, consumer_name
 
 _HEADER = struct.Struct("<QII")
@@ -138,7 +138,11 @@ class FileWebhookLog:
         self.segment_bytes = segment_bytes
         self.dedupe_capacity = dedupe_capacity
         self._segments_dir = self.folder / "segments"
+        # Appends from the receiver's event loop commit on the loop (InlineGroupCommit); appends from plain threads go
+        # through the writer thread. Both write under _write_lock, so the log stays one ordered sequence.
         self._writer: GroupCommitWriter[LogEntry] | None = None
+        self._loop_writer: InlineGroupCommit[LogEntry] | None = None
+        self._write_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._descriptor: _Descriptor | None = None
@@ -161,6 +165,7 @@ class FileWebhookLog:
         self._lock_fd = lock_fd
         self._recover()
         self._writer = GroupCommitWriter(self._write_batch)
+        self._loop_writer = InlineGroupCommit(self._write_batch)
 
     def _recover(self) -> None:
         segments = self._segments()
@@ -203,7 +208,11 @@ class FileWebhookLog:
             del self._seen[next(iter(self._seen))]
 
     def _write_batch(self, entries: list[LogEntry]) -> WriteResult:
-        """Append the new entries (in the writer thread, in order); the returned sync makes them durable."""
+        """Append the new entries in order; the returned sync makes them durable."""
+        with self._write_lock:
+            return self._write_batch_locked(entries)
+
+    def _write_batch_locked(self, entries: list[LogEntry]) -> WriteResult:
         assert self._fd is not None
         flags: list[bool] = []
         batch_keys: set[tuple[str, str, str]] = set()
@@ -243,9 +252,9 @@ class FileWebhookLog:
         return flags, descriptor.sync
 
     async def append(self, entries: Sequence[LogEntry]) -> list[bool]:
-        if self._writer is None:
+        if self._loop_writer is None:
             raise CdpError("the webhook log writer is not started")
-        return await self._writer.submit(entries)
+        return await self._loop_writer.submit(entries)
 
     def append_sync(self, entries: Sequence[LogEntry]) -> list[bool]:
         if self._writer is None:
@@ -254,9 +263,11 @@ class FileWebhookLog:
 
     @property
     def queue_depth(self) -> int:
-        return self._writer.queue_depth if self._writer is not None else 0
+        threads = self._writer.queue_depth if self._writer is not None else 0
+        return threads + (self._loop_writer.queue_depth if self._loop_writer is not None else 0)
 
     def close(self) -> None:
+        self._loop_writer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

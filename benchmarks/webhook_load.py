@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -60,13 +61,10 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as sock:
-                sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1) as sock:  # not up yet
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+            if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                return
         time.sleep(0.1)
     raise RuntimeError(f"server on port {port} did not start")
 
@@ -186,12 +184,10 @@ def main() -> None:
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return
-    try:
+    with contextlib.suppress(ImportError):  # uvloop makes the client cheaper; plain asyncio works too.
         import uvloop
 
         uvloop.install()
-    except ImportError:
-        pass
     count = min(args.count, 1_000_000)
     duration = min(args.duration, 120.0)
     results = []

@@ -21,6 +21,7 @@ pages: sorted streams keep their progress, the others keep their last checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -207,10 +208,8 @@ def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    try:
+    with contextlib.suppress(ValueError):  # Not delta-seconds: try an HTTP date.
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):

@@ -14,6 +14,7 @@ Only objects whose schema lists ``properties`` (and no ``patternProperties`` or 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections import OrderedDict
@@ -211,11 +212,10 @@ class RecordValidator:
         if self._shape is None:
             return []
         if self._strict is not None:
-            try:
+            # A value jsonschema-rs cannot convert (a huge int) falls through to the Python walk below.
+            with contextlib.suppress(ValueError, TypeError, OverflowError):
                 if self._strict.is_valid(record):
                     return []
-            except (ValueError, TypeError, OverflowError):
-                pass
         out: list[str] = []
         _undeclared(record, self._shape, [], out, ignore)
         return out

@@ -89,7 +89,7 @@ def test_fixed_schema_moves_records_to_raw_conserving_counts_and_audits(zones: Z
 
 
 class _Crash(Exception):
-    pass
+    """The crash a test injects between two writes."""
 
 
 class _CrashingStore(ObjectStore):

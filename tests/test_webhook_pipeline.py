@@ -3,6 +3,7 @@ Meltano) into the raw zone; and `cdp webhooks serve` killed with SIGKILL under l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -53,11 +54,9 @@ class ReceiverProcess:
         self.process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(httpx.TransportError):  # Not listening yet.
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 stderr = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise RuntimeError(f"receiver did not start: {stderr[-2000:]}")

@@ -11,6 +11,7 @@ bucket needs, via the shared runtime's throttle retries.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -359,11 +360,8 @@ class ShopifyStream(CdpRESTStream[str | None]):
         described["graphql_root_field"] = self.root_field
         body = request.body
         if body:
-            try:
-                payload = orjson.loads(body)
-                described["variables"] = payload.get("variables")
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):  # A body that is not JSON has no variables to record.
+                described["variables"] = orjson.loads(body).get("variables")
         return described
 
     def _send(self, payload: dict[str, Any], cost: int, context: Context | None) -> dict[str, Any]:

@@ -186,3 +186,12 @@ def _script(executable: str) -> str:
     """The console script next to this interpreter (the project's venv), else whatever PATH finds."""
     candidate = Path(sys.executable).parent / executable
     return str(candidate) if candidate.exists() else executable
+
+
+def dead_letters(dlq_url: str | Path) -> list[dict[str, Any]]:
+    """Every dead letter under a DLQ (local folder or s3://), in key order: what a tap test asserts on."""
+    from plugins.raw_zone import read_batch
+    from plugins.storage import ObjectStore
+
+    store = ObjectStore(str(dlq_url))
+    return [letter for info in store.list() for letter in read_batch(store, info.key)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from plugins.tap_runtime import (
     redact_text,
     redact_url,
 )
-from plugins.testing import run_tap
+from plugins.testing import dead_letters, run_tap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk_live_very_secret_token_123"
@@ -149,13 +148,6 @@ def _config(url: str, tmp_path: Path, *streams: str, **extra: Any) -> dict[str, 
     }
 
 
-def _dlq_entries(tmp_path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for path in sorted((tmp_path / "dlq").rglob("*.ndjson.gz")):
-        entries += [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
-    return entries
-
-
 def test_429_with_retry_after_is_waited_out_then_retried(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
     scripted, url = api
     scripted.scripts["orders"] = ["429", "429"]
@@ -205,7 +197,7 @@ def test_exhausted_retries_write_one_redacted_dlq_entry_and_other_streams_comple
     assert run.counts()["customers"] == ROWS
     assert run.bookmark("orders") == 1002  # not advanced past what the run found, though a page was emitted
     assert run.bookmark("customers") == 1000 + ROWS - 1
-    [entry] = _dlq_entries(tmp_path)
+    [entry] = dead_letters(tmp_path / "dlq")
     assert entry["error_type"] == "extraction_failed"
     assert entry["tenant"] == "acme"
     assert entry["provider"] == "throwaway"
@@ -216,7 +208,7 @@ def test_exhausted_retries_write_one_redacted_dlq_entry_and_other_streams_comple
     assert entry["context"]["attempts"] == 4  # the first try and 3 retries
     assert entry["context"]["status"] == 503
     assert entry["context"]["bookmark"]["replication_key_value"] == 1002
-    dlq_text = json.dumps(_dlq_entries(tmp_path))
+    dlq_text = json.dumps(dead_letters(tmp_path / "dlq"))
     assert SECRET not in dlq_text
     assert SECRET not in str(run.error)
 
@@ -231,7 +223,7 @@ def test_throttled_past_retries_is_rate_limit_exhausted(api: tuple[ScriptedApi, 
     finally:
         ThrowawayStream.throttle_max_retries = original
     assert isinstance(run.error, StreamsFailedError)
-    [entry] = _dlq_entries(tmp_path)
+    [entry] = dead_letters(tmp_path / "dlq")
     assert entry["error_type"] == ErrorType.RATE_LIMIT_EXHAUSTED.value
     assert entry["context"]["attempts"] == 3
     assert entry["context"]["status"] == 429
@@ -243,7 +235,7 @@ def test_401_is_auth_failed_without_retries(api: tuple[ScriptedApi, str], tmp_pa
     run = run_tap(TapThrowaway, _config(url, tmp_path, "orders", "customers"))
     assert isinstance(run.error, StreamsFailedError)
     assert run.counts() == {"customers": ROWS}
-    [entry] = _dlq_entries(tmp_path)
+    [entry] = dead_letters(tmp_path / "dlq")
     assert entry["error_type"] == "auth_failed"
     assert entry["context"]["attempts"] == 1
     assert len(scripted.calls["orders"]) == 1

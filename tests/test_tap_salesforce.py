@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -16,7 +15,7 @@ from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import TapRun, run_tap, run_tap_process, start_tap_process
+from plugins.testing import TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
 from taps.salesforce.client import SalesforceStream, format_datetime
 from taps.salesforce.sandbox import (
     DEFAULT_ACCESS_TOKEN,
@@ -74,13 +73,6 @@ def config(server: SandboxServer, tmp_path: Path, **overrides: Any) -> dict[str,
 
 def ids(run: TapRun, stream: str) -> set[str]:
     return {record["Id"] for record in run.records(stream)}
-
-
-def dead_letters(tmp_path: Path) -> list[dict[str, Any]]:
-    letters = []
-    for path in sorted((tmp_path / "dlq").rglob("*.ndjson.gz")):
-        letters += [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
-    return letters
 
 
 def api(server: SandboxServer, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -208,7 +200,7 @@ def test_rejected_static_access_token_is_auth_failed_in_the_dlq_without_the_toke
     settings = {"access_token": DEFAULT_ACCESS_TOKEN, "instance_url": server.url, "dlq_url": str(tmp_path / "dlq")}
     run = run_tap(TapSalesforce, settings)
     assert isinstance(run.error, StreamsFailedError)
-    letters = dead_letters(tmp_path)
+    letters = dead_letters(tmp_path / "dlq")
     assert letters
     assert {letter["error_type"] for letter in letters} == {"auth_failed"}
     assert {letter["context"]["status"] for letter in letters} == {401}
@@ -252,7 +244,7 @@ def test_exhausted_retries_write_one_dlq_entry_while_other_objects_complete(
     assert [failure.stream for failure in run.error.failures] == ["Lead"]
     assert run.counts() == {name: len(live_ids(server, name)) for name in DEFAULT_OBJECTS if name != "Lead"}
     assert "Lead" not in (run.last_state or {})["bookmarks"]
-    [letter] = dead_letters(tmp_path)
+    [letter] = dead_letters(tmp_path / "dlq")
     assert letter["error_type"] == "extraction_failed"
     assert letter["stream"] == "Lead"
     assert letter["context"]["attempts"] == 4  # The first try and 3 retries.
@@ -265,7 +257,7 @@ def test_persistent_throttling_ends_as_rate_limit_exhausted(start_sandbox: Start
     server = start_sandbox(faults={"throttled_objects": ["Campaign"]})
     run = run_tap(TapSalesforce, config(server, tmp_path))
     assert isinstance(run.error, StreamsFailedError)
-    [letter] = dead_letters(tmp_path)
+    [letter] = dead_letters(tmp_path / "dlq")
     assert (letter["stream"], letter["error_type"]) == ("Campaign", "rate_limit_exhausted")
     assert ids(run, "Contact") == live_ids(server, "Contact")
 
@@ -274,7 +266,7 @@ def test_api_usage_past_max_percent_stops_extraction(start_sandbox: StartSandbox
     server = start_sandbox(api_daily_limit=100)  # Discovery and a few objects use about half of it.
     run = run_tap(TapSalesforce, config(server, tmp_path, max_api_usage_percent=25))
     assert isinstance(run.error, StreamsFailedError)
-    assert {letter["error_type"] for letter in dead_letters(tmp_path)} == {"rate_limit_exhausted"}
+    assert {letter["error_type"] for letter in dead_letters(tmp_path / "dlq")} == {"rate_limit_exhausted"}
     assert org(server).api_usage <= 40
 
 
@@ -325,7 +317,7 @@ def test_failed_objects_exit_non_zero_with_a_one_line_summary_and_no_secrets(
     assert "Opportunity: auth_failed" in summary
     assert run.counts()["Account"] == len(live_ids(server, "Account"))
     assert DEFAULT_ACCESS_TOKEN not in run.stderr
-    assert DEFAULT_ACCESS_TOKEN not in json.dumps(dead_letters(tmp_path))
+    assert DEFAULT_ACCESS_TOKEN not in json.dumps(dead_letters(tmp_path / "dlq"))
 
 
 def test_missing_credentials_fail_fast_naming_the_setting(tmp_path: Path) -> None:

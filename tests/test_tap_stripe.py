@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import requests
 from plugins.descriptors import SandboxOptions
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import run_tap, start_tap_process
+from plugins.testing import dead_letters, run_tap, start_tap_process
 from taps.stripe.client import StripeStream
 from taps.stripe.sandbox import StripeState, create_sandbox
 from taps.stripe.streams import STREAM_TYPES
@@ -72,13 +71,6 @@ def _config(url: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "tenant": "acme",
         **extra,
     }
-
-
-def _dlq_entries(tmp_path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for path in sorted((tmp_path / "dlq").rglob("*.ndjson.gz")):
-        entries += [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
-    return entries
 
 
 def test_full_sync_emits_every_object_of_every_stream(sandbox: tuple[str, StripeState], tmp_path: Path) -> None:
@@ -197,7 +189,7 @@ def test_exhausted_retries_write_dlq_entry_keep_bookmark_and_exit_non_zero(tmp_p
     assert counts == {name: len(objects) for name, objects in state.objects.items() if name != "charges"}
     final_state = [m["value"] for m in messages if m["type"] == "STATE"][-1]
     assert final_state["bookmarks"]["charges"] == bookmark
-    [entry] = _dlq_entries(tmp_path)
+    [entry] = dead_letters(tmp_path / "dlq")
     assert entry["error_type"] == "extraction_failed"
     assert entry["provider"] == "stripe"
     assert entry["stream"] == "charges"
@@ -214,7 +206,7 @@ def test_revoked_key_is_auth_failed_for_each_stream_and_never_logged(tmp_path: P
     with server:
         run = run_tap(TapStripe, _config(server.url, tmp_path, api_key="sk_live_revoked_0123456789"))
     assert isinstance(run.error, StreamsFailedError)
-    entries = _dlq_entries(tmp_path)
+    entries = dead_letters(tmp_path / "dlq")
     assert {entry["error_type"] for entry in entries} == {"auth_failed"}
     assert {entry["stream"] for entry in entries} == {stream.name for stream in STREAM_TYPES}
     assert "sk_live_revoked_0123456789" not in json.dumps(entries)

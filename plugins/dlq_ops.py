@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pluggy
 
@@ -518,6 +518,38 @@ def check_dlq_volume(
 
 
 # -- purge ----------------------------------------------------------------------------------------------------------
+
+
+class ReportedBatch(Protocol):
+    """What a command that works batch by batch reports for each batch."""
+
+    status: str
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=ReportedBatch)
+
+
+@dataclass
+class BatchRunReport(Generic[OutcomeT]):
+    """Every batch's outcome of a reprocess or resubmit run, and the audit entry it wrote (none for a dry run)."""
+
+    outcomes: list[OutcomeT]
+    dry_run: bool
+    audit_key: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.status != "failed" for outcome in self.outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "batches": [outcome.as_dict() for outcome in self.outcomes],
+            "audit_key": self.audit_key,
+        }
 
 
 @dataclass(frozen=True)

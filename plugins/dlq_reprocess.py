@@ -38,6 +38,7 @@ from plugins.dlq_ops import (
     REQUEST_ERROR_TYPES,
     RETIRED_PREFIX,
     BatchNotFoundError,
+    BatchRunReport,
     generic_message,
     get_batch,
 )
@@ -94,16 +95,8 @@ class BatchOutcome:
 
 
 @dataclass
-class ReprocessReport:
+class ReprocessReport(BatchRunReport[BatchOutcome]):
     """Every batch's outcome and the audit entry written for the run (none for a dry run or no change)."""
-
-    outcomes: list[BatchOutcome]
-    dry_run: bool
-    audit_key: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(outcome.status != "failed" for outcome in self.outcomes)
 
     def totals(self) -> dict[str, int]:
         counted = [o for o in self.outcomes if o.status in ("reprocessed", "dry_run", "recovered")]
@@ -115,13 +108,7 @@ class ReprocessReport:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "ok": self.ok,
-            "totals": self.totals(),
-            "batches": [outcome.as_dict() for outcome in self.outcomes],
-            "audit_key": self.audit_key,
-        }
+        return {**super().as_dict(), "totals": self.totals()}
 
 
 @dataclass

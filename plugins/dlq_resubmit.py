@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from plugins.audit import AuditEntry, AuditLog
-from plugins.dlq_ops import REQUEST_ERROR_TYPES, RETIRED_PREFIX, BatchNotFoundError, get_batch, read_entries
+from plugins.dlq_ops import (
+    REQUEST_ERROR_TYPES,
+    RETIRED_PREFIX,
+    BatchNotFoundError,
+    BatchRunReport,
+    get_batch,
+    read_entries,
+)
 from plugins.errors import CdpError
 from plugins.layout import parse_batch_key
 from plugins.project import MeltanoError, run_meltano
@@ -62,22 +69,8 @@ class ResubmitOutcome:
 
 
 @dataclass
-class ResubmitReport:
-    outcomes: list[ResubmitOutcome]
-    dry_run: bool
-    audit_key: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(o.status != "failed" for o in self.outcomes)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "ok": self.ok,
-            "batches": [o.as_dict() for o in self.outcomes],
-            "audit_key": self.audit_key,
-        }
+class ResubmitReport(BatchRunReport[ResubmitOutcome]):
+    """Every entry batch's resubmit outcome and the audit entry written for the run."""
 
 
 def _failure_summary(exc: MeltanoError) -> str:

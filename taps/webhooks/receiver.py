@@ -10,24 +10,30 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import ipaddress
+import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.errors import ConfigError
@@ -101,37 +107,74 @@ class ReceiverSettings:
             raise ConfigError("burst", f"must be at least 1, got {self.burst}")
 
 
-class ReceiverMetrics:
-    """The receiver's Prometheus metrics, in their own registry."""
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ReceiverMetrics(Collector):
+    """The receiver's Prometheus metrics: plain counters, turned into metric families when ``/metrics`` is scraped.
+
+    prometheus_client's metric objects take a lock on every update so that any thread may update them; the receiver
+    updates its metrics only on its event loop, several times per request, so plain numbers are enough (and scrapes
+    run on the same loop, so they never see a half-made update).
+    """
 
     def __init__(self, log: WebhookLog) -> None:
+        self._log = log
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, status)
+        self.bytes: collections.Counter[str] = collections.Counter()  # provider
+        self.signature_failures: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, reason)
+        self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, outcome)
+        self._latency_buckets: dict[str, list[int]] = {}  # provider: count per bucket, the last one +Inf
+        self._latency_sums: dict[str, float] = collections.defaultdict(float)
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "cdp_webhook_requests", "Webhook requests by provider and status.", ["provider", "status"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.bytes = Counter(
-            "cdp_webhook_request_bytes", "Bytes of webhook bodies read.", ["provider"], registry=self.registry
+        self.registry.register(self)
+
+    def observe_latency(self, provider: str, seconds: float) -> None:
+        counts = self._latency_buckets.get(provider)
+        if counts is None:
+            counts = self._latency_buckets[provider] = [0] * (len(LATENCY_BUCKETS) + 1)
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # A bucket counts values <= its bound.
+        self._latency_sums[provider] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "cdp_webhook_requests", "Webhook requests by provider and status.", labels=["provider", "status"]
         )
-        self.latency = Histogram(
-            "cdp_webhook_request_duration_seconds",
-            "Time from request to response.",
-            ["provider"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=self.registry,
+        for (provider, status), count in sorted(self.requests.items()):
+            requests.add_metric([provider, status], count)
+        yield requests
+        read = CounterMetricFamily("cdp_webhook_request_bytes", "Bytes of webhook bodies read.", labels=["provider"])
+        for provider, count in sorted(self.bytes.items()):
+            read.add_metric([provider], count)
+        yield read
+        latency = HistogramMetricFamily(
+            "cdp_webhook_request_duration_seconds", "Time from request to response.", labels=["provider"]
         )
-        self.signature_failures = Counter(
-            "cdp_webhook_signature_failures", "Rejected signatures by reason.", ["provider", "reason"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.events = Counter(
-            "cdp_webhook_events", "Events by outcome (stored, duplicate, dead_lettered).", ["provider", "outcome"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.queue_depth = Gauge(
-            "cdp_webhook_log_queue_depth", "Append requests waiting for the next group commit.", registry=self.registry
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]  # As prometheus_client writes "le".
+        for provider, counts in sorted(self._latency_buckets.items()):
+            cumulative = list(itertools.accumulate(counts))
+            latency.add_metric([provider], list(zip(bounds, cumulative, strict=True)), self._latency_sums[provider])
+        yield latency
+        failures = CounterMetricFamily(
+            "cdp_webhook_signature_failures", "Rejected signatures by reason.", labels=["provider", "reason"]
         )
-        self.queue_depth.set_function(lambda: float(log.queue_depth))
+        for (provider, reason), count in sorted(self.signature_failures.items()):
+            failures.add_metric([provider, reason], count)
+        yield failures
+        events = CounterMetricFamily(
+            "cdp_webhook_events",
+            "Events by outcome (stored, duplicate, dead_lettered).",
+            labels=["provider", "outcome"],
+        )
+        for (provider, outcome), count in sorted(self.events.items()):
+            events.add_metric([provider, outcome], count)
+        yield events
+        yield GaugeMetricFamily(
+            "cdp_webhook_log_queue_depth", "Append requests waiting for the next group commit.", self._log.queue_depth
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class _Rejected(Exception):
@@ -141,8 +184,28 @@ class _Rejected(Exception):
         self.headers = headers
 
 
+class _ClientGone(Exception):
+    """The sender disconnected before its body arrived: nobody is left to answer."""
+
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+async def _respond(send: Send, status: int, payload: bytes, headers: Mapping[str, str] | None = None) -> None:
+    raw_headers = [JSON_CONTENT_TYPE, (b"content-length", str(len(payload)).encode())]
+    if headers:
+        raw_headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class WebhookReceiver:
-    """The receiver's state: handlers by provider, the log, the DLQ store, limits and metrics."""
+    """The receiver's state: handlers by provider, the log, the DLQ store, limits and metrics.
+
+    It is itself the ASGI endpoint of ``POST /webhooks/{tenant}/{provider}`` (Starlette routes to it and runs its
+    middleware around it): every webhook pays only for what the receiver needs, without a Request and Response
+    object per call.
+    """
 
     def __init__(
         self, log: WebhookLog, handlers: Mapping[str, WebhookHandler], settings: ReceiverSettings | None = None
@@ -155,7 +218,6 @@ class WebhookReceiver:
         self.dlq_store = ObjectStore(resolve_zone_url(Zone.DLQ, self.settings.dlq_url), setting="dlq_url")
         self._environ = self.settings.environ if self.settings.environ is not None else os.environ
         self._secrets: dict[tuple[str, str], list[str]] = {}  # Known tenants only, so unknown names cannot grow it.
-        self._children: dict[tuple[Any, ...], Any] = {}
 
     # -- checks -----------------------------------------------------------------------------------------------
     def secrets(self, tenant: str, provider: str) -> list[str]:
@@ -170,15 +232,14 @@ class WebhookReceiver:
             self._secrets[(tenant, provider)] = found
         return found
 
-    def client_address(self, request: Request) -> str | None:
+    def client_address(self, scope: Scope, headers: Mapping[str, str]) -> str | None:
         """The sender's address: the peer, or from X-Forwarded-For when the peer is a trusted proxy."""
-        peer = request.client.host if request.client else None
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
         if peer is None or not self.settings.trusted_proxies:
             return peer
         chain = [peer]
-        forwarded = next(
-            (value.decode("latin-1") for key, value in request.scope["headers"] if key == b"x-forwarded-for"), None
-        )
+        forwarded = headers.get("x-forwarded-for")
         if forwarded:
             chain = [part.strip() for part in forwarded.split(",") if part.strip()] + chain
         for address in reversed(chain):  # Walk back from the nearest hop; the first untrusted one is the client.
@@ -194,68 +255,69 @@ class WebhookReceiver:
             return False
         return any(ip in network for network in networks)
 
-    async def read_body(self, request: Request, headers: Mapping[str, str]) -> bytes:
+    async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """The whole body, or 413 as soon as it is known to be over the limit (declared or streamed)."""
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Rejected(413, f"body is over the limit of {limit} bytes")
-        chunks = []
+        chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise _Rejected(413, f"body is over the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                if not chunks:
+                    return bytes(chunk)
+                chunks.append(chunk)
+                return b"".join(chunks)
             chunks.append(chunk)
-        return b"".join(chunks)
 
     # -- endpoints --------------------------------------------------------------------------------------------
-    async def receive(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /webhooks/{tenant}/{provider}``."""
         started = time.perf_counter()
-        tenant = request.path_params["tenant"]
-        provider = request.path_params["provider"]
+        path_params = scope["path_params"]
+        provider = path_params["provider"]
         label = provider if provider in self.handlers else "unknown"
         try:
-            status, payload = await self._receive(request, tenant, provider)
-            response: Response = Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+            status, payload = await self._receive(scope, receive, path_params["tenant"], provider)
+            await _respond(send, status, orjson.dumps(payload))
         except _Rejected as rejected:
             status = rejected.status
-            response = JSONResponse({"error": rejected.message}, status_code=status, headers=rejected.headers)
-        except ClientDisconnect:
-            status = 499
-            response = Response(status_code=400)
-        self._child(self.metrics.requests, label, str(status)).inc()
-        self._child(self.metrics.latency, label).observe(time.perf_counter() - started)
-        return response
+            await _respond(send, status, orjson.dumps({"error": rejected.message}), rejected.headers)
+        except _ClientGone:
+            status = 499  # Counted as nginx does; no answer is sent.
+        metrics = self.metrics
+        metrics.requests[label, str(status)] += 1
+        metrics.observe_latency(label, time.perf_counter() - started)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: label values are bounded (known providers, HTTP statuses)."""
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
-    async def _receive(self, request: Request, tenant: str, provider: str) -> tuple[int, dict[str, Any]]:
+    async def _receive(self, scope: Scope, receive: Receive, tenant: str, provider: str) -> tuple[int, dict[str, Any]]:
         handler = self.handlers.get(provider)
         secrets = self.secrets(tenant, provider)
         if handler is None or not secrets:
             raise _Rejected(404, "no webhook endpoint for this tenant and provider")
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
         allowed = self.settings.allow.get(provider)
         if allowed:
-            address = self.client_address(request)
+            address = self.client_address(scope, headers)
             if address is None or not self._in(address, allowed):
                 log_event(logger, "webhook_forbidden", logging.WARNING, tenant=tenant, provider=provider)
                 raise _Rejected(403, "source address is not allowed for this provider")
         retry_after = self.limiter.acquire(tenant)
         if retry_after:
             raise _Rejected(429, "tenant is over its webhook rate", {"Retry-After": str(retry_after)})
-        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in request.scope["headers"]}
-        body = await self.read_body(request, headers)
-        self._child(self.metrics.bytes, provider).inc(len(body))
+        body = await self.read_body(receive, headers)
+        self.metrics.bytes[provider] += len(body)
         try:
             handler.verify(headers, body, secrets, time.time())
         except WebhookSignatureError as exc:
-            self.metrics.signature_failures.labels(provider, exc.reason).inc()
+            self.metrics.signature_failures[provider, exc.reason] += 1
             log_event(
                 logger, "webhook_signature_rejected", logging.WARNING, tenant=tenant, provider=provider,
                 reason=exc.reason, detail=str(exc), bytes=len(body),
@@ -269,10 +331,9 @@ class WebhookReceiver:
         except UnmappableWebhookError as exc:
             await self._dead_letter(tenant, provider, headers, body, str(exc), received_at)
             return 202, {"status": "dead_lettered"}
+        received = received_at.isoformat()
         entries = [
-            LogEntry(
-                tenant, provider, event.stream, event.event_id, event.topic, received_at.isoformat(), event.payload
-            )
+            LogEntry(tenant, provider, event.stream, event.event_id, event.topic, received, event.payload)
             for event in events
         ]
         try:
@@ -281,11 +342,12 @@ class WebhookReceiver:
             log_event(logger, "webhook_log_failed", logging.ERROR, tenant=tenant, provider=provider, error=str(exc))
             raise _Rejected(503, "the event could not be stored; retry later", {"Retry-After": "5"}) from exc
         stored = sum(flags)
+        duplicates = len(flags) - stored
         if stored:
-            self._child(self.metrics.events, provider, "stored").inc(stored)
-        if stored < len(flags):
-            self._child(self.metrics.events, provider, "duplicate").inc(len(flags) - stored)
-        return 200, {"status": "stored" if stored else "duplicate", "stored": stored, "duplicates": len(flags) - stored}
+            self.metrics.events[provider, "stored"] += stored
+        if duplicates:
+            self.metrics.events[provider, "duplicate"] += duplicates
+        return 200, {"status": "stored" if stored else "duplicate", "stored": stored, "duplicates": duplicates}
 
     async def _dead_letter(
         self, tenant: str, provider: str, headers: Mapping[str, str], body: bytes, reason: str, received_at: datetime
@@ -306,14 +368,14 @@ class WebhookReceiver:
         except Exception as exc:
             log_event(logger, "webhook_dlq_failed", logging.ERROR, tenant=tenant, provider=provider, error=str(exc))
             raise _Rejected(503, "the event could not be stored; retry later", {"Retry-After": "5"}) from exc
-        self.metrics.events.labels(provider, "dead_lettered").inc()
+        self.metrics.events[provider, "dead_lettered"] += 1
         log_event(logger, "webhook_dead_lettered", logging.WARNING, tenant=tenant, provider=provider, reason=reason)
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "queue_depth": self.log.queue_depth})
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def _compact_periodically(self) -> None:
         interval = self.settings.compact_interval_seconds
@@ -341,7 +403,7 @@ class WebhookReceiver:
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/webhooks/{tenant}/{provider}", self.receive, methods=["POST"]),
+                Route("/webhooks/{tenant}/{provider}", self, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             ],

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from taps.webhooks.file_log import FileWebhookLog, LogLockedError
-from taps.webhooks.group_commit import GroupCommitWriter, LogFailedError, WriteResult
+from taps.webhooks.file_log import DEFAULT_SEGMENT_BYTES, SPARE_NAME, FileWebhookLog, LogLockedError, scan_records
+from taps.webhooks.group_commit import (
+    GroupCommitWriter,
+    LogClosedError,
+    LogFailedError,
+    LoopGroupCommit,
+    LoopWriteResult,
+    WriteResult,
+)
 from taps.webhooks.log import LogEntry, consumer_name, open_log
 from taps.webhooks.postgres_log import PostgresWebhookLog
 
@@ -29,9 +36,9 @@ def test_concurrent_appends_share_group_commits_and_all_become_durable(tmp_path:
     log = FileWebhookLog(tmp_path)
     log.start_writer()
     groups: list[int] = []
-    write_batch = log._write_batch
+    write_batch = log._write_batch_from_loop
 
-    def counting(entries: list[LogEntry]) -> WriteResult:
+    def counting(entries: list[LogEntry]) -> LoopWriteResult:
         groups.append(len(entries))
         return write_batch(entries)
 
@@ -60,25 +67,45 @@ def test_duplicates_are_dropped_within_a_group_and_after_a_restart(tmp_path: Pat
     assert ids(reopened) == ["a", "b", "c"]
 
 
-def test_a_torn_tail_from_a_crash_is_truncated_and_appending_continues(tmp_path: Path) -> None:
+def test_a_torn_tail_from_a_crash_is_zeroed_and_appending_continues(tmp_path: Path) -> None:
     log = FileWebhookLog(tmp_path)
     log.start_writer()
     log.append_sync([entry("a"), entry("b")])
     log.close()
     [segment] = (tmp_path / "segments").glob("*.seg")
-    intact = segment.stat().st_size
-    with segment.open("ab") as handle:
-        handle.write(b"\x03\x00\x00\x00\x00\x00\x00\x00\xff\x00\x00\x00partial")  # A record cut short by SIGKILL.
+    *_, (_, records_end, _) = scan_records(segment.read_bytes())
+    with segment.open("r+b") as handle:  # A group cut short by a crash, written over the preallocated zeros.
+        handle.seek(records_end)
+        handle.write(b"\x03\x00\x00\x00\x00\x00\x00\x00\xff\x01\x00\x00partial" + b"x" * 300)
     assert ids(log) == ["a", "b"]  # Readers stop at the torn record.
     reopened = FileWebhookLog(tmp_path)
     reopened.start_writer()
-    assert segment.stat().st_size == intact
-    reopened.append_sync([entry("c")])
+    data = segment.read_bytes()
+    assert data[records_end:] == bytes(len(data) - records_end)  # The torn bytes are zeros again...
+    assert len(data) == DEFAULT_SEGMENT_BYTES  # ...and the segment keeps its preallocated size.
+    reopened.append_sync([entry("c")])  # Shorter than the torn group: nothing of it may show after "c".
     reopened.close()
     positions = [stored.position for stored in reopened.read("acme", "stripe", "events")]
     assert ids(reopened) == ["a", "b", "c"]
     assert positions == sorted(positions)
     assert len(set(positions)) == 3
+
+
+def test_segments_are_preallocated_with_zeros_and_cut_to_their_records_when_sealed(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path, segment_bytes=4096)
+    log.start_writer()
+    log.append_sync([entry("a")])
+    [active] = (tmp_path / "segments").glob("*.seg")
+    assert active.stat().st_size == 4096  # Records overwrite zeros written ahead of time.
+    while len(list((tmp_path / "segments").glob("*.seg"))) < 2:
+        log.append_sync([entry(f"fill-{uuid.uuid4().hex}")])
+    log.close()
+    sealed, newest = sorted((tmp_path / "segments").glob("*.seg"))
+    *_, (_, records_end, _) = scan_records(sealed.read_bytes())
+    assert sealed.stat().st_size == records_end >= 4096  # Sealed: exactly its records.
+    assert newest.stat().st_size == 4096
+    assert (tmp_path / "segments" / SPARE_NAME).stat().st_size == 4096  # The next one is ready.
+    assert ids(log)[0] == "a"
 
 
 def test_reading_after_a_position_returns_only_later_entries_of_that_stream(tmp_path: Path) -> None:
@@ -217,3 +244,53 @@ def test_a_failed_sync_fails_the_writer_until_restart() -> None:
     with pytest.raises(LogFailedError, match="restart"):  # Even though the next sync would succeed.
         writer.submit_sync(["b"], timeout=5)
     writer.close()
+
+
+def test_a_sync_the_disk_refuses_fails_the_loop_log_until_restart() -> None:
+    """fdatasync of /dev/null fails (EINVAL), as a failing disk would: nothing is acknowledged from then on."""
+    committer: LoopGroupCommit[str] = LoopGroupCommit(lambda items: ([True] * len(items), "/dev/null"))
+
+    async def append_twice() -> tuple[BaseException, BaseException]:
+        first = await asyncio.gather(committer.submit(["a"]), return_exceptions=True)
+        second = await asyncio.gather(committer.submit(["b"]), return_exceptions=True)
+        return first[0], second[0]  # type: ignore[return-value]
+
+    first, second = asyncio.run(append_twice())
+    committer.close()
+    assert isinstance(first, LogFailedError)
+    assert "Invalid argument" in str(first)
+    assert isinstance(second, LogFailedError)
+    assert "restart" in str(second)
+    assert committer.failed is not None
+
+
+def test_a_dead_fsync_helper_fails_waiting_appends_instead_of_hanging(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+
+    async def scenario() -> list[object]:
+        assert await log.append([entry("a")]) == [True]
+        log._loop_writer._helper.kill()  # type: ignore[union-attr]
+        return await asyncio.gather(
+            *(log.append([entry(f"after-{index}")]) for index in range(3)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert all(isinstance(outcome, LogFailedError) for outcome in outcomes)
+    assert log.failed is not None
+    log.close()
+    assert ids(FileWebhookLog(tmp_path))[0] == "a"  # What was acknowledged is there.
+
+
+def test_closing_answers_appends_still_waiting_with_an_error(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+
+    async def scenario() -> object:
+        pending = asyncio.ensure_future(log.append([entry("a")]))
+        await asyncio.sleep(0)  # Submitted, not yet durable.
+        log.close()
+        return (await asyncio.gather(pending, return_exceptions=True))[0]
+
+    outcome = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert isinstance(outcome, LogClosedError)

@@ -261,3 +261,20 @@ def test_the_receiver_takes_its_handlers_from_the_source_plugins() -> None:
     assert isinstance(handlers["stripe"], StripeWebhookHandler)
     assert isinstance(handlers["shopify"], ShopifyWebhookHandler)
     assert isinstance(handlers["salesforce"], SalesforceWebhookHandler)
+
+
+def test_a_failed_log_answers_503_and_healthz_reports_it(receiver: Receiver) -> None:
+    body = stripe_event("evt_before")
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+    receiver.log._loop_writer._helper.kill()  # type: ignore[union-attr]  # As if the disk stopped syncing.
+    deadline = time.monotonic() + 5
+    while receiver.log.failed is None and time.monotonic() < deadline:  # Noticed at its next sync at the latest.
+        body = stripe_event(f"evt_probe_{time.monotonic_ns()}")
+        receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    body = stripe_event("evt_after")
+    response = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    health = httpx.get(receiver.url + "/healthz")
+    assert health.status_code == 503
+    assert health.json()["status"] == "failing"

@@ -68,7 +68,7 @@ def serve(
     log = open_log(log_url)
     web_app = create_app(log, settings=settings)
     console.print(f"webhook receiver on http://{host}:{port} (log {resolve_log_url(log_url)})", highlight=False)
-    _tune_garbage_collection()
+    tune_garbage_collection()
     uvicorn.run(web_app, host=host, port=port, log_level="warning", **UVICORN_OPTIONS)
 
 
@@ -106,7 +106,7 @@ def consumers(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None
 GC_GEN0_THRESHOLD = 50_000
 
 
-def _tune_garbage_collection() -> None:
+def tune_garbage_collection() -> None:
     """Keep full collections off the request path of this dedicated server process.
 
     Under load, CPython's collector traversed every object the receiver had built at start-up (plugins, the SDK,

@@ -3,12 +3,19 @@
 Layout: ``{folder}/segments/{first sequence:020d}.seg`` holding records ``[sequence u64][length u32][crc32 u32]
 [JSON body]``; ``{folder}/consumers.json`` holds each consumer's committed position; a sealed segment gets a
 ``.idx`` sidecar (per consumer, its last sequence in the segment) the first time compaction looks at it. Only the
-newest segment is ever appended to; after a crash its torn tail (a record cut short or failing its CRC) is truncated
+newest segment is ever written to; after a crash its torn tail (a record cut short or failing its CRC) is zeroed
 when the next writer starts. One writer per folder (an exclusive lock); readers need no lock.
+
+Segments are preallocated: a new one is written full of zeros (and synced) ahead of time, by a background thread,
+and records overwrite the zeros; a header of zeros ends the records. Syncing an overwrite of allocated blocks is a
+pure data flush, while syncing an append must also commit the file's new size and blocks to the file system
+journal: on the development VM's ext4, fdatasync of 8 KiB took 0.13 ms instead of 0.31 ms (PostgreSQL zero-fills
+its WAL segments for the same reason). A sealed segment is cut to its records.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import os
@@ -23,12 +30,14 @@ from typing import Any
 import orjson
 
 from plugins.errors import CdpError, StorageError
-from taps.webhooks.group_commit import GroupCommitWriter, InlineGroupCommit, WriteResult
+from taps.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
 from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry, consumer_name
 
 _HEADER = struct.Struct("<QII")
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
+SPARE_NAME = "next-segment.tmp"  # The next segment, preallocated; not a segment until renamed.
+_ZEROS = bytes(1024 * 1024)
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_DEDUPE_CAPACITY = 200_000
 
@@ -68,6 +77,8 @@ def scan_records(data: bytes) -> Iterator[tuple[int, int, list[Any]]]:
     size = len(data)
     while offset + _HEADER.size <= size:
         sequence, length, crc = _HEADER.unpack_from(data, offset)
+        if sequence == 0 or length == 0:  # The preallocated zeros after the last record.
+            return
         start = offset + _HEADER.size
         end = start + length
         if end > size:
@@ -115,6 +126,22 @@ class _Descriptor:
             self._closed = True
 
 
+def _write_zeros(fd: int, start: int, end: int) -> None:
+    offset = start
+    while offset < end:
+        offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)], offset)
+
+
+def _prepare_spare(path: Path, size: int) -> None:
+    """Write the next segment full of zeros and sync it, so that later syncs of records in it are pure data flushes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_zeros(fd, 0, size)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -138,17 +165,21 @@ class FileWebhookLog:
         self.segment_bytes = segment_bytes
         self.dedupe_capacity = dedupe_capacity
         self._segments_dir = self.folder / "segments"
-        # Appends from the receiver's event loop commit on the loop (InlineGroupCommit); appends from plain threads go
+        # Appends from the receiver's event loop commit on the loop (LoopGroupCommit); appends from plain threads go
         # through the writer thread. Both write under _write_lock, so the log stays one ordered sequence.
         self._writer: GroupCommitWriter[LogEntry] | None = None
-        self._loop_writer: InlineGroupCommit[LogEntry] | None = None
+        self._loop_writer: LoopGroupCommit[LogEntry] | None = None
         self._write_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._descriptor: _Descriptor | None = None
+        self._segment_path: Path | None = None
         self._size = 0
         self._next_sequence = 1
         self._seen: dict[tuple[str, str, str], None] = {}
+        self._spare_path = self._segments_dir / SPARE_NAME
+        self._spare_maker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._spare: concurrent.futures.Future[None] | None = None
 
     # -- writing ----------------------------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -163,9 +194,10 @@ class FileWebhookLog:
             msg = f"another receiver is writing to {self.folder}; run several receivers on a postgresql:// log instead"
             raise LogLockedError(msg) from exc
         self._lock_fd = lock_fd
+        self._spare_maker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook-log-spare")
         self._recover()
         self._writer = GroupCommitWriter(self._write_batch)
-        self._loop_writer = InlineGroupCommit(self._write_batch)
+        self._loop_writer = LoopGroupCommit(self._write_batch_from_loop)
 
     def _recover(self) -> None:
         segments = self._segments()
@@ -183,24 +215,44 @@ class FileWebhookLog:
             self._remember((fields[0], fields[1], fields[3]))
             valid_end = end
             next_sequence = sequence + 1
-        if valid_end < len(data):  # A torn tail from a crash: the request was never acknowledged.
-            with open(last.path, "r+b") as handle:
-                handle.truncate(valid_end)
-                os.fsync(handle.fileno())
+        fd = os.open(last.path, os.O_WRONLY)
+        # A torn tail from a crash (never acknowledged) becomes zeros again, and the segment is preallocated to its
+        # full size if it is shorter (a crash before its first record, or a log written before preallocation).
+        dirty_end = len(data.rstrip(b"\0"))
+        if dirty_end > valid_end or len(data) < self.segment_bytes:
+            _write_zeros(fd, valid_end, max(dirty_end, self.segment_bytes))
+            os.fdatasync(fd)
         self._next_sequence = next_sequence
-        self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
-        self._descriptor = _Descriptor(self._fd)
-        self._size = valid_end
+        self._use_segment(fd, last.path, valid_end)
+        self._start_spare()
+
+    def _start_spare(self) -> None:
+        assert self._spare_maker is not None
+        self._spare = self._spare_maker.submit(_prepare_spare, self._spare_path, self.segment_bytes)
 
     def _open_segment(self, base: int) -> None:
+        """Start segment ``base``: the spare, renamed (made now if it is not ready or could not be made)."""
+        path = self._segments_dir / f"{_position(base)}{SEGMENT_SUFFIX}"
+        spare, self._spare = self._spare, None
+        try:
+            if spare is None:
+                raise FileNotFoundError(self._spare_path)
+            spare.result()  # Normally long done: a segment takes seconds to fill, its spare milliseconds to make.
+        except OSError:
+            _prepare_spare(self._spare_path, self.segment_bytes)  # Raises if the disk really cannot take it.
+        os.replace(self._spare_path, path)
+        _fsync_dir(self._segments_dir)
+        self._use_segment(os.open(path, os.O_WRONLY), path, 0)
+        self._next_sequence = base
+        self._start_spare()
+
+    def _use_segment(self, fd: int, path: Path, size: int) -> None:
         if self._descriptor is not None:
             self._descriptor.retire()  # Closed as soon as no sync in flight uses it.
-        path = self._segments_dir / f"{_position(base)}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._descriptor = _Descriptor(self._fd)
-        _fsync_dir(self._segments_dir)
-        self._size = 0
-        self._next_sequence = base
+        self._fd = fd
+        self._descriptor = _Descriptor(fd)
+        self._segment_path = path
+        self._size = size
 
     def _remember(self, key: tuple[str, str, str]) -> None:
         self._seen[key] = None
@@ -208,12 +260,21 @@ class FileWebhookLog:
             del self._seen[next(iter(self._seen))]
 
     def _write_batch(self, entries: list[LogEntry]) -> WriteResult:
-        """Append the new entries in order; the returned sync makes them durable."""
+        """Write the new entries in order; the returned sync makes them durable."""
         with self._write_lock:
-            return self._write_batch_locked(entries)
+            flags, descriptor, _ = self._write_batch_locked(entries)
+        return flags, descriptor.sync
 
-    def _write_batch_locked(self, entries: list[LogEntry]) -> WriteResult:
+    def _write_batch_from_loop(self, entries: list[LogEntry]) -> LoopWriteResult:
+        """Write the new entries in order; an fdatasync of the returned file makes them durable."""
+        with self._write_lock:
+            flags, _, path = self._write_batch_locked(entries)
+        return flags, str(path)
+
+    def _write_batch_locked(self, entries: list[LogEntry]) -> tuple[list[bool], _Descriptor, Path]:
         assert self._fd is not None
+        assert self._descriptor is not None
+        assert self._segment_path is not None
         flags: list[bool] = []
         batch_keys: set[tuple[str, str, str]] = set()
         chunks: list[bytes] = []
@@ -227,20 +288,18 @@ class FileWebhookLog:
             chunks.append(encode_record(sequence, entry))
             sequence += 1
             flags.append(True)
-        fd = self._fd
-        descriptor = self._descriptor
-        assert descriptor is not None
+        fd, descriptor, path = self._fd, self._descriptor, self._segment_path
         if not chunks:
             # Only duplicates: their originals may still be waiting for a sync, so these wait for one too.
-            return flags, descriptor.sync
+            return flags, descriptor, path
         data = b"".join(chunks)
         try:
-            written = os.write(fd, data)
+            written = os.pwrite(fd, data, self._size)
             if written != len(data):
                 raise StorageError(f"short write to the webhook log in {self.folder} (disk full?)")
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self._size)
+            with contextlib.suppress(OSError):  # Readers must not see part of a group that was never acknowledged.
+                _write_zeros(fd, self._size, self._size + len(data))
             raise
         self._size += len(data)
         self._next_sequence = sequence
@@ -248,8 +307,9 @@ class FileWebhookLog:
             self._remember(key)
         if self._size >= self.segment_bytes:
             os.fdatasync(fd)  # The sealed segment is complete on disk before the next one starts.
+            os.ftruncate(fd, self._size)  # Its preallocated zeros go.
             self._open_segment(self._next_sequence)
-        return flags, descriptor.sync
+        return flags, descriptor, path
 
     async def append(self, entries: Sequence[LogEntry]) -> list[bool]:
         if self._loop_writer is None:
@@ -266,11 +326,25 @@ class FileWebhookLog:
         threads = self._writer.queue_depth if self._writer is not None else 0
         return threads + (self._loop_writer.queue_depth if self._loop_writer is not None else 0)
 
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the log stopped acknowledging appends (a failed sync), if it did."""
+        for writer in (self._loop_writer, self._writer):
+            if writer is not None and writer.failed is not None:
+                return writer.failed
+        return None
+
     def close(self) -> None:
-        self._loop_writer = None
+        if self._loop_writer is not None:
+            self._loop_writer.close()
+            self._loop_writer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._spare_maker is not None:
+            self._spare_maker.shutdown(wait=True)
+            self._spare_maker = None
+            self._spare = None
         if self._descriptor is not None:
             self._descriptor.retire()
             self._descriptor = None

@@ -10,10 +10,9 @@ parallel (each one started after its group was written, so it covers it). Disks 
 so a group no longer waits behind the previous group's fsync. A failed sync fails the writer for good: from then on
 nothing is acknowledged until a restart recovers the log from what is really on disk.
 
-The file log's appends from the receiver's event loop use ``InlineGroupCommit`` instead (below): a local fdatasync
-takes a fraction of a millisecond, and doing it on the loop avoids handing every group back across threads, which
-waits for the GIL. The writer thread serves callers outside an event loop and backends whose writes block on the
-network (PostgreSQL).
+The file log's appends from the receiver's event loop use ``LoopGroupCommit`` instead (below): the loop writes each
+group itself and a helper process runs the fdatasync, so no thread hands results back across the GIL. The writer
+thread serves callers outside an event loop and backends whose writes block on the network (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -21,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from plugins.errors import CdpError
@@ -91,6 +94,11 @@ class GroupCommitWriter(Generic[T]):
     def queue_depth(self) -> int:
         """Requests waiting for the next group commit."""
         return len(self._pending)
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the writer stopped acknowledging (a failed sync), if it did."""
+        return self._failed
 
     def _enqueue(self, request: _Request[T]) -> None:
         with self._condition:
@@ -174,29 +182,53 @@ class GroupCommitWriter(Generic[T]):
         self._syncers.shutdown(wait=True)
 
 
-class InlineGroupCommit(Generic[T]):
-    """Group commit on the event loop itself, for a log whose sync is a local fdatasync of a fraction of a millisecond.
+HELPER_SCRIPT = str(Path(__file__).with_name("fsync_helper.py"))
+LoopWriteResult = tuple[list[bool], str]  # Flags, and the path of the file whose sync makes them durable.
 
-    Requests that arrive in one loop iteration form a group; the group is written and synced on the loop thread and
-    its requests are answered. While the sync blocks the loop, new requests wait in the socket buffers and form the
-    next, larger group. No thread is involved, so nothing waits for the GIL: with a busy loop a helper thread waits up
-    to the interpreter's switch interval (5 ms) before it can hand a finished sync back.
+
+class LoopGroupCommit(Generic[T]):
+    """Group commit on the receiver's event loop; the fdatasync runs in a helper process (``fsync_helper.py``).
+
+    Requests that arrive in one loop iteration form a group, which the loop writes at once (a page-cache write).
+    Then one sync request goes to the helper; while it runs, the loop goes on serving requests, and the groups it
+    writes meanwhile wait for the next sync, which covers all of them (fdatasync flushes every write made before it
+    starts). The answer wakes the loop through a pipe, so nothing waits for the GIL and the loop never blocks on the
+    disk. Only one request is in flight, so the pipe never fills. A failed sync, or a helper that dies, fails the log
+    for good: nothing more is acknowledged until a restart recovers it from what is really on disk.
     """
 
-    def __init__(self, write_batch: Callable[[list[T]], WriteResult]) -> None:
+    def __init__(self, write_batch: Callable[[list[T]], LoopWriteResult]) -> None:
         self._write_batch = write_batch
-        self._pending: list[_Request[T]] = []
+        self._pending: list[_Request[T]] = []  # Submitted in this loop iteration, not written yet.
+        self._written: list[tuple[_Request[T], list[bool]]] = []  # Written, waiting for the next sync.
+        self._syncing: list[tuple[_Request[T], list[bool]]] = []  # Covered by the sync in flight.
+        self._sync_path = ""
         self._flush_scheduled = False
         self._failed: BaseException | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._to_helper = -1  # The helper's stdin and stdout.
+        self._from_helper = -1
+        self._answers = b""
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for the next group commit."""
-        return len(self._pending)
+        """Requests waiting for their group to be written or synced."""
+        return len(self._pending) + len(self._written) + len(self._syncing)
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the log stopped acknowledging, if it did."""
+        return self._failed
 
     async def submit(self, items: Sequence[T]) -> list[bool]:
         """Wait until ``items`` are durable; one flag per item: True stored, False dropped as a duplicate."""
+        if self._closed:
+            raise LogClosedError("the webhook log is closed")
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._attach(loop)
         future: asyncio.Future[list[bool]] = loop.create_future()
         self._pending.append(_Request(items, future, loop))
         if not self._flush_scheduled:
@@ -204,24 +236,103 @@ class InlineGroupCommit(Generic[T]):
             loop.call_soon(self._flush)  # After every request already runnable in this iteration.
         return await future
 
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.queue_depth:
+            raise CdpError("the webhook log is in use on another event loop")
+        if self._helper is None:
+            helper = subprocess.Popen(
+                [sys.executable, "-I", HELPER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            if helper.stdin is None or helper.stdout is None:  # Never: both were asked for as pipes.
+                raise CdpError("the fsync helper process has no pipes")
+            self._helper, self._to_helper, self._from_helper = helper, helper.stdin.fileno(), helper.stdout.fileno()
+            os.set_blocking(self._from_helper, False)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._from_helper)
+        loop.add_reader(self._from_helper, self._on_answer)
+        self._loop = loop
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         group, self._pending = self._pending, []
         try:
             if self._failed is not None:
                 raise LogFailedError(f"the webhook log failed earlier ({self._failed}); restart the receiver")
-            results, sync = self._write_batch([item for request in group for item in request.items])
-            if sync is not None:
-                try:
-                    sync()
-                except BaseException as exc:
-                    self._failed = exc  # What is on disk is unknown now: acknowledge nothing until a restart.
-                    raise
+            results, self._sync_path = self._write_batch([item for request in group for item in request.items])
         except BaseException as exc:
             for request in group:
                 _settle(request.future, exc)
             return
         offset = 0
         for request in group:
-            _settle(request.future, results[offset : offset + len(request.items)])
+            self._written.append((request, results[offset : offset + len(request.items)]))
             offset += len(request.items)
+        if not self._syncing:
+            self._request_sync()
+
+    def _request_sync(self) -> None:
+        self._syncing, self._written = self._written, []
+        try:
+            # One short line into an empty pipe: written whole, without blocking.
+            os.write(self._to_helper, self._sync_path.encode() + b"\n")
+        except Exception as exc:  # A broken pipe: the helper died. Nothing waiting may be left unanswered.
+            self._fail(LogFailedError(f"the fsync helper process is gone ({exc}); restart the receiver"))
+
+    def _on_answer(self) -> None:
+        try:
+            data = os.read(self._from_helper, 4096)
+        except BlockingIOError:
+            return
+        if not data:
+            if self._loop is not None:
+                self._loop.remove_reader(self._from_helper)
+            self._fail(LogFailedError("the fsync helper process exited; restart the receiver"))
+            return
+        self._answers += data
+        while b"\n" in self._answers:
+            answer, _, self._answers = self._answers.partition(b"\n")
+            synced, self._syncing = self._syncing, []
+            if answer == b"ok":
+                for request, flags in synced:
+                    _settle(request.future, flags)
+            else:
+                error = LogFailedError(answer.removeprefix(b"error ").decode(errors="replace"))
+                for request, _ in synced:
+                    _settle(request.future, error)
+                self._fail(error)
+        if self._written and not self._syncing and self._failed is None:
+            self._request_sync()
+
+    def _fail(self, error: BaseException) -> None:
+        """What is on disk is unknown now: answer everything waiting with ``error`` and acknowledge nothing more."""
+        self._failed = self._failed or error
+        waiting = self._syncing + self._written
+        self._syncing, self._written = [], []
+        for request, _ in waiting:
+            _settle(request.future, error)
+
+    def close(self) -> None:
+        """Stop the helper; requests still waiting are answered with an error (never acknowledged)."""
+        self._closed = True
+        helper, self._helper = self._helper, None
+        waiting = [request for request, _ in self._syncing + self._written] + self._pending
+        self._syncing, self._written, self._pending = [], [], []
+        loop = self._loop
+        if waiting and loop is not None and not loop.is_closed():
+            error = LogClosedError("the webhook log closed before the event was durable")
+
+            def answer_waiting() -> None:
+                for request in waiting:
+                    _settle(request.future, error)
+
+            loop.call_soon_threadsafe(answer_waiting)
+        if helper is None:
+            return
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # The loop is not ours to touch from this thread.
+                loop.remove_reader(self._from_helper)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            helper.communicate(timeout=10)  # Closes its stdin: it finishes the sync in flight and exits.
+        if helper.poll() is None:
+            helper.kill()
+            helper.communicate()

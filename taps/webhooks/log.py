@@ -82,6 +82,10 @@ class WebhookLog(Protocol):
     def queue_depth(self) -> int:
         """Append requests waiting for the next group commit."""
 
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the log stopped acknowledging appends until a restart (a failed sync), or None while it is healthy."""
+
     def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
         """Entries of one stream after position ``after`` (from the start if None), in log order."""
 

@@ -143,6 +143,10 @@ class PostgresWebhookLog:
     def queue_depth(self) -> int:
         return self._writer.queue_depth if self._writer is not None else 0
 
+    @property
+    def failed(self) -> BaseException | None:
+        return self._writer.failed if self._writer is not None else None
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

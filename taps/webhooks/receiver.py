@@ -372,6 +372,10 @@ class WebhookReceiver:
         log_event(logger, "webhook_dead_lettered", logging.WARNING, tenant=tenant, provider=provider, reason=reason)
 
     async def healthz(self, request: Request) -> Response:
+        """200 while events are acknowledged; 503 once the log has failed (a restart recovers it)."""
+        failed = self.log.failed
+        if failed is not None:
+            return JSONResponse({"status": "failing", "error": str(failed)}, status_code=503)
         return JSONResponse({"status": "ok", "queue_depth": self.log.queue_depth})
 
     async def metrics_endpoint(self, request: Request) -> Response:

@@ -88,7 +88,7 @@ def start_receiver(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def receiver_in_thread(tmp_path: Path) -> Iterator[str]:
     """The receiver app on uvicorn in a thread of the test process (its lifespan opens and closes the log)."""
-    log = FileWebhookLog(tmp_path / "log")
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)  # Small preallocated files: tests add up.
     settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ={"CDP_WEBHOOK_SECRET__ACME__STRIPE": SECRET})
     app = WebhookReceiver(log, {"stripe": StripeWebhookHandler()}, settings).app()
     with SandboxServer(app, **UVICORN_OPTIONS) as server:

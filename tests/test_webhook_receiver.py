@@ -61,7 +61,7 @@ class Receiver:
 
 @contextlib.contextmanager
 def _serve(tmp_path: Path, **settings: object) -> Iterator[Receiver]:
-    log = FileWebhookLog(tmp_path / "log")
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)  # Small preallocated files: tests add up.
     receiver = WebhookReceiver(
         log,
         HANDLERS,

@@ -38,14 +38,25 @@ def tap_output(start: int, stop: int) -> bytes:
 
 
 def read_state(process: subprocess.Popen[bytes], want: int, timeout: float = 30) -> dict[str, Any]:
-    """Read STATE lines from the target until one with ``offset >= want``."""
+    """Read STATE lines from the target until one with ``offset >= want``.
+
+    Reads the pipe itself (os.read) rather than through the buffered file: a readline() that pulls two STATE lines
+    into the buffer returns only the first, and select() would never report the second.
+    """
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+    pending = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.2)
-        if ready:
-            line = process.stdout.readline()
-            if line and json.loads(line)["offset"] >= want:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            if line.strip() and json.loads(line)["offset"] >= want:
                 return dict(json.loads(line))
     raise AssertionError(f"no STATE with offset >= {want} within {timeout} s")
 

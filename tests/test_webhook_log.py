@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from taps.webhooks import fsync_helper
 from taps.webhooks.file_log import DEFAULT_SEGMENT_BYTES, SPARE_NAME, FileWebhookLog, LogLockedError, scan_records
 from taps.webhooks.group_commit import (
     GroupCommitWriter,
@@ -294,3 +296,30 @@ def test_closing_answers_appends_still_waiting_with_an_error(tmp_path: Path) -> 
 
     outcome = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert isinstance(outcome, LogClosedError)
+
+
+def test_the_fsync_helper_answers_every_queued_request_with_one_sync_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segment = tmp_path / "segment.seg"
+    segment.write_bytes(b"x")
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    requests_read, requests_write = os.pipe()
+    answers_read, answers_write = os.pipe()
+    queued = [segment, segment, segment, tmp_path / "compacted.seg", Path("/dev/null")]
+    os.write(requests_write, b"".join(str(path).encode() + b"\n" for path in queued))  # All queued at once.
+    os.close(requests_write)  # The receiver is gone after these: the helper must return.
+    fsync_helper.serve(requests_read, answers_write)
+    os.close(answers_write)
+    with os.fdopen(answers_read, "rb") as answers:
+        lines = answers.read().splitlines()
+    assert lines[:4] == [b"ok"] * 4  # A compacted (already sealed and synced) segment needs nothing.
+    assert lines[4].startswith(b"error fdatasync of /dev/null failed")
+    assert len(synced) == 2  # One for the three requests of the segment, one refused for /dev/null.

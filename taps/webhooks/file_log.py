@@ -38,6 +38,7 @@ SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 SPARE_NAME = "next-segment.tmp"  # The next segment, preallocated; not a segment until renamed.
 _ZEROS = bytes(1024 * 1024)
+_SPARE_SYNC_BYTES = 2 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_DEDUPE_CAPACITY = 200_000
 
@@ -136,8 +137,10 @@ def _prepare_spare(path: Path, size: int) -> None:
     """Write the next segment full of zeros and sync it, so that later syncs of records in it are pure data flushes."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_zeros(fd, 0, size)
-        os.fdatasync(fd)
+        # A few MiB at a time, each synced: the receiver's own syncs never queue behind one long flush of zeros.
+        for start in range(0, size, _SPARE_SYNC_BYTES):
+            _write_zeros(fd, start, min(size, start + _SPARE_SYNC_BYTES))
+            os.fdatasync(fd)
     finally:
         os.close(fd)
 

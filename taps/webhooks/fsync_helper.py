@@ -6,10 +6,12 @@ The answer arrives on the loop as a readable pipe, so the loop never blocks on t
 second thread of the receiver competes for the GIL: a sync thread waited up to the interpreter's switch interval
 (5 ms) for the GIL before it could report a finished sync on a busy loop.
 
-Protocol: one request line on stdin, the path of the file to sync; one answer line on stdout, ``ok`` or
-``error <message>``. The receiver sends the next request only after the answer. The process exits when stdin closes,
-which is also what happens when the receiver dies; signals sent to the whole process group are ignored. Standard
-library only, started with ``python -I``: it must not import the receiver's packages.
+Protocol: one request line on stdin, the path of the file to sync; one answer line on stdout per request, in order,
+``ok`` or ``error <message>``. Every request that has arrived when a sync starts is answered by that one sync (the
+writes it stands for were made before), so requests that queue while the disk is busy share it. The receiver keeps
+only a few requests unanswered, so neither pipe fills. The process exits when stdin closes, which is also what
+happens when the receiver dies; signals sent to the whole process group are ignored. Standard library only, started
+with ``python -I``: it must not import the receiver's packages.
 """
 
 from __future__ import annotations
@@ -25,32 +27,43 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def serve(requests: int, answers: int) -> None:
-    """Answer sync requests from ``requests`` on ``answers`` until ``requests`` reaches end of file."""
-    reader = os.fdopen(requests, "rb")  # Buffered: readline returns as soon as a whole line has arrived.
-    lines = iter(reader.readline, b"")
-    open_path: bytes | None = None
-    open_fd = -1
-    for line in lines:
-        path = line.rstrip(b"\n")
+class _Syncer:
+    """fdatasync by path, keeping the newest file open (an older segment was synced when it was sealed)."""
+
+    def __init__(self) -> None:
+        self._path: bytes | None = None
+        self._fd = -1
+
+    def sync(self, path: bytes) -> bytes:
+        """``ok``, or ``error <message>``."""
         try:
-            if path != open_path:
-                # Only the newest segment is ever synced: an older one was synced when it was sealed.
-                if open_fd >= 0:
-                    os.close(open_fd)
-                    open_fd, open_path = -1, None
+            if path != self._path:
+                if self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd, self._path = -1, None
                 try:
-                    open_fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    # Compaction removed it: only sealed (already synced) segments are ever removed.
-                    _write_all(answers, b"ok\n")
-                    continue
-                open_path = path
-            os.fdatasync(open_fd)
-            answer = b"ok\n"
+                    self._fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:  # Compaction removed it: only sealed (already synced) segments go.
+                    return b"ok"
+                self._path = path
+            os.fdatasync(self._fd)
+            return b"ok"
         except OSError as exc:
-            answer = f"error fdatasync of {path.decode(errors='replace')} failed: {exc}\n".encode()
-        _write_all(answers, answer)
+            return f"error fdatasync of {path.decode(errors='replace')} failed: {exc}".encode()
+
+
+def serve(requests: int, answers: int) -> None:
+    """Answer sync requests from ``requests`` on ``answers`` until ``requests`` reaches end of file.
+
+    Every request that has arrived when a sync starts is answered by it: the writes they stand for were made before.
+    """
+    syncer = _Syncer()
+    pending = b""
+    while chunk := os.read(requests, 65536):
+        *paths, pending = (pending + chunk).split(b"\n")
+        outcomes = {path: syncer.sync(path) for path in dict.fromkeys(paths)}
+        if paths:
+            _write_all(answers, b"".join(outcomes[path] + b"\n" for path in paths))
 
 
 if __name__ == "__main__":

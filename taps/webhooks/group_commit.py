@@ -18,6 +18,7 @@ thread serves callers outside an event loop and backends whose writes block on t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -184,24 +185,30 @@ class GroupCommitWriter(Generic[T]):
 
 HELPER_SCRIPT = str(Path(__file__).with_name("fsync_helper.py"))
 LoopWriteResult = tuple[list[bool], str]  # Flags, and the path of the file whose sync makes them durable.
+# Sync requests the loop may have sent and not had answered. One is not enough: while the helper syncs, the next request
+# waits in the pipe and the helper starts on it at once, instead of after the loop has read the answer (which on a busy
+# loop may take a while). More do not help: the helper answers every request that has arrived with one sync. With wrk,
+# 32 connections, medians of 4 interleaved rounds: 1 in flight 9.3k req/s; 2: 10.8-12.8k; 4: 10.4-13.3k; 8: 9.7-12.4k.
+MAX_SYNCS_IN_FLIGHT = 4
 
 
 class LoopGroupCommit(Generic[T]):
     """Group commit on the receiver's event loop; the fdatasync runs in a helper process (``fsync_helper.py``).
 
-    Requests that arrive in one loop iteration form a group, which the loop writes at once (a page-cache write).
-    Then one sync request goes to the helper; while it runs, the loop goes on serving requests, and the groups it
-    writes meanwhile wait for the next sync, which covers all of them (fdatasync flushes every write made before it
-    starts). The answer wakes the loop through a pipe, so nothing waits for the GIL and the loop never blocks on the
-    disk. Only one request is in flight, so the pipe never fills. A failed sync, or a helper that dies, fails the log
-    for good: nothing more is acknowledged until a restart recovers it from what is really on disk.
+    Requests that arrive in one loop iteration form a group, which the loop writes at once (a page-cache write), then
+    asks the helper to sync; while it syncs, the loop goes on serving requests, and the requests for the groups it
+    writes meanwhile queue in the pipe: the helper's next sync covers all of them (fdatasync flushes every write made
+    before it starts). The answers wake the loop through a pipe, so nothing waits for the GIL and the loop never
+    blocks on the disk. At most ``MAX_SYNCS_IN_FLIGHT`` requests are unanswered (groups written beyond that wait for
+    an answer), so the pipe never fills. A failed sync, or a helper that dies, fails the log for good: nothing more
+    is acknowledged until a restart recovers it from what is really on disk.
     """
 
     def __init__(self, write_batch: Callable[[list[T]], LoopWriteResult]) -> None:
         self._write_batch = write_batch
         self._pending: list[_Request[T]] = []  # Submitted in this loop iteration, not written yet.
-        self._written: list[tuple[_Request[T], list[bool]]] = []  # Written, waiting for the next sync.
-        self._syncing: list[tuple[_Request[T], list[bool]]] = []  # Covered by the sync in flight.
+        self._written: list[tuple[_Request[T], list[bool]]] = []  # Written, waiting for the next sync request.
+        self._in_flight: collections.deque[list[tuple[_Request[T], list[bool]]]] = collections.deque()  # Per request.
         self._sync_path = ""
         self._flush_scheduled = False
         self._failed: BaseException | None = None
@@ -215,7 +222,7 @@ class LoopGroupCommit(Generic[T]):
     @property
     def queue_depth(self) -> int:
         """Requests waiting for their group to be written or synced."""
-        return len(self._pending) + len(self._written) + len(self._syncing)
+        return len(self._pending) + len(self._written) + sum(len(batch) for batch in self._in_flight)
 
     @property
     def failed(self) -> BaseException | None:
@@ -267,13 +274,14 @@ class LoopGroupCommit(Generic[T]):
         for request in group:
             self._written.append((request, results[offset : offset + len(request.items)]))
             offset += len(request.items)
-        if not self._syncing:
+        if len(self._in_flight) < MAX_SYNCS_IN_FLIGHT:
             self._request_sync()
 
     def _request_sync(self) -> None:
-        self._syncing, self._written = self._written, []
+        self._in_flight.append(self._written)
+        self._written = []
         try:
-            # One short line into an empty pipe: written whole, without blocking.
+            # A few short lines at most in the pipe: written whole, without blocking.
             os.write(self._to_helper, self._sync_path.encode() + b"\n")
         except Exception as exc:  # A broken pipe: the helper died. Nothing waiting may be left unanswered.
             self._fail(LogFailedError(f"the fsync helper process is gone ({exc}); restart the receiver"))
@@ -291,7 +299,7 @@ class LoopGroupCommit(Generic[T]):
         self._answers += data
         while b"\n" in self._answers:
             answer, _, self._answers = self._answers.partition(b"\n")
-            synced, self._syncing = self._syncing, []
+            synced = self._in_flight.popleft()
             if answer == b"ok":
                 for request, flags in synced:
                     _settle(request.future, flags)
@@ -300,14 +308,15 @@ class LoopGroupCommit(Generic[T]):
                 for request, _ in synced:
                     _settle(request.future, error)
                 self._fail(error)
-        if self._written and not self._syncing and self._failed is None:
+        if self._written and len(self._in_flight) < MAX_SYNCS_IN_FLIGHT and self._failed is None:
             self._request_sync()
 
     def _fail(self, error: BaseException) -> None:
         """What is on disk is unknown now: answer everything waiting with ``error`` and acknowledge nothing more."""
         self._failed = self._failed or error
-        waiting = self._syncing + self._written
-        self._syncing, self._written = [], []
+        waiting = [item for batch in self._in_flight for item in batch] + self._written
+        self._in_flight.clear()
+        self._written = []
         for request, _ in waiting:
             _settle(request.future, error)
 
@@ -315,8 +324,10 @@ class LoopGroupCommit(Generic[T]):
         """Stop the helper; requests still waiting are answered with an error (never acknowledged)."""
         self._closed = True
         helper, self._helper = self._helper, None
-        waiting = [request for request, _ in self._syncing + self._written] + self._pending
-        self._syncing, self._written, self._pending = [], [], []
+        waiting = [request for batch in self._in_flight for request, _ in batch]
+        waiting += [request for request, _ in self._written] + self._pending
+        self._in_flight.clear()
+        self._written, self._pending = [], []
         loop = self._loop
         if waiting and loop is not None and not loop.is_closed():
             error = LogClosedError("the webhook log closed before the event was durable")

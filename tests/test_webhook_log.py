@@ -266,6 +266,26 @@ def test_a_sync_the_disk_refuses_fails_the_loop_log_until_restart() -> None:
     assert committer.failed is not None
 
 
+def test_several_refused_syncs_in_flight_all_fail_cleanly() -> None:
+    committer: LoopGroupCommit[str] = LoopGroupCommit(lambda items: ([True] * len(items), "/dev/null"))
+    loop_errors: list[dict[str, object]] = []
+
+    async def three_groups() -> list[object]:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+        appends = []
+        for name in ("a", "b", "c"):  # One loop iteration each: three groups, three sync requests in flight.
+            appends.append(asyncio.ensure_future(committer.submit([name])))
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*appends, return_exceptions=True)
+        await asyncio.sleep(0.2)  # Answers still arriving for requests the failure already answered.
+        return outcomes
+
+    outcomes = asyncio.run(three_groups())
+    committer.close()
+    assert all(isinstance(outcome, LogFailedError) for outcome in outcomes)
+    assert loop_errors == []
+
+
 def test_a_dead_fsync_helper_fails_waiting_appends_instead_of_hanging(tmp_path: Path) -> None:
     log = FileWebhookLog(tmp_path)
     log.start_writer()

@@ -297,7 +297,7 @@ class LoopGroupCommit(Generic[T]):
             self._fail(LogFailedError("the fsync helper process exited; restart the receiver"))
             return
         self._answers += data
-        while b"\n" in self._answers:
+        while b"\n" in self._answers and self._in_flight:  # After a failure nothing is in flight any more.
             answer, _, self._answers = self._answers.partition(b"\n")
             synced = self._in_flight.popleft()
             if answer == b"ok":

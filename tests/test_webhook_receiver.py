@@ -278,3 +278,9 @@ def test_a_failed_log_answers_503_and_healthz_reports_it(receiver: Receiver) -> 
     health = httpx.get(receiver.url + "/healthz")
     assert health.status_code == 503
     assert health.json()["status"] == "failing"
+
+
+def test_only_post_is_accepted_on_the_webhook_path(receiver: Receiver) -> None:
+    response = httpx.get(receiver.url + "/webhooks/acme/stripe")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"

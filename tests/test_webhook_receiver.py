@@ -284,3 +284,19 @@ def test_only_post_is_accepted_on_the_webhook_path(receiver: Receiver) -> None:
     response = httpx.get(receiver.url + "/webhooks/acme/stripe")
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+
+
+def test_latency_histogram_counts_a_value_in_every_bucket_at_or_above_it(tmp_path: Path) -> None:
+    metrics = WebhookReceiver(
+        FileWebhookLog(tmp_path / "log"), HANDLERS, ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS)
+    ).metrics
+    for seconds in (0.001, 0.0011, 3.0):  # On a bound, just above it, and above every bound.
+        metrics.observe_latency("stripe", seconds)
+    text = metrics.exposition().decode()
+    bucket = 'cdp_webhook_request_duration_seconds_bucket{{le="{}",provider="stripe"}} {}'
+    assert bucket.format("0.0005", "0.0") in text
+    assert bucket.format("0.001", "1.0") in text  # A bucket counts values <= its bound.
+    assert bucket.format("0.0025", "2.0") in text
+    assert bucket.format("2.5", "2.0") in text
+    assert bucket.format("+Inf", "3.0") in text
+    assert 'cdp_webhook_request_duration_seconds_sum{provider="stripe"} 3.0021' in text

@@ -1,7 +1,8 @@
 """Reading the dead letter queue for support: list, show, stats, purge and the DLQ-volume alert.
 
 Batches are the objects of the DLQ layout (``plugins/dlq.py``). Keys starting with ``_`` are the operations' own
-bookkeeping (``_audit/``, ``_journal/``, ``_retired/``) and are never batches: tenant names cannot start with ``_``.
+bookkeeping (``_audit/``, ``_journal/``, ``_lease/``, ``_retired/``) and are never batches: tenant names cannot start
+with ``_``.
 Reprocessing lives in ``plugins/dlq_reprocess.py``, resubmission in ``plugins/dlq_resubmit.py``.
 """
 
@@ -29,6 +30,7 @@ from plugins.storage import ObjectStore
 
 RETIRED_PREFIX = "_retired"
 JOURNAL_PREFIX = "_journal"
+LEASE_PREFIX = "_lease"
 # Entries that describe a failed request rather than a record: they are resubmitted, never reprocessed, and they do
 # not count against a provider's validation success rate.
 REQUEST_ERROR_TYPES = frozenset({ErrorType.EXTRACTION_FAILED, ErrorType.RATE_LIMIT_EXHAUSTED, ErrorType.AUTH_FAILED})

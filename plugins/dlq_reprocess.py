@@ -1,32 +1,40 @@
 """Reprocessing DLQ batches: validate the records again (optionally after a mapping) and move the ones that pass.
 
-For each source batch:
+For each source batch, under its lease (``plugins/leases.py``: ``_lease/reprocess/`` in the DLQ store, one live owner
+at a time; a batch another live run holds is skipped with a note naming that run):
 
 1. Read its entries, map each record (``--map``), validate it against the subject's latest schema (or
-   ``--schema-version``). Passing records become raw rows (normal layout, ``_cdp_schema_version`` and
-   ``_cdp_reprocessed_from = "<source key>#L<line>"``); failing ones become new dead letters (``retry_count + 1``, the
-   new errors, the original record unchanged).
+   ``--schema-version``) and check the stream's key properties recorded with the entry. Passing records become raw
+   rows (normal layout, ``_cdp_schema_version`` and ``_cdp_reprocessed_from = "<source key>#L<line>"``); failing ones
+   become new dead letters (``retry_count + 1``, the new errors, the original record unchanged). A batch holding
+   parse errors, or records the target could not represent exactly (``record_text``/``record_base64``), is skipped
+   unless a ``--map`` turns them into records: nothing is landed that the source did not send.
 2. Write a journal ``_journal/reprocess/<sha256 of the source key>.json`` in the DLQ store naming every output key.
    Output keys are derived from the source key and the attempt's time, so they are fixed before anything is written.
 3. Write the raw batch, then the DLQ batch (each one atomic object).
 4. Retire the source: move it to ``_retired/<source key>`` (kept for forensics until ``purge``).
-5. Delete the journal.
+5. Delete the journal, release the lease.
 
-A crash anywhere leaves either no journal (nothing happened, or everything did) or a journal. The next reprocess run
-first finishes every journal it finds: when all its outputs exist it rolls forward (retire the source, delete the
-journal); otherwise it rolls back (delete the outputs that exist, delete the journal) and the source, still in place,
-is processed again. So no record is lost, and none is in two places once a run has finished; a reader that looked at
-the raw zone during a rolled-back attempt can drop the repeat by ``_cdp_reprocessed_from``.
+Before each write the run renews its lease and checks nobody took it over. A crash anywhere leaves either no journal
+(nothing happened, or everything did) or a journal with a lease whose owner is gone. A reprocess run finishes only
+journals whose lease it can take (the owner released it, let it expire, or ran on this host and its pid is dead):
+when all outputs exist it rolls forward (retire the source, delete the journal); otherwise it rolls back (delete the
+outputs that exist, delete the journal) and the source, still in place, is processed again. A live run's journal is
+never touched, and a batch that is an output of an unfinished attempt is left alone until that attempt is done. So no
+record is lost, and none is in two places once a run has finished; a reader that looked at the raw zone during a
+rolled-back attempt can drop the repeat by ``_cdp_reprocessed_from``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,6 +43,7 @@ from plugins.audit import AuditEntry, AuditLog
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError, new_run_id
 from plugins.dlq_ops import (
     JOURNAL_PREFIX,
+    LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
     RETIRED_PREFIX,
     BatchNotFoundError,
@@ -42,8 +51,9 @@ from plugins.dlq_ops import (
     generic_message,
     get_batch,
 )
-from plugins.errors import CdpError
+from plugins.errors import CdpError, ObjectNotFoundError
 from plugins.layout import dlq_batch_key, parse_batch_key, raw_batch_key
+from plugins.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
 from plugins.raw_zone import METADATA_COLUMNS, gzip_bytes, read_batch
 from plugins.record_mapping import RecordMapping, RecordMappingError
 from plugins.serialization import dumps, loads, ndjson
@@ -55,7 +65,13 @@ if TYPE_CHECKING:
 
 REPROCESSED_FROM = "_cdp_reprocessed_from"
 REPROCESS_JOURNAL_PREFIX = f"{JOURNAL_PREFIX}/reprocess"
+REPROCESS_LEASE_PREFIX = f"{LEASE_PREFIX}/reprocess"
 _STRIPPED = frozenset({*METADATA_COLUMNS, REPROCESSED_FROM})
+# Where the target keeps a record JSON cannot represent exactly (its ``record`` is then null): the original line as
+# text, or as base64 when it is not valid UTF-8.
+ORIGINAL_FIELDS = ("record_text", "record_base64")
+_UNREPRESENTABLE_RE = re.compile(r"not representable|cannot be represented|\bNaN\b|\bInfinity\b", re.IGNORECASE)
+_CONTRADICTORY_NULL_RE = re.compile(r'^null is not of types? .*"null"')
 
 
 class ReprocessError(CdpError):
@@ -71,7 +87,7 @@ class BatchOutcome:
     """What happened (or, in a dry run, would happen) to one source batch."""
 
     source: str
-    status: str  # reprocessed | dry_run | recovered | rolled_back | already_done | failed
+    status: str  # reprocessed | dry_run | recovered | rolled_back | already_done | skipped | failed
     records: int = 0
     passed: int = 0
     failed: int = 0
@@ -120,9 +136,20 @@ class _Plan:
     provider: str
     records: int
     raw_rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    dlq_letters: dict[tuple[str, str], list[DeadLetter]] = field(default_factory=lambda: defaultdict(list))
+    # Each new dead letter with the original text or bytes its entry kept (record_text / record_base64), unchanged.
+    dlq_letters: dict[tuple[str, str], list[tuple[DeadLetter, dict[str, Any]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
     versions: dict[str, int] = field(default_factory=dict)
     new_errors: Counter[str] = field(default_factory=Counter)
+    needs_map: Counter[str] = field(default_factory=Counter)
+
+    def note(self) -> str:
+        """Why the batch is left as it is (empty when it is not)."""
+        if not self.needs_map:
+            return ""
+        reasons = "; ".join(f"{count} {reason}" for reason, count in self.needs_map.items())
+        return f"skipped: {reasons}; see 'Parse errors and values JSON cannot hold' in docs/support-runbook.md"
 
     @property
     def passed(self) -> int:
@@ -131,6 +158,41 @@ class _Plan:
     @property
     def failed(self) -> int:
         return sum(len(letters) for letters in self.dlq_letters.values())
+
+
+def unrepresentable(entry: dict[str, Any]) -> bool:
+    """Whether the entry's ``record`` is not what the source sent: the target kept the original text (or bytes)
+    instead, or (entries written before it did) its error says a value could not be represented, such as a NaN
+    stored as ``null`` and then rejected with a message that contradicts the schema ("null is not of type null")."""
+    if entry.get("record") is None and any(entry.get(name) is not None for name in ORIGINAL_FIELDS):
+        return True
+    messages = [str(entry.get("error_message") or "")]
+    messages += [str(e.get("message", "")) for e in entry.get("errors") or [] if isinstance(e, dict)]
+    return any(_UNREPRESENTABLE_RE.search(m) or _CONTRADICTORY_NULL_RE.search(m) for m in messages)
+
+
+def original_input(entry: dict[str, Any]) -> Any:
+    """What a ``--map`` receives: the original text (bytes when not UTF-8) if the target kept it, else ``record``."""
+    if entry.get("record_text") is not None:
+        return entry["record_text"]
+    if entry.get("record_base64") is not None:
+        return base64.b64decode(entry["record_base64"])
+    return entry.get("record")
+
+
+def _key_errors(body: dict[str, Any], entry: dict[str, Any]) -> list[FieldError]:
+    """The target's key check: every key property the stream declared (recorded with the entry) is present."""
+    declared = (entry.get("context") or {}).get("key_properties") or []
+    missing = [k for k in declared if isinstance(k, str) and k not in body]
+    if not missing:
+        return []
+    return [
+        FieldError(
+            "$",
+            f"the record has no key properties {missing} (the stream's key_properties are {list(declared)}); "
+            "a row without its key cannot be landed",
+        )
+    ]
 
 
 def journal_key(source: str) -> str:
@@ -162,6 +224,7 @@ class Reprocessor:
         schema_version: int | None = None,
         run_id: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
     ) -> None:
         self.dlq_store = dlq_store
         self.raw_store = raw_store
@@ -171,6 +234,7 @@ class Reprocessor:
         self.schema_version = schema_version
         self.run_id = run_id or new_run_id()
         self.clock = clock
+        self.leases = LeaseManager(dlq_store, REPROCESS_LEASE_PREFIX, run_id=self.run_id, ttl=lease_ttl, clock=clock)
         self._schemas: dict[tuple[str, str, str], tuple[int, RecordValidator]] = {}
 
     # -- validation ---------------------------------------------------------------------------------------------
@@ -199,6 +263,16 @@ class Reprocessor:
         self._schemas[cache_key] = result
         return result
 
+    def _needs_map(self, entry: dict[str, Any], stream: str) -> str | None:
+        """Why ``entry`` may only be landed through a ``--map`` that applies to its stream (None if it may not)."""
+        if self.mapping is not None and self.mapping.applies_to(stream):
+            return None
+        if entry.get("error_type") == ErrorType.PARSE_ERROR:
+            return "parse errors (not records: they need a --map that turns them into records)"
+        if unrepresentable(entry):
+            return "values the source sent that JSON cannot represent exactly (they need a --map)"
+        return None
+
     def plan(self, source: str, attempt_at: datetime) -> _Plan:
         """Validate every entry of ``source`` again; nothing is written."""
         key = parse_batch_key(source)
@@ -209,24 +283,31 @@ class Reprocessor:
         entries = read_batch(self.dlq_store, source)
         plan = _Plan(source=source, tenant=key.tenant, provider=key.provider, records=len(entries))
         base_sequence = int(attempt_at.timestamp() * 1_000_000)
+        for entry in entries:
+            reason = self._needs_map(entry, str(entry.get("stream") or key.stream))
+            if reason is not None:
+                plan.needs_map[reason] += 1
+        if plan.needs_map:  # Leave the whole batch as it is: nothing of it moves until support writes the map.
+            return plan
         for line, entry in enumerate(entries, start=1):
             stream = str(entry.get("stream") or key.stream)
             version, validator = self._validator(key.tenant, key.provider, stream)
             plan.versions[stream] = version
             origin = f"{source}#L{line}"
             record = entry.get("record")
+            originals = {name: entry[name] for name in ORIGINAL_FIELDS if entry.get(name) is not None}
             errors: list[FieldError]
             mapped: Any = record
             body: dict[str, Any] = {}
             try:
                 if self.mapping is not None:
-                    mapped = self.mapping.apply(record, stream)
+                    mapped = self.mapping.apply(original_input(entry), stream)
             except RecordMappingError as exc:
                 errors = [FieldError(exc.path, exc.message)]
             else:
                 if isinstance(mapped, dict):
                     body = {k: v for k, v in mapped.items() if k not in _STRIPPED}
-                    errors = validator.errors(body)
+                    errors = validator.errors(body) or _key_errors(body, entry)
                 else:
                     errors = [FieldError("$", f"the record is a {type(mapped).__name__}, not a JSON object")]
             if not errors:
@@ -258,7 +339,7 @@ class Reprocessor:
                 context=context,
                 failed_at=attempt_at,
             )
-            plan.dlq_letters[(error_type.value, stream)].append(letter)
+            plan.dlq_letters[(error_type.value, stream)].append((letter, originals))
         if plan.passed + plan.failed != plan.records:  # Conservation is the whole point: refuse to go on without it.
             raise ReprocessError(f"{source}: {plan.records} records in but {plan.passed + plan.failed} out")
         return plan
@@ -278,7 +359,7 @@ class Reprocessor:
         for (error_type, stream), letters in sorted(plan.dlq_letters.items()):
             unique = _unique(plan.source, stamp, "dlq", error_type, stream)
             key = dlq_batch_key(plan.tenant, plan.provider, error_type, stream, attempt_at, unique)
-            payload = gzip_bytes(ndjson(queue.entry(letter) for letter in letters))
+            payload = gzip_bytes(ndjson({**queue.entry(letter), **originals} for letter, originals in letters))
             outputs.append(("dlq", key, payload, len(letters)))
         return outputs
 
@@ -289,7 +370,7 @@ class Reprocessor:
         if self.dlq_store.exists(source):
             self.dlq_store.move(source, f"{RETIRED_PREFIX}/{source}")
 
-    def _execute(self, plan: _Plan, attempt_at: datetime) -> BatchOutcome:
+    def _execute(self, plan: _Plan, attempt_at: datetime, lease: Lease) -> BatchOutcome:
         outputs = self._outputs(plan, attempt_at)
         described = [{"zone": zone, "key": key, "records": count} for zone, key, _payload, count in outputs]
         journal = {
@@ -304,9 +385,14 @@ class Reprocessor:
             "mapping": self.mapping.describe() if self.mapping else None,
             "outputs": described,
         }
+        # Each step first renews the lease and checks nobody took it over: a run that stalled past its TTL stops here,
+        # leaving its journal to the new holder.
+        lease.ensure_held()
         self.dlq_store.write_bytes(journal_key(plan.source), dumps(journal))
         for zone, key, payload, _count in outputs:  # Raw first, then the DLQ: the order _outputs returns.
+            lease.ensure_held()
             self._store(zone).write_bytes(key, payload)
+        lease.ensure_held()
         self._retire(plan.source)
         self.dlq_store.delete(journal_key(plan.source))
         return BatchOutcome(
@@ -374,10 +460,11 @@ class Reprocessor:
         parameters: dict[str, Any] | None = None,
         on_batch: Callable[[str], None] | None = None,
     ) -> ReprocessReport:
-        """Reprocess ``sources`` (DLQ keys), after finishing any interrupted attempt; audited unless a dry run."""
+        """Reprocess ``sources`` (DLQ keys), after finishing any interrupted attempt whose run is gone; audited unless
+        a dry run. A batch another live run holds is skipped with a note."""
         outcomes: list[BatchOutcome] = []
         if not dry_run:
-            outcomes.extend(self.recover(key) for key in self.pending_journals())
+            outcomes.extend(self._recover_abandoned())
         # Skip what recovery finished, and the DLQ batches it just completed (a filter may have listed them).
         done = {o.source for o in outcomes if o.status == "recovered"}
         done |= {out["key"] for o in outcomes if o.status == "recovered" for out in o.outputs if out["zone"] == "dlq"}
@@ -386,38 +473,101 @@ class Reprocessor:
                 on_batch(source)
             if source in done:
                 continue
-            try:
-                if not self.dlq_store.exists(source):
-                    if self.dlq_store.exists(f"{RETIRED_PREFIX}/{source}"):
-                        outcomes.append(BatchOutcome(source, "already_done", message="already retired"))
-                        continue
-                    get_batch(self.dlq_store, source)  # Raises the standard "no such batch" error.
-                attempt_at = self.clock()
-                plan = self.plan(source, attempt_at)
-                if dry_run:
-                    outcomes.append(
-                        BatchOutcome(
-                            source=source,
-                            status="dry_run",
-                            records=plan.records,
-                            passed=plan.passed,
-                            failed=plan.failed,
-                            schema_versions=plan.versions,
-                            new_errors=dict(plan.new_errors.most_common()),
-                        )
-                    )
-                    continue
-                outcomes.append(self._execute(plan, attempt_at))
-            except (ReprocessError, BatchNotFoundError) as exc:
-                outcomes.append(BatchOutcome(source, "failed", message=str(exc)))
-            except (zlib.error, orjson.JSONDecodeError) as exc:
-                message = f"{source} is not gzip NDJSON ({exc}); inspect it by hand, it was left as it is"
-                outcomes.append(BatchOutcome(source, "failed", message=message))
+            outcomes.extend(self._run_one(source, dry_run=dry_run))
         report = ReprocessReport(outcomes=outcomes, dry_run=dry_run)
         changed = [o for o in outcomes if o.status in ("reprocessed", "recovered", "rolled_back")]
         if not dry_run and changed:
             report.audit_key = self._audit(report, parameters or {})
         return report
+
+    def _recover_abandoned(self) -> list[BatchOutcome]:
+        """Finish the journals whose run is gone; a live run's journal is left to it."""
+        outcomes = []
+        for key in self.pending_journals():
+            try:
+                source = str(loads(self.dlq_store.read_bytes(key))["source"])
+            except ObjectNotFoundError:
+                continue  # Its run finished between the listing and the read.
+            lease = self.leases.acquire(source)
+            if isinstance(lease, LeaseBusy):
+                continue  # Its run is alive; the batch is reported as skipped if this run was asked for it.
+            try:
+                if self.dlq_store.exists(key):
+                    outcomes.append(self.recover(key))
+            except ReprocessError as exc:
+                outcomes.append(BatchOutcome(source, "failed", message=str(exc)))
+            finally:
+                lease.release()
+        return outcomes
+
+    def _in_flight_output(self, source: str) -> str | None:
+        """The source of an unfinished attempt that wrote ``source`` as one of its outputs, if any.
+
+        Such a batch may still be rolled back with its attempt, so reprocessing it now could land its records twice.
+        An output is written after its journal and the journal is deleted only once the attempt is complete, so a
+        batch that was listed and has no journal naming it is safe."""
+        for key in self.pending_journals():
+            try:
+                journal = loads(self.dlq_store.read_bytes(key))
+            except ObjectNotFoundError:
+                continue
+            if any(o["zone"] == "dlq" and o["key"] == source for o in journal.get("outputs") or []):
+                return str(journal["source"])
+        return None
+
+    def _run_one(self, source: str, *, dry_run: bool) -> list[BatchOutcome]:
+        """One source batch under its lease: recover its own interrupted attempt if any, then reprocess it."""
+        now = self.clock()
+        if dry_run:
+            return [self._attempt(source, None, dry_run=True)]
+        lease = self.leases.acquire(source)
+        if isinstance(lease, LeaseBusy):
+            note = f"skipped: {lease.describe(now)}; run reprocess again once it has finished"
+            return [BatchOutcome(source, "skipped", message=note)]
+        outcomes: list[BatchOutcome] = []
+        try:
+            parent = self._in_flight_output(source)
+            if parent is not None:
+                note = f"skipped: written by an unfinished reprocess of {parent}; run reprocess again once it is done"
+                return [BatchOutcome(source, "skipped", message=note)]
+            if self.dlq_store.exists(journal_key(source)):  # Its run died after this run's recovery pass.
+                recovered = self.recover(journal_key(source))
+                outcomes.append(recovered)
+                if recovered.status == "recovered":
+                    return outcomes
+            outcomes.append(self._attempt(source, lease, dry_run=False))
+        except (ReprocessError, LeaseLostError) as exc:
+            outcomes.append(BatchOutcome(source, "failed", message=str(exc)))
+        finally:
+            lease.release()
+        return outcomes
+
+    def _attempt(self, source: str, lease: Lease | None, *, dry_run: bool) -> BatchOutcome:
+        try:
+            if not self.dlq_store.exists(source):
+                if self.dlq_store.exists(f"{RETIRED_PREFIX}/{source}"):
+                    return BatchOutcome(source, "already_done", message="already retired")
+                get_batch(self.dlq_store, source)  # Raises the standard "no such batch" error.
+            attempt_at = self.clock()
+            plan = self.plan(source, attempt_at)
+            if plan.needs_map:
+                return BatchOutcome(source, "skipped", records=plan.records, message=plan.note())
+            if dry_run or lease is None:
+                return BatchOutcome(
+                    source=source,
+                    status="dry_run",
+                    records=plan.records,
+                    passed=plan.passed,
+                    failed=plan.failed,
+                    schema_versions=plan.versions,
+                    new_errors=dict(plan.new_errors.most_common()),
+                )
+            return self._execute(plan, attempt_at, lease)
+        except (ReprocessError, BatchNotFoundError) as exc:
+            return BatchOutcome(source, "failed", message=str(exc))
+        except (zlib.error, orjson.JSONDecodeError) as exc:
+            message = f"{source} is not gzip NDJSON ({exc}); inspect it by hand, it was left as it is"
+            return BatchOutcome(source, "failed", message=message)
 
     def _audit(self, report: ReprocessReport, parameters: dict[str, Any]) -> str:
         moved = [o for o in report.outcomes if o.status in ("reprocessed", "recovered")]

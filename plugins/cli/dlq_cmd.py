@@ -30,6 +30,7 @@ from plugins.dlq_ops import (
     DlqFilter,
     check_dlq_volume,
     dlq_stats,
+    format_duration,
     list_batches,
     normalize_batch_key,
     parse_duration,
@@ -41,6 +42,7 @@ from plugins.dlq_ops import (
 from plugins.dlq_reprocess import Reprocessor
 from plugins.dlq_resubmit import Resubmitter
 from plugins.errors import CdpError, ConfigError
+from plugins.leases import DEFAULT_LEASE_TTL
 from plugins.pii_masking import RecordMasker
 from plugins.project import find_project_root
 from plugins.record_mapping import load_mapping
@@ -238,6 +240,13 @@ def reprocess_command(
     map_file: Annotated[
         Path | None, typer.Option("--map", help="Record mapping: YAML/JSON (rename, drop, set, cast) or a .py file.")
     ] = None,
+    lease_ttl: Annotated[
+        str,
+        typer.Option(
+            "--lease-ttl",
+            help="How long a batch's lease lasts without a heartbeat; another host takes it over after that.",
+        ),
+    ] = format_duration(DEFAULT_LEASE_TTL),
     dry_run: DryRunOption = False,
     actor: ActorOption = None,
     dlq_url: DlqUrlOption = None,
@@ -259,7 +268,13 @@ def reprocess_command(
     if not batches:
         sources = [s for s in sources if s.split("/")[2] not in REQUEST_ERROR_TYPES]
     reprocessor = Reprocessor(
-        store, raw_store, registry, actor=current_actor(actor), mapping=mapping, schema_version=schema_version
+        store,
+        raw_store,
+        registry,
+        actor=current_actor(actor),
+        mapping=mapping,
+        schema_version=schema_version,
+        lease_ttl=parse_duration("--lease-ttl", lease_ttl),
     )
     with _progress(len(sources), "reprocessing") as advance:
         report = reprocessor.run(

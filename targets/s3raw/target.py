@@ -378,6 +378,10 @@ class TargetS3Raw(Target):
         version: int | None = None,
         context: dict[str, Any] | None = None,
     ) -> None:
+        context = dict(context or {})
+        sink = self.streams.get(stream)
+        if sink is not None and sink.key_properties:  # What 'cdp dlq reprocess' checks before landing the record.
+            context.setdefault("key_properties", list(sink.key_properties))
         letter = DeadLetter(
             error_type=error_type,
             error_message=message,
@@ -385,7 +389,7 @@ class TargetS3Raw(Target):
             record=record,
             errors=list(errors or []),
             schema_version=version,
-            context=context or {},
+            context=context,
         )
         buffer = self.dead_letters.get(stream)
         if buffer is None:

@@ -1,0 +1,209 @@
+"""Leases: at most one live owner of a named resource (a DLQ source batch) across processes and hosts.
+
+A lease is a chain of generation objects ``{prefix}/{name hash}/{generation:06d}.json`` in an object store, each
+created with ``put_if_absent`` (``If-None-Match: *`` on S3, ``link()`` locally), so exactly one process wins each
+generation. The newest generation says who holds the lease: its owner (host, pid, run id, when it started and when
+the lease expires), or that it was released. A process may take generation n+1 only when generation n is released or
+its owner is gone: the lease expired (no heartbeat within the TTL), or the owner ran on this host and its pid is dead.
+A live owner renews (heartbeats) its generation and checks that no newer one exists before each step that changes
+anything (``ensure_held``), so a holder that stalled past its TTL stops instead of racing its successor.
+
+Generations are never reused: the winner of n+1 deletes the ones before n and keeps n, so a process that saw an old
+generation cannot create a name that was already taken, and ``acquire`` gives up when it finds a newer generation than
+its own after creating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from plugins.errors import CdpError, ObjectNotFoundError
+from plugins.serialization import dumps, loads
+from plugins.storage import ObjectStore
+
+DEFAULT_LEASE_TTL = timedelta(minutes=10)
+_GENERATION_DIGITS = 6
+
+
+class LeaseLostError(CdpError):
+    """The lease this process held was taken over (it stalled past its TTL); it must stop changing things."""
+
+
+def describe_moment(moment: datetime, now: datetime) -> str:
+    """``"in 300 s"`` or ``"300 s ago"``: never a negative count of seconds."""
+    seconds = int((moment - now).total_seconds())
+    return f"in {seconds} s" if seconds >= 0 else f"{-seconds} s ago"
+
+
+def pid_is_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host (one we may not signal still counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Who holds (or held) one generation of a lease."""
+
+    host: str
+    pid: int
+    run_id: str
+    started_at: datetime
+    expires_at: datetime
+    released: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "released": self.released,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeaseOwner:
+        return cls(
+            host=str(data["host"]),
+            pid=int(data["pid"]),
+            run_id=str(data["run_id"]),
+            started_at=datetime.fromisoformat(data["started_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+            released=bool(data.get("released", False)),
+        )
+
+    def gone(self, now: datetime) -> bool:
+        """Released, expired, or (on this host) its process is dead."""
+        if self.released or self.expires_at <= now:
+            return True
+        return self.host == socket.gethostname() and not pid_is_alive(self.pid)
+
+    def describe(self, now: datetime) -> str:
+        return (
+            f"run {self.run_id} (host {self.host}, pid {self.pid}, started {describe_moment(self.started_at, now)}, "
+            f"lease expires {describe_moment(self.expires_at, now)})"
+        )
+
+
+@dataclass
+class Lease:
+    """A held lease: one generation object this process created."""
+
+    store: ObjectStore
+    name: str
+    key: str
+    generation: int
+    owner: LeaseOwner
+    ttl: timedelta
+    clock: Callable[[], datetime]
+
+    def ensure_held(self) -> None:
+        """Renew the lease, after checking nobody took it over; raises LeaseLostError otherwise."""
+        folder = self.key.rsplit("/", 1)[0]
+        newest = _newest_generation(self.store, folder)
+        if newest is not None and newest[0] > self.generation:
+            raise LeaseLostError(
+                f"the lease on {self.name} was taken over while this run held it (it stalled past its TTL of "
+                f"{int(self.ttl.total_seconds())} s); stopping before changing anything else"
+            )
+        self.owner = LeaseOwner(
+            self.owner.host, self.owner.pid, self.owner.run_id, self.owner.started_at, self.clock() + self.ttl
+        )
+        self.store.write_bytes(self.key, dumps(self.owner.as_dict()))
+
+    def release(self) -> None:
+        """Mark this generation released, so the next taker need not wait for it to expire."""
+        released = LeaseOwner(
+            self.owner.host, self.owner.pid, self.owner.run_id, self.owner.started_at, self.clock(), released=True
+        )
+        self.store.write_bytes(self.key, dumps(released.as_dict()))
+
+
+@dataclass(frozen=True)
+class LeaseBusy:
+    """Why a lease could not be taken: its live holder."""
+
+    name: str
+    holder: LeaseOwner | None
+
+    def describe(self, now: datetime) -> str:
+        if self.holder is None:
+            return f"{self.name} is being taken by another run at this moment"
+        return f"{self.name} is held by {self.holder.describe(now)}"
+
+
+def _generation_of(key: str) -> int | None:
+    stem = key.rsplit("/", 1)[-1].removesuffix(".json")
+    return int(stem) if stem.isdigit() else None
+
+
+def _newest_generation(store: ObjectStore, folder: str) -> tuple[int, str] | None:
+    found = [(g, info.key) for info in store.iter_objects(folder) if (g := _generation_of(info.key)) is not None]
+    return max(found) if found else None
+
+
+class LeaseManager:
+    """Takes leases on names under ``prefix`` of ``store`` for one run."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        *,
+        run_id: str,
+        ttl: timedelta = DEFAULT_LEASE_TTL,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.run_id = run_id
+        self.ttl = ttl
+        self.clock = clock
+
+    def folder(self, name: str) -> str:
+        return f"{self.prefix}/{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+
+    def _read(self, key: str) -> LeaseOwner | None:
+        try:
+            return LeaseOwner.from_dict(loads(self.store.read_bytes(key)))
+        except ObjectNotFoundError:
+            return None
+
+    def acquire(self, name: str) -> Lease | LeaseBusy:
+        """Take the lease on ``name`` if nobody live holds it; otherwise say who does."""
+        folder = self.folder(name)
+        now = self.clock()
+        newest = _newest_generation(self.store, folder)
+        if newest is None:
+            generation = 1
+        else:
+            holder = self._read(newest[1])
+            if holder is not None and not holder.gone(now):
+                return LeaseBusy(name, holder)
+            generation = newest[0] + 1
+        owner = LeaseOwner(socket.gethostname(), os.getpid(), self.run_id, now, now + self.ttl)
+        key = f"{folder}/{generation:0{_GENERATION_DIGITS}d}.json"
+        if not self.store.put_if_absent(key, dumps(owner.as_dict())):
+            winner = self._read(key)
+            return LeaseBusy(name, winner if winner is not None and not winner.gone(now) else None)
+        after = _newest_generation(self.store, folder)
+        if after is not None and after[0] > generation:  # We created a name already passed: someone else holds it.
+            self.store.delete(key)
+            return LeaseBusy(name, self._read(after[1]))
+        for info in self.store.iter_objects(folder):  # Keep the previous generation: it fences late creators.
+            older = _generation_of(info.key)
+            if older is not None and older < generation - 1:
+                self.store.delete(info.key)
+        return Lease(self.store, name, key, generation, owner, self.ttl, self.clock)

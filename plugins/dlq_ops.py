@@ -34,7 +34,9 @@ LEASE_PREFIX = "_lease"
 # Entries that describe a failed request rather than a record: they are resubmitted, never reprocessed, and they do
 # not count against a provider's validation success rate.
 REQUEST_ERROR_TYPES = frozenset({ErrorType.EXTRACTION_FAILED, ErrorType.RATE_LIMIT_EXHAUSTED, ErrorType.AUTH_FAILED})
-_DURATION_RE = re.compile(r"^(?P<amount>\d+)\s*(?P<unit>[smhdw])$")
+_DURATION_RE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[smhdw])")  # Always fullmatch: "7d\n" is no duration.
+# Longer spans are typos, and would overflow the date arithmetic (``now - 9999999d``) into a traceback.
+MAX_DURATION = timedelta(days=36525)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -44,10 +46,17 @@ class BatchNotFoundError(ObjectNotFoundError):
 
 def parse_duration(setting: str, text: str) -> timedelta:
     """``90m``, ``24h``, ``7d``, ``2w`` as a timedelta; anything else fails naming ``setting``."""
-    match = _DURATION_RE.match(text.strip().lower())
+    match = _DURATION_RE.fullmatch(text.strip().lower())
     if match is None or int(match["amount"]) <= 0:
         raise ConfigError(setting, f"'{text}' is not a duration like 30m, 24h, 7d or 2w")
-    return timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
+    try:
+        value = timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
+    except OverflowError:
+        value = MAX_DURATION + timedelta(days=1)
+    if value > MAX_DURATION:
+        limit = format_duration(MAX_DURATION)
+        raise ConfigError(setting, f"'{text}' is longer than 100 years ({limit}); check the number")
+    return value
 
 
 def format_duration(value: timedelta) -> str:
@@ -62,7 +71,7 @@ def format_duration(value: timedelta) -> str:
 def parse_instant(setting: str, text: str, now: datetime | None = None) -> datetime:
     """An ISO-8601 date or instant (UTC unless it says otherwise), or a duration back from now (``24h``, ``7d``)."""
     now = now or datetime.now(UTC)
-    if _DURATION_RE.match(text.strip().lower()):
+    if _DURATION_RE.fullmatch(text.strip().lower()):
         return now - parse_duration(setting, text)
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

@@ -55,7 +55,7 @@ from plugins.errors import CdpError, ObjectNotFoundError
 from plugins.layout import dlq_batch_key, parse_batch_key, raw_batch_key
 from plugins.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
 from plugins.raw_zone import METADATA_COLUMNS, gzip_bytes, read_batch
-from plugins.record_mapping import RecordMapping, RecordMappingError
+from plugins.record_mapping import MappingExitError, RecordMapping, RecordMappingError
 from plugins.serialization import dumps, loads, ndjson
 from plugins.storage import ObjectStore
 from plugins.validation import RecordValidator
@@ -114,6 +114,12 @@ class BatchOutcome:
 class ReprocessReport(BatchRunReport[BatchOutcome]):
     """Every batch's outcome and the audit entry written for the run (none for a dry run or no change)."""
 
+    aborted: str | None = None  # Why the run stopped before its last batch (a --map called sys.exit).
+
+    @property
+    def ok(self) -> bool:
+        return self.aborted is None and super().ok
+
     def totals(self) -> dict[str, int]:
         counted = [o for o in self.outcomes if o.status in ("reprocessed", "dry_run", "recovered")]
         return {
@@ -124,7 +130,7 @@ class ReprocessReport(BatchRunReport[BatchOutcome]):
         }
 
     def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "totals": self.totals()}
+        return {**super().as_dict(), "totals": self.totals(), "aborted": self.aborted}
 
 
 @dataclass
@@ -468,15 +474,19 @@ class Reprocessor:
         # Skip what recovery finished, and the DLQ batches it just completed (a filter may have listed them).
         done = {o.source for o in outcomes if o.status == "recovered"}
         done |= {out["key"] for o in outcomes if o.status == "recovered" for out in o.outputs if out["zone"] == "dlq"}
-        for source in dict.fromkeys(sources):
-            if on_batch is not None:
-                on_batch(source)
-            if source in done:
-                continue
-            outcomes.extend(self._run_one(source, dry_run=dry_run))
-        report = ReprocessReport(outcomes=outcomes, dry_run=dry_run)
+        aborted = None
+        try:
+            for source in dict.fromkeys(sources):
+                if on_batch is not None:
+                    on_batch(source)
+                if source in done:
+                    continue
+                outcomes.extend(self._run_one(source, dry_run=dry_run))
+        except MappingExitError as exc:  # Nothing of the batch in hand was written; what is done stays, audited.
+            aborted = str(exc)
+        report = ReprocessReport(outcomes=outcomes, dry_run=dry_run, aborted=aborted)
         changed = [o for o in outcomes if o.status in ("reprocessed", "recovered", "rolled_back")]
-        if not dry_run and changed:
+        if not dry_run and (changed or aborted):
             report.audit_key = self._audit(report, parameters or {})
         return report
 
@@ -587,7 +597,7 @@ class Reprocessor:
                 "dlq_records": sum(o.failed for o in moved),
                 "retired_batches": len(moved),
             },
-            outcome="ok" if report.ok else "partial",
-            details={"batches": [o.as_dict() for o in report.outcomes]},
+            outcome="aborted" if report.aborted else "ok" if report.ok else "partial",
+            details={"batches": [o.as_dict() for o in report.outcomes], "aborted": report.aborted},
         )
         return AuditLog(self.dlq_store).record(entry)

@@ -28,12 +28,16 @@ from typing import Any
 import orjson
 import yaml
 
-from plugins.errors import ConfigError
+from plugins.errors import CdpError, ConfigError
 
 STEPS = ("rename", "drop", "set", "cast")
 CAST_TYPES = ("integer", "number", "string", "boolean")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
+
+
+class MappingExitError(CdpError):
+    """A Python mapping called ``sys.exit`` (or raised SystemExit): the run stops, after auditing what it did."""
 
 
 class RecordMappingError(ValueError):
@@ -126,6 +130,11 @@ class RecordMapping:
                 result = self.function(mapped, stream)
             except Exception as exc:  # Any failure of the user's function is this record's error, not the run's.
                 raise RecordMappingError("$", f"map_record failed: {type(exc).__name__}: {exc}") from exc
+            except SystemExit as exc:  # Not a record's problem: the map asked to stop, so the run stops cleanly.
+                raise MappingExitError(
+                    f"--map {self.source}: map_record called sys.exit({exc.code!r}) on a {stream} record; "
+                    "the run stopped there (batches already done are kept and audited); fix the map and run again"
+                ) from None
             return mapped if result is None else result
         if not isinstance(mapped, dict):
             raise RecordMappingError("$", f"the record is a {type(mapped).__name__}, not an object")
@@ -166,8 +175,12 @@ def _setting(path: Path, step: str) -> str:
     return f"--map {path} ({step})"
 
 
-def _validate_paths(path: Path, step: str, values: list[str]) -> None:
+def _validate_paths(path: Path, step: str, values: list[Any]) -> None:
     for value in values:
+        if not isinstance(value, str):  # YAML reads `1:` or `true:` as a number or a boolean, not a name.
+            raise ConfigError(
+                _setting(path, step), f"{value!r} is a {type(value).__name__}, not a property path; quote it"
+            )
         try:
             _split(value)
         except ValueError as exc:
@@ -220,23 +233,23 @@ def load_mapping(file: str | Path) -> RecordMapping:
     streams = spec.get("streams")
     if isinstance(drop, str):
         drop = [drop]
-    if not isinstance(rename, dict) or not all(isinstance(v, str) for v in rename.values()):
+    if not isinstance(rename, dict):
         raise ConfigError(_setting(path, "rename"), "must map old property paths to new ones")
-    if not isinstance(drop, list) or not all(isinstance(v, str) for v in drop):
+    if not isinstance(drop, list):
         raise ConfigError(_setting(path, "drop"), "must be a list of property paths")
     if not isinstance(set_values, dict):
         raise ConfigError(_setting(path, "set"), "must map property paths to values")
     if not isinstance(cast, dict):
         raise ConfigError(_setting(path, "cast"), f"must map property paths to one of {', '.join(CAST_TYPES)}")
-    bad_casts = {k: v for k, v in cast.items() if v not in CAST_TYPES}
-    if bad_casts:
-        raise ConfigError(_setting(path, "cast"), f"{bad_casts} : types must be one of {', '.join(CAST_TYPES)}")
     if streams is not None and (not isinstance(streams, list) or not all(isinstance(s, str) for s in streams)):
         raise ConfigError(_setting(path, "streams"), "must be a list of stream names")
     _validate_paths(path, "rename", [*rename, *rename.values()])
     _validate_paths(path, "drop", drop)
     _validate_paths(path, "set", list(set_values))
     _validate_paths(path, "cast", list(cast))
+    bad_casts = {k: v for k, v in cast.items() if v not in CAST_TYPES}
+    if bad_casts:
+        raise ConfigError(_setting(path, "cast"), f"{bad_casts} : types must be one of {', '.join(CAST_TYPES)}")
     return RecordMapping(
         source=str(path),
         digest=digest,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from plugins.cli.output import console
+from plugins.cli.output import console, styled
 from plugins.descriptors import SandboxOptions
 from plugins.errors import CdpError
 from plugins.layout import BATCH_SUFFIX, parse_batch_key
@@ -35,8 +35,10 @@ def demo(
     options = SandboxOptions(records=records)
     started = datetime.now(UTC)
     with SandboxServer(source.sandbox(options)) as sandbox:
-        console.print(f"[bold]1/2[/] {DEMO_SOURCE} sandbox serving {records} records per resource on {sandbox.url}")
-        console.print(f"[bold]2/2[/] meltano run {source.executable} target-s3raw (environment dev)")
+        console.print(
+            styled(("1/2", "bold"), f" {DEMO_SOURCE} sandbox serving {records} records per resource on {sandbox.url}")
+        )
+        console.print(styled(("2/2", "bold"), f" meltano run {source.executable} target-s3raw (environment dev)"))
         run_meltano(
             ["run", source.executable, "target-s3raw"],
             project_root=root,

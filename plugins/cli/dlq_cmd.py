@@ -24,7 +24,7 @@ from plugins.cli.options import (
     Zone,
     resolve_zone_url,
 )
-from plugins.cli.output import console, print_json
+from plugins.cli.output import console, print_json, styled
 from plugins.dlq_ops import (
     REQUEST_ERROR_TYPES,
     DlqFilter,
@@ -163,7 +163,7 @@ def show_command(
         print_json(report.as_dict())
         return
     b = report.batch
-    console.print(f"[bold]{b.key}[/]", highlight=False)
+    console.print(styled((b.key, "bold")), highlight=False)
     console.print(
         f"{b.tenant}/{b.provider} · {b.error_type} · landed {_when(b.landed_at)} UTC · {b.record_count} records · "
         f"streams {report.streams} · retry counts {report.retry_counts} · schema versions {report.schema_versions}",
@@ -301,6 +301,8 @@ def reprocess_command(
             f"{totals['failed']} back to the DLQ" + (f"; audit {report.audit_key}" if report.audit_key else ""),
             highlight=False,
         )
+    if report.aborted:
+        raise CdpError(report.aborted)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from plugins.cli.options import JsonOption
-from plugins.cli.output import console, print_json
+from plugins.cli.output import console, print_json, styled
 from plugins.errors import CdpError, ConfigError
 from plugins.project import find_project_root
 
@@ -153,13 +153,13 @@ def new_tap(
     if as_json:
         print_json(result.as_dict())
         return
-    console.print(f"[bold]tap-{name}[/] scaffolded in {result.package}")
+    console.print(styled((f"tap-{name}", "bold"), f" scaffolded in {result.package}"))
     for path in result.files:
         console.print(f"  wrote {path}")
     for change in result.pyproject_changes:
-        console.print(f"  pyproject.toml: {change}", markup=False)
+        console.print(f"  pyproject.toml: {change}")
     next_steps = (
         "Next: register the entry points with `.venv/bin/uv pip install --python .venv/bin/python -e '.[dev]'`, run "
         f"`.venv/bin/pytest tests/test_tap_{name}.py`, then follow docs/writing-a-tap.md."
     )
-    console.print(next_steps, markup=False)
+    console.print(next_steps)

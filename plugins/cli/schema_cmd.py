@@ -8,11 +8,10 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from plugins.cli.options import JsonOption, RegistryUrlOption, S3EndpointOption, Zone, resolve_zone_url
-from plugins.cli.output import console, print_error, print_json
+from plugins.cli.output import console, print_error, print_json, styled
 from schema_registry import (
     CompatibilityMode,
     IncompatibleSchemaError,
@@ -58,8 +57,8 @@ def read_schema_file(path: str) -> dict[str, Any]:
 def _print_violations(violations: list[Violation]) -> None:
     for violation in violations:
         against = f" (v{violation.version})" if violation.version is not None else ""
-        text = escape(f"{violation.path}{against}: {violation.message}")
-        console.print(f"  [red]✗[/] {text}", highlight=False, soft_wrap=True)
+        text = f"{violation.path}{against}: {violation.message}"
+        console.print(styled("  ", ("✗", "red"), " ", text), highlight=False, soft_wrap=True)
 
 
 def _when(version: SchemaVersion) -> str:
@@ -121,10 +120,14 @@ def show(
     if as_json:
         print_json({**found.as_dict(), "mode": mode.value, "versions": registry.versions(subject)})
         return
-    forced = " [yellow](force-registered)[/]" if found.forced else ""
+    forced = " (force-registered)" if found.forced else ""
     console.print(
-        f"[bold]{subject}[/] version {found.version} of {registry.versions(subject)[-1]}{forced}\n"
-        f"mode {mode.value} · registered {_when(found)} · fingerprint {found.fingerprint[:16]}",
+        styled(
+            (subject, "bold"),
+            f" version {found.version} of {registry.versions(subject)[-1]}",
+            (forced, "yellow"),
+            f"\nmode {mode.value} · registered {_when(found)} · fingerprint {found.fingerprint[:16]}",
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -182,12 +185,12 @@ def diff(
             }
         )
         return
-    console.print(f"[bold]{subject}[/]: version {old.version} → {new_label}", highlight=False)
+    console.print(styled((subject, "bold"), f": version {old.version} → {new_label}"), highlight=False)
     if not changes:
         console.print("  no differences (annotations and key order are ignored)")
-    marks = {"added": "[green]+[/]", "removed": "[red]-[/]", "changed": "[yellow]~[/]"}
+    marks = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
     for change in changes:
-        console.print(f"  {marks[change.change]} {escape(change.describe())}", highlight=False, soft_wrap=True)
+        console.print(styled("  ", marks[change.change], " ", change.describe()), highlight=False, soft_wrap=True)
 
 
 @app.command("check")
@@ -267,7 +270,9 @@ def register(
     elif result.version.forced:
         violations = result.compatibility.violations if result.compatibility else []
         console.print(
-            f"[yellow]force-registered[/] {subject} version {number} despite {len(violations)} violation(s):",
+            styled(
+                ("force-registered", "yellow"), f" {subject} version {number} despite {len(violations)} violation(s):"
+            ),
             highlight=False,
         )
         _print_violations(violations)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from plugins.audit import AuditLog, current_actor
 from plugins.cli.options import (
     DlqUrlOption,
     JsonOption,
+    LakeUrlOption,
     RawUrlOption,
     RegistryUrlOption,
     S3EndpointOption,
@@ -48,6 +48,7 @@ from plugins.project import find_project_root
 from plugins.record_mapping import load_mapping
 from plugins.serialization import dumps
 from plugins.storage import ObjectStore
+from plugins.zones import configured_zone_url
 
 app = typer.Typer(
     help="The dead letter queue: list, show, stats, reprocess, resubmit, purge, audit.", no_args_is_help=True
@@ -68,8 +69,19 @@ BatchesArgument = Annotated[
 ]
 
 
-def _store(url: str | None, zone: Zone, endpoint: str | None) -> ObjectStore:
-    return ObjectStore(resolve_zone_url(zone, url), s3_endpoint_url=endpoint, setting=f"--{zone.value}-url")
+def _store(url: str | None, zone: Zone, endpoint: str | None, lake: str | None) -> ObjectStore:
+    return ObjectStore(resolve_zone_url(zone, url, lake), s3_endpoint_url=endpoint, setting=f"--{zone.value}-url")
+
+
+def _stores(**stores: ObjectStore) -> dict[str, str]:
+    """Which store each figure of a report came from, by zone: what every report says (text and --json)."""
+    return {zone: store.url_for("") for zone, store in stores.items()}
+
+
+def _print_stores(stores: dict[str, str]) -> None:
+    console.print(
+        "stores: " + "; ".join(f"{zone} {url}" for zone, url in stores.items()), highlight=False, soft_wrap=True
+    )
 
 
 def _filter(
@@ -127,14 +139,16 @@ def list_command(
     since: SinceOption = None,
     until: UntilOption = None,
     dlq_url: DlqUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List DLQ batches with their record counts, oldest first."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     batches = list_batches(store, _filter(tenant, provider, error_type, stream, since, until))
     if as_json:
-        print_json({"batches": [b.as_dict() for b in batches], "records": sum(b.record_count or 0 for b in batches)})
+        records = sum(b.record_count or 0 for b in batches)
+        print_json({"batches": [b.as_dict() for b in batches], "records": records, "stores": _stores(dlq=store)})
         return
     table = Table(title=f"DLQ batches in {store.url}", title_justify="left")
     for column in ("landed (UTC)", "tenant", "provider", "error type", "stream", "records", "key"):
@@ -143,6 +157,7 @@ def list_command(
         table.add_row(_when(b.landed_at), b.tenant, b.provider, b.error_type, b.stream, str(b.record_count), b.key)
     console.print(table)
     console.print(f"{len(batches)} batches, {sum(b.record_count or 0 for b in batches)} records")
+    _print_stores(_stores(dlq=store))
 
 
 @app.command("show")
@@ -153,14 +168,15 @@ def show_command(
         typer.Option("--mask-field", help="Also mask this property or dotted path (repeatable; env CDP_PII_FIELDS)."),
     ] = None,
     dlq_url: DlqUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a batch's errors grouped by message and JSON path, with a masked example record per group."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     report = show_batch(store, batch, RecordMasker.configured(mask_field or []))
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "stores": _stores(dlq=store)})
         return
     b = report.batch
     console.print(styled((b.key, "bold")), highlight=False)
@@ -178,6 +194,7 @@ def show_command(
     console.print(table)
     for context in report.context_examples:
         console.print(f"context: {dumps(context).decode()}", highlight=False, soft_wrap=True)
+    _print_stores(_stores(dlq=store))
 
 
 @app.command("stats")
@@ -188,15 +205,16 @@ def stats_command(
     until: UntilOption = None,
     dlq_url: DlqUrlOption = None,
     raw_url: RawUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The daily report: DLQ counts by tenant, provider, error type and stream, and success rates per provider."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
-    raw_store = _store(raw_url, Zone.RAW, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
+    raw_store = _store(raw_url, Zone.RAW, s3_endpoint_url, lake_url)
     stats = dlq_stats(store, raw_store, _filter(tenant, provider, None, None, since, until))
     if as_json:
-        print_json(stats.as_dict())
+        print_json({**stats.as_dict(), "stores": _stores(dlq=store, raw=raw_store)})
         return
     title = f"DLQ {_when(stats.since)} → {_when(stats.until)} UTC"
     table = Table(title=title, title_justify="left")
@@ -214,6 +232,7 @@ def stats_command(
     console.print(rates)
     totals = stats.totals()
     console.print(f"{totals['batches']} DLQ batches, {totals['records']} entries in the window")
+    _print_stores(_stores(dlq=store, raw=raw_store))
 
 
 def _print_outcomes(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> None:
@@ -252,15 +271,16 @@ def reprocess_command(
     dlq_url: DlqUrlOption = None,
     raw_url: RawUrlOption = None,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate DLQ records again (optionally after --map); passing ones go to raw, the rest back to the DLQ."""
     from schema_registry import SchemaRegistry
 
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
-    raw_store = _store(raw_url, Zone.RAW, s3_endpoint_url)
-    registry = SchemaRegistry(_store(registry_url, Zone.REGISTRY, s3_endpoint_url))
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
+    raw_store = _store(raw_url, Zone.RAW, s3_endpoint_url, lake_url)
+    registry = SchemaRegistry(_store(registry_url, Zone.REGISTRY, s3_endpoint_url, lake_url))
     mapping = load_mapping(map_file) if map_file else None
     flt = _filter(tenant, provider, error_type, stream, since, until)
     any_filter = any(v is not None for v in (tenant, provider, error_type, stream, since, until))
@@ -280,8 +300,9 @@ def reprocess_command(
         report = reprocessor.run(
             sources, dry_run=dry_run, parameters={"filter": flt.as_dict(), "batches": batches or []}, on_batch=advance
         )
+    stores = _stores(dlq=store, raw=raw_store, registry=registry.store)
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "stores": stores})
     else:
         rows = [
             {**o.as_dict(), "schema": ",".join(f"{s}:v{v}" for s, v in o.schema_versions.items())}
@@ -301,6 +322,7 @@ def reprocess_command(
             f"{totals['failed']} back to the DLQ" + (f"; audit {report.audit_key}" if report.audit_key else ""),
             highlight=False,
         )
+        _print_stores(stores)
     if report.aborted:
         raise CdpError(report.aborted)
     if not report.ok:
@@ -322,11 +344,12 @@ def resubmit_command(
     dlq_url: DlqUrlOption = None,
     raw_url: RawUrlOption = None,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-run failed extractions (extraction_failed, rate_limit_exhausted, auth_failed) through the tap with Meltano."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     flt = _filter(tenant, provider, None, stream, since, until)
     any_filter = any(v is not None for v in (tenant, provider, stream, since, until))
     sources = _selected(store, batches, flt, any_filter=any_filter)
@@ -341,16 +364,21 @@ def resubmit_command(
         actor=current_actor(actor),
         environment=environment,
         loader=loader,
-        raw_url=_absolute(raw_url or os.environ.get(Zone.RAW.env_var)),
-        registry_url=_absolute(registry_url or os.environ.get(Zone.REGISTRY.env_var)),
+        raw_url=_absolute(configured_zone_url(Zone.RAW, raw_url, lake_url)),
+        registry_url=_absolute(configured_zone_url(Zone.REGISTRY, registry_url, lake_url)),
         extra_env=extra_env,
     )
     with _progress(len(sources), "resubmitting") as advance:
         report = resubmitter.run(
             sources, dry_run=dry_run, parameters={"filter": flt.as_dict(), "batches": batches or []}, on_batch=advance
         )
+    stores = {
+        **_stores(dlq=store),
+        "raw": resubmitter.raw_url or "the loader's raw_url in meltano.yml",
+        "registry": resubmitter.registry_url or "the loader's registry_url in meltano.yml",
+    }
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "stores": stores})
     else:
         rows = [o.as_dict() for o in report.outcomes]
         for row in rows:
@@ -360,6 +388,7 @@ def resubmit_command(
         _print_outcomes(rows, columns, title)
         if report.audit_key:
             console.print(f"audit {report.audit_key}", highlight=False)
+        _print_stores(stores)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -377,11 +406,12 @@ def purge_command(
     dry_run: DryRunOption = False,
     actor: ActorOption = None,
     dlq_url: DlqUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Delete DLQ batches (and retired copies) older than --older-than, after confirmation; audited."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     cutoff = datetime.now(UTC) - parse_duration("--older-than", older_than)
     flt = DlqFilter(tenant=tenant, provider=provider, error_type=error_type, stream=stream, until=cutoff)
     batches, retired = purge_candidates(store, flt)
@@ -397,10 +427,11 @@ def purge_command(
             raise CdpError("purge cancelled; nothing was deleted")
     result = purge(store, batches, retired, actor=current_actor(actor), flt=flt, dry_run=dry_run)
     if as_json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "stores": _stores(dlq=store)})
         return
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{verb} {summary}", highlight=False)
+    _print_stores(_stores(dlq=store))
     if result.audit_key:
         console.print(f"audit {result.audit_key}", highlight=False)
 
@@ -410,14 +441,15 @@ def audit_command(
     since: SinceOption = None,
     action: Annotated[str | None, typer.Option("--action", help="Only reprocess, resubmit or purge.")] = None,
     dlq_url: DlqUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The audit log of DLQ changes: who, when, what, counts before and after."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     entries = AuditLog(store).entries(since=parse_instant("--since", since) if since else None, action=action)
     if as_json:
-        print_json({"entries": [{**e.as_dict(), "key": e.key} for e in entries]})
+        print_json({"entries": [{**e.as_dict(), "key": e.key} for e in entries], "stores": _stores(dlq=store)})
         return
     table = Table(title=f"DLQ audit log in {store.url}", title_justify="left")
     for column in ("at (UTC)", "actor", "action", "outcome", "batches", "before", "after"):
@@ -427,6 +459,7 @@ def audit_command(
         after = ", ".join(f"{k}={v}" for k, v in e.counts_after.items())
         table.add_row(_when(e.at), e.actor, e.action, e.outcome, str(len(e.batches)), before, after)
     console.print(table)
+    _print_stores(_stores(dlq=store))
 
 
 @app.command("alert")
@@ -438,11 +471,12 @@ def alert_command(
     tenant: TenantOption = None,
     provider: ProviderOption = None,
     dlq_url: DlqUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Raise a dlq_volume alert for each tenant/provider whose DLQ grew past --threshold within --window."""
-    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url)
+    store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
     breaches = check_dlq_volume(
         store,
         threshold=threshold,
@@ -450,8 +484,10 @@ def alert_command(
         flt=DlqFilter(tenant=tenant, provider=provider),
     )
     if as_json:
-        print_json({"threshold": threshold, "window": window, "breaches": [b.as_dict() for b in breaches]})
+        breached = [b.as_dict() for b in breaches]
+        print_json({"threshold": threshold, "window": window, "breaches": breached, "stores": _stores(dlq=store)})
         return
+    _print_stores(_stores(dlq=store))
     if not breaches:
         console.print(f"no tenant/provider above {threshold} DLQ entries in the last {window}")
     for b in breaches:

@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from plugins.zones import Zone, resolve_zone_url
+from plugins.zones import LAKE_ENV_VAR, Zone, resolve_zone_url
+
+LakeUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake-url",
+        help=f"Base URL of every zone: each is {{lake}}/raw, {{lake}}/dlq, {{lake}}/registry unless set on its own "
+        f"[env {LAKE_ENV_VAR}]",
+    ),
+]
 
 RawUrlOption = Annotated[
     str | None, typer.Option("--raw-url", help=f"Raw zone URL [env {Zone.RAW.env_var}; default {Zone.RAW.default_url}]")
@@ -29,6 +38,7 @@ S3EndpointOption = Annotated[
 __all__ = [
     "DlqUrlOption",
     "JsonOption",
+    "LakeUrlOption",
     "RawUrlOption",
     "RegistryUrlOption",
     "S3EndpointOption",

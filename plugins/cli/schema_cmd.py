@@ -10,7 +10,14 @@ import orjson
 import typer
 from rich.table import Table
 
-from plugins.cli.options import JsonOption, RegistryUrlOption, S3EndpointOption, Zone, resolve_zone_url
+from plugins.cli.options import (
+    JsonOption,
+    LakeUrlOption,
+    RegistryUrlOption,
+    S3EndpointOption,
+    Zone,
+    resolve_zone_url,
+)
 from plugins.cli.output import console, print_error, print_json, styled
 from schema_registry import (
     CompatibilityMode,
@@ -33,8 +40,10 @@ FileArgument = Annotated[
 ]
 
 
-def _registry(registry_url: str | None, s3_endpoint_url: str | None) -> SchemaRegistry:
-    return SchemaRegistry.from_url(resolve_zone_url(Zone.REGISTRY, registry_url), s3_endpoint_url=s3_endpoint_url)
+def _registry(registry_url: str | None, s3_endpoint_url: str | None, lake_url: str | None) -> SchemaRegistry:
+    return SchemaRegistry.from_url(
+        resolve_zone_url(Zone.REGISTRY, registry_url, lake_url), s3_endpoint_url=s3_endpoint_url
+    )
 
 
 def read_schema_file(path: str) -> dict[str, Any]:
@@ -67,10 +76,13 @@ def _when(version: SchemaVersion) -> str:
 
 @app.command("list")
 def list_subjects(
-    registry_url: RegistryUrlOption = None, s3_endpoint_url: S3EndpointOption = None, as_json: JsonOption = False
+    registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
+    s3_endpoint_url: S3EndpointOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List every subject with its latest version and mode."""
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     rows: list[dict[str, Any]] = []
     for subject in registry.subjects():
         numbers = registry.versions(subject)
@@ -110,11 +122,12 @@ def show(
     subject: SubjectArgument,
     version: Annotated[int | None, typer.Option("--version", "-v", help="Version to show (default: latest).")] = None,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show one version of a subject's schema (the latest by default)."""
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     found = _version_or_latest(registry, subject, version)
     mode = registry.get_mode(subject)
     if as_json:
@@ -154,11 +167,12 @@ def diff(
     ] = None,
     to_version: Annotated[int | None, typer.Option("--to", help="New version (default: the latest).")] = None,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show what changed between two versions, or between the latest version and a schema file."""
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     new_ref: dict[str, Any]
     if file is not None:
         if to_version is not None:
@@ -198,11 +212,12 @@ def check(
     subject: SubjectArgument,
     file: FileArgument,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check a schema file against the subject's mode; exits 1 and lists the violations when incompatible."""
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     parse_subject(subject)
     result = registry.check(subject, read_schema_file(file))
     if as_json:
@@ -233,11 +248,12 @@ def register(
         bool, typer.Option("--force", help="Register even if incompatible with the subject's mode (operator override).")
     ] = False,
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register a schema file as the subject's next version (no-op when it equals the latest)."""
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     schema = read_schema_file(file)
     try:
         result = registry.register(subject, schema, force=force)
@@ -288,6 +304,7 @@ def set_mode(
         typer.Argument(help="One of " + ", ".join(m.value for m in CompatibilityMode) + ".", show_default=False),
     ],
     registry_url: RegistryUrlOption = None,
+    lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
 ) -> None:
     """Set a subject's compatibility mode ('default' as SUBJECT sets the registry-wide default)."""
@@ -295,7 +312,7 @@ def set_mode(
         wanted = CompatibilityMode.parse(mode)
     except SchemaRegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="MODE") from None
-    registry = _registry(registry_url, s3_endpoint_url)
+    registry = _registry(registry_url, s3_endpoint_url, lake_url)
     if subject == "default":
         parsed = registry.set_default_mode(wanted)
         console.print(f"registry-wide default mode is now {parsed.value}", highlight=False)

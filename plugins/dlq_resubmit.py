@@ -10,7 +10,9 @@ had before the failed sync. For each entry, resubmit runs::
 so the tap starts exactly where the failed sync did, its records go through target-s3raw as usual, and the run's own
 state stays apart from the regular pipeline's (its own state id). A batch is retired (moved to ``_retired/``) once
 every entry in it ran successfully; a failed run leaves the batch as it was (the tap writes a fresh DLQ entry for the
-new failure). Delivery is at least once: a crash after Meltano succeeded but before the batch was retired re-extracts
+new failure). Each batch is resubmitted under its lease (``_lease/resubmit/``, see ``plugins/leases.py``), so two
+resubmit runs at once never extract the same window twice: a batch another live run holds is skipped with a note.
+Delivery is at least once: a crash after Meltano succeeded but before the batch was retired re-extracts
 the window on the next resubmit; the raw zone's consumers dedupe by primary key, as for any Singer re-sync.
 """
 
@@ -21,11 +23,14 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from plugins.audit import AuditEntry, AuditLog
+from plugins.dlq import new_run_id
 from plugins.dlq_ops import (
+    LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
     RETIRED_PREFIX,
     BatchNotFoundError,
@@ -35,11 +40,13 @@ from plugins.dlq_ops import (
 )
 from plugins.errors import CdpError
 from plugins.layout import parse_batch_key
+from plugins.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
 from plugins.project import MeltanoError, run_meltano
 from plugins.serialization import dumps
 from plugins.storage import ObjectStore
 
 DEFAULT_LOADER = "target-s3raw"
+RESUBMIT_LEASE_PREFIX = f"{LEASE_PREFIX}/resubmit"
 _ERROR_LINE_RE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 MeltanoRunner = Callable[..., Any]
 
@@ -53,7 +60,7 @@ class ResubmitOutcome:
     """What happened (or would happen) to one batch of failed requests."""
 
     source: str
-    status: str  # resubmitted | dry_run | failed | already_done
+    status: str  # resubmitted | dry_run | failed | already_done | skipped
     entries: int = 0
     commands: list[list[str]] = field(default_factory=list)
     message: str = ""
@@ -100,6 +107,7 @@ class Resubmitter:
         extra_env: Mapping[str, str] | None = None,
         runner: MeltanoRunner = run_meltano,
         timeout: float | None = None,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
     ) -> None:
         self.dlq_store = dlq_store
         self.project_root = project_root
@@ -111,6 +119,7 @@ class Resubmitter:
         self.extra_env = dict(extra_env or {})
         self.runner = runner
         self.timeout = timeout
+        self.leases = LeaseManager(dlq_store, RESUBMIT_LEASE_PREFIX, run_id=new_run_id(), ttl=lease_ttl)
 
     def _command(self, extractor: str, stream: str, state_file: str, state_id: str) -> list[str]:
         return ["el", extractor, self.loader, "--select", stream, "--state", state_file, "--state-id", state_id]
@@ -162,10 +171,18 @@ class Resubmitter:
         for source in dict.fromkeys(sources):
             if on_batch is not None:
                 on_batch(source)
+            lease = None if dry_run else self.leases.acquire(source)
+            if isinstance(lease, LeaseBusy):
+                note = f"skipped: {lease.describe(self.leases.clock())}; run resubmit again once it has finished"
+                outcomes.append(ResubmitOutcome(source, "skipped", message=note))
+                continue
             try:
-                outcomes.append(self._resubmit(source, dry_run))
-            except (ResubmitError, BatchNotFoundError) as exc:
+                outcomes.append(self._resubmit(source, dry_run, lease))
+            except (ResubmitError, BatchNotFoundError, LeaseLostError) as exc:
                 outcomes.append(ResubmitOutcome(source, "failed", message=str(exc)))
+            finally:
+                if lease is not None:
+                    lease.release()
         report = ResubmitReport(outcomes=outcomes, dry_run=dry_run)
         ran = [o for o in outcomes if o.commands and o.status in ("resubmitted", "failed")]
         if not dry_run and ran:
@@ -187,7 +204,7 @@ class Resubmitter:
             report.audit_key = AuditLog(self.dlq_store).record(entry)
         return report
 
-    def _resubmit(self, source: str, dry_run: bool) -> ResubmitOutcome:
+    def _resubmit(self, source: str, dry_run: bool, lease: Lease | None) -> ResubmitOutcome:
         if not self.dlq_store.exists(source) and self.dlq_store.exists(f"{RETIRED_PREFIX}/{source}"):
             return ResubmitOutcome(source, "already_done", message="already retired")
         batch = get_batch(self.dlq_store, source)
@@ -204,6 +221,8 @@ class Resubmitter:
                     start = dumps(state.get("bookmarks", {}).get(stream)).decode() if state else "start_date"
                     outcome.message = "; ".join(filter(None, [outcome.message, f"{stream} from {start}"]))
                     continue
+                if lease is not None:
+                    lease.ensure_held()
                 try:
                     self.runner(
                         command,
@@ -217,7 +236,8 @@ class Resubmitter:
                     outcome.status = "failed"
                     outcome.message = f"line {line} ({stream}): {_failure_summary(exc)}; the batch stays in the DLQ"
                     return outcome
-        if not dry_run:
+        if lease is not None:
+            lease.ensure_held()
             self.dlq_store.move(source, f"{RETIRED_PREFIX}/{source}")
             outcome.message = "every entry re-ran successfully; the batch is retired"
         return outcome

@@ -140,6 +140,28 @@ def test_dry_run_prints_the_meltano_command_and_runs_nothing(project: Path, stor
     assert dlq.exists(source)
 
 
+def test_a_batch_another_live_run_holds_is_skipped_with_a_note(project: Path, store: ObjectStore) -> None:
+    from plugins.dlq_resubmit import RESUBMIT_LEASE_PREFIX
+    from plugins.leases import Lease, LeaseManager
+
+    (source,) = write_letters(store, [_extraction_failure("charges", None)], tenant="acme")
+    held = LeaseManager(store, RESUBMIT_LEASE_PREFIX, run_id="run_other").acquire(source)  # a live run (this pid)
+    assert isinstance(held, Lease)
+    calls: list[list[str]] = []
+
+    report = Resubmitter(store, project_root=project, actor="x", runner=lambda c, **_: calls.append(c)).run([source])
+
+    (outcome,) = report.outcomes
+    assert outcome.status == "skipped"
+    assert "held by run run_other" in outcome.message
+    assert calls == []  # the window is not extracted a second time
+    assert store.exists(source)
+    held.release()
+    again = Resubmitter(store, project_root=project, actor="x", runner=lambda c, **_: calls.append(c)).run([source])
+    assert [o.status for o in again.outcomes] == ["resubmitted"]
+    assert len(calls) == 1
+
+
 def test_record_batches_are_refused_with_a_pointer_to_reprocess(project: Path, store: ObjectStore) -> None:
     dlq = store
     (source,) = write_letters(dlq, [validation_letter(customer(1), [FieldError("$", "x")])])

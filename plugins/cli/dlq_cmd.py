@@ -64,6 +64,14 @@ SinceOption = Annotated[
 UntilOption = Annotated[str | None, typer.Option("--until", help="Landed before: ISO date/time or a duration back.")]
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Who is acting, for the audit log [default: $USER].")]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print what would happen; change nothing.")]
+DEFAULT_LEASE_TTL_TEXT = format_duration(DEFAULT_LEASE_TTL)
+LeaseTtlOption = Annotated[
+    str,
+    typer.Option(
+        "--lease-ttl",
+        help="How long a batch's lease lasts without a heartbeat; a run on another host takes it over after that.",
+    ),
+]
 BatchesArgument = Annotated[
     list[str] | None, typer.Argument(help="DLQ batch keys (as 'cdp dlq list' prints them).", show_default=False)
 ]
@@ -259,13 +267,7 @@ def reprocess_command(
     map_file: Annotated[
         Path | None, typer.Option("--map", help="Record mapping: YAML/JSON (rename, drop, set, cast) or a .py file.")
     ] = None,
-    lease_ttl: Annotated[
-        str,
-        typer.Option(
-            "--lease-ttl",
-            help="How long a batch's lease lasts without a heartbeat; another host takes it over after that.",
-        ),
-    ] = format_duration(DEFAULT_LEASE_TTL),
+    lease_ttl: LeaseTtlOption = DEFAULT_LEASE_TTL_TEXT,
     dry_run: DryRunOption = False,
     actor: ActorOption = None,
     dlq_url: DlqUrlOption = None,
@@ -339,6 +341,7 @@ def resubmit_command(
     until: UntilOption = None,
     environment: Annotated[str, typer.Option("--environment", help="Meltano environment.")] = "dev",
     loader: Annotated[str, typer.Option("--loader", help="Meltano loader to send records to.")] = "target-s3raw",
+    lease_ttl: LeaseTtlOption = DEFAULT_LEASE_TTL_TEXT,
     dry_run: DryRunOption = False,
     actor: ActorOption = None,
     dlq_url: DlqUrlOption = None,
@@ -367,6 +370,7 @@ def resubmit_command(
         raw_url=_absolute(configured_zone_url(Zone.RAW, raw_url, lake_url)),
         registry_url=_absolute(configured_zone_url(Zone.REGISTRY, registry_url, lake_url)),
         extra_env=extra_env,
+        lease_ttl=parse_duration("--lease-ttl", lease_ttl),
     )
     with _progress(len(sources), "resubmitting") as advance:
         report = resubmitter.run(

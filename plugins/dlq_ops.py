@@ -20,9 +20,10 @@ import pluggy
 from plugins.alerts import raise_alert
 from plugins.audit import AuditEntry, AuditLog
 from plugins.descriptors import Alert, Severity
-from plugins.dlq import ErrorType
+from plugins.dlq import ErrorType, new_run_id
 from plugins.errors import ConfigError, ObjectNotFoundError
 from plugins.layout import BatchKey, parse_batch_key, sanitize_stream_name
+from plugins.leases import Lease, LeaseBusy, LeaseManager
 from plugins.pii_masking import RecordMasker
 from plugins.raw_zone import read_batch
 from plugins.serialization import dumps
@@ -31,6 +32,9 @@ from plugins.storage import ObjectStore
 RETIRED_PREFIX = "_retired"
 JOURNAL_PREFIX = "_journal"
 LEASE_PREFIX = "_lease"
+# The leases of the operations that change a batch (plugins/leases.py); purge takes both before deleting one.
+REPROCESS_LEASE_PREFIX = f"{LEASE_PREFIX}/reprocess"
+RESUBMIT_LEASE_PREFIX = f"{LEASE_PREFIX}/resubmit"
 # Entries that describe a failed request rather than a record: they are resubmitted, never reprocessed, and they do
 # not count against a provider's validation success rate.
 REQUEST_ERROR_TYPES = frozenset({ErrorType.EXTRACTION_FAILED, ErrorType.RATE_LIMIT_EXHAUSTED, ErrorType.AUTH_FAILED})
@@ -570,6 +574,7 @@ class PurgeResult:
     retired_copies: list[str]
     dry_run: bool
     audit_key: str | None = None
+    held: list[str] = field(default_factory=list)  # Left alone: a live reprocess or resubmit run holds them.
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -578,6 +583,7 @@ class PurgeResult:
             "retired_copies": self.retired_copies,
             "dry_run": self.dry_run,
             "audit_key": self.audit_key,
+            "held": self.held,
         }
 
 
@@ -610,8 +616,25 @@ def purge(
     records = sum(b.record_count or 0 for b in batches)
     if dry_run or not (batches or retired):  # Nothing deleted is no change: nothing to audit.
         return PurgeResult([b.key for b in batches], records, retired, dry_run=dry_run)
-    for batch in batches:
-        store.delete(batch.key)
+    run_id = new_run_id()
+    prefixes = (REPROCESS_LEASE_PREFIX, RESUBMIT_LEASE_PREFIX)
+    managers = [LeaseManager(store, prefix, run_id=run_id) for prefix in prefixes]
+    deleted: list[DlqBatch] = []
+    held: list[DlqBatch] = []
+    for batch in batches:  # Under both leases, so no reprocess or resubmit is working on what purge deletes.
+        leases = [manager.acquire(batch.key) for manager in managers]
+        try:
+            if any(isinstance(lease, LeaseBusy) for lease in leases):
+                held.append(batch)
+                continue
+            store.delete(batch.key)
+            deleted.append(batch)
+        finally:
+            for lease in leases:
+                if isinstance(lease, Lease):
+                    lease.release()
+    batches = deleted
+    records = sum(b.record_count or 0 for b in batches)
     for key in retired:
         store.delete(key)
     entry = AuditEntry(
@@ -623,4 +646,6 @@ def purge(
         counts_after={"dlq_batches": 0, "dlq_records": 0, "retired_copies": 0, "purged_records": records},
     )
     audit_key = AuditLog(store).record(entry)
-    return PurgeResult([b.key for b in batches], records, retired, dry_run=False, audit_key=audit_key)
+    return PurgeResult(
+        [b.key for b in batches], records, retired, dry_run=False, audit_key=audit_key, held=[b.key for b in held]
+    )

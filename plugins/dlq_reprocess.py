@@ -43,7 +43,7 @@ from plugins.audit import AuditEntry, AuditLog
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError, new_run_id
 from plugins.dlq_ops import (
     JOURNAL_PREFIX,
-    LEASE_PREFIX,
+    REPROCESS_LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
     RETIRED_PREFIX,
     BatchNotFoundError,
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 
 REPROCESSED_FROM = "_cdp_reprocessed_from"
 REPROCESS_JOURNAL_PREFIX = f"{JOURNAL_PREFIX}/reprocess"
-REPROCESS_LEASE_PREFIX = f"{LEASE_PREFIX}/reprocess"
 _STRIPPED = frozenset({*METADATA_COLUMNS, REPROCESSED_FROM})
 # Where the target keeps a record JSON cannot represent exactly (its ``record`` is then null): the original line as
 # text, or as base64 when it is not valid UTF-8.

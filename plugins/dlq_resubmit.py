@@ -30,8 +30,8 @@ from typing import Any
 from plugins.audit import AuditEntry, AuditLog
 from plugins.dlq import new_run_id
 from plugins.dlq_ops import (
-    LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
+    RESUBMIT_LEASE_PREFIX,
     RETIRED_PREFIX,
     BatchNotFoundError,
     BatchRunReport,
@@ -46,7 +46,6 @@ from plugins.serialization import dumps
 from plugins.storage import ObjectStore
 
 DEFAULT_LOADER = "target-s3raw"
-RESUBMIT_LEASE_PREFIX = f"{LEASE_PREFIX}/resubmit"
 _ERROR_LINE_RE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 MeltanoRunner = Callable[..., Any]
 

@@ -224,6 +224,25 @@ def test_purge_deletes_only_batches_older_than_the_limit_and_audits(zones: Zones
     ]
 
 
+def test_purge_leaves_a_batch_a_running_reprocess_holds(zones: Zones, capsys) -> None:
+    from plugins.dlq_ops import REPROCESS_LEASE_PREFIX
+    from plugins.leases import Lease, LeaseManager
+
+    held_key, free_key = (
+        write_letters(zones.dlq, [validation_letter(customer(n), [FieldError("$", "x")])], when=OLD)[0] for n in (1, 2)
+    )
+    lease = LeaseManager(zones.dlq, REPROCESS_LEASE_PREFIX, run_id="run_live").acquire(held_key)  # this live process
+    assert isinstance(lease, Lease)
+
+    result = _json(["dlq", "purge", "--older-than", "30d", "--yes", "--dlq-url", zones.dlq.url], capsys)
+
+    assert (result["batches"], result["held"], result["records"]) == ([free_key], [held_key], 1)
+    assert zones.dlq.exists(held_key)
+    assert not zones.dlq.exists(free_key)
+    (entry,) = _json(["dlq", "audit", "--dlq-url", zones.dlq.url, "--action", "purge"], capsys)["entries"]
+    assert entry["batches"] == [free_key]
+
+
 def test_purge_dry_run_deletes_nothing(zones: Zones, capsys) -> None:
     keys = _seed(zones)
     result = _json(["dlq", "purge", "--older-than", "30d", "--dry-run", "--dlq-url", zones.dlq.url], capsys)

@@ -141,7 +141,7 @@ def test_dry_run_prints_the_meltano_command_and_runs_nothing(project: Path, stor
 
 
 def test_a_batch_another_live_run_holds_is_skipped_with_a_note(project: Path, store: ObjectStore) -> None:
-    from plugins.dlq_resubmit import RESUBMIT_LEASE_PREFIX
+    from plugins.dlq_ops import RESUBMIT_LEASE_PREFIX
     from plugins.leases import Lease, LeaseManager
 
     (source,) = write_letters(store, [_extraction_failure("charges", None)], tenant="acme")

@@ -435,6 +435,13 @@ def purge_command(
         return
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{verb} {summary}", highlight=False)
+    if result.held:
+        console.print(
+            f"kept {len(result.held)} of them: a running reprocess or resubmit holds them; purge again later: "
+            + ", ".join(result.held),
+            highlight=False,
+            soft_wrap=True,
+        )
     _print_stores(_stores(dlq=store))
     if result.audit_key:
         console.print(f"audit {result.audit_key}", highlight=False)

@@ -69,7 +69,8 @@ _STRIPPED = frozenset({*METADATA_COLUMNS, REPROCESSED_FROM})
 # Where the target keeps a record JSON cannot represent exactly (its ``record`` is then null): the original line as
 # text, or as base64 when it is not valid UTF-8.
 ORIGINAL_FIELDS = ("record_text", "record_base64")
-_UNREPRESENTABLE_RE = re.compile(r"not representable|cannot be represented|\bNaN\b|\bInfinity\b", re.IGNORECASE)
+# A bare NaN or Infinity in a message is the value itself; a quoted "NaN" is a string the source sent, representable.
+_UNREPRESENTABLE_RE = re.compile(r"not representable|cannot be represented|(?<![\"'\w])-?(?:NaN|Infinity)\b(?![\"'])")
 _CONTRADICTORY_NULL_RE = re.compile(r'^null is not of types? .*"null"')
 
 

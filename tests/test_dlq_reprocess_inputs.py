@@ -174,3 +174,21 @@ def test_an_unrepresentable_record_that_still_fails_keeps_its_original_text(stor
     assert back["record"] is None
     assert back["record_text"] == '{"id":"c1","amount":NaN}'
     assert back["retry_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("NaN at $.amount is not JSON", True),
+        ("-Infinity at $.amount is not JSON", True),
+        ("1e999 at $.amount is not representable as a 64-bit float", True),
+        ('null is not of types "null", "number"', True),  # what older targets wrote for a NaN
+        ('"NaN" is not of type "number"', False),  # the string "NaN" is what the source sent
+        ('null is not of type "string"', False),  # a real null the schema does not allow
+    ],
+)
+def test_entries_whose_error_says_a_value_was_not_representable_are_recognised(message: str, expected: bool) -> None:
+    from plugins.dlq_reprocess import unrepresentable
+
+    entry = {"record": {"id": "c1", "amount": None}, "error_message": message, "errors": []}
+    assert unrepresentable(entry) is expected

@@ -1,16 +1,21 @@
 """Leases: at most one live owner of a named resource (a DLQ source batch) across processes and hosts.
 
-A lease is a chain of generation objects ``{prefix}/{name hash}/{generation:06d}.json`` in an object store, each
-created with ``put_if_absent`` (``If-None-Match: *`` on S3, ``link()`` locally), so exactly one process wins each
-generation. The newest generation says who holds the lease: its owner (host, pid, run id, when it started and when
-the lease expires), or that it was released. A process may take generation n+1 only when generation n is released or
-its owner is gone: the lease expired (no heartbeat within the TTL), or the owner ran on this host and its pid is dead.
-A live owner renews (heartbeats) its generation and checks that no newer one exists before each step that changes
-anything (``ensure_held``), so a holder that stalled past its TTL stops instead of racing its successor.
+A lease is a chain of generation objects ``{prefix}/{name hash}/{generation:06d}.json`` in an object store. Every
+generation is created with ``put_if_absent`` (``If-None-Match: *`` on S3, ``link()`` locally) and never changed
+afterwards, so exactly one process wins each generation and no reader ever sees an object being rewritten. The newest
+generation says who holds the lease: its owner (host, pid, run id, when it started and when the lease expires), or
+that it was released.
 
-Generations are never reused: the winner of n+1 deletes the ones before n and keeps n, so a process that saw an old
-generation cannot create a name that was already taken, and ``acquire`` gives up when it finds a newer generation than
-its own after creating it.
+- Taking the lease: create generation n+1 when generation n is released or its owner is gone (the lease expired, or
+  the owner ran on this host and its pid is dead); a live owner's lease is left alone.
+- Renewing it (the heartbeat, before each step that changes anything): the holder creates generation n+1 with a new
+  expiry. If that name is taken, someone took the lease over after it expired (the holder stalled past its TTL), and
+  the holder stops with LeaseLostError instead of racing its successor.
+- Releasing it: the holder creates generation n+1 marked released, so the next taker need not wait for the expiry.
+
+Generation numbers are never reused: whoever creates n+1 deletes the generations before n and keeps n, so a process
+that saw an older generation cannot create a name that was already taken; and ``acquire`` gives up when, after
+creating its generation, it finds a newer one.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import hashlib
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -99,36 +104,33 @@ class LeaseOwner:
 
 @dataclass
 class Lease:
-    """A held lease: one generation object this process created."""
+    """A held lease: the newest generation, which this process created."""
 
     store: ObjectStore
     name: str
-    key: str
+    folder: str
     generation: int
     owner: LeaseOwner
     ttl: timedelta
     clock: Callable[[], datetime]
 
     def ensure_held(self) -> None:
-        """Renew the lease, after checking nobody took it over; raises LeaseLostError otherwise."""
-        folder = self.key.rsplit("/", 1)[0]
-        newest = _newest_generation(self.store, folder)
-        if newest is not None and newest[0] > self.generation:
+        """Renew the lease (a new generation with a new expiry); raises LeaseLostError if it was taken over."""
+        renewed = replace(self.owner, expires_at=self.clock() + self.ttl)
+        if not _claim(self.store, self.folder, self.generation + 1, renewed):
             raise LeaseLostError(
                 f"the lease on {self.name} was taken over while this run held it (it stalled past its TTL of "
                 f"{int(self.ttl.total_seconds())} s); stopping before changing anything else"
             )
-        self.owner = LeaseOwner(
-            self.owner.host, self.owner.pid, self.owner.run_id, self.owner.started_at, self.clock() + self.ttl
-        )
-        self.store.write_bytes(self.key, dumps(self.owner.as_dict()))
+        self.generation += 1
+        self.owner = renewed
 
     def release(self) -> None:
-        """Mark this generation released, so the next taker need not wait for it to expire."""
-        released = LeaseOwner(
-            self.owner.host, self.owner.pid, self.owner.run_id, self.owner.started_at, self.clock(), released=True
-        )
-        self.store.write_bytes(self.key, dumps(released.as_dict()))
+        """Hand the lease back, so the next taker need not wait for it to expire (a no-op if it was taken over)."""
+        released = replace(self.owner, expires_at=self.clock(), released=True)
+        if _claim(self.store, self.folder, self.generation + 1, released):
+            self.generation += 1
+            self.owner = released
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,25 @@ def _generation_of(key: str) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
+def _generation_key(folder: str, generation: int) -> str:
+    return f"{folder}/{generation:0{_GENERATION_DIGITS}d}.json"
+
+
 def _newest_generation(store: ObjectStore, folder: str) -> tuple[int, str] | None:
     found = [(g, info.key) for info in store.iter_objects(folder) if (g := _generation_of(info.key)) is not None]
     return max(found) if found else None
+
+
+def _claim(store: ObjectStore, folder: str, generation: int, owner: LeaseOwner) -> bool:
+    """Create ``generation`` for ``owner``; False if that name is taken. Drops the generations before the previous
+    one (the previous one stays: it is what stops a late creator of an old number)."""
+    if not store.put_if_absent(_generation_key(folder, generation), dumps(owner.as_dict())):
+        return False
+    for info in store.iter_objects(folder):
+        older = _generation_of(info.key)
+        if older is not None and older < generation - 1:
+            store.delete(info.key)
+    return True
 
 
 class LeaseManager:
@@ -190,20 +208,17 @@ class LeaseManager:
             generation = 1
         else:
             holder = self._read(newest[1])
-            if holder is not None and not holder.gone(now):
+            if holder is None:  # Dropped since the listing: a newer generation exists, so someone holds it now.
+                return LeaseBusy(name, None)
+            if not holder.gone(now):
                 return LeaseBusy(name, holder)
             generation = newest[0] + 1
         owner = LeaseOwner(socket.gethostname(), os.getpid(), self.run_id, now, now + self.ttl)
-        key = f"{folder}/{generation:0{_GENERATION_DIGITS}d}.json"
-        if not self.store.put_if_absent(key, dumps(owner.as_dict())):
-            winner = self._read(key)
+        if not _claim(self.store, folder, generation, owner):
+            winner = self._read(_generation_key(folder, generation))
             return LeaseBusy(name, winner if winner is not None and not winner.gone(now) else None)
         after = _newest_generation(self.store, folder)
-        if after is not None and after[0] > generation:  # We created a name already passed: someone else holds it.
-            self.store.delete(key)
+        if after is not None and after[0] > generation:  # We created a number already passed: someone holds it.
+            self.store.delete(_generation_key(folder, generation))
             return LeaseBusy(name, self._read(after[1]))
-        for info in self.store.iter_objects(folder):  # Keep the previous generation: it fences late creators.
-            older = _generation_of(info.key)
-            if older is not None and older < generation - 1:
-                self.store.delete(info.key)
-        return Lease(self.store, name, key, generation, owner, self.ttl, self.clock)
+        return Lease(self.store, name, folder, generation, owner, self.ttl, self.clock)

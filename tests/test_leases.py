@@ -48,7 +48,8 @@ def test_an_expired_lease_of_another_host_is_taken_over_and_its_stalled_holder_s
     clock = Clock()
     stalled = _held(_manager(store, "run_a", clock).acquire("batch"))
     other_host = LeaseOwner("elsewhere", 1, "run_a", START, START + timedelta(seconds=60))
-    store.write_bytes(stalled.key, dumps(other_host.as_dict()))  # the holder runs on another host: only expiry counts
+    newest = f"{stalled.folder}/{stalled.generation:06d}.json"
+    store.write_bytes(newest, dumps(other_host.as_dict()))  # the holder runs on another host: only expiry counts
 
     clock.now = START + timedelta(seconds=59)
     assert isinstance(_manager(store, "run_b", clock).acquire("batch"), LeaseBusy)
@@ -68,6 +69,19 @@ def test_a_heartbeat_keeps_the_lease_past_its_first_ttl(store: ObjectStore) -> N
     lease.ensure_held()
     clock.now = START + timedelta(seconds=100)
     assert isinstance(_manager(store, "run_b", clock).acquire("batch"), LeaseBusy)
+
+
+def test_lease_objects_are_created_once_and_never_rewritten(store: ObjectStore) -> None:
+    clock = Clock()
+    lease = _held(_manager(store, "run_a", clock).acquire("batch"))
+    seen: dict[str, bytes] = {}
+    for _ in range(4):
+        lease.ensure_held()
+        for info in store.list(lease.folder):
+            data = store.read_bytes(info.key)
+            assert seen.setdefault(info.key, data) == data  # a reader can never catch one being rewritten
+    lease.release()
+    assert len(store.list(lease.folder)) == 2  # the released generation and the one before it, as the fence
 
 
 def test_a_future_moment_is_never_a_negative_number_of_seconds() -> None:

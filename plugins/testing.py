@@ -31,33 +31,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from singer_sdk import Tap
+    from singer_sdk.testing import SuiteConfig, TapTestRunner
+    from starlette.types import ASGIApp
 
 T = TypeVar("T")
 POLL_SECONDS = 0.01  # How often a wait looks again: short next to any deadline, long next to a check.
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """Return ``predicate()``'s first truthy value; fail naming ``what`` if none comes within ``timeout`` seconds.
 
     ``predicate`` may raise to give up early (a process that exited cannot write the line waited for).
     """
     deadline = time.monotonic() + timeout
-    while not (value := predicate()):
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout:g} s for {what}, in vain")
         time.sleep(POLL_SECONDS)
-    return value
 
 
-async def wait_until_async(predicate: Callable[[], T], timeout: float, what: str) -> T:
+async def wait_until_async(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """:func:`wait_until` inside an event loop: the loop goes on running (callbacks, readers) while it waits."""
     deadline = time.monotonic() + timeout
-    while not (value := predicate()):
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {timeout:g} s for {what}, in vain")
         await asyncio.sleep(POLL_SECONDS)
-    return value
 
 
 _URL = re.compile(r"https?://\S+?(?=[\s)])")  # Up to a space or newline: never a URL half written.
@@ -254,6 +262,48 @@ def _script(executable: str) -> str:
     """The console script next to this interpreter (the project's venv), else whatever PATH finds."""
     candidate = Path(sys.executable).parent / executable
     return str(candidate) if candidate.exists() else executable
+
+
+def standard_tap_test_class(
+    tap_class: type[Tap],
+    create_app: Callable[[], ASGIApp],
+    config: Callable[[str, Path], dict[str, Any]],
+    *,
+    suite_config: SuiteConfig | None = None,
+) -> type[Any]:
+    """singer-sdk's standard tap tests, against a sandbox that a class-scoped fixture starts and stops.
+
+    singer-sdk builds the test class at import and discovers the streams then (they name the stream tests); some taps
+    discover by asking the API (Salesforce's describe), so a sandbox from ``create_app`` serves that discovery and is
+    stopped before this returns. The tests sync against another sandbox from ``create_app`` (same seed, same data)
+    that lives as long as the class. ``config(url, folder)`` is the tap's config for a sandbox URL and a scratch
+    folder (for its DLQ, say).
+    """
+    import pytest
+    from singer_sdk.testing import TapTestRunner, get_tap_test_class
+
+    from plugins.sandbox import SandboxServer
+
+    with SandboxServer(create_app()) as discovery, tempfile.TemporaryDirectory(prefix="cdp-discovery-") as folder:
+        generated = get_tap_test_class(tap_class, config=config(discovery.url, Path(folder)), suite_config=suite_config)
+
+    class StandardTapTests(generated):  # type: ignore[misc,valid-type]
+        @pytest.fixture(scope="class")
+        def standard_sandbox_url(self) -> Iterator[str]:
+            with SandboxServer(create_app()) as server:
+                yield server.url
+
+        @pytest.fixture(scope="class")
+        def runner(self, standard_sandbox_url: str, tmp_path_factory: pytest.TempPathFactory) -> TapTestRunner:
+            # singer-sdk's own runner fixture, with the config pointing at this class's sandbox.
+            folder = tmp_path_factory.mktemp("standard")
+            runner = TapTestRunner(
+                tap_class, config=config(standard_sandbox_url, folder), suite_config=suite_config, parse_env_config=True
+            )
+            runner.sync_all()
+            return runner
+
+    return StandardTapTests
 
 
 def dead_letters(dlq_url: str | Path) -> list[dict[str, Any]]:

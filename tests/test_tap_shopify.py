@@ -3,7 +3,6 @@ the DLQ, and singer-sdk's standard tap tests."""
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import json
 import logging
@@ -15,13 +14,13 @@ from typing import Any
 
 import pytest
 import requests
-from singer_sdk.testing import get_tap_test_class
+from starlette.types import ASGIApp
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import TapRun, run_tap, run_tap_process, start_tap_process
+from plugins.testing import TapRun, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
 from taps.shopify.client import ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
@@ -267,21 +266,19 @@ def test_wrong_access_token_is_an_auth_failure(sandbox: SandboxServer, tmp_path:
     assert {failure.error_type.value for failure in run.error.failures} == {"auth_failed"}
 
 
-# singer-sdk's standard tap tests, against a sandbox that lives as long as this test module's process.
-_STANDARD_SANDBOX = SandboxServer(
-    create_sandbox(
-        SandboxOptions(records=8, credentials={"access_token": DEFAULT_ACCESS_TOKEN}), bucket=CostBucket(**FAST_BUCKET)
-    )
-)
-_STANDARD_SANDBOX.start()
-atexit.register(_STANDARD_SANDBOX.stop)
+# singer-sdk's standard tap tests, against a sandbox the class's fixtures start and stop.
+def standard_sandbox() -> ASGIApp:
+    options = SandboxOptions(records=8, credentials={"access_token": DEFAULT_ACCESS_TOKEN})
+    return create_sandbox(options, bucket=CostBucket(**FAST_BUCKET))
 
-TestTapShopifyStandard = get_tap_test_class(
-    tap_class=TapShopify,
-    config={
+
+def standard_config(url: str, _: Path) -> dict[str, Any]:
+    return {
         "shop": "cdp-sandbox",
         "access_token": DEFAULT_ACCESS_TOKEN,
-        "api_url": _STANDARD_SANDBOX.url,
+        "api_url": url,
         "metafields": ["customers", "products"],
-    },
-)
+    }
+
+
+TestTapShopifyStandard = standard_tap_test_class(TapShopify, standard_sandbox, standard_config)

@@ -82,9 +82,7 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def serve_forever(
-    app: ASGIApp, host: str, port: int, announce: Callable[[str], None], **uvicorn_options: Any
-) -> None:
+def serve_forever(app: ASGIApp, host: str, port: int, announce: Callable[[str], None], **uvicorn_options: Any) -> None:
     """Serve ``app`` in the foreground until interrupted (``cdp sandbox serve``, ``cdp webhooks serve``).
 
     ``announce`` gets the URL once the socket listens, with the real port when ``port`` is 0: a test or a script

@@ -90,14 +90,15 @@ def announced_url(process: subprocess.Popen[Any], output: Path, timeout: float =
 
 
 class FakeClock:
-    """A monotonic clock that moves only when told to: ``advance(seconds)``, or ``tick`` seconds on every reading.
+    """A clock that moves only when told to: ``advance(seconds)``, or ``tick`` seconds on every reading.
 
-    Stands in for ``time.monotonic`` where a test needs "the budget runs out half-way" (``CdpTap.clock``), so the
-    outcome does not depend on how fast the machine is. Thread-safe enough for one writer (a sandbox thread).
+    Stands in for the real clock where a test needs "the budget runs out half-way" (``CdpTap.clock``) or "the batch
+    is old by now" (``TargetS3Raw.clock``; start it at ``time.time()``), so the outcome does not depend on how fast
+    the machine is. One writer at a time (the test, or a sandbox thread) is all it needs.
     """
 
-    def __init__(self, tick: float = 0.0) -> None:
-        self.now = 0.0
+    def __init__(self, start: float = 0.0, tick: float = 0.0) -> None:
+        self.now = start
         self.tick = tick
 
     def __call__(self) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import TapRun, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
+from plugins.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
 from taps.shopify.client import ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
@@ -138,11 +137,8 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
     with start_sandbox(faults=slow) as server:
         config = tap_config(server, tmp_path)
         process = start_tap_process("tap-shopify", config)
-        deadline = time.monotonic() + 60
-        while TapRun.from_output(process.output()).bookmark("orders") is None:  # mid-way through orders
-            assert time.monotonic() < deadline
-            assert process.process.poll() is None
-            time.sleep(0.01)
+        # Mid-way through orders: killed as soon as an orders checkpoint is out.
+        process.wait_for_state(lambda run: run.bookmark("orders") is not None, 60, "an orders checkpoint")
         killed = process.kill()
         resumed = run_tap_process("tap-shopify", config, state=killed.last_state, timeout=120)
         total = expected_counts(server)
@@ -156,10 +152,14 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
     assert len(seen) == total["orders"]
 
 
-def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
+def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with start_sandbox(faults={"timeout_every": 2, "timeout_seconds": 0.2}) as server:
         config = tap_config(server, tmp_path, max_runtime_seconds=1)
-        stopped = run_tap(TapShopify, config)
+        with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
+            patched.setattr(TapShopify, "clock", staticmethod(FakeClock(tick=0.25)))
+            stopped = run_tap(TapShopify, config)
         resumed = run_tap(TapShopify, {**config, "max_runtime_seconds": 120}, state=stopped.last_state)
         total = expected_counts(server)
     assert stopped.error is None

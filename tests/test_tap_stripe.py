@@ -116,8 +116,8 @@ def test_resume_after_kill_mid_run_leaves_no_gap(tmp_path: Path) -> None:
         catalog_streams = {"customers"}
         config = _config(server.url, tmp_path, window_days=1)
         process = start_tap_process("tap-stripe", config)
-        process.wait_for_state(lambda run: run.bookmark("customers") is not None, timeout=60)
-        time.sleep(0.2)
+        # Killed as soon as a window checkpoint is out: the next slow page is still being fetched.
+        process.wait_for_state(lambda run: run.bookmark("customers") is not None, 60, "a customers checkpoint")
         killed = process.kill()
         assert killed.exit_code == -9
         checkpoint = killed.bookmark("customers")

@@ -47,25 +47,24 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> 
     ``predicate`` may raise to give up early (a process that exited cannot write the line waited for).
     """
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}, in vain")
+    while not (value := predicate()):
+        _fail_after(deadline, timeout, what)
         time.sleep(POLL_SECONDS)
+    return value
 
 
 async def wait_until_async(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """:func:`wait_until` inside an event loop: the loop goes on running (callbacks, readers) while it waits."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:g} s for {what}, in vain")
+    while not (value := predicate()):
+        _fail_after(deadline, timeout, what)
         await asyncio.sleep(POLL_SECONDS)
+    return value
+
+
+def _fail_after(deadline: float, timeout: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise AssertionError(f"waited {timeout:g} s for {what}, in vain")
 
 
 _URL = re.compile(r"https?://\S+?(?=[\s)])")  # Up to a space or newline: never a URL half written.

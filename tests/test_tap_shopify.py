@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
-from taps.shopify.client import ShopifyStream
+from taps.shopify import tap as shopify_tap
+from taps.shopify.client import CostBudget, ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import OrdersStream, ProductsStream
 from taps.shopify.tap import TapShopify
@@ -171,9 +173,13 @@ def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(
 
 
 def test_cost_budget_is_respected_so_the_bucket_never_throttles(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = CostBucket(maximum=600, restore_rate=1500)  # pages request up to ~500: the tap must wait between some
+    # The tap and the bucket share a clock that moves only when the tap waits (and a millisecond per reading, so a
+    # later reading is always later): however slow the machine, the bucket refills only while the tap waits for it.
+    clock = FakeClock(tick=0.001)
+    monkeypatch.setattr(shopify_tap, "CostBudget", partial(CostBudget, clock=clock, sleep=clock.advance))
+    bucket = CostBucket(maximum=600, restore_rate=1500, clock=clock)  # pages request up to ~500: the tap must wait
     with caplog.at_level(logging.INFO), start_sandbox(bucket=bucket) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)

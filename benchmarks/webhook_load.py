@@ -26,17 +26,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from plugins.testing import announced_url
 
 HOST = "127.0.0.1"
 SECRET = "whsec_benchmark"
 BIN = Path(sys.executable).parent
 DURABLE = "signed + durable (cdp)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_bare(port: int, kind: str) -> None:
@@ -45,13 +42,13 @@ def serve_bare(port: int, kind: str) -> None:
     ``starlette``: a Starlette endpoint (Request, JSONResponse), the reference of the goal. ``asgi``: a plain ASGI
     endpoint in a Starlette app, as the receiver's own endpoint is written.
     """
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
     from starlette.types import Receive, Scope, Send
 
+    from plugins.sandbox import serve_forever
     from taps.webhooks.cli import tune_garbage_collection
 
     async def receive(request: Request) -> JSONResponse:
@@ -76,21 +73,20 @@ def serve_bare(port: int, kind: str) -> None:
     app = Starlette(
         routes=[Route("/webhooks/{tenant}/{provider}", endpoint, methods=["POST"]), Route("/healthz", healthz)]
     )
-    tune_garbage_collection()
-    uvicorn.run(app, host=HOST, port=port, log_level="warning", access_log=False)
+
+    def announce(url: str) -> None:
+        print(f"bare {kind} server on {url}", flush=True)
+        tune_garbage_collection()  # As `cdp webhooks serve` does, last thing before serving.
+
+    serve_forever(app, HOST, port, announce, log_level="warning", access_log=False, lifespan="auto")
 
 
-def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1) as sock:  # not up yet
-            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-            if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not start")
+def check_healthy(port: int, timeout: float = 60) -> None:
+    """One GET /healthz: the server printed its URL once its socket listened, so it answers once it has started."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        if not sock.recv(64).startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"server on port {port} is not healthy")
 
 
 def signed_requests(count: int, port: int, prefix: str = "evt_bench") -> list[bytes]:
@@ -219,7 +215,7 @@ def main() -> None:
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="starlette", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_bare:
+    if args.serve_bare is not None:
         serve_bare(args.serve_bare, args.kind)
         return
     with contextlib.suppress(ImportError):  # uvloop makes the client cheaper; plain asyncio works too.
@@ -234,26 +230,27 @@ def main() -> None:
         fsync = fdatasync_p50(folder)
         env = {**os.environ, "CDP_WEBHOOK_SECRET__BENCH__STRIPE": SECRET}
         servers = {
-            "bare starlette (body only)": [sys.executable, __file__, "--serve-bare", "{port}", "--kind", "starlette"],
-            "bare asgi (body only)": [sys.executable, __file__, "--serve-bare", "{port}", "--kind", "asgi"],
+            "bare starlette (body only)": [sys.executable, __file__, "--serve-bare", "0", "--kind", "starlette"],
+            "bare asgi (body only)": [sys.executable, __file__, "--serve-bare", "0", "--kind", "asgi"],
             DURABLE: [
-                str(BIN / "cdp"), "webhooks", "serve", "--port", "{port}", "--log-url", f"{folder}/log",
+                str(BIN / "cdp"), "webhooks", "serve", "--port", "0", "--log-url", f"{folder}/log",
                 "--dlq-url", f"{folder}/dlq", "--rate", "0", "--compact-interval", "0",
             ],
         }  # fmt: skip
         ports: dict[str, int] = {}
         processes: dict[str, subprocess.Popen[bytes]] = {}
-        for name, command in servers.items():
-            ports[name] = port = free_port()
-            process = subprocess.Popen(
-                [part.replace("{port}", str(port)) for part in command], env=env, stdout=subprocess.DEVNULL
-            )
+        outputs: dict[str, Path] = {}
+        for index, (name, command) in enumerate(servers.items()):
+            outputs[name] = Path(folder) / f"server-{index}.out"  # Each prints the URL it bound (port 0).
+            with outputs[name].open("wb") as stdout:
+                process = subprocess.Popen(command, env=env, stdout=stdout)
             stack.callback(process.wait, 10)
             stack.callback(process.terminate)
             processes[name] = process
         acknowledged = 0
-        for name, port in ports.items():
-            wait_ready(port, processes[name])
+        for name, process in processes.items():
+            ports[name] = port = urlsplit(announced_url(process, outputs[name], timeout=60)).port or 0
+            check_healthy(port)
             warmup = asyncio.run(run_load(name, port, signed_requests(args.warmup, port, "evt_warmup"), 8, 10))
             acknowledged += warmup.requests - warmup.errors if name == DURABLE else 0
         for round_index in range(rounds):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +33,7 @@ class SandboxServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        sock = listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         options: dict[str, Any] = {"log_level": "warning", "lifespan": "off", "access_log": False}
         import uvicorn  # Imported on use: the CLI starts faster without it.
@@ -67,8 +66,31 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(app: ASGIApp, host: str, port: int) -> None:
-    """Serve ``app`` in the foreground until interrupted (``cdp sandbox serve``)."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` and listening; port 0 lets the kernel pick a free one (``getsockname``).
+
+    The server is handed this socket, so the port is bound once: no window in which another process could take it,
+    and clients may connect as soon as it is returned (the kernel queues them until the server accepts).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def socket_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket (the real port, also when it was bound with port 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def serve_forever(app: ASGIApp, host: str, port: int, announce: Callable[[str], None], **uvicorn_options: Any) -> None:
+    """Serve ``app`` in the foreground until interrupted (``cdp sandbox serve``, ``cdp webhooks serve``).
+
+    ``announce`` gets the URL once the socket listens, with the real port when ``port`` is 0: a test or a script
+    starts the server with ``--port 0`` and reads the URL from its output instead of guessing a free port.
+    """
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+    sock = listening_socket(host, port)
+    config = uvicorn.Config(app, **{"log_level": "info", "lifespan": "off", **uvicorn_options})
+    announce(socket_url(sock))
+    uvicorn.Server(config).run(sockets=[sock])

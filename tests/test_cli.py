@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.testing import announced_url
 from plugins.zones import Zone, resolve_zone_url
 
 CDP = str(Path(sys.executable).parent / "cdp")
@@ -64,45 +65,32 @@ def test_zone_urls_resolve_option_then_environment_then_default(zone: Zone, monk
     assert resolve_zone_url(zone, "/explicit") == "/explicit"
 
 
-def test_sandbox_serve_answers_the_providers_protocol() -> None:
-    import socket
-    import time
-
+def test_sandbox_serve_answers_the_providers_protocol(tmp_path: Path) -> None:
     import requests
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            CDP,
-            "sandbox",
-            "serve",
-            "stripe",
-            "--port",
-            str(port),
-            "--records",
-            "7",
-            "--fault",
-            "rate_limit_every=3",
-            "--credential",
-            "api_key=sk_test_other",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    output = tmp_path / "stdout"
+    with output.open("wb") as stdout:
+        server = subprocess.Popen(
+            [
+                CDP,
+                "sandbox",
+                "serve",
+                "stripe",
+                "--port",
+                "0",
+                "--records",
+                "7",
+                "--fault",
+                "rate_limit_every=3",
+                "--credential",
+                "api_key=sk_test_other",
+            ],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        url = f"http://127.0.0.1:{port}/v1/customers"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = requests.get(url, headers={"Authorization": "Bearer sk_test_cdp_sandbox"}, timeout=2)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "sandbox did not start"
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                time.sleep(0.2)
+        url = f"{announced_url(server, output)}/v1/customers"
+        response = requests.get(url, headers={"Authorization": "Bearer sk_test_cdp_sandbox"}, timeout=10)
         assert response.status_code == 401  # only the key given with --credential is accepted
         auth = {"Authorization": "Bearer sk_test_other"}
         statuses = [requests.get(url, headers=auth, timeout=2).status_code for _ in range(3)]

@@ -34,7 +34,7 @@ from plugins.tap_runtime import (
     redact_text,
     redact_url,
 )
-from plugins.testing import dead_letters, run_tap
+from plugins.testing import FakeClock, dead_letters, run_tap
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk_live_very_secret_token_123"
@@ -102,7 +102,8 @@ class ScriptedApi:
     def __init__(self) -> None:
         self.scripts: dict[str, list[str]] = defaultdict(list)
         self.calls: dict[str, list[float]] = defaultdict(list)
-        self.page_delay: dict[str, float] = {}
+        self.clock = FakeClock()  # The tap's clock (CdpTap.clock) in the tests that budget a run.
+        self.page_seconds: dict[str, float] = {}  # How long a page of that path takes, on that clock.
         self.app = Starlette(routes=[Route("/{name}", self.handle)])
 
     async def handle(self, request: Request) -> Response:
@@ -119,10 +120,10 @@ class ScriptedApi:
         if action == "401":
             return JSONResponse({"error": {"message": "key revoked"}}, status_code=401)
         if action == "slow":
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # A fault: answers later than the client's timeout.
         if action == "garbled":
             return Response(b'{"data": [{"id": 1', media_type="application/json")
-        await asyncio.sleep(self.page_delay.get(name, 0))
+        self.clock.advance(self.page_seconds.get(name, 0))
         page = int(request.query_params.get("page", "1"))
         start = int(request.query_params.get("updated_gte", "0"))
         rows = [{"id": i, "updated": 1000 + i} for i in range(ROWS) if 1000 + i >= start]
@@ -266,10 +267,14 @@ def test_command_line_exits_non_zero_with_one_line_summary_and_no_secret(
     assert {record["stream"] for record in records} == {"customers"}
 
 
-def test_max_runtime_stops_between_pages_with_resumable_state(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
+def test_max_runtime_stops_between_pages_with_resumable_state(
+    api: tuple[ScriptedApi, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scripted, url = api
-    scripted.page_delay["orders"] = 0.6  # streams run in name order: orders, then payouts
-    first = run_tap(TapThrowaway, _config(url, tmp_path, "orders", "payouts", max_runtime_seconds=1))
+    scripted.page_seconds["orders"] = 0.6  # streams run in name order: orders, then payouts
+    with monkeypatch.context() as patched:
+        patched.setattr(TapThrowaway, "clock", staticmethod(scripted.clock))
+        first = run_tap(TapThrowaway, _config(url, tmp_path, "orders", "payouts", max_runtime_seconds=1))
     assert first.error is None
     emitted = first.counts()["orders"]
     assert 0 < emitted < ROWS

@@ -15,7 +15,7 @@ from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
+from plugins.testing import FakeClock, TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
 from taps.salesforce.client import SalesforceStream, format_datetime
 from taps.salesforce.sandbox import (
     DEFAULT_ACCESS_TOKEN,
@@ -148,11 +148,13 @@ def test_bulk_api_above_threshold_yields_the_same_records_as_rest(start_sandbox:
 
 
 def test_bulk_sync_checkpoints_each_window_and_resumes_after_the_last_complete_one(
-    start_sandbox: StartSandbox, tmp_path: Path
+    start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = start_sandbox(records=200, faults={"slow_every": 2, "slow_seconds": 0.3})
     windowed = {"bulk_threshold": 10, "bulk_window_days": 0.5, "start_date": "2024-01-01T00:00:00Z"}
-    stopped = run_tap(TapSalesforce, config(server, tmp_path, max_runtime_seconds=3, **windowed))
+    with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few windows.
+        patched.setattr(TapSalesforce, "clock", staticmethod(FakeClock(tick=0.25)))
+        stopped = run_tap(TapSalesforce, config(server, tmp_path, max_runtime_seconds=3, **windowed))
     assert stopped.error is None
     bookmark = stopped.bookmark("Account")
     assert bookmark is not None
@@ -270,9 +272,13 @@ def test_api_usage_past_max_percent_stops_extraction(start_sandbox: StartSandbox
     assert org(server).api_usage <= 40
 
 
-def test_max_runtime_stop_resumes_mid_object(start_sandbox: StartSandbox, tmp_path: Path) -> None:
+def test_max_runtime_stop_resumes_mid_object(
+    start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = start_sandbox(records=300, faults={"slow_every": 2, "slow_seconds": 0.6})
-    stopped = run_tap(TapSalesforce, config(server, tmp_path, max_runtime_seconds=1))
+    with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
+        patched.setattr(TapSalesforce, "clock", staticmethod(FakeClock(tick=0.25)))
+        stopped = run_tap(TapSalesforce, config(server, tmp_path, max_runtime_seconds=1))
     assert stopped.error is None
     first_stream = "Account"  # Streams sync in name order.
     assert 0 < len(ids(stopped, first_stream)) < len(live_ids(server, first_stream))

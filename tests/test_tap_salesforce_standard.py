@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import atexit
-import tempfile
+from pathlib import Path
+from typing import Any
 
-from singer_sdk.testing import get_tap_test_class
+from starlette.types import ASGIApp
 
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import SandboxServer
+from plugins.testing import standard_tap_test_class
 from taps.salesforce.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN, create_sandbox
 from taps.salesforce.tap import TapSalesforce
 
-# The suite's class is built at import (it discovers the streams then), so its sandbox must already be listening.
-_SANDBOX = SandboxServer(create_sandbox(SandboxOptions(records=40, seed=11), page_size=25))
-_SANDBOX.start()
-atexit.register(_SANDBOX.stop)
-_DLQ = tempfile.TemporaryDirectory(prefix="cdp-sf-dlq-")
-atexit.register(_DLQ.cleanup)
 
-TestTapSalesforceStandard = get_tap_test_class(
-    TapSalesforce,
-    config={
-        "token_url": f"{_SANDBOX.url}/services/oauth2/token",
+def sandbox() -> ASGIApp:
+    return create_sandbox(SandboxOptions(records=40, seed=11), page_size=25)
+
+
+def config(url: str, folder: Path) -> dict[str, Any]:
+    return {
+        "token_url": f"{url}/services/oauth2/token",
         "client_id": DEFAULT_CLIENT_ID,
         "client_secret": DEFAULT_CLIENT_SECRET,
         "refresh_token": DEFAULT_REFRESH_TOKEN,
         "start_date": "2024-01-01T00:00:00Z",
-        "dlq_url": _DLQ.name,
-    },
-)
+        "dlq_url": str(folder / "dlq"),
+    }
+
+
+# The suite discovers the streams at import (describe calls): standard_tap_test_class serves that discovery from a
+# sandbox it stops at once, and the tests from one the class's fixtures start and stop.
+TestTapSalesforceStandard = standard_tap_test_class(TapSalesforce, sandbox, config)

@@ -3,27 +3,27 @@ the DLQ, and singer-sdk's standard tap tests."""
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from singer_sdk.testing import get_tap_test_class
+from starlette.types import ASGIApp
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import TapRun, run_tap, run_tap_process, start_tap_process
+from plugins.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
-from taps.shopify.client import ShopifyStream
+from taps.shopify import tap as shopify_tap
+from taps.shopify.client import CostBudget, ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import OrdersStream, ProductsStream
 from taps.shopify.tap import TapShopify
@@ -139,11 +139,8 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
     with start_sandbox(faults=slow) as server:
         config = tap_config(server, tmp_path)
         process = start_tap_process("tap-shopify", config)
-        deadline = time.monotonic() + 60
-        while TapRun.from_output(process.output()).bookmark("orders") is None:  # mid-way through orders
-            assert time.monotonic() < deadline
-            assert process.process.poll() is None
-            time.sleep(0.01)
+        # Mid-way through orders: killed as soon as an orders checkpoint is out.
+        process.wait_for_state(lambda run: run.bookmark("orders") is not None, 60, "an orders checkpoint")
         killed = process.kill()
         resumed = run_tap_process("tap-shopify", config, state=killed.last_state, timeout=120)
         total = expected_counts(server)
@@ -157,10 +154,14 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
     assert len(seen) == total["orders"]
 
 
-def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
+def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with start_sandbox(faults={"timeout_every": 2, "timeout_seconds": 0.2}) as server:
         config = tap_config(server, tmp_path, max_runtime_seconds=1)
-        stopped = run_tap(TapShopify, config)
+        with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
+            patched.setattr(TapShopify, "clock", staticmethod(FakeClock(tick=0.25)))
+            stopped = run_tap(TapShopify, config)
         resumed = run_tap(TapShopify, {**config, "max_runtime_seconds": 120}, state=stopped.last_state)
         total = expected_counts(server)
     assert stopped.error is None
@@ -172,9 +173,13 @@ def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) 
 
 
 def test_cost_budget_is_respected_so_the_bucket_never_throttles(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = CostBucket(maximum=600, restore_rate=1500)  # pages request up to ~500: the tap must wait between some
+    # The tap and the bucket share a clock that moves only when the tap waits (and a millisecond per reading, so a
+    # later reading is always later): however slow the machine, the bucket refills only while the tap waits for it.
+    clock = FakeClock(tick=0.001)
+    monkeypatch.setattr(shopify_tap, "CostBudget", partial(CostBudget, clock=clock, sleep=clock.advance))
+    bucket = CostBucket(maximum=600, restore_rate=1500, clock=clock)  # pages request up to ~500: the tap must wait
     with caplog.at_level(logging.INFO), start_sandbox(bucket=bucket) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)
@@ -267,21 +272,19 @@ def test_wrong_access_token_is_an_auth_failure(sandbox: SandboxServer, tmp_path:
     assert {failure.error_type.value for failure in run.error.failures} == {"auth_failed"}
 
 
-# singer-sdk's standard tap tests, against a sandbox that lives as long as this test module's process.
-_STANDARD_SANDBOX = SandboxServer(
-    create_sandbox(
-        SandboxOptions(records=8, credentials={"access_token": DEFAULT_ACCESS_TOKEN}), bucket=CostBucket(**FAST_BUCKET)
-    )
-)
-_STANDARD_SANDBOX.start()
-atexit.register(_STANDARD_SANDBOX.stop)
+# singer-sdk's standard tap tests, against a sandbox the class's fixtures start and stop.
+def standard_sandbox() -> ASGIApp:
+    options = SandboxOptions(records=8, credentials={"access_token": DEFAULT_ACCESS_TOKEN})
+    return create_sandbox(options, bucket=CostBucket(**FAST_BUCKET))
 
-TestTapShopifyStandard = get_tap_test_class(
-    tap_class=TapShopify,
-    config={
+
+def standard_config(url: str, _: Path) -> dict[str, Any]:
+    return {
         "shop": "cdp-sandbox",
         "access_token": DEFAULT_ACCESS_TOKEN,
-        "api_url": _STANDARD_SANDBOX.url,
+        "api_url": url,
         "metafields": ["customers", "products"],
-    },
-)
+    }
+
+
+TestTapShopifyStandard = standard_tap_test_class(TapShopify, standard_sandbox, standard_config)

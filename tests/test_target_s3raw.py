@@ -15,6 +15,7 @@ from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesErr
 from plugins.errors import ConfigError
 from plugins.raw_zone import METADATA_COLUMNS
 from plugins.storage import ObjectStore
+from plugins.testing import FakeClock
 from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import ProtocolError, TargetS3Raw
 from tests.s3raw_support import (
@@ -139,13 +140,17 @@ def test_batches_are_flushed_every_batch_size_records(tmp_path: Path) -> None:
     assert sizes == [1, 3, 3]
 
 
-def test_batches_are_flushed_when_the_oldest_record_is_max_batch_age_seconds_old(tmp_path: Path) -> None:
+def test_batches_are_flushed_when_the_oldest_record_is_max_batch_age_seconds_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = zone_config(str(tmp_path), max_batch_age_seconds=0.2)
+    clock = FakeClock(start=time.time())
+    monkeypatch.setattr(TargetS3Raw, "clock", staticmethod(clock))
 
     def slow_input() -> Iterator[bytes]:
         yield from encode([schema_message("customers", CUSTOMERS_SCHEMA)]).splitlines(keepends=True)
         yield from encode([record_message("customers", {"id": "c0"})]).splitlines(keepends=True)
-        time.sleep(0.3)
+        clock.advance(0.3)
         yield from encode([record_message("customers", {"id": "c1"})]).splitlines(
             keepends=True
         )  # Its arrival triggers the age flush.

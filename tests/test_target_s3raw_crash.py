@@ -13,6 +13,9 @@ from typing import Any
 
 import orjson
 
+from plugins.storage import ObjectStore
+from plugins.testing import wait_until
+from schema_registry import SchemaRegistry, subject_name
 from tests.conftest import REPO_ROOT
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,
@@ -108,11 +111,12 @@ def test_sigterm_writes_buffered_records_and_emits_their_state(tmp_path: Path) -
     )
     assert target.stdin is not None
     target.stdin.write(tap_output(0, 30))  # All 30 stay buffered: the batch size is 1000.
+    # Messages are handled in order: once this SCHEMA is registered, the 30 records and their STATEs were read.
+    target.stdin.write(orjson.dumps(schema_message("progress_marker", CUSTOMERS_SCHEMA)) + b"\n")
     target.stdin.flush()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not list((tmp_path / "registry").rglob("*.json")):
-        time.sleep(0.1)  # The SCHEMA is handled: the target is reading.
-    time.sleep(0.5)
+    registry = SchemaRegistry(ObjectStore(config["registry_url"]))
+    marker = subject_name("acme", "stripe", "progress_marker")
+    wait_until(lambda: registry.versions(marker), 30, "the target to register the marker stream's schema")
     target.send_signal(signal.SIGTERM)
     out, _ = target.communicate(timeout=30)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.resources
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from singer_sdk.testing import get_target_test_class, target_test_streams
+from singer_sdk.testing import TargetTestRunner, get_target_test_class, target_test_streams
 
 from plugins.raw_zone import METADATA_COLUMNS
 from plugins.storage import ObjectStore
@@ -17,10 +16,12 @@ from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import TargetS3Raw
 from tests.s3raw_support import dead_letters, raw_by_stream, run_target, zone_config
 
-# The standard suite builds its targets from one config for the whole class: a folder of its own per session.
-_STANDARD_BASE = tempfile.mkdtemp(prefix="target-s3raw-standard-")
 
-TestTargetS3RawStandard = get_target_test_class(TargetS3Raw, config=zone_config(_STANDARD_BASE))
+class TestTargetS3RawStandard(get_target_test_class(TargetS3Raw)):  # type: ignore[misc]
+    @pytest.fixture
+    def runner(self, tmp_path: Path) -> TargetTestRunner:
+        """singer-sdk's own runner fixture, with zones in the test's temporary folder (removed by pytest)."""
+        return TargetTestRunner(TargetS3Raw, config=zone_config(str(tmp_path)), parse_env_config=True)
 
 
 def singer_file(name: str) -> list[bytes]:

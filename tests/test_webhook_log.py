@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from plugins.testing import wait_until_async
 from taps.webhooks import fsync_helper
 from taps.webhooks.file_log import DEFAULT_SEGMENT_BYTES, SPARE_NAME, FileWebhookLog, LogLockedError, scan_records
 from taps.webhooks.group_commit import (
@@ -277,7 +278,11 @@ def test_several_refused_syncs_in_flight_all_fail_cleanly() -> None:
             appends.append(asyncio.ensure_future(committer.submit([name])))
             await asyncio.sleep(0)
         outcomes = await asyncio.gather(*appends, return_exceptions=True)
-        await asyncio.sleep(0.2)  # Answers still arriving for requests the failure already answered.
+        # The first answer failed all three; the other two still arrive, and stay unread once the log has failed
+        # (or, were they mishandled, end up in loop_errors).
+        await wait_until_async(
+            lambda: loop_errors or committer._answers.count(b"\n") == 2, 10, "the two late sync answers"
+        )
         return outcomes
 
     outcomes = asyncio.run(three_groups())

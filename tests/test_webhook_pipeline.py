@@ -3,11 +3,9 @@ Meltano) into the raw zone; and `cdp webhooks serve` killed with SIGKILL under l
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ import stripe
 from plugins.cli.app import main
 from plugins.project import find_project_root, run_meltano
 from plugins.sandbox import SandboxServer
+from plugins.testing import announced_url, wait_until
 from taps.stripe.webhook import StripeWebhookHandler
 from taps.webhooks.file_log import FileWebhookLog
 from taps.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, WebhookReceiver
@@ -35,32 +34,20 @@ SECRET = "whsec_pipeline"
 ENV = {**os.environ, "CDP_WEBHOOK_SECRET__ACME__STRIPE": SECRET, "CDP_PLUGINS": "tap-stripe,tap-webhooks"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ReceiverProcess:
-    """`cdp webhooks serve` in its own process, on a free loopback port."""
+    """`cdp webhooks serve` in its own process, on a port it picks (``--port 0``) and prints."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         command = [
-            str(BIN / "cdp"), "webhooks", "serve", "--port", str(self.port), "--log-url", str(tmp_path / "log"),
+            str(BIN / "cdp"), "webhooks", "serve", "--port", "0", "--log-url", str(tmp_path / "log"),
             "--dlq-url", str(tmp_path / "dlq"), "--rate", "0", "--compact-interval", "0",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):  # Not listening yet.
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"receiver did not start: {stderr[-2000:]}")
-            time.sleep(0.05)
+        output = tmp_path / f"receiver-{time.monotonic_ns()}.out"  # One per start: a restart prints its own URL.
+        with output.open("wb") as stdout:
+            self.process = subprocess.Popen(command, env=ENV, stdout=stdout, stderr=subprocess.STDOUT)
+        self.url = announced_url(self.process, output)
+        # Its lifespan opens the log before the first request is served, so healthz is the first answer.
+        assert httpx.get(self.url + "/healthz", timeout=30).status_code == 200
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -206,9 +193,7 @@ def test_sigkill_under_load_loses_no_acknowledged_event_and_lands_each_once(
     workers = [threading.Thread(target=load, args=(worker,)) for worker in range(6)]
     for worker in workers:
         worker.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 200 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(acknowledged) >= 200, 20, "200 acknowledged events")
     receiver.kill()  # SIGKILL mid-load: some requests are in flight, some written but not yet acknowledged.
     stop.set()
     for worker in workers:

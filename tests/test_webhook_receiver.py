@@ -18,6 +18,7 @@ import pytest
 import stripe
 
 from plugins.sandbox import SandboxServer
+from plugins.testing import wait_until
 from plugins.webhook_signing import StripeSignatureScheme
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
@@ -249,9 +250,8 @@ def test_the_receiver_compacts_its_log_on_a_schedule(tmp_path: Path) -> None:
             ).is_success
         stored = list(log.read("acme", "stripe", "events"))
         log.commit("acme/stripe/events", stored[-1].position)  # What a drained and confirmed run records.
-        deadline = time.monotonic() + 5
-        while len(list((tmp_path / "log" / "segments").glob("*.seg"))) > 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        segments = tmp_path / "log" / "segments"
+        wait_until(lambda: len(list(segments.glob("*.seg"))) == 1, 5, "the scheduled compaction")
     assert len(list((tmp_path / "log" / "segments").glob("*.seg"))) == 1  # Only the segment being appended to.
     assert list(log.read("acme", "stripe", "events")) == []
 
@@ -267,10 +267,15 @@ def test_a_failed_log_answers_503_and_healthz_reports_it(receiver: Receiver) -> 
     body = stripe_event("evt_before")
     assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
     receiver.log._loop_writer._helper.kill()  # type: ignore[union-attr]  # As if the disk stopped syncing.
-    deadline = time.monotonic() + 5
-    while receiver.log.failed is None and time.monotonic() < deadline:  # Noticed at its next sync at the latest.
+
+    def noticed() -> bool:  # At its next sync at the latest.
+        if receiver.log.failed is not None:
+            return True
         body = stripe_event(f"evt_probe_{time.monotonic_ns()}")
         receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+        return False
+
+    wait_until(noticed, 5, "the log to notice its fsync helper is gone")
     body = stripe_event("evt_after")
     response = receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
     assert response.status_code == 503

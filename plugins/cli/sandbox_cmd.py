@@ -21,7 +21,11 @@ def serve(
     provider: Annotated[str, typer.Argument(help="Source name, e.g. stripe.")],
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on [default: the source's dev port: stripe 12111, ...].")
+        int | None,
+        typer.Option(
+            help="Port to listen on; 0 picks a free one (the URL printed has it) "
+            "[default: the source's dev port: stripe 12111, ...]."
+        ),
     ] = None,
     records: Annotated[int, typer.Option(help="How many synthetic records per resource.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data (same seed, same data).")] = 42,
@@ -49,9 +53,13 @@ def serve(
         credentials={key: str(value) for key, value in _key_values("--credential", credential or []).items()},
     )
     app_ = source.sandbox(options)
-    port = port or source.sandbox_port
-    console.print(f"{provider} sandbox on http://{host}:{port} ({records} records per resource, seed {seed})")
-    serve_forever(app_, host, port)
+    described = f"({records} records per resource, seed {seed})"
+    serve_forever(
+        app_,
+        host,
+        source.sandbox_port if port is None else port,
+        announce=lambda url: console.print(f"{provider} sandbox on {url} {described}", highlight=False, soft_wrap=True),
+    )
 
 
 def _key_values(option: str, pairs: list[str]) -> dict[str, Any]:

@@ -83,13 +83,15 @@ class CostBucket:
     available: float = field(init=False)
     lowest: float = field(init=False)
     throttled: int = 0
-    _updated: float = field(init=False, default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic  # Tests share a FakeClock with the tap's CostBudget.
+    _updated: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.available = self.lowest = self.maximum
+        self._updated = self.clock()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.available = min(self.maximum, self.available + (now - self._updated) * self.restore_rate)
         self._updated = now
 

@@ -30,7 +30,7 @@ def serve(
     log_url: LogUrlOption = None,
     dlq_url: DlqUrlOption = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one (the URL printed has it).")] = 8080,
     max_body_bytes: Annotated[
         int, typer.Option(envvar="CDP_WEBHOOK_MAX_BODY_BYTES", help="Largest body accepted (else 413).")
     ] = 1024 * 1024,
@@ -51,8 +51,7 @@ def serve(
     ] = 300.0,
 ) -> None:
     """Receive webhooks on POST /webhooks/{tenant}/{provider} until interrupted."""
-    import uvicorn
-
+    from plugins.sandbox import serve_forever
     from taps.webhooks.log import open_log, resolve_log_url
     from taps.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, create_app, parse_allowlist, parse_networks
 
@@ -67,9 +66,12 @@ def serve(
     )
     log = open_log(log_url)
     web_app = create_app(log, settings=settings)
-    console.print(f"webhook receiver on http://{host}:{port} (log {resolve_log_url(log_url)})", highlight=False)
-    tune_garbage_collection()
-    uvicorn.run(web_app, host=host, port=port, log_level="warning", **UVICORN_OPTIONS)
+
+    def announce(url: str) -> None:
+        console.print(f"webhook receiver on {url} (log {resolve_log_url(log_url)})", highlight=False, soft_wrap=True)
+        tune_garbage_collection()  # Last thing before serving: everything built so far is start-up state.
+
+    serve_forever(web_app, host, port, announce, log_level="warning", **UVICORN_OPTIONS)
 
 
 @app.command("compact")

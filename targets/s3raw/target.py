@@ -60,6 +60,8 @@ class TargetS3Raw(Target):
     message_reader_class = RawMessageReader
     # Records land exactly as the tap sent them: no stream maps or flattening (transforms come after the raw zone).
     capabilities: ClassVar[list[CapabilitiesEnum]] = [PluginCapabilities.ABOUT, PluginCapabilities.BATCH]
+    #: When records arrive (their ``_cdp_received_at`` and batch ages); tests put ``staticmethod(FakeClock(...))`` here.
+    clock: ClassVar[staticmethod[[], float]] = staticmethod(time.time)
 
     config_jsonschema = th.PropertiesList(
         th.Property(
@@ -246,7 +248,7 @@ class TargetS3Raw(Target):
 
     def handle_record(self, sink: StreamSink, record: Any, time_extracted: Any, size: int) -> None:
         """Route one record: raw zone if it is valid under its stream's schema version, else the DLQ."""
-        now = time.time()
+        now = self.clock()
         if now - self._clock >= _CLOCK_RESOLUTION_SECONDS:
             self._clock = now
             self._received_at = datetime.fromtimestamp(now, UTC).isoformat()

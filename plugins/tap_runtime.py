@@ -189,6 +189,19 @@ class StreamsFailedError(CdpError):
         super().__init__(f"{len(failures)} stream(s) failed, bookmarks kept, see the DLQ: {summary}")
 
 
+class StateTenantMismatchError(CdpError):
+    """The STATE handed to the tap was written for another tenant: its bookmarks would skip this tenant's history."""
+
+    def __init__(self, state_tenant: str, tenant: str) -> None:
+        self.state_tenant = state_tenant
+        self.tenant = tenant
+        super().__init__(
+            f"the state was written for tenant '{state_tenant}', but this run extracts tenant '{tenant}'; give each "
+            "tenant its own extractor (inherit_from, docs/taps.md) or reset this one's bookmarks with "
+            "'meltano state clear <state id>'"
+        )
+
+
 class RunBudgetReached(Exception):  # A signal, not an error.
     """``max_runtime_seconds`` has passed: stop before the next page."""
 
@@ -459,6 +472,9 @@ class CdpTap(Tap):
     #: The provider name in DLQ keys; default: the tap name without ``tap-``.
     provider: str | None = None
 
+    #: The top-level STATE key naming the tenant the bookmarks belong to.
+    STATE_TENANT_KEY = "tenant"
+
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.failures: list[StreamFailure] = []
@@ -478,11 +494,31 @@ class CdpTap(Tap):
             parts = urlsplit(str(value))
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(setting, f"'{redact_url(str(value))}' is not an http(s) URL like https://host[:port]")
-        validate_name("tenant", str(self.config.get("tenant") or "default"))
+        validate_name("tenant", self.tenant)
         validate_name("provider", self.provider_name)
         max_runtime = self.config.get("max_runtime_seconds")
         if max_runtime is not None and (not isinstance(max_runtime, int | float) or max_runtime <= 0):
             raise ConfigError("max_runtime_seconds", f"'{max_runtime}' must be a positive number of seconds")
+
+    @property
+    def tenant(self) -> str:
+        """The ``tenant`` setting (``default`` when unset)."""
+        return str(self.config.get("tenant") or "default")
+
+    def load_state(self, state: dict[str, t.Any]) -> None:
+        """Load bookmarks written for this tenant only, and record the tenant in every STATE this run emits.
+
+        Bookmarks are kept per extractor by Meltano; if the extractor's ``tenant`` changes, the old tenant's
+        bookmarks would skip the new tenant's history, so such a state is refused. A state without a tenant (written
+        before the tenant was recorded) is taken as this tenant's.
+        """
+        written_for = state.get(self.STATE_TENANT_KEY)
+        if written_for is not None and str(written_for) != self.tenant:
+            raise StateTenantMismatchError(str(written_for), self.tenant)
+        if written_for is None and state.get("bookmarks"):
+            log_event(self.logger, "tap.state_without_tenant", logging.WARNING, tenant=self.tenant)
+        super().load_state(state)
+        self.state[self.STATE_TENANT_KEY] = self.tenant
 
     @property
     def provider_name(self) -> str:
@@ -510,7 +546,7 @@ class CdpTap(Tap):
             s3_endpoint_url=self.config.get("s3_endpoint_url"),
             setting="dlq_url",
         )
-        return DeadLetterQueue(store, tenant=str(self.config.get("tenant") or "default"), provider=self.provider_name)
+        return DeadLetterQueue(store, tenant=self.tenant, provider=self.provider_name)
 
     def sync_all(self) -> None:  # type: ignore[misc]  # The SDK marks it final; this is its failure-tolerant twin.
         """Sync every selected stream; failures go to the DLQ (see the module docstring)."""

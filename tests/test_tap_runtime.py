@@ -29,6 +29,7 @@ from plugins.tap_runtime import (
     REDACTED,
     CdpRESTStream,
     CdpTap,
+    StateTenantMismatchError,
     StreamsFailedError,
     redact_headers,
     redact_text,
@@ -297,3 +298,58 @@ def test_a_bad_url_setting_fails_fast_naming_the_setting(tmp_path: Path) -> None
     assert isinstance(run.error, ConfigError)
     assert run.error.setting == "api_url"
     assert run.messages == []
+
+
+def test_state_records_the_tenant_and_a_state_of_another_tenant_is_refused(
+    api: tuple[ScriptedApi, str], tmp_path: Path
+) -> None:
+    _, url = api
+    first = run_tap(TapThrowaway, _config(url, tmp_path, "orders"))
+    assert first.error is None
+    assert first.last_state is not None
+    assert first.last_state["tenant"] == "acme"
+    assert all(state.get("tenant") == "acme" for state in first.states)
+
+    other = run_tap(TapThrowaway, _config(url, tmp_path, "orders", tenant="globex"), state=first.last_state)
+    assert isinstance(other.error, StateTenantMismatchError)
+    message = str(other.error)
+    assert "'acme'" in message
+    assert "'globex'" in message
+    assert "meltano state clear" in message
+    assert "\n" not in message
+    assert other.records() == []
+
+    same = run_tap(TapThrowaway, _config(url, tmp_path, "orders"), state=first.last_state)
+    assert same.error is None
+    assert same.bookmark("orders") == 1000 + ROWS - 1
+
+
+def test_a_state_without_a_tenant_is_taken_as_this_tenants(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
+    _, url = api
+    legacy = {"bookmarks": {"orders": {"replication_key": "updated", "replication_key_value": 1020}}}
+    run = run_tap(TapThrowaway, _config(url, tmp_path, "orders"), state=legacy)
+    assert run.error is None
+    assert run.counts() == {"orders": ROWS - 20}
+    assert run.last_state is not None
+    assert run.last_state["tenant"] == "acme"
+
+
+def test_command_line_refuses_another_tenants_state_in_one_line(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
+    _, url = api
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(_config(url, tmp_path, "orders", tenant="globex")))
+    state_path = tmp_path / "state.json"
+    state_path.write_text(json.dumps({"tenant": "acme", "bookmarks": {}}))
+    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--config", str(config_path), "--state", str(state_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "tenant" in line]
+    assert "'acme'" in line and "'globex'" in line
+    assert '"RECORD"' not in result.stdout

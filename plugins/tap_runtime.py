@@ -404,6 +404,12 @@ class CdpRESTStream(RESTStream[_TToken]):
 
         return send_with_retries
 
+    def send(self, method: str, url: str, context: Context | None = None, **kwargs: t.Any) -> requests.Response:
+        """One request outside the stream's paginated pages (a count, a job, a follow-up query), with the same auth,
+        headers, retries, throttling, pacing and run budget as the pages; ``kwargs`` are ``params``, ``json``..."""
+        prepared = self.build_prepared_request(method=method, url=url, headers=self.http_headers, **kwargs)
+        return self.request_decorator(self._request)(prepared, context)
+
     _last_response: requests.Response | None = None
 
     #: Whether a successful response must be a JSON document; a truncated or garbled page is retried like a 5xx.
@@ -472,14 +478,13 @@ class CdpTap(Tap):
     #: The provider name in DLQ keys; default: the tap name without ``tap-``.
     provider: str | None = None
 
-    #: The top-level STATE key naming the tenant the bookmarks belong to.
-    STATE_TENANT_KEY = "tenant"
+    # Discovery may send requests during the SDK's __init__, before the run starts: no budget yet.
+    _deadline: float | None = None
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.failures: list[StreamFailure] = []
         self.stopped_by_budget = False
-        self._deadline: float | None = None
         self._check_url_settings()
 
     #: Settings that must be absolute http(s) URLs when set (a base-URL override pointing at a sandbox, say).
@@ -512,13 +517,13 @@ class CdpTap(Tap):
         bookmarks would skip the new tenant's history, so such a state is refused. A state without a tenant (written
         before the tenant was recorded) is taken as this tenant's.
         """
-        written_for = state.get(self.STATE_TENANT_KEY)
+        written_for = state.get("tenant")
         if written_for is not None and str(written_for) != self.tenant:
             raise StateTenantMismatchError(str(written_for), self.tenant)
         if written_for is None and state.get("bookmarks"):
             log_event(self.logger, "tap.state_without_tenant", logging.WARNING, tenant=self.tenant)
         super().load_state(state)
-        self.state[self.STATE_TENANT_KEY] = self.tenant
+        t.cast(dict[str, t.Any], self.state)["tenant"] = self.tenant  # STATE's top-level key beside "bookmarks"
 
     @property
     def provider_name(self) -> str:

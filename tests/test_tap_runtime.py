@@ -149,6 +149,21 @@ def _config(url: str, tmp_path: Path, *streams: str, **extra: Any) -> dict[str, 
     }
 
 
+def _run_command_line(
+    tmp_path: Path, config: dict[str, Any], state: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``TapThrowaway.cli()`` in a subprocess, as Meltano runs a tap, with ``config`` (and ``state``) as files."""
+    arguments = ["--config", str(tmp_path / "config.json")]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if state is not None:
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        arguments += ["--state", str(tmp_path / "state.json")]
+    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_429_with_retry_after_is_waited_out_then_retried(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
     scripted, url = api
     scripted.scripts["orders"] = ["429", "429"]
@@ -247,16 +262,7 @@ def test_command_line_exits_non_zero_with_one_line_summary_and_no_secret(
 ) -> None:
     scripted, url = api
     scripted.scripts["orders"] = ["500"] * 10
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(_config(url, tmp_path, "orders", "customers")))
-    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--config", str(config_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_command_line(tmp_path, _config(url, tmp_path, "orders", "customers"))
     assert result.returncode == 1
     summary = [line for line in result.stderr.splitlines() if "stream(s) failed" in line]
     assert len(summary) == 1
@@ -336,20 +342,11 @@ def test_a_state_without_a_tenant_is_taken_as_this_tenants(api: tuple[ScriptedAp
 
 def test_command_line_refuses_another_tenants_state_in_one_line(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
     _, url = api
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(_config(url, tmp_path, "orders", tenant="globex")))
-    state_path = tmp_path / "state.json"
-    state_path.write_text(json.dumps({"tenant": "acme", "bookmarks": {}}))
-    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--config", str(config_path), "--state", str(state_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    state = {"tenant": "acme", "bookmarks": {}}
+    result = _run_command_line(tmp_path, _config(url, tmp_path, "orders", tenant="globex"), state)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if "tenant" in line]
-    assert "'acme'" in line and "'globex'" in line
+    assert "'acme'" in line
+    assert "'globex'" in line
     assert '"RECORD"' not in result.stdout

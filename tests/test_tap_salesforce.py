@@ -346,3 +346,16 @@ def test_unknown_object_fails_fast_naming_objects(start_sandbox: StartSandbox, t
     server = start_sandbox(records=5)
     with pytest.raises(ConfigError, match=r"objects.*Invoice__c"):
         TapSalesforce(config=config(server, tmp_path, objects=["Account", "Invoice__c"]))
+
+
+def test_discovery_requests_take_the_runtimes_retry_path(
+    start_sandbox: StartSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first data calls are Account's describe: three 503s, retried and logged like any other request.
+    server = start_sandbox(faults={"server_error_burst": {"after": 0, "count": 3}})
+    run = run_tap(TapSalesforce, config(server, tmp_path, objects=["Account"]))
+    assert run.error is None, run.stderr[-2000:]
+    assert ids(run, "Account") == live_ids(server, "Account")
+    messages = [record.getMessage() for record in caplog.records]
+    retries = [line for line in messages if "tap.retry" in line and "/sobjects/Account/describe" in line]
+    assert len(retries) == 3

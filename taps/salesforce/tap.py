@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from functools import cached_property
+from http import HTTPStatus
 from typing import Any
 
-import requests
 from singer_sdk import Stream
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BearerTokenAuthenticator
 
 from plugins.errors import CdpError, ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap, redact_text
-from taps.salesforce.client import SalesforceAuthenticator, SalesforceOAuthAuthenticator, salesforce_errors
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap, ExtractionFailure
+from taps.salesforce.client import DiscoveryRequests, SalesforceAuthenticator, SalesforceOAuthAuthenticator
 from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"  # noqa: S105  # a URL, not a secret
 DEFAULT_API_VERSION = "62.0"
-DESCRIBE_RETRIES = 3
 MIN_API_VERSION = 47.0  # Bulk API 2.0 query jobs
 SOBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # API names: letters, digits, underscores (Invoice__c)
 
@@ -216,41 +213,20 @@ class TapSalesforce(CdpTap):
 
     # -- discovery -----------------------------------------------------------------------------------------------
 
-    def describe(self, sobject: str) -> dict[str, Any]:
-        """``GET /sobjects/{sobject}/describe``, renewing the token once on 401 and retrying 5xx and timeouts."""
-        url = f"{self.data_url}/sobjects/{sobject}/describe"
-        timeout = float(self.config.get("request_timeout_seconds", 120))
-        refreshed, attempt = False, 0
-        with requests.Session() as session:
-            while True:
-                attempt += 1
-                try:
-                    response = session.get(url, auth=self.authenticator, timeout=timeout)
-                except (requests.Timeout, requests.ConnectionError) as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.ok:
-                        return dict(response.json())
-                    codes = [str(error.get("errorCode")) for error in salesforce_errors(response)]
-                    if response.status_code == 404 or "NOT_FOUND" in codes:
-                        raise ConfigError("objects", f"'{sobject}' is not an sObject this org or user can describe")
-                    if response.status_code == 401 and not refreshed and self._can_refresh():
-                        refreshed = True
-                        continue
-                    problem = f"{response.status_code} {', '.join(codes) or response.reason}"
-                    if response.status_code < 500 and "REQUEST_LIMIT_EXCEEDED" not in codes:
-                        attempt = DESCRIBE_RETRIES + 1
-                if attempt > DESCRIBE_RETRIES:
-                    message = f"describe of {sobject} failed after {attempt} attempt(s): {problem}"
-                    raise DiscoveryError(redact_text(message, self.secret_values()))
-                time.sleep(random.uniform(0.5, 1.5) * 2 ** (attempt - 1))  # noqa: S311  # backoff jitter
+    @cached_property
+    def _discovery_requests(self) -> DiscoveryRequests:
+        """Sends discovery's requests through the shared runtime: its retries, throttling and token refresh."""
+        return DiscoveryRequests(self)
 
-    def _can_refresh(self) -> bool:
-        authenticator = self.authenticator
-        if isinstance(authenticator, SalesforceOAuthAuthenticator):
-            authenticator.invalidate()
-            return True
-        return False
+    def describe(self, sobject: str) -> dict[str, Any]:
+        """``GET /sobjects/{sobject}/describe``; an sObject the org does not know is a setting error."""
+        try:
+            response = self._discovery_requests.send("GET", f"{self.data_url}/sobjects/{sobject}/describe")
+        except ExtractionFailure as exc:
+            if exc.status == HTTPStatus.NOT_FOUND or "NOT_FOUND" in str(exc):
+                raise ConfigError("objects", f"'{sobject}' is not an sObject this org or user can describe") from None
+            raise DiscoveryError(f"describe of {sobject} failed: {exc}") from None
+        return dict(response.json())
 
     def _validate_settings(self) -> None:
         """Fail fast, naming the setting, on values Salesforce would reject later in the run."""

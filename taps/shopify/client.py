@@ -279,7 +279,7 @@ class ShopifyStream(CdpRESTStream[str | None]):
             variables["after"] = next_page_token
         return {"query": self.query_document(), "variables": variables}
 
-    def prepare_request(  # The stream's pages; follow-ups pace themselves in _send.
+    def prepare_request(  # The stream's pages; follow-ups pace themselves in run_query.
         self, context: Context | None, next_page_token: str | None
     ) -> requests.PreparedRequest:
         """Wait, before sending, until the bucket holds this page's requested cost."""
@@ -364,18 +364,15 @@ class ShopifyStream(CdpRESTStream[str | None]):
                 described["variables"] = orjson.loads(body).get("variables")
         return described
 
-    def _send(self, payload: dict[str, Any], cost: int, context: Context | None) -> dict[str, Any]:
-        """POST one GraphQL ``payload`` with this stream's pacing, retries and error handling; the response body."""
+    def run_query(self, payload: dict[str, Any], cost: int, context: Context | None) -> dict[str, Any]:
+        """POST one GraphQL ``payload`` outside the stream's pages (a follow-up, a bulk operation), paced by the
+        cost budget, through the runtime's :meth:`send`; the response body."""
         wait = self.budget.seconds_until(cost)
         if wait > 0:
             log_event(self.logger, "tap.pace", stream=self.name, seconds=round(wait, 3), cost=cost)
             time.sleep(wait)
         self.budget.spend(cost)
-        prepared = self.build_prepared_request(
-            method="POST", url=self.get_url(context), headers=self.http_headers, json=payload
-        )
-        response = self.request_decorator(self._request)(prepared, context)
-        return dict(response.json())
+        return dict(self.send("POST", self.get_url(context), context, json=payload).json())
 
     def complete_nested(self, record: dict[str, Any], context: Context | None) -> None:
         """Fetch the rest of every nested connection the stream's page cut short (an order's 21st line item...)."""
@@ -389,7 +386,9 @@ class ShopifyStream(CdpRESTStream[str | None]):
             while page_info.get("hasNextPage"):
                 cost = 1 + CONNECTION_COST + connection.follow_up_page_size * connection.node_cost
                 variables = {"id": record["id"], "after": page_info.get("endCursor")}
-                body = self._send({"query": self.follow_up_document(connection), "variables": variables}, cost, context)
+                body = self.run_query(
+                    {"query": self.follow_up_document(connection), "variables": variables}, cost, context
+                )
                 more = ((body.get("data") or {}).get(self.record_field) or {}).get(connection.field) or {}
                 nodes += more.get("nodes") or []
                 page_info = more.get("pageInfo") or {}

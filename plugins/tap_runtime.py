@@ -39,6 +39,7 @@ import requests
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.streams import RESTStream
 
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
@@ -49,6 +50,7 @@ from plugins.storage import ObjectStore
 from plugins.zones import Zone, resolve_zone_url
 
 if t.TYPE_CHECKING:
+    from jsonschema import ValidationError
     from singer_sdk.helpers.types import Context
 
 _TToken = t.TypeVar("_TToken")
@@ -113,7 +115,7 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
     ),
     th.Property(
         "max_runtime_seconds",
-        th.IntegerType,
+        th.IntegerType(exclusive_minimum=0),
         title="Maximum runtime (seconds)",
         description=(
             "Stop cleanly between pages once the run has lasted this long and emit the final STATE; the next run "
@@ -121,6 +123,10 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
         ),
     ),
 ]
+
+
+#: The pattern of every base-URL setting (``api_url``, ``instance_url``, ``token_url``): an absolute http(s) URL.
+HTTP_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?$"
 
 
 def is_secret_name(name: str) -> bool:
@@ -485,25 +491,44 @@ class CdpTap(Tap):
         super().__init__(*args, **kwargs)
         self.failures: list[StreamFailure] = []
         self.stopped_by_budget = False
-        self._check_url_settings()
+        self._check_names()
 
-    #: Settings that must be absolute http(s) URLs when set (a base-URL override pointing at a sandbox, say).
-    url_settings: tuple[str, ...] = ("api_url", "instance_url", "token_url")
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's validation against ``config_jsonschema`` (limits, patterns, defaults filled in), but a
+        violation is a :class:`ConfigError`: one line naming the setting, never a secret's value."""
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        errors = sorted(JSONSchemaValidator(schema).iter_errors(self._config), key=lambda error: list(error.path))
+        problems = [self._config_error(error) for error in errors]
+        if problems and raise_errors:
+            raise problems[0]
+        return [str(problem) for problem in problems]
 
-    def _check_url_settings(self) -> None:
-        """Fail fast, naming the setting, on a URL setting that is not an absolute http(s) URL."""
-        for setting in self.url_settings:
-            value = self.config.get(setting)
-            if not value:
-                continue
-            parts = urlsplit(str(value))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(setting, f"'{redact_url(str(value))}' is not an http(s) URL like https://host[:port]")
+    def _config_error(self, error: ValidationError) -> ConfigError:
+        """``error`` (from validating the config) as a :class:`ConfigError` naming the setting."""
+        if error.validator == "required" and not error.path:
+            missing = [name for name in error.validator_value if name not in error.instance]
+            return ConfigError(missing[0] if missing else "?", "is required")
+        setting, *inner = list(error.path)
+        properties = self.config_jsonschema.get("properties", {})
+        secret = bool(properties.get(setting, {}).get("secret")) or is_secret_name(str(setting))
+        where = f"item {inner[0]}: " if inner else ""
+        value = error.instance
+        shown = REDACTED if secret else redact_url(value) if isinstance(value, str) and "://" in value else value
+        if error.validator == "pattern":
+            problem = f"{shown!r} does not match the pattern {error.validator_value}"
+        elif secret:
+            problem = f"the value fails the {error.validator} check ({error.validator_value})"
+        elif isinstance(value, str) and "://" in value:
+            problem = f"{shown!r} fails the {error.validator} check ({error.validator_value})"
+        else:
+            problem = error.message
+        return ConfigError(str(setting), where + problem)
+
+    def _check_names(self) -> None:
+        """The name rules that ``config_jsonschema`` cannot express: tenant and provider name storage paths."""
         validate_name("tenant", self.tenant)
         validate_name("provider", self.provider_name)
-        max_runtime = self.config.get("max_runtime_seconds")
-        if max_runtime is not None and (not isinstance(max_runtime, int | float) or max_runtime <= 0):
-            raise ConfigError("max_runtime_seconds", f"'{max_runtime}' must be a positive number of seconds")
 
     @property
     def tenant(self) -> str:

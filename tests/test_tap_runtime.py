@@ -26,6 +26,7 @@ from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import (
     COMMON_TAP_SETTINGS,
+    HTTP_URL_PATTERN,
     REDACTED,
     CdpRESTStream,
     CdpTap,
@@ -87,8 +88,8 @@ def _stream(stream_name: str) -> type[ThrowawayStream]:
 class TapThrowaway(CdpTap):
     name = "tap-throwaway"
     config_jsonschema = th.PropertiesList(
-        th.Property("api_key", th.StringType, required=True, secret=True),
-        th.Property("api_url", th.StringType, required=True),
+        th.Property("api_key", th.StringType(pattern="^sk_"), required=True, secret=True),
+        th.Property("api_url", th.StringType(pattern=HTTP_URL_PATTERN), required=True),
         th.Property("streams", th.ArrayType(th.StringType), required=True),
         *COMMON_TAP_SETTINGS,
     ).to_dict()
@@ -350,3 +351,41 @@ def test_command_line_refuses_another_tenants_state_in_one_line(api: tuple[Scrip
     assert "'acme'" in line
     assert "'globex'" in line
     assert '"RECORD"' not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("max_runtime_seconds", 0, "less than or equal to the minimum of 0"),
+        ("api_url", "localhost:8080", "does not match the pattern"),
+        ("streams", "orders", "is not of type 'array'"),
+    ],
+)
+def test_settings_outside_config_jsonschema_limits_are_one_line_config_errors(
+    tmp_path: Path, setting: str, value: Any, problem: str | None
+) -> None:
+    config = {**_config("https://api.example.com", tmp_path, "orders"), setting: value}
+    run = run_tap(TapThrowaway, config)
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == setting
+    assert "\n" not in str(run.error)
+    if problem:
+        assert problem in str(run.error)
+    assert run.messages == []
+
+
+def test_a_secret_setting_that_breaks_its_pattern_is_named_but_never_shown(tmp_path: Path) -> None:
+    run = run_tap(TapThrowaway, {**_config("https://api.example.com", tmp_path, "orders"), "api_key": "pk_live_oops"})
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == "api_key"
+    assert "pk_live_oops" not in str(run.error)
+    assert REDACTED in str(run.error)
+
+
+def test_a_missing_required_setting_is_named(tmp_path: Path) -> None:
+    config = _config("https://api.example.com", tmp_path, "orders")
+    del config["api_key"]
+    run = run_tap(TapThrowaway, config)
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == "api_key"
+    assert "is required" in str(run.error)

@@ -332,7 +332,18 @@ def test_access_token_without_instance_url_fails_naming_instance_url(tmp_path: P
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("api_version", "39.0"), ("page_size", 5000), ("bulk_max_records", 0), ("max_api_usage_percent", 150)],
+    [
+        ("api_version", "39.0"),
+        ("api_version", "v46.0"),
+        ("page_size", 5000),
+        ("page_size", 100),
+        ("bulk_max_records", 0),
+        ("bulk_window_days", -1),
+        ("max_api_usage_percent", 150),
+        ("max_api_usage_percent", 0),
+        ("objects", ["Account", "Bad Name"]),
+        ("token_url", "login.salesforce.com/services/oauth2/token"),
+    ],
 )
 def test_out_of_range_settings_fail_fast_naming_the_setting(
     start_sandbox: StartSandbox, tmp_path: Path, setting: str, value: object

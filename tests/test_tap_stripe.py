@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from plugins.descriptors import SandboxOptions
+from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import dead_letters, run_tap, start_tap_process
@@ -224,3 +225,13 @@ def test_max_runtime_stops_cleanly_and_the_next_run_completes(tmp_path: Path) ->
     ids = {c["id"] for c in first.records("charges")} | {c["id"] for c in second.records("charges")}
     assert ids == {c["id"] for c in state.objects["charges"]}
     assert second.counts()["customers"] == RECORDS
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("window_days", 0), ("window_days", -3), ("api_version", "June 2024"), ("api_url", "api")]
+)
+def test_settings_outside_their_limits_fail_fast_naming_the_setting(tmp_path: Path, setting: str, value: Any) -> None:
+    run = run_tap(TapStripe, _config("https://api.stripe.com", tmp_path, **{setting: value}))
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == setting
+    assert run.messages == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from http import HTTPStatus
 from typing import Any
@@ -12,14 +11,14 @@ from singer_sdk import typing as th
 from singer_sdk.authenticators import BearerTokenAuthenticator
 
 from plugins.errors import CdpError, ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap, ExtractionFailure
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap, ExtractionFailure
 from taps.salesforce.client import DiscoveryRequests, SalesforceAuthenticator, SalesforceOAuthAuthenticator
 from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"  # noqa: S105  # a URL, not a secret
 DEFAULT_API_VERSION = "62.0"
-MIN_API_VERSION = 47.0  # Bulk API 2.0 query jobs
-SOBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # API names: letters, digits, underscores (Invoice__c)
+API_VERSION_PATTERN = r"^v?(4[7-9]|[5-9]\d|[1-9]\d{2})\.0$"  # 47.0 or later: Bulk API 2.0 query jobs
+SOBJECT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"  # API names: letters, digits, underscores (Invoice__c)
 
 
 class DiscoveryError(CdpError):
@@ -34,7 +33,7 @@ class TapSalesforce(CdpTap):
     config_jsonschema = th.PropertiesList(
         th.Property(
             "instance_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             title="Instance URL",
             description=(
                 "Base URL of the org (https://MyDomain.my.salesforce.com) or of a local sandbox. Required with "
@@ -63,7 +62,7 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "token_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             default=DEFAULT_TOKEN_URL,
             title="Token URL",
             description=(
@@ -80,14 +79,14 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType,
+            th.StringType(pattern=API_VERSION_PATTERN),
             default=DEFAULT_API_VERSION,
             title="API version",
             description="Salesforce API version, e.g. 62.0 (Bulk API 2.0 query needs 47.0 or later).",
         ),
         th.Property(
             "objects",
-            th.ArrayType(th.StringType),
+            th.ArrayType(th.StringType(pattern=SOBJECT_NAME_PATTERN)),
             default=DEFAULT_OBJECTS,
             title="Objects",
             description="sObjects to extract, standard or custom (Invoice__c); each becomes a stream.",
@@ -107,21 +106,21 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "bulk_threshold",
-            th.IntegerType,
+            th.IntegerType(minimum=0),
             default=50_000,
             title="Bulk API threshold",
             description="Use a Bulk API 2.0 query job when a sync has more rows than this (from a COUNT() query).",
         ),
         th.Property(
             "page_size",
-            th.IntegerType,
+            th.IntegerType(minimum=200, maximum=2000),
             default=2000,
             title="REST batch size",
             description="Rows per REST query batch asked with Sforce-Query-Options (200 to 2000).",
         ),
         th.Property(
             "bulk_window_days",
-            th.NumberType,
+            th.NumberType(minimum=0),
             default=90,
             title="Bulk window (days)",
             description=(
@@ -131,28 +130,28 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "bulk_max_records",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=50_000,
             title="Bulk result set size",
             description="maxRecords per Bulk API 2.0 result set.",
         ),
         th.Property(
             "bulk_poll_interval_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=5,
             title="Bulk poll interval (seconds)",
             description="Wait between polls of a Bulk API 2.0 query job.",
         ),
         th.Property(
             "bulk_timeout_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=3600,
             title="Bulk job timeout (seconds)",
             description="Give up on a Bulk API 2.0 query job (DLQ, stream skipped) after this long.",
         ),
         th.Property(
             "max_api_usage_percent",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0, maximum=100),
             default=80,
             title="Maximum API usage (%)",
             description=(
@@ -162,7 +161,7 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "request_timeout_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=120,
             title="Request timeout (seconds)",
             description="Timeout of one HTTP request; timed-out requests are retried.",
@@ -228,32 +227,9 @@ class TapSalesforce(CdpTap):
             raise DiscoveryError(f"describe of {sobject} failed: {exc}") from None
         return dict(response.json())
 
-    def _validate_settings(self) -> None:
-        """Fail fast, naming the setting, on values Salesforce would reject later in the run."""
-        version = str(self.config.get("api_version") or DEFAULT_API_VERSION).removeprefix("v")
-        if not re.fullmatch(r"\d{2}\.0", version) or float(version) < MIN_API_VERSION:
-            raise ConfigError("api_version", f"'{version}' is not a Salesforce API version 47.0 or later, e.g. 62.0")
-        page_size = int(self.config.get("page_size", 2000))
-        if not 200 <= page_size <= 2000:
-            raise ConfigError("page_size", f"{page_size} is outside Salesforce's batchSize range 200..2000")
-        for name in ("bulk_threshold", "bulk_max_records"):
-            if int(self.config.get(name, 1)) < (0 if name == "bulk_threshold" else 1):
-                raise ConfigError(name, "must be a positive number")
-        if float(self.config.get("bulk_window_days", 90)) < 0:
-            raise ConfigError("bulk_window_days", "must be 0 (one job) or a positive number of days")
-        percent = float(self.config.get("max_api_usage_percent", 80))
-        if not 0 < percent <= 100:
-            raise ConfigError("max_api_usage_percent", f"{percent:g} is not a percentage in (0, 100]")
-
     def discover_streams(self) -> list[Stream]:
-        self._validate_settings()
         objects = self.config.get("objects") or DEFAULT_OBJECTS
-        if not isinstance(objects, list) or not all(
-            isinstance(name, str) and SOBJECT_NAME.match(name) for name in objects
-        ):
-            raise ConfigError("objects", "must be a list of sObject names such as ['Account', 'Invoice__c']")
         return [SObjectStream(self, self.describe(name)) for name in objects]
-
 
 if __name__ == "__main__":
     TapSalesforce.cli()

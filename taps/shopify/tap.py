@@ -5,8 +5,7 @@ from __future__ import annotations
 from singer_sdk import Stream
 from singer_sdk import typing as th
 
-from plugins.errors import ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
 from taps.shopify.client import DEFAULT_API_VERSION, CostBudget
 from taps.shopify.streams import STREAM_TYPES
 
@@ -36,7 +35,7 @@ class TapShopify(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType,
+            th.StringType(pattern=r"^(\d{4}-(0[1-9]|1[0-2])|unstable)$"),
             default=DEFAULT_API_VERSION,
             title="API version",
             description="Admin API version (YYYY-MM). The tap's queries follow 2026-01 (e.g. defaultEmailAddress).",
@@ -49,7 +48,7 @@ class TapShopify(CdpTap):
         ),
         th.Property(
             "api_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             title="API URL",
             description="Base URL override (default https://{shop}.myshopify.com); point it at a local sandbox.",
         ),
@@ -68,11 +67,6 @@ class TapShopify(CdpTap):
         self.cost_budget = CostBudget()
 
     def discover_streams(self) -> list[Stream]:
-        version = str(self.config.get("api_version") or DEFAULT_API_VERSION)
-        if version != "unstable" and not (
-            len(version) == 7 and version[4] == "-" and version.replace("-", "").isdigit()
-        ):
-            raise ConfigError("api_version", f"'{version}' is not an Admin API version such as {DEFAULT_API_VERSION}")
         return [stream_type(tap=self) for stream_type in STREAM_TYPES]
 
 

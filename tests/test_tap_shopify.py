@@ -19,7 +19,7 @@ from singer_sdk.testing import get_tap_test_class
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import TapRun, run_tap, run_tap_process, start_tap_process
 from taps.shopify import client as shopify_client
@@ -33,8 +33,8 @@ SECRET = "shpat_0123456789abcdef_never_logged"
 FAST_BUCKET = {"maximum": 1000.0, "restore_rate": 100_000.0}
 
 
-def start_sandbox(faults: dict[str, Any] | None = None, bucket: CostBucket | None = None) -> SandboxServer:
-    options = SandboxOptions(records=RECORDS, credentials={"access_token": SECRET}, faults=faults or {})
+def start_sandbox(faults: FaultPlan | None = None, bucket: CostBucket | None = None) -> SandboxServer:
+    options = SandboxOptions(records=RECORDS, credentials={"access_token": SECRET}, faults=faults or FaultPlan())
     return SandboxServer(create_sandbox(options, bucket=bucket or CostBucket(**FAST_BUCKET)))
 
 
@@ -135,7 +135,7 @@ def test_start_date_limits_the_first_run(sandbox: SandboxServer, tmp_path: Path)
 
 
 def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
-    slow = {"timeout_every": 2, "timeout_seconds": 0.15}
+    slow = FaultPlan(slow_every=2, slow_seconds=0.15)
     with start_sandbox(faults=slow) as server:
         config = tap_config(server, tmp_path)
         process = start_tap_process("tap-shopify", config)
@@ -158,7 +158,7 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
 
 
 def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(tmp_path: Path) -> None:
-    with start_sandbox(faults={"timeout_every": 2, "timeout_seconds": 0.2}) as server:
+    with start_sandbox(faults=FaultPlan(slow_every=2, slow_seconds=0.2)) as server:
         config = tap_config(server, tmp_path, max_runtime_seconds=1)
         stopped = run_tap(TapShopify, config)
         resumed = run_tap(TapShopify, {**config, "max_runtime_seconds": 120}, state=stopped.last_state)
@@ -186,7 +186,7 @@ def test_cost_budget_is_respected_so_the_bucket_never_throttles(
 
 
 def test_throttled_requests_are_retried_after_the_bucket_refills(tmp_path: Path) -> None:
-    with start_sandbox(faults={"drain_bucket_every": 3}) as server:
+    with start_sandbox(faults=FaultPlan(rate_limit_every=3)) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         throttled = server.app.state.shopify.bucket.throttled  # type: ignore[attr-defined]
         expected = expected_counts(server)
@@ -196,13 +196,7 @@ def test_throttled_requests_are_retried_after_the_bucket_refills(tmp_path: Path)
 
 
 def test_server_errors_timeouts_and_malformed_pages_are_retried(tmp_path: Path, fast_retries: None) -> None:
-    faults = {
-        "server_error_burst_at": 2,
-        "server_error_burst": 3,
-        "malformed_every": 7,
-        "timeout_every": 11,
-        "timeout_seconds": 1.5,
-    }
+    faults = FaultPlan(outage_after=1, outage_requests=3, malformed_every=7, slow_every=11, slow_seconds=1.5)
     with start_sandbox(faults=faults) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)
@@ -211,7 +205,7 @@ def test_server_errors_timeouts_and_malformed_pages_are_retried(tmp_path: Path, 
 
 
 def test_exhausted_retries_go_to_the_dlq_while_other_streams_complete(tmp_path: Path, fast_retries: None) -> None:
-    with start_sandbox(faults={"server_error_fields": ["orders"]}) as server:
+    with start_sandbox(faults=FaultPlan(failing=("orders",))) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)
 
@@ -232,7 +226,7 @@ def test_exhausted_retries_go_to_the_dlq_while_other_streams_complete(tmp_path: 
 
 
 def test_failed_stream_makes_the_command_exit_non_zero(tmp_path: Path) -> None:
-    with start_sandbox(faults={"access_denied_fields": ["draftOrders"]}) as server:
+    with start_sandbox(faults=FaultPlan(denied=("draftOrders",))) as server:
         run = run_tap_process("tap-shopify", tap_config(server, tmp_path), timeout=120)
     assert run.exit_code == 1
     assert "draft_orders: auth_failed" in run.stderr

@@ -15,7 +15,7 @@ import requests
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import dead_letters, run_tap, start_tap_process
 from taps.stripe.client import StripeStream
@@ -45,7 +45,8 @@ class RecordingApp:
 
 
 def _serve(**faults: Any) -> tuple[SandboxServer, StripeState, RecordingApp]:
-    app = create_sandbox(SandboxOptions(records=RECORDS, credentials={"api_key": API_KEY}, faults=faults))
+    plan = FaultPlan.from_mapping(faults)
+    app = create_sandbox(SandboxOptions(records=RECORDS, credentials={"api_key": API_KEY}, faults=plan))
     recording = RecordingApp(app)
     return SandboxServer(recording), app.state.stripe, recording
 
@@ -112,7 +113,7 @@ def test_incremental_rerun_emits_only_new_customers_and_changes_as_events(
 
 def test_resume_after_kill_mid_run_leaves_no_gap(tmp_path: Path) -> None:
     # Slow customer pages and one-day windows: the kill lands between checkpoints of the customers stream.
-    server, state, _ = _serve(slow_every=1, slow_seconds=0.15, fault_paths=["/v1/customers"])
+    server, state, _ = _serve(slow_every=1, slow_seconds=0.15, only=("/v1/customers",))
     with server:
         catalog_streams = {"customers"}
         config = _config(server.url, tmp_path, window_days=1)
@@ -161,7 +162,7 @@ def test_5xx_bursts_slow_pages_and_malformed_pages_are_retried(fast_backoff: Non
 
 
 def test_exhausted_retries_write_dlq_entry_keep_bookmark_and_exit_non_zero(tmp_path: Path) -> None:
-    server, state, _ = _serve(server_error_every=1, fault_paths=["/v1/charges"])
+    server, state, _ = _serve(server_error_every=1, only=("/v1/charges",))
     with server:
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(_config(server.url, tmp_path)))
@@ -215,7 +216,7 @@ def test_revoked_key_is_auth_failed_for_each_stream_and_never_logged(tmp_path: P
 
 
 def test_max_runtime_stops_cleanly_and_the_next_run_completes(tmp_path: Path) -> None:
-    server, state, _ = _serve(slow_every=1, slow_seconds=0.1, fault_paths=["/v1/charges"])
+    server, state, _ = _serve(slow_every=1, slow_seconds=0.1, only=("/v1/charges",))
     with server:
         config = _config(server.url, tmp_path, window_days=1, max_runtime_seconds=1)
         first = run_tap(TapStripe, config)

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from taps.stripe.sandbox import DEFAULT_API_KEY, EVENT_RETENTION_SECONDS, create_sandbox
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
@@ -100,7 +100,7 @@ def test_same_seed_same_data() -> None:
 
 
 def test_faults_are_injected_per_path_on_schedule() -> None:
-    faults = {"rate_limit_every": 3, "malformed_every": 4, "fault_paths": ["/v1/refunds"]}
+    faults = FaultPlan(rate_limit_every=3, malformed_every=4, only=("/v1/refunds",))
     with SandboxServer(create_sandbox(SandboxOptions(records=20, faults=faults))) as server:
         responses = [_get(server.url, "/v1/refunds") for _ in range(4)]
         fifth = _get(server.url, "/v1/refunds")

@@ -231,5 +231,6 @@ class TapSalesforce(CdpTap):
         objects = self.config.get("objects") or DEFAULT_OBJECTS
         return [SObjectStream(self, self.describe(name)) for name in objects]
 
+
 if __name__ == "__main__":
     TapSalesforce.cli()

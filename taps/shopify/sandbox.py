@@ -14,16 +14,17 @@ It follows Shopify's documented protocol, not our tap's convenience:
 - one mutation, ``customerUpdate(input: {id, firstName, lastName, note, tags})``, moves the customer's ``updatedAt``
   to now so incremental extraction can be tested.
 
-Faults (``SandboxOptions.faults``), counted over GraphQL requests (1-based):
-- ``server_error_every: N``: every Nth request answers 503;
-- ``server_error_burst: K`` with ``server_error_burst_at: N``: requests N..N+K-1 answer 502;
-- ``server_error_fields: ["orders", ...]``: every query touching those root fields answers 500;
-- ``access_denied_fields: ["draftOrders", ...]``: those root fields answer ``ACCESS_DENIED`` (HTTP 200, no data), as
-  for an app without the scope;
-- ``timeout_every: N`` (``timeout_seconds``, default 5): every Nth request answers only after that delay;
-- ``malformed_every: N``: every Nth request answers 200 with a truncated JSON body;
-- ``drain_bucket_every: N``: before every Nth request the bucket is emptied (another client of the same app spent
-  it), so that request is THROTTLED.
+Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted over GraphQL requests (1-based):
+- ``rate_limit_every`` N (+ ``_burst``): before those requests the bucket is emptied (another client of the same app
+  spent it), so they are THROTTLED;
+- ``server_error_every`` N (+ ``_burst``, ``server_error_status`` default 503): those requests answer 5xx;
+- ``outage_after`` N + ``outage_requests`` M: requests N+1..N+M answer 503;
+- ``slow_every`` N (+ ``_burst``, ``slow_seconds``): those requests answer only after that delay;
+- ``malformed_every`` N (+ ``_burst``): those requests answer 200 with a truncated JSON body;
+- ``failing: ["orders", ...]``: every query touching those root fields answers 500;
+- ``denied: ["draftOrders", ...]``: those root fields answer ``ACCESS_DENIED`` (HTTP 200, no data), as for an app
+  without the scope;
+- ``bulk_polls_in_progress``: how many polls a bulk operation reports ``RUNNING`` before ``COMPLETED``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
+from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
 from taps.shopify.admin_graphql import (
     RESOURCES,
     SCHEMA_VERSION,
@@ -65,6 +67,12 @@ from taps.shopify.synthetic_store import Record, SyntheticShop, iso
 
 DEFAULT_ACCESS_TOKEN = "shpat_cdp_sandbox"  # noqa: S105  # the sandbox's public test token
 MAX_QUERY_COST = 1000
+SUPPORTED_FAULTS = (
+    *COUNTED_FAULT_SETTINGS,
+    "failing",
+    "denied",
+    "bulk_polls_in_progress",
+)
 UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 RATE_LIMITS_DOC = "https://shopify.dev/api/usage/rate-limits"
 ACCESS_SCOPES_DOC = "https://shopify.dev/api/usage/access-scopes"
@@ -127,10 +135,13 @@ class ShopifySandboxState:
     options: SandboxOptions
     bucket: CostBucket
     shop: SyntheticShop = field(init=False)
+    faults: FaultPlan = field(init=False)  # from options; a test may swap it mid-run
     requests_seen: int = 0
     operations: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.options.faults.require_only("shopify", SUPPORTED_FAULTS)
+        self.faults = self.options.faults
         self.shop = SyntheticShop(records=self.options.records, seed=self.options.seed)
 
     @property
@@ -186,7 +197,6 @@ def _json(body: dict[str, Any], status: int = 200, version: str = SCHEMA_VERSION
 def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket | None = None) -> Starlette:
     """The Shopify sandbox as an ASGI app; ``app.state.shopify`` is its :class:`ShopifySandboxState`."""
     state = ShopifySandboxState(options or SandboxOptions(), bucket or CostBucket())
-    faults = state.options.faults
     schema = admin_schema()
     root: dict[str, Callable[..., Any]] = {name: top_level_resolver(state.shop, name) for name in RESOURCES}
     records_by_id: dict[str, Callable[[], list[Record]]] = {
@@ -200,36 +210,33 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
         root[field_name] = partial(_record_by_id, records)
     mutations = {"customerUpdate": lambda _info, input: state.update_customer(input)}
 
-    def every(name: str, count: int) -> bool:
-        period = int(faults.get(name) or 0)
-        return period > 0 and count % period == 0
-
     async def graphql_endpoint(request: Request) -> Response:
         if request.headers.get("x-shopify-access-token") != state.access_token:
             return JSONResponse({"errors": UNAUTHORIZED}, status_code=401)
         state.requests_seen += 1
-        count = state.requests_seen
-        if every("server_error_every", count):
+        fault = state.faults.counted_fault(state.requests_seen)
+        if fault is Fault.SERVER_ERROR:
+            return JSONResponse(
+                {"errors": "Internal Server Error"}, status_code=state.faults.server_error_status or 503
+            )
+        if fault is Fault.OUTAGE:
             return JSONResponse({"errors": "Service Unavailable"}, status_code=503)
-        burst_at = int(faults.get("server_error_burst_at", 0) or 0)
-        if burst_at and burst_at <= count < burst_at + int(faults.get("server_error_burst", 0)):
-            return JSONResponse({"errors": "Bad Gateway"}, status_code=502)
-        if every("timeout_every", count):
-            await asyncio.sleep(float(faults.get("timeout_seconds", 5)))
+        if fault is Fault.SLOW:
+            await asyncio.sleep(state.faults.slow_seconds)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return JSONResponse({"errors": "Bad Request: the body is not valid JSON"}, status_code=400)
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
             return _json({"errors": [{"message": "No query string was present"}]})
-        response = run_query(body)
+        response = run_query(body, drain_bucket=fault is Fault.RATE_LIMIT)
         if isinstance(response, Response):
             return response
-        if every("malformed_every", count):
+        if fault is Fault.MALFORMED:
             return Response(orjson.dumps(response)[:-25], media_type="application/json")
         return _json(response)
 
-    def run_query(body: dict[str, Any]) -> dict[str, Any] | Response:
+    def run_query(body: dict[str, Any], *, drain_bucket: bool = False) -> dict[str, Any] | Response:
         """Parse, validate, cost, throttle and execute one GraphQL request: Shopify's order of checks."""
         try:
             document = parse(body["query"])
@@ -254,7 +261,7 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
             )
             details = {"code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": MAX_QUERY_COST}
             return {"errors": [{"message": message, "extensions": {**details, "documentation": RATE_LIMITS_DOC}}]}
-        if every("drain_bucket_every", state.requests_seen):
+        if drain_bucket:
             state.bucket.drain()
         if not state.bucket.try_spend(requested):
             return {
@@ -270,10 +277,11 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
                 },
             }
         root_fields = {selection.name.value for selection in operation.selection_set.selections}  # type: ignore[attr-defined]
-        if root_fields & set(faults.get("server_error_fields", ())):
+        resource_fault = state.faults.resource_fault(root_fields)
+        if resource_fault is Fault.FAILING:
             state.bucket.refund(requested)
             return JSONResponse({"errors": "Internal Server Error"}, status_code=500)
-        denied = sorted(root_fields & set(faults.get("access_denied_fields", ())))
+        denied = state.faults.denied_resources(root_fields)
         if denied:
             state.bucket.refund(requested)
             scope = f"`read_{_snake(denied[0])}` access scope."

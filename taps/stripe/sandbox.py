@@ -18,12 +18,15 @@ Synthetic data: ``SandboxOptions.records`` customers, payment intents and charge
 products (two prices each) and refunds; half as many subscriptions and invoices; events for recent changes. Same seed,
 same objects. Objects are created one hour apart from 2024-01-01; events fall in the last 30 days.
 
-Faults (``SandboxOptions.faults``), counted per path so each list can be targeted (``fault_paths``: only these paths):
+Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted per path so each list can be
+targeted (``only``: these paths, e.g. ``/v1/charges``):
 - ``rate_limit_every`` N (+ ``rate_limit_burst`` K, default 1): the last K of every N requests answer 429 with
   ``code: rate_limit``, as Stripe does (Stripe sends no Retry-After);
-- ``server_error_every`` N (+ ``server_error_burst``): 500 ``api_error``;
+- ``server_error_every`` N (+ ``server_error_burst``, ``server_error_status`` default 500): ``api_error``;
+- ``outage_after`` N + ``outage_requests`` M: requests N+1..N+M to each path answer 503 ``api_error``;
 - ``slow_every`` N (+ ``slow_burst``, ``slow_seconds`` default 2): the answer comes late (client timeouts);
-- ``malformed_every`` N (+ ``malformed_burst``): a 200 whose JSON body is cut off mid-page.
+- ``malformed_every`` N (+ ``malformed_burst``): a 200 whose JSON body is cut off mid-page;
+- ``failing``: these paths always answer 500 ``api_error``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
+from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
 from plugins.synthetic import SyntheticPerson, object_id, person
 
 DEFAULT_API_KEY = "sk_test_cdp_sandbox"
@@ -57,7 +61,11 @@ EVENT_RETENTION_SECONDS = 30 * 86_400
 API_VERSION = "2024-06-20"
 PAGINATION_PARAMS = {"limit", "starting_after", "ending_before", "created", "expand"}
 CREATED_OPERATORS = ("gt", "gte", "lt", "lte")
-FAULTS = ("rate_limit", "server_error", "slow", "malformed")
+SUPPORTED_FAULTS = (
+    *COUNTED_FAULT_SETTINGS,
+    "only",
+    "failing",
+)
 
 # The filters each list accepts beyond pagination and ``created`` (Stripe's API reference).
 LIST_FILTERS: dict[str, set[str]] = {
@@ -510,11 +518,14 @@ class StripeState:
 
     options: SandboxOptions
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    faults: FaultPlan = field(init=False)  # from options; a test may swap it mid-run
     requests_seen: int = 0
     requests_by_path: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.options.faults.require_only("stripe", SUPPORTED_FAULTS)
+        self.faults = self.options.faults
         rng = random.Random(self.options.seed)
         n = max(self.options.records, 1)
         customers = [_customer(rng, i, FIRST_CREATED + i * 3600) for i in range(n)]
@@ -634,22 +645,13 @@ def _check_auth(request: Request, state: StripeState) -> None:
         raise StripeError(401, f"Invalid API Key provided: {masked}", code="api_key_invalid")
 
 
-def _fault_for(state: StripeState, path: str) -> str | None:
+def _fault_for(state: StripeState, path: str) -> Fault | None:
     """The fault (if any) this request to ``path`` gets, from the per-path request count."""
-    faults = state.options.faults
     with state.lock:
         state.requests_seen += 1
         state.requests_by_path[path] += 1
         count = state.requests_by_path[path]
-    paths = faults.get("fault_paths")
-    if paths and path not in paths:
-        return None
-    for fault in FAULTS:
-        every = int(faults.get(f"{fault}_every") or 0)
-        burst = int(faults.get(f"{fault}_burst") or 1)
-        if every and (count - 1) % every >= every - burst:
-            return fault
-    return None
+    return state.faults.resource_fault([path]) or state.faults.counted_fault(count, path)
 
 
 def _int_param(name: str, raw: str) -> int:
@@ -768,7 +770,6 @@ def _list_page(resource: str, request: Request, objects: list[dict[str, Any]]) -
 def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
     """The Stripe sandbox as an ASGI app (``app.state.stripe`` is its :class:`StripeState`)."""
     state = StripeState(options or SandboxOptions())
-    slow_seconds = float(state.options.faults.get("slow_seconds", 2.0))
 
     async def handle(request: Request) -> Response:
         request_id = f"req_{uuid.uuid4().hex[:14]}"
@@ -779,16 +780,19 @@ def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
                 raise StripeError(404, f"Unrecognized request URL (GET: /v1/{resource}).")
             _check_auth(request, state)
             fault = _fault_for(state, request.url.path)
-            if fault == "rate_limit":
+            if fault is Fault.RATE_LIMIT:
                 raise StripeError(
                     429,
                     "Too many requests hit the API too quickly. Please retry with exponential backoff.",
                     code="rate_limit",
                 )
-            if fault == "server_error":
-                raise StripeError(500, "An unknown error occurred.", type_="api_error")
-            if fault == "slow":
-                await asyncio.sleep(slow_seconds)
+            if fault in (Fault.SERVER_ERROR, Fault.FAILING):
+                status = state.faults.server_error_status or 500
+                raise StripeError(status, "An unknown error occurred.", type_="api_error")
+            if fault is Fault.OUTAGE:
+                raise StripeError(503, "Stripe is temporarily unavailable; retry later.", type_="api_error")
+            if fault is Fault.SLOW:
+                await asyncio.sleep(state.faults.slow_seconds)
             if request.method == "POST":
                 if resource != "customers":
                     raise StripeError(404, f"Unrecognized request URL (POST: /v1/{resource}).")
@@ -805,7 +809,7 @@ def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
                 else:
                     body = _list_page(resource, request, snapshot)
             payload = orjson.dumps(body)
-            if fault == "malformed":
+            if fault is Fault.MALFORMED:
                 payload = payload[: max(len(payload) // 2, 1)]
             response: Response = Response(payload, media_type="application/json")
         except StripeError as error:

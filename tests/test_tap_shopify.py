@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from taps.shopify import client as shopify_client
 from taps.shopify.client import ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import OrdersStream, ProductsStream
+from taps.shopify.synthetic_store import iso
 from taps.shopify.tap import TapShopify
 
 RECORDS = 24
@@ -45,6 +47,7 @@ def tap_config(server: SandboxServer, tmp_path: Path, **extra: Any) -> dict[str,
         "api_url": server.url,
         "dlq_url": str(tmp_path / "dlq"),
         "tenant": "acme",
+        "bulk_operations": False,  # these tests are about paging; the bulk tests turn it on
         **extra,
     }
 
@@ -279,3 +282,105 @@ TestTapShopifyStandard = get_tap_test_class(
         "metafields": ["customers", "products"],
     },
 )
+
+
+# -- backfills as bulk operations -----------------------------------------------------------------------------------
+
+
+def bulk_config(server: SandboxServer, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return tap_config(server, tmp_path, bulk_operations=True, bulk_poll_interval_seconds=0.01, **extra)
+
+
+def by_id(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda record: str(record["id"]))
+
+
+def test_a_first_sync_runs_one_bulk_operation_per_stream_with_the_same_records_as_paging(tmp_path: Path) -> None:
+    with start_sandbox() as server:
+        state = server.app.state.shopify  # type: ignore[attr-defined]
+        metafields = {"metafields": ["customers", "orders", "products"]}
+        bulk = run_tap(TapShopify, bulk_config(server, tmp_path, **metafields))
+        paged_queries_during_bulk = [op for op in state.operations if op["variables"].get("first")]
+        paged = run_tap(TapShopify, tap_config(server, tmp_path, **metafields))
+        expected = expected_counts(server)
+    assert bulk.error is None
+    assert len(state.bulk_operations) == len(expected)  # one per stream
+    assert paged_queries_during_bulk == []  # no page was queried: the bulk results hold everything
+    assert bulk.counts() == expected
+    for stream in expected:
+        assert by_id(bulk.records(stream)) == by_id(paged.records(stream)), stream  # nested connections included
+        assert bulk.bookmark(stream) == paged.bookmark(stream)
+
+
+def test_bulk_results_are_reassembled_whatever_the_order_of_their_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taps.shopify import sandbox as shopify_sandbox
+
+    original = shopify_sandbox.bulk_jsonl
+
+    def children_first(connection: dict[str, Any]) -> tuple[bytes, int, int]:
+        """Ungrouped output, as groupObjects: false allows: every child line before any parent line."""
+        result, objects, roots = original(connection)
+        lines = result.splitlines(keepends=True)
+        children = [line for line in lines if b'"__parentId"' in line]
+        return b"".join(children + [line for line in lines if line not in children]), objects, roots
+
+    monkeypatch.setattr(shopify_sandbox, "bulk_jsonl", children_first)
+    with start_sandbox() as server:
+        bulk = run_tap(TapShopify, bulk_config(server, tmp_path))
+        paged = run_tap(TapShopify, tap_config(server, tmp_path))
+    assert bulk.error is None
+    for stream in paged.counts():
+        assert by_id(bulk.records(stream)) == by_id(paged.records(stream)), stream
+
+
+def test_small_increments_page_and_large_windows_run_in_bulk(tmp_path: Path) -> None:
+    with start_sandbox() as server:
+        state = server.app.state.shopify  # type: ignore[attr-defined]
+        first = run_tap(TapShopify, bulk_config(server, tmp_path))
+        assert first.error is None
+        assert len(state.bulk_operations) == 5
+        changed = state.update_customer({"id": state.shop.customers[3]["id"], "note": "VIP"})["customer"]
+
+        recent = datetime.now(UTC) - timedelta(days=1)
+        week_old = {"bookmarks": {"customers": {"replication_key": "updatedAt", "replication_key_value": iso(recent)}}}
+        config = bulk_config(server, tmp_path, bulk_threshold_days=7)
+        increment = run_tap(TapShopify, {**config, "metafields": []}, state=week_old)
+        assert increment.error is None
+        assert [record["id"] for record in increment.records("customers")] == [changed["id"]]
+        new_operations = state.bulk_operations[5:]
+        assert len(new_operations) == 4  # the other streams start with no bookmark: bulk; customers paged
+        assert all("customers" not in operation.query for operation in new_operations)
+
+        old = datetime.now(UTC) - timedelta(days=30)
+        month_old = {"bookmarks": {"customers": {"replication_key": "updatedAt", "replication_key_value": iso(old)}}}
+        run_tap(TapShopify, config, state=month_old)
+        assert any("customers" in operation.query for operation in state.bulk_operations[9:])
+
+
+def test_a_busy_bulk_slot_is_waited_for_then_the_stream_goes_to_the_dlq(tmp_path: Path) -> None:
+    with start_sandbox(faults=FaultPlan(bulk_polls_in_progress=1000)) as server:
+        # Another client of the same app started a bulk query that keeps running.
+        url = f"{server.url}/admin/api/2026-01/graphql.json"
+        query = "{ orders { edges { node { id } } } }"
+        mutation = f'mutation {{ bulkOperationRunQuery(query: "{query}") {{ userErrors {{ message }} }} }}'
+        requests.post(url, json={"query": mutation}, headers={"X-Shopify-Access-Token": SECRET}, timeout=10)
+        run = run_tap(TapShopify, bulk_config(server, tmp_path, bulk_timeout_seconds=0.3))
+    assert isinstance(run.error, StreamsFailedError)
+    assert {failure.stream for failure in run.error.failures} == set(expected_counts(server))
+    assert "already in progress" in str(run.error)
+    assert run.records() == []
+
+
+def test_a_failed_bulk_operation_goes_to_the_dlq_while_other_streams_complete(tmp_path: Path) -> None:
+    with start_sandbox(faults=FaultPlan(denied=("draftOrders",))) as server:
+        run = run_tap(TapShopify, bulk_config(server, tmp_path))
+        expected = expected_counts(server)
+    assert isinstance(run.error, StreamsFailedError)
+    [failure] = run.error.failures
+    assert failure.stream == "draft_orders"
+    assert failure.error_type.value == "auth_failed"
+    assert "ACCESS_DENIED" in failure.message
+    assert run.counts() == {stream: count for stream, count in expected.items() if stream != "draft_orders"}
+    assert "draft_orders" not in (run.last_state or {}).get("bookmarks", {})

@@ -59,6 +59,37 @@ class TapShopify(CdpTap):
             title="Streams with metafields",
             description=f"Streams whose records include their metafields (any of {', '.join(METAFIELD_STREAMS)}).",
         ),
+        th.Property(
+            "bulk_operations",
+            th.BooleanType,
+            default=True,
+            title="Bulk operations",
+            description="Run backfills as bulk query operations (see bulk_threshold_days); false: always page.",
+        ),
+        th.Property(
+            "bulk_threshold_days",
+            th.NumberType(minimum=0),
+            default=7,
+            title="Bulk threshold (days)",
+            description=(
+                "A stream's sync that starts more than this many days back (from its bookmark, else start_date), "
+                "and every first sync without a start_date, runs as one bulk query operation; newer increments page."
+            ),
+        ),
+        th.Property(
+            "bulk_poll_interval_seconds",
+            th.NumberType(exclusive_minimum=0),
+            default=5,
+            title="Bulk poll interval (seconds)",
+            description="Wait between polls of a running bulk operation (and for a busy bulk query slot).",
+        ),
+        th.Property(
+            "bulk_timeout_seconds",
+            th.NumberType(exclusive_minimum=0),
+            default=3600,
+            title="Bulk timeout (seconds)",
+            description="Give up on a bulk operation (DLQ, stream skipped, bookmark kept) after this long.",
+        ),
         *COMMON_TAP_SETTINGS,
     ).to_dict()
 

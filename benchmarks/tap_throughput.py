@@ -4,11 +4,14 @@ SDK's raw message-writing speed measured in the same run. Loopback only; every r
     .venv/bin/python benchmarks/tap_throughput.py                         # 20,000 records per resource, 3 repeats
     .venv/bin/python benchmarks/tap_throughput.py --taps stripe --records 2000 --repeats 1
     .venv/bin/python benchmarks/tap_throughput.py --taps shopify --profile  # also cProfile one tap run
+    .venv/bin/python benchmarks/tap_throughput.py --taps shopify,shopify-bulk  # Shopify paged against bulk operations
 
 Per tap, the sandbox runs in its own process (SandboxServer, uvicorn) with ``--records`` synthetic records per
 resource, serving the largest pages the provider allows (Stripe ``limit`` 100, Salesforce ``batchSize`` 2000, Shopify
 pages as large as the tap's cost budget allows, max 250 nodes; the Shopify cost bucket is made unlimited so pacing does
-not hide the tap's own cost). Then:
+not hide the tap's own cost). ``shopify`` pages every stream; ``shopify-bulk`` backfills the same store with one bulk
+query operation per stream (polled every 0.05 s; the sandbox's bulk slots unlimited, so replays cannot hold one), and
+the summary compares the two. Then:
 
 - **tap**: the tap's console script runs as Meltano runs it (a full sync of every stream, stdout to /dev/null); the
   clock covers the whole process, start-up included. A first, untimed run records the HTTP requests it made and
@@ -75,10 +78,11 @@ class TapUnderTest:
     build_sandbox: Callable[[int], Any]  # records per resource -> ASGI app
     config: Callable[[str, Path, int], dict[str, Any]]  # sandbox URL, work dir, records -> tap config
     default_records: int = 20_000  # per resource: runs of one to two minutes on 2 cores
+    console_script: str = ""  # default tap-<name>
 
     @property
     def executable(self) -> Path:
-        return BIN / f"tap-{self.name}"
+        return BIN / (self.console_script or f"tap-{self.name}")
 
     def tap_class(self) -> Any:
         module, _, name = self.tap_class_path.partition(":")
@@ -102,11 +106,13 @@ def _shopify_sandbox(records: int) -> Any:
     from plugins.descriptors import SandboxOptions
     from taps.shopify.sandbox import CostBucket, create_sandbox
 
-    # Unlimited cost budget: the benchmark measures the tap, not the plan's restore rate (50-2000 points/s).
-    return create_sandbox(SandboxOptions(records=records), bucket=CostBucket(maximum=1000.0, restore_rate=1e9))
+    # Unlimited cost budget and bulk slots: the benchmark measures the tap, not the plan's restore rate (50-2000
+    # points/s); a replayed bulkOperationRunQuery leaves an operation nobody polls, which must not hold the slot.
+    bucket = CostBucket(maximum=1000.0, restore_rate=1e9)
+    return create_sandbox(SandboxOptions(records=records), bucket=bucket, max_bulk_queries=1_000_000)
 
 
-def _shopify_config(url: str, work: Path, records: int) -> dict[str, Any]:
+def _shopify_config(url: str, work: Path, records: int, *, bulk: bool = False) -> dict[str, Any]:
     from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN
 
     return {
@@ -115,7 +121,13 @@ def _shopify_config(url: str, work: Path, records: int) -> dict[str, Any]:
         "api_url": url,
         "dlq_url": str(work / "dlq"),
         "tenant": "bench",
+        "bulk_operations": bulk,
+        "bulk_poll_interval_seconds": 0.05,
     }
+
+
+def _shopify_bulk_config(url: str, work: Path, records: int) -> dict[str, Any]:
+    return _shopify_config(url, work, records, bulk=True)
 
 
 def _salesforce_sandbox(records: int) -> Any:
@@ -146,6 +158,9 @@ TAPS: dict[str, TapUnderTest] = {
         TapUnderTest("stripe", "taps.stripe.tap:TapStripe", _stripe_sandbox, _stripe_config),
         # The GraphQL sandbox executes every query with graphql-core: 2,000 records per resource already take minutes.
         TapUnderTest("shopify", "taps.shopify.tap:TapShopify", _shopify_sandbox, _shopify_config, 2_000),
+        TapUnderTest(
+            "shopify-bulk", "taps.shopify.tap:TapShopify", _shopify_sandbox, _shopify_bulk_config, 2_000, "tap-shopify"
+        ),
         TapUnderTest("salesforce", "taps.salesforce.tap:TapSalesforce", _salesforce_sandbox, _salesforce_config),
     )
 }
@@ -450,6 +465,16 @@ def table(results: list[TapResult]) -> str:
             f"({median(result.sandbox_cpu_seconds):6.2f}) | {median(result.writer_seconds):5.2f};"
             f"  {result.per_resource:,} per resource, {result.response_bytes / 1e6:,.0f} MB of responses"
         )
+    by_name = {result.name: result for result in results}
+    if "shopify" in by_name and "shopify-bulk" in by_name:
+        paged, bulk = by_name["shopify"], by_name["shopify-bulk"]
+        speedup = TapResult.median(paged.tap_seconds) / TapResult.median(bulk.tap_seconds)
+        lines += [
+            "",
+            f"shopify backfill, bulk operations against paging: {speedup:.1f}x the records/s, "
+            f"{paged.requests:,} requests paged against {bulk.requests:,} in bulk "
+            f"({paged.records:,} and {bulk.records:,} records)",
+        ]
     lines += ["", "records per stream:"]
     lines += [f"  {result.name}: {dict(sorted(result.streams.items()))}" for result in results]
     return "\n".join(lines)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from plugins.sandbox import FaultPlan
+
 if TYPE_CHECKING:
     import typer
     from singer_sdk import Tap, Target
@@ -16,16 +18,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SandboxOptions:
-    """How a provider sandbox is built: how much synthetic data, from which seed, and which credentials it accepts.
-
-    ``faults`` names the injectable faults a sandbox supports (e.g. ``{"rate_limit_every": 5}``); each sandbox
-    documents its own.
-    """
+    """How a provider sandbox is built: how much synthetic data, from which seed, which credentials it accepts, and
+    the faults it injects (:class:`plugins.sandbox.FaultPlan`, one vocabulary for every sandbox; each sandbox refuses
+    the faults it does not offer)."""
 
     records: int = 1000
     seed: int = 42
     credentials: dict[str, str] = field(default_factory=dict)
-    faults: dict[str, Any] = field(default_factory=dict)
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import requests
 from singer_sdk import Tap
 from singer_sdk import typing as th
 from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
+from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.streams import RESTStream
 
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
@@ -49,6 +50,7 @@ from plugins.storage import ObjectStore
 from plugins.zones import Zone, resolve_zone_url
 
 if t.TYPE_CHECKING:
+    from jsonschema import ValidationError
     from singer_sdk.helpers.types import Context
 
 _TToken = t.TypeVar("_TToken")
@@ -113,7 +115,7 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
     ),
     th.Property(
         "max_runtime_seconds",
-        th.IntegerType,
+        th.IntegerType(exclusive_minimum=0),
         title="Maximum runtime (seconds)",
         description=(
             "Stop cleanly between pages once the run has lasted this long and emit the final STATE; the next run "
@@ -121,6 +123,10 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
         ),
     ),
 ]
+
+
+#: The pattern of every base-URL setting (``api_url``, ``instance_url``, ``token_url``): an absolute http(s) URL.
+HTTP_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?$"
 
 
 def is_secret_name(name: str) -> bool:
@@ -187,6 +193,19 @@ class StreamsFailedError(CdpError):
         self.failures = failures
         summary = "; ".join(f"{f.stream}: {f.error_type.value} ({f.message})" for f in failures)
         super().__init__(f"{len(failures)} stream(s) failed, bookmarks kept, see the DLQ: {summary}")
+
+
+class StateTenantMismatchError(CdpError):
+    """The STATE handed to the tap was written for another tenant: its bookmarks would skip this tenant's history."""
+
+    def __init__(self, state_tenant: str, tenant: str) -> None:
+        self.state_tenant = state_tenant
+        self.tenant = tenant
+        super().__init__(
+            f"the state was written for tenant '{state_tenant}', but this run extracts tenant '{tenant}'; give each "
+            "tenant its own extractor (inherit_from, docs/taps.md) or reset this one's bookmarks with "
+            "'meltano state clear <state id>'"
+        )
 
 
 class RunBudgetReached(Exception):  # A signal, not an error.
@@ -391,6 +410,12 @@ class CdpRESTStream(RESTStream[_TToken]):
 
         return send_with_retries
 
+    def send(self, method: str, url: str, context: Context | None = None, **kwargs: t.Any) -> requests.Response:
+        """One request outside the stream's paginated pages (a count, a job, a follow-up query), with the same auth,
+        headers, retries, throttling, pacing and run budget as the pages; ``kwargs`` are ``params``, ``json``..."""
+        prepared = self.build_prepared_request(method=method, url=url, headers=self.http_headers, **kwargs)
+        return self.request_decorator(self._request)(prepared, context)
+
     _last_response: requests.Response | None = None
 
     #: Whether a successful response must be a JSON document; a truncated or garbled page is retried like a 5xx.
@@ -461,30 +486,71 @@ class CdpTap(Tap):
     #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here (plugins.testing).
     clock: t.ClassVar[staticmethod[[], float]] = staticmethod(time.monotonic)
 
+    # Discovery may send requests during the SDK's __init__, before the run starts: no budget yet.
+    _deadline: float | None = None
+
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.failures: list[StreamFailure] = []
         self.stopped_by_budget = False
-        self._deadline: float | None = None
-        self._check_url_settings()
+        self._check_names()
 
-    #: Settings that must be absolute http(s) URLs when set (a base-URL override pointing at a sandbox, say).
-    url_settings: tuple[str, ...] = ("api_url", "instance_url", "token_url")
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """The SDK's validation against ``config_jsonschema`` (limits, patterns, defaults filled in), but a
+        violation is a :class:`ConfigError`: one line naming the setting, never a secret's value."""
+        schema = self.config_jsonschema
+        self.append_builtin_config(schema)
+        errors = sorted(JSONSchemaValidator(schema).iter_errors(self._config), key=lambda error: list(error.path))
+        problems = [self._config_error(error) for error in errors]
+        if problems and raise_errors:
+            raise problems[0]
+        return [str(problem) for problem in problems]
 
-    def _check_url_settings(self) -> None:
-        """Fail fast, naming the setting, on a URL setting that is not an absolute http(s) URL."""
-        for setting in self.url_settings:
-            value = self.config.get(setting)
-            if not value:
-                continue
-            parts = urlsplit(str(value))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(setting, f"'{redact_url(str(value))}' is not an http(s) URL like https://host[:port]")
-        validate_name("tenant", str(self.config.get("tenant") or "default"))
+    def _config_error(self, error: ValidationError) -> ConfigError:
+        """``error`` (from validating the config) as a :class:`ConfigError` naming the setting."""
+        if error.validator == "required" and not error.path:
+            missing = [name for name in error.validator_value if name not in error.instance]
+            return ConfigError(missing[0] if missing else "?", "is required")
+        setting, *inner = list(error.path)
+        properties = self.config_jsonschema.get("properties", {})
+        secret = bool(properties.get(setting, {}).get("secret")) or is_secret_name(str(setting))
+        where = f"item {inner[0]}: " if inner else ""
+        value = error.instance
+        shown = REDACTED if secret else redact_url(value) if isinstance(value, str) and "://" in value else value
+        if error.validator == "pattern":
+            problem = f"{shown!r} does not match the pattern {error.validator_value}"
+        elif secret:
+            problem = f"the value fails the {error.validator} check ({error.validator_value})"
+        elif isinstance(value, str) and "://" in value:
+            problem = f"{shown!r} fails the {error.validator} check ({error.validator_value})"
+        else:
+            problem = error.message
+        return ConfigError(str(setting), where + problem)
+
+    def _check_names(self) -> None:
+        """The name rules that ``config_jsonschema`` cannot express: tenant and provider name storage paths."""
+        validate_name("tenant", self.tenant)
         validate_name("provider", self.provider_name)
-        max_runtime = self.config.get("max_runtime_seconds")
-        if max_runtime is not None and (not isinstance(max_runtime, int | float) or max_runtime <= 0):
-            raise ConfigError("max_runtime_seconds", f"'{max_runtime}' must be a positive number of seconds")
+
+    @property
+    def tenant(self) -> str:
+        """The ``tenant`` setting (``default`` when unset)."""
+        return str(self.config.get("tenant") or "default")
+
+    def load_state(self, state: dict[str, t.Any]) -> None:
+        """Load bookmarks written for this tenant only, and record the tenant in every STATE this run emits.
+
+        Bookmarks are kept per extractor by Meltano; if the extractor's ``tenant`` changes, the old tenant's
+        bookmarks would skip the new tenant's history, so such a state is refused. A state without a tenant (written
+        before the tenant was recorded) is taken as this tenant's.
+        """
+        written_for = state.get("tenant")
+        if written_for is not None and str(written_for) != self.tenant:
+            raise StateTenantMismatchError(str(written_for), self.tenant)
+        if written_for is None and state.get("bookmarks"):
+            log_event(self.logger, "tap.state_without_tenant", logging.WARNING, tenant=self.tenant)
+        super().load_state(state)
+        t.cast(dict[str, t.Any], self.state)["tenant"] = self.tenant  # STATE's top-level key beside "bookmarks"
 
     @property
     def provider_name(self) -> str:
@@ -512,7 +578,7 @@ class CdpTap(Tap):
             s3_endpoint_url=self.config.get("s3_endpoint_url"),
             setting="dlq_url",
         )
-        return DeadLetterQueue(store, tenant=str(self.config.get("tenant") or "default"), provider=self.provider_name)
+        return DeadLetterQueue(store, tenant=self.tenant, provider=self.provider_name)
 
     def sync_all(self) -> None:  # type: ignore[misc]  # The SDK marks it final; this is its failure-tolerant twin.
         """Sync every selected stream; failures go to the DLQ (see the module docstring)."""

@@ -105,4 +105,67 @@ def test_sandbox_serve_answers_the_providers_protocol(tmp_path: Path) -> None:
 def test_sandbox_serve_rejects_a_malformed_fault() -> None:
     result = cdp("sandbox", "serve", "stripe", "--fault", "no-equals-sign")
     assert result.returncode == 2
-    assert "is not KEY=VALUE" in result.stderr
+    assert "is not NAME=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("rate_limit_evry=3", "unknown fault 'rate_limit_evry'"),
+        ("rate_limit_every=often", "fault 'rate_limit_every' takes a whole number, not 'often'"),
+        ("slow_seconds=-1", "fault 'slow_seconds' takes a number of 0 or more"),
+    ],
+)
+def test_sandbox_serve_names_a_bad_fault_in_one_line(fault: str, message: str) -> None:
+    result = cdp("sandbox", "serve", "stripe", "--fault", fault)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.replace("│", " ").split())  # typer frames usage errors
+    assert "Traceback" not in result.stderr
+
+
+def test_sandbox_serve_refuses_a_fault_the_sandbox_does_not_offer() -> None:
+    result = cdp("sandbox", "serve", "stripe", "--fault", "session_uses=3")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "the stripe sandbox has no fault 'session_uses'" in line
+
+
+def test_sandbox_serve_tls_serves_https_with_the_ca_it_prints(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [CDP, "sandbox", "serve", "stripe", "--tls", "--port", str(port), "--records", "3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert banner.startswith(f"stripe sandbox on https://127.0.0.1:{port} ")
+        ca_line = server.stdout.readline()
+        assert ca_line.startswith("CA certificate: ")
+        ca_file = ca_line.split()[2]
+        url = f"https://127.0.0.1:{port}/v1/customers"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = requests.get(
+                    url, headers={"Authorization": "Bearer sk_test_cdp_sandbox"}, verify=ca_file, timeout=2
+                )
+                break
+            except requests.exceptions.SSLError:
+                raise  # the printed CA must be the one the server's certificate comes from
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "sandbox did not start"
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert len(response.json()["data"]) == 3
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert not Path(ca_file).exists()  # the throwaway certificate goes with the server

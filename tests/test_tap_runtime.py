@@ -26,9 +26,11 @@ from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.tap_runtime import (
     COMMON_TAP_SETTINGS,
+    HTTP_URL_PATTERN,
     REDACTED,
     CdpRESTStream,
     CdpTap,
+    StateTenantMismatchError,
     StreamsFailedError,
     redact_headers,
     redact_text,
@@ -86,8 +88,8 @@ def _stream(stream_name: str) -> type[ThrowawayStream]:
 class TapThrowaway(CdpTap):
     name = "tap-throwaway"
     config_jsonschema = th.PropertiesList(
-        th.Property("api_key", th.StringType, required=True, secret=True),
-        th.Property("api_url", th.StringType, required=True),
+        th.Property("api_key", th.StringType(pattern="^sk_"), required=True, secret=True),
+        th.Property("api_url", th.StringType(pattern=HTTP_URL_PATTERN), required=True),
         th.Property("streams", th.ArrayType(th.StringType), required=True),
         *COMMON_TAP_SETTINGS,
     ).to_dict()
@@ -147,6 +149,21 @@ def _config(url: str, tmp_path: Path, *streams: str, **extra: Any) -> dict[str, 
         "tenant": "acme",
         **extra,
     }
+
+
+def _run_command_line(
+    tmp_path: Path, config: dict[str, Any], state: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``TapThrowaway.cli()`` in a subprocess, as Meltano runs a tap, with ``config`` (and ``state``) as files."""
+    arguments = ["--config", str(tmp_path / "config.json")]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if state is not None:
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        arguments += ["--state", str(tmp_path / "state.json")]
+    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_429_with_retry_after_is_waited_out_then_retried(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
@@ -247,16 +264,7 @@ def test_command_line_exits_non_zero_with_one_line_summary_and_no_secret(
 ) -> None:
     scripted, url = api
     scripted.scripts["orders"] = ["500"] * 10
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(_config(url, tmp_path, "orders", "customers")))
-    code = "from tests.test_tap_runtime import TapThrowaway; TapThrowaway.cli()"
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--config", str(config_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _run_command_line(tmp_path, _config(url, tmp_path, "orders", "customers"))
     assert result.returncode == 1
     summary = [line for line in result.stderr.splitlines() if "stream(s) failed" in line]
     assert len(summary) == 1
@@ -302,3 +310,87 @@ def test_a_bad_url_setting_fails_fast_naming_the_setting(tmp_path: Path) -> None
     assert isinstance(run.error, ConfigError)
     assert run.error.setting == "api_url"
     assert run.messages == []
+
+
+def test_state_records_the_tenant_and_a_state_of_another_tenant_is_refused(
+    api: tuple[ScriptedApi, str], tmp_path: Path
+) -> None:
+    _, url = api
+    first = run_tap(TapThrowaway, _config(url, tmp_path, "orders"))
+    assert first.error is None
+    assert first.last_state is not None
+    assert first.last_state["tenant"] == "acme"
+    assert all(state.get("tenant") == "acme" for state in first.states)
+
+    other = run_tap(TapThrowaway, _config(url, tmp_path, "orders", tenant="globex"), state=first.last_state)
+    assert isinstance(other.error, StateTenantMismatchError)
+    message = str(other.error)
+    assert "'acme'" in message
+    assert "'globex'" in message
+    assert "meltano state clear" in message
+    assert "\n" not in message
+    assert other.records() == []
+
+    same = run_tap(TapThrowaway, _config(url, tmp_path, "orders"), state=first.last_state)
+    assert same.error is None
+    assert same.bookmark("orders") == 1000 + ROWS - 1
+
+
+def test_a_state_without_a_tenant_is_taken_as_this_tenants(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
+    _, url = api
+    legacy = {"bookmarks": {"orders": {"replication_key": "updated", "replication_key_value": 1020}}}
+    run = run_tap(TapThrowaway, _config(url, tmp_path, "orders"), state=legacy)
+    assert run.error is None
+    assert run.counts() == {"orders": ROWS - 20}
+    assert run.last_state is not None
+    assert run.last_state["tenant"] == "acme"
+
+
+def test_command_line_refuses_another_tenants_state_in_one_line(api: tuple[ScriptedApi, str], tmp_path: Path) -> None:
+    _, url = api
+    state = {"tenant": "acme", "bookmarks": {}}
+    result = _run_command_line(tmp_path, _config(url, tmp_path, "orders", tenant="globex"), state)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "tenant" in line]
+    assert "'acme'" in line
+    assert "'globex'" in line
+    assert '"RECORD"' not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("max_runtime_seconds", 0, "less than or equal to the minimum of 0"),
+        ("api_url", "localhost:8080", "does not match the pattern"),
+        ("streams", "orders", "is not of type 'array'"),
+    ],
+)
+def test_settings_outside_config_jsonschema_limits_are_one_line_config_errors(
+    tmp_path: Path, setting: str, value: Any, problem: str | None
+) -> None:
+    config = {**_config("https://api.example.com", tmp_path, "orders"), setting: value}
+    run = run_tap(TapThrowaway, config)
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == setting
+    assert "\n" not in str(run.error)
+    if problem:
+        assert problem in str(run.error)
+    assert run.messages == []
+
+
+def test_a_secret_setting_that_breaks_its_pattern_is_named_but_never_shown(tmp_path: Path) -> None:
+    run = run_tap(TapThrowaway, {**_config("https://api.example.com", tmp_path, "orders"), "api_key": "pk_live_oops"})
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == "api_key"
+    assert "pk_live_oops" not in str(run.error)
+    assert REDACTED in str(run.error)
+
+
+def test_a_missing_required_setting_is_named(tmp_path: Path) -> None:
+    config = _config("https://api.example.com", tmp_path, "orders")
+    del config["api_key"]
+    run = run_tap(TapThrowaway, config)
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == "api_key"
+    assert "is required" in str(run.error)

@@ -13,7 +13,7 @@ import requests
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import FakeClock, TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
 from taps.salesforce.client import SalesforceStream, format_datetime
@@ -42,8 +42,9 @@ def start_sandbox() -> Iterator[StartSandbox]:
     """Starts Salesforce sandboxes (small pages so every sync pages) and stops them after the test."""
     with ExitStack() as stack:
 
-        def start(records: int = 120, page_size: int = 50, faults: dict[str, Any] | None = None, **kw: Any) -> Any:
-            app = create_sandbox(SandboxOptions(records=records, faults=faults or {}), page_size=page_size, **kw)
+        def start(records: int = 120, page_size: int = 50, faults: FaultPlan | None = None, **kw: Any) -> Any:
+            options = SandboxOptions(records=records, faults=faults or FaultPlan())
+            app = create_sandbox(options, page_size=page_size, **kw)
             return stack.enter_context(SandboxServer(app))
 
         yield start
@@ -150,7 +151,7 @@ def test_bulk_api_above_threshold_yields_the_same_records_as_rest(start_sandbox:
 def test_bulk_sync_checkpoints_each_window_and_resumes_after_the_last_complete_one(
     start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = start_sandbox(records=200, faults={"slow_every": 2, "slow_seconds": 0.3})
+    server = start_sandbox(records=200, faults=FaultPlan(slow_every=2, slow_seconds=0.3))
     windowed = {"bulk_threshold": 10, "bulk_window_days": 0.5, "start_date": "2024-01-01T00:00:00Z"}
     with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few windows.
         patched.setattr(TapSalesforce, "clock", staticmethod(FakeClock(tick=0.25)))
@@ -163,7 +164,7 @@ def test_bulk_sync_checkpoints_each_window_and_resumes_after_the_last_complete_o
     assert before <= ids(stopped, "Account")  # Windows before the bookmark were complete.
     assert len(ids(stopped, "Account")) < len(live_ids(server, "Account"))
 
-    org(server).options.faults.clear()
+    org(server).faults = FaultPlan()
     resumed = run_tap(TapSalesforce, config(server, tmp_path, **windowed), state=stopped.last_state)
     assert resumed.error is None
     for name in DEFAULT_OBJECTS:
@@ -188,7 +189,9 @@ def test_query_all_includes_deleted_rows(start_sandbox: StartSandbox, tmp_path: 
 
 
 def test_expired_session_is_refreshed_and_the_request_retried(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    server = start_sandbox(faults={"session_uses": 5})  # Each access token dies after 5 calls (401 INVALID_SESSION_ID).
+    server = start_sandbox(
+        faults=FaultPlan(session_uses=5)
+    )  # Each access token dies after 5 calls (401 INVALID_SESSION_ID).
     run = run_tap(TapSalesforce, config(server, tmp_path))
     assert run.error is None
     assert run.counts() == {name: len(live_ids(server, name)) for name in DEFAULT_OBJECTS}
@@ -198,7 +201,7 @@ def test_expired_session_is_refreshed_and_the_request_retried(start_sandbox: Sta
 def test_rejected_static_access_token_is_auth_failed_in_the_dlq_without_the_token(
     start_sandbox: StartSandbox, tmp_path: Path
 ) -> None:
-    server = start_sandbox(faults={"session_uses": 10})  # Lasts through discovery and the first object, then 401.
+    server = start_sandbox(faults=FaultPlan(session_uses=10))  # Lasts through discovery and the first object, then 401.
     settings = {"access_token": DEFAULT_ACCESS_TOKEN, "instance_url": server.url, "dlq_url": str(tmp_path / "dlq")}
     run = run_tap(TapSalesforce, settings)
     assert isinstance(run.error, StreamsFailedError)
@@ -211,7 +214,7 @@ def test_rejected_static_access_token_is_auth_failed_in_the_dlq_without_the_toke
 
 
 def test_request_limit_exceeded_is_backed_off_and_retried(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    server = start_sandbox(faults={"rate_limit_every": 4})  # 403 REQUEST_LIMIT_EXCEEDED on every 4th call.
+    server = start_sandbox(faults=FaultPlan(rate_limit_every=4))  # 403 REQUEST_LIMIT_EXCEEDED on every 4th call.
     run = run_tap(TapSalesforce, config(server, tmp_path))
     assert run.error is None
     assert org(server).injected["request_limit"] >= 5
@@ -219,7 +222,7 @@ def test_request_limit_exceeded_is_backed_off_and_retried(start_sandbox: StartSa
 
 
 def test_server_errors_timeouts_and_malformed_pages_are_retried(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    faults = {"server_error_every": 5, "malformed_every": 7, "slow_every": 13, "slow_seconds": 1.0}
+    faults = FaultPlan(server_error_every=5, malformed_every=7, slow_every=13, slow_seconds=1.0)
     server = start_sandbox(faults=faults)
     run = run_tap(TapSalesforce, config(server, tmp_path, request_timeout_seconds=0.3))
     assert run.error is None
@@ -229,7 +232,7 @@ def test_server_errors_timeouts_and_malformed_pages_are_retried(start_sandbox: S
 
 
 def test_a_burst_of_three_server_errors_is_absorbed_by_the_retries(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    server = start_sandbox(faults={"server_error_burst": {"after": 8, "count": 3}})  # Mid-way through Account.
+    server = start_sandbox(faults=FaultPlan(outage_after=8, outage_requests=3))  # Mid-way through Account.
     run = run_tap(TapSalesforce, config(server, tmp_path))
     assert run.error is None
     assert org(server).injected["server_error"] == 3
@@ -239,7 +242,7 @@ def test_a_burst_of_three_server_errors_is_absorbed_by_the_retries(start_sandbox
 def test_exhausted_retries_write_one_dlq_entry_while_other_objects_complete(
     start_sandbox: StartSandbox, tmp_path: Path
 ) -> None:
-    server = start_sandbox(faults={"failing_objects": ["Lead"]})  # Every Lead query answers 503.
+    server = start_sandbox(faults=FaultPlan(failing=("Lead",)))  # Every Lead query answers 503.
     run = run_tap(TapSalesforce, config(server, tmp_path))
 
     assert isinstance(run.error, StreamsFailedError)
@@ -256,7 +259,7 @@ def test_exhausted_retries_write_one_dlq_entry_while_other_objects_complete(
 
 
 def test_persistent_throttling_ends_as_rate_limit_exhausted(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    server = start_sandbox(faults={"throttled_objects": ["Campaign"]})
+    server = start_sandbox(faults=FaultPlan(throttled=("Campaign",)))
     run = run_tap(TapSalesforce, config(server, tmp_path))
     assert isinstance(run.error, StreamsFailedError)
     [letter] = dead_letters(tmp_path / "dlq")
@@ -275,7 +278,7 @@ def test_api_usage_past_max_percent_stops_extraction(start_sandbox: StartSandbox
 def test_max_runtime_stop_resumes_mid_object(
     start_sandbox: StartSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = start_sandbox(records=300, faults={"slow_every": 2, "slow_seconds": 0.6})
+    server = start_sandbox(records=300, faults=FaultPlan(slow_every=2, slow_seconds=0.6))
     with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
         patched.setattr(TapSalesforce, "clock", staticmethod(FakeClock(tick=0.25)))
         stopped = run_tap(TapSalesforce, config(server, tmp_path, max_runtime_seconds=1))
@@ -283,7 +286,7 @@ def test_max_runtime_stop_resumes_mid_object(
     first_stream = "Account"  # Streams sync in name order.
     assert 0 < len(ids(stopped, first_stream)) < len(live_ids(server, first_stream))
 
-    org(server).options.faults.clear()  # The org answers quickly again.
+    org(server).faults = FaultPlan()  # The org answers quickly again.
     resumed = run_tap(TapSalesforce, config(server, tmp_path), state=stopped.last_state)
     for name in DEFAULT_OBJECTS:
         assert ids(stopped, name) | ids(resumed, name) == live_ids(server, name), name
@@ -294,14 +297,14 @@ def test_max_runtime_stop_resumes_mid_object(
 
 
 def test_resume_after_kill_mid_run(start_sandbox: StartSandbox, tmp_path: Path) -> None:
-    server = start_sandbox(records=150, faults={"slow_every": 2, "slow_seconds": 0.2})
+    server = start_sandbox(records=150, faults=FaultPlan(slow_every=2, slow_seconds=0.2))
     process = start_tap_process("tap-salesforce", config(server, tmp_path))
     process.wait_for('"Account":{"replication_key"', timeout=60)  # Account's bookmark is out; others still to go.
     killed = process.kill()
     assert killed.exit_code != 0
     assert len(killed.counts()) < len(DEFAULT_OBJECTS)
 
-    org(server).options.faults.clear()
+    org(server).faults = FaultPlan()
     resumed = run_tap(TapSalesforce, config(server, tmp_path), state=killed.last_state)
     assert resumed.error is None
     for name in DEFAULT_OBJECTS:
@@ -315,7 +318,7 @@ def test_failed_objects_exit_non_zero_with_a_one_line_summary_and_no_secrets(
     start_sandbox: StartSandbox, tmp_path: Path
 ) -> None:
     # The static token dies after discovery and the first objects: the later ones fail as auth_failed.
-    server = start_sandbox(records=30, faults={"session_uses": 12})
+    server = start_sandbox(records=30, faults=FaultPlan(session_uses=12))
     settings = {"access_token": DEFAULT_ACCESS_TOKEN, "instance_url": server.url, "dlq_url": str(tmp_path / "dlq")}
     run = run_tap_process("tap-salesforce", settings, timeout=90)
     assert run.exit_code == 1
@@ -338,7 +341,18 @@ def test_access_token_without_instance_url_fails_naming_instance_url(tmp_path: P
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("api_version", "39.0"), ("page_size", 5000), ("bulk_max_records", 0), ("max_api_usage_percent", 150)],
+    [
+        ("api_version", "39.0"),
+        ("api_version", "v46.0"),
+        ("page_size", 5000),
+        ("page_size", 100),
+        ("bulk_max_records", 0),
+        ("bulk_window_days", -1),
+        ("max_api_usage_percent", 150),
+        ("max_api_usage_percent", 0),
+        ("objects", ["Account", "Bad Name"]),
+        ("token_url", "login.salesforce.com/services/oauth2/token"),
+    ],
 )
 def test_out_of_range_settings_fail_fast_naming_the_setting(
     start_sandbox: StartSandbox, tmp_path: Path, setting: str, value: object
@@ -352,3 +366,16 @@ def test_unknown_object_fails_fast_naming_objects(start_sandbox: StartSandbox, t
     server = start_sandbox(records=5)
     with pytest.raises(ConfigError, match=r"objects.*Invoice__c"):
         TapSalesforce(config=config(server, tmp_path, objects=["Account", "Invoice__c"]))
+
+
+def test_discovery_requests_take_the_runtimes_retry_path(
+    start_sandbox: StartSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first data calls are Account's describe: three 503s, retried and logged like any other request.
+    server = start_sandbox(faults=FaultPlan(outage_after=0, outage_requests=3))
+    run = run_tap(TapSalesforce, config(server, tmp_path, objects=["Account"]))
+    assert run.error is None, run.stderr[-2000:]
+    assert ids(run, "Account") == live_ids(server, "Account")
+    messages = [record.getMessage() for record in caplog.records]
+    retries = [line for line in messages if "tap.retry" in line and "/sobjects/Account/describe" in line]
+    assert len(retries) == 3

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp
 
 from plugins.descriptors import SandboxOptions
 from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
@@ -26,6 +27,7 @@ from taps.shopify import tap as shopify_tap
 from taps.shopify.client import CostBudget, ShopifyStream
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import OrdersStream, ProductsStream
+from taps.shopify.synthetic_store import iso
 from taps.shopify.tap import TapShopify
 
 RECORDS = 24
@@ -33,8 +35,8 @@ SECRET = "shpat_0123456789abcdef_never_logged"
 FAST_BUCKET = {"maximum": 1000.0, "restore_rate": 100_000.0}
 
 
-def start_sandbox(faults: dict[str, Any] | None = None, bucket: CostBucket | None = None) -> SandboxServer:
-    options = SandboxOptions(records=RECORDS, credentials={"access_token": SECRET}, faults=faults or {})
+def start_sandbox(faults: FaultPlan | None = None, bucket: CostBucket | None = None) -> SandboxServer:
+    options = SandboxOptions(records=RECORDS, credentials={"access_token": SECRET}, faults=faults or FaultPlan())
     return SandboxServer(create_sandbox(options, bucket=bucket or CostBucket(**FAST_BUCKET)))
 
 
@@ -45,6 +47,7 @@ def tap_config(server: SandboxServer, tmp_path: Path, **extra: Any) -> dict[str,
         "api_url": server.url,
         "dlq_url": str(tmp_path / "dlq"),
         "tenant": "acme",
+        "bulk_operations": False,  # these tests are about paging; the bulk tests turn it on
         **extra,
     }
 
@@ -135,7 +138,7 @@ def test_start_date_limits_the_first_run(sandbox: SandboxServer, tmp_path: Path)
 
 
 def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
-    slow = {"timeout_every": 2, "timeout_seconds": 0.15}
+    slow = FaultPlan(slow_every=2, slow_seconds=0.15)
     with start_sandbox(faults=slow) as server:
         config = tap_config(server, tmp_path)
         process = start_tap_process("tap-shopify", config)
@@ -157,7 +160,7 @@ def test_killed_run_resumes_from_its_last_state(tmp_path: Path) -> None:
 def test_max_runtime_stop_ends_cleanly_and_the_next_run_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with start_sandbox(faults={"timeout_every": 2, "timeout_seconds": 0.2}) as server:
+    with start_sandbox(faults=FaultPlan(slow_every=2, slow_seconds=0.2)) as server:
         config = tap_config(server, tmp_path, max_runtime_seconds=1)
         with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
             patched.setattr(TapShopify, "clock", staticmethod(FakeClock(tick=0.25)))
@@ -191,7 +194,7 @@ def test_cost_budget_is_respected_so_the_bucket_never_throttles(
 
 
 def test_throttled_requests_are_retried_after_the_bucket_refills(tmp_path: Path) -> None:
-    with start_sandbox(faults={"drain_bucket_every": 3}) as server:
+    with start_sandbox(faults=FaultPlan(rate_limit_every=3)) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         throttled = server.app.state.shopify.bucket.throttled  # type: ignore[attr-defined]
         expected = expected_counts(server)
@@ -201,13 +204,7 @@ def test_throttled_requests_are_retried_after_the_bucket_refills(tmp_path: Path)
 
 
 def test_server_errors_timeouts_and_malformed_pages_are_retried(tmp_path: Path, fast_retries: None) -> None:
-    faults = {
-        "server_error_burst_at": 2,
-        "server_error_burst": 3,
-        "malformed_every": 7,
-        "timeout_every": 11,
-        "timeout_seconds": 1.5,
-    }
+    faults = FaultPlan(outage_after=1, outage_requests=3, malformed_every=7, slow_every=11, slow_seconds=1.5)
     with start_sandbox(faults=faults) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)
@@ -216,7 +213,7 @@ def test_server_errors_timeouts_and_malformed_pages_are_retried(tmp_path: Path, 
 
 
 def test_exhausted_retries_go_to_the_dlq_while_other_streams_complete(tmp_path: Path, fast_retries: None) -> None:
-    with start_sandbox(faults={"server_error_fields": ["orders"]}) as server:
+    with start_sandbox(faults=FaultPlan(failing=("orders",))) as server:
         run = run_tap(TapShopify, tap_config(server, tmp_path))
         expected = expected_counts(server)
 
@@ -237,7 +234,7 @@ def test_exhausted_retries_go_to_the_dlq_while_other_streams_complete(tmp_path: 
 
 
 def test_failed_stream_makes_the_command_exit_non_zero(tmp_path: Path) -> None:
-    with start_sandbox(faults={"access_denied_fields": ["draftOrders"]}) as server:
+    with start_sandbox(faults=FaultPlan(denied=("draftOrders",))) as server:
         run = run_tap_process("tap-shopify", tap_config(server, tmp_path), timeout=120)
     assert run.exit_code == 1
     assert "draft_orders: auth_failed" in run.stderr
@@ -288,3 +285,105 @@ def standard_config(url: str, _: Path) -> dict[str, Any]:
 
 
 TestTapShopifyStandard = standard_tap_test_class(TapShopify, standard_sandbox, standard_config)
+
+
+# -- backfills as bulk operations -----------------------------------------------------------------------------------
+
+
+def bulk_config(server: SandboxServer, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return tap_config(server, tmp_path, bulk_operations=True, bulk_poll_interval_seconds=0.01, **extra)
+
+
+def by_id(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda record: str(record["id"]))
+
+
+def test_a_first_sync_runs_one_bulk_operation_per_stream_with_the_same_records_as_paging(tmp_path: Path) -> None:
+    with start_sandbox() as server:
+        state = server.app.state.shopify  # type: ignore[attr-defined]
+        metafields = {"metafields": ["customers", "orders", "products"]}
+        bulk = run_tap(TapShopify, bulk_config(server, tmp_path, **metafields))
+        paged_queries_during_bulk = [op for op in state.operations if op["variables"].get("first")]
+        paged = run_tap(TapShopify, tap_config(server, tmp_path, **metafields))
+        expected = expected_counts(server)
+    assert bulk.error is None
+    assert len(state.bulk_operations) == len(expected)  # one per stream
+    assert paged_queries_during_bulk == []  # no page was queried: the bulk results hold everything
+    assert bulk.counts() == expected
+    for stream in expected:
+        assert by_id(bulk.records(stream)) == by_id(paged.records(stream)), stream  # nested connections included
+        assert bulk.bookmark(stream) == paged.bookmark(stream)
+
+
+def test_bulk_results_are_reassembled_whatever_the_order_of_their_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taps.shopify import sandbox as shopify_sandbox
+
+    original = shopify_sandbox.bulk_jsonl
+
+    def children_first(connection: dict[str, Any]) -> tuple[bytes, int, int]:
+        """Ungrouped output, as groupObjects: false allows: every child line before any parent line."""
+        result, objects, roots = original(connection)
+        lines = result.splitlines(keepends=True)
+        children = [line for line in lines if b'"__parentId"' in line]
+        return b"".join(children + [line for line in lines if line not in children]), objects, roots
+
+    monkeypatch.setattr(shopify_sandbox, "bulk_jsonl", children_first)
+    with start_sandbox() as server:
+        bulk = run_tap(TapShopify, bulk_config(server, tmp_path))
+        paged = run_tap(TapShopify, tap_config(server, tmp_path))
+    assert bulk.error is None
+    for stream in paged.counts():
+        assert by_id(bulk.records(stream)) == by_id(paged.records(stream)), stream
+
+
+def test_small_increments_page_and_large_windows_run_in_bulk(tmp_path: Path) -> None:
+    with start_sandbox() as server:
+        state = server.app.state.shopify  # type: ignore[attr-defined]
+        first = run_tap(TapShopify, bulk_config(server, tmp_path))
+        assert first.error is None
+        assert len(state.bulk_operations) == 5
+        changed = state.update_customer({"id": state.shop.customers[3]["id"], "note": "VIP"})["customer"]
+
+        recent = datetime.now(UTC) - timedelta(days=1)
+        week_old = {"bookmarks": {"customers": {"replication_key": "updatedAt", "replication_key_value": iso(recent)}}}
+        config = bulk_config(server, tmp_path, bulk_threshold_days=7)
+        increment = run_tap(TapShopify, {**config, "metafields": []}, state=week_old)
+        assert increment.error is None
+        assert [record["id"] for record in increment.records("customers")] == [changed["id"]]
+        new_operations = state.bulk_operations[5:]
+        assert len(new_operations) == 4  # the other streams start with no bookmark: bulk; customers paged
+        assert all("customers" not in operation.query for operation in new_operations)
+
+        old = datetime.now(UTC) - timedelta(days=30)
+        month_old = {"bookmarks": {"customers": {"replication_key": "updatedAt", "replication_key_value": iso(old)}}}
+        run_tap(TapShopify, config, state=month_old)
+        assert any("customers" in operation.query for operation in state.bulk_operations[9:])
+
+
+def test_a_busy_bulk_slot_is_waited_for_then_the_stream_goes_to_the_dlq(tmp_path: Path) -> None:
+    with start_sandbox(faults=FaultPlan(bulk_polls_in_progress=1000)) as server:
+        # Another client of the same app started a bulk query that keeps running.
+        url = f"{server.url}/admin/api/2026-01/graphql.json"
+        query = "{ orders { edges { node { id } } } }"
+        mutation = f'mutation {{ bulkOperationRunQuery(query: "{query}") {{ userErrors {{ message }} }} }}'
+        requests.post(url, json={"query": mutation}, headers={"X-Shopify-Access-Token": SECRET}, timeout=10)
+        run = run_tap(TapShopify, bulk_config(server, tmp_path, bulk_timeout_seconds=0.3))
+    assert isinstance(run.error, StreamsFailedError)
+    assert {failure.stream for failure in run.error.failures} == set(expected_counts(server))
+    assert "already in progress" in str(run.error)
+    assert run.records() == []
+
+
+def test_a_failed_bulk_operation_goes_to_the_dlq_while_other_streams_complete(tmp_path: Path) -> None:
+    with start_sandbox(faults=FaultPlan(denied=("draftOrders",))) as server:
+        run = run_tap(TapShopify, bulk_config(server, tmp_path))
+        expected = expected_counts(server)
+    assert isinstance(run.error, StreamsFailedError)
+    [failure] = run.error.failures
+    assert failure.stream == "draft_orders"
+    assert failure.error_type.value == "auth_failed"
+    assert "ACCESS_DENIED" in failure.message
+    assert run.counts() == {stream: count for stream, count in expected.items() if stream != "draft_orders"}
+    assert "draft_orders" not in (run.last_state or {}).get("bookmarks", {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import requests
 
@@ -173,3 +174,82 @@ def test_shopify_is_registered_as_a_source_with_its_sandbox() -> None:
     assert source.tap_class is TapShopify
     assert source.sandbox is create_sandbox
     assert list(source.streams) == ["customers", "orders", "products", "inventory_items", "draft_orders"]
+
+
+RUN_BULK = """mutation($query: String!) {
+  bulkOperationRunQuery(query: $query) { bulkOperation { id status } userErrors { field message code } }
+}"""
+POLL_BULK = """query($id: ID!) {
+  node(id: $id) { ... on BulkOperation { id status errorCode objectCount rootObjectCount fileSize url } }
+}"""
+ORDERS_BULK = "{ orders { edges { node { id name lineItems { edges { node { id sku } } } } } } }"
+
+
+def run_bulk(server: SandboxServer, query: str) -> dict[str, Any]:
+    return dict(graphql(server, RUN_BULK, {"query": query}).json()["data"]["bulkOperationRunQuery"])
+
+
+def test_a_bulk_query_runs_then_completes_with_a_signed_jsonl_result(sandbox: SandboxServer) -> None:
+    started = run_bulk(sandbox, ORDERS_BULK)
+    assert started["userErrors"] == []
+    operation = started["bulkOperation"]
+    assert operation["status"] in ("CREATED", "RUNNING")
+    statuses = []
+    while not statuses or statuses[-1]["status"] != "COMPLETED":
+        statuses.append(graphql(sandbox, POLL_BULK, {"id": operation["id"]}).json()["data"]["node"])
+        assert len(statuses) < 10
+    done = statuses[-1]
+    current = graphql(sandbox, "{ currentBulkOperation { id status } }").json()["data"]["currentBulkOperation"]
+    assert current == {"id": operation["id"], "status": "COMPLETED"}
+
+    assert requests.get(done["url"].split("?")[0], timeout=10).status_code == 403  # the URL is signed
+    result = requests.get(done["url"], timeout=10)  # and needs no access token
+    lines = [orjson.loads(line) for line in result.content.splitlines()]
+    orders = [line for line in lines if "__parentId" not in line]
+    items = [line for line in lines if "__parentId" in line]
+    shop = sandbox.app.state.shopify.shop  # type: ignore[attr-defined]
+    assert len(orders) == len(shop.orders) == int(done["rootObjectCount"])
+    assert len(lines) == int(done["objectCount"])
+    assert int(done["fileSize"]) == len(result.content)
+    assert all("lineItems" not in order for order in orders)  # nested connections are lines of their own
+    by_order = {order["id"]: [i["id"] for i in order["_lineItems"]] for order in shop.orders}
+    for order in orders:
+        assert [item["id"] for item in items if item["__parentId"] == order["id"]] == by_order[order["id"]]
+
+
+def test_one_bulk_query_at_a_time_per_shop(sandbox: SandboxServer) -> None:
+    first = run_bulk(sandbox, ORDERS_BULK)["bulkOperation"]
+    second = run_bulk(sandbox, ORDERS_BULK)
+    assert second["bulkOperation"] is None
+    [error] = second["userErrors"]
+    assert error["code"] == "OPERATION_IN_PROGRESS"
+    assert first["id"] in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ('{ node(id: "gid://shopify/Order/1") { id } }', "connection field at the top level"),
+        ("{ orders { edges { node { name lineItems { edges { node { id } } } } } } }", "must select id"),
+        ("{ orders { edges { node { id } } } customers { edges { node { id } } } }", "exactly one top-level field"),
+        (
+            "{ products { edges { node { id variants { edges { node { id"
+            " metafields { edges { node { id } } } } } } } } } }",
+            "nested more than 2 levels",
+        ),
+        (
+            "{ products { edges { node { id"
+            + "".join(f" {alias}: metafields {{ edges {{ node {{ id }} }} }}" for alias in "abcde")
+            + " } } } }",
+            "more than 5 connections",
+        ),
+        ("{ orders { edges { node { id nope } } } }", "Cannot query field 'nope'"),
+        ("mutation { customerUpdate(input: {}) { userErrors { message } } }", "exactly one query operation"),
+    ],
+)
+def test_bulk_queries_shopify_refuses_are_user_errors(sandbox: SandboxServer, query: str, problem: str) -> None:
+    result = run_bulk(sandbox, query)
+    assert result["bulkOperation"] is None
+    [error] = result["userErrors"]
+    assert error["code"] == "INVALID"
+    assert problem in error["message"]

@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import SandboxServer
+from plugins.errors import ConfigError
+from plugins.sandbox import FaultPlan, SandboxServer
 from plugins.tap_runtime import StreamsFailedError
 from plugins.testing import FakeClock, dead_letters, run_tap, start_tap_process
 from taps.stripe.client import StripeStream
@@ -44,7 +45,8 @@ class RecordingApp:
 
 
 def _serve(**faults: Any) -> tuple[SandboxServer, StripeState, RecordingApp]:
-    app = create_sandbox(SandboxOptions(records=RECORDS, credentials={"api_key": API_KEY}, faults=faults))
+    plan = FaultPlan.from_mapping(faults)
+    app = create_sandbox(SandboxOptions(records=RECORDS, credentials={"api_key": API_KEY}, faults=plan))
     recording = RecordingApp(app)
     return SandboxServer(recording), app.state.stripe, recording
 
@@ -111,7 +113,7 @@ def test_incremental_rerun_emits_only_new_customers_and_changes_as_events(
 
 def test_resume_after_kill_mid_run_leaves_no_gap(tmp_path: Path) -> None:
     # Slow customer pages and one-day windows: the kill lands between checkpoints of the customers stream.
-    server, state, _ = _serve(slow_every=1, slow_seconds=0.15, fault_paths=["/v1/customers"])
+    server, state, _ = _serve(slow_every=1, slow_seconds=0.15, only=("/v1/customers",))
     with server:
         catalog_streams = {"customers"}
         config = _config(server.url, tmp_path, window_days=1)
@@ -160,7 +162,7 @@ def test_5xx_bursts_slow_pages_and_malformed_pages_are_retried(fast_backoff: Non
 
 
 def test_exhausted_retries_write_dlq_entry_keep_bookmark_and_exit_non_zero(tmp_path: Path) -> None:
-    server, state, _ = _serve(server_error_every=1, fault_paths=["/v1/charges"])
+    server, state, _ = _serve(server_error_every=1, only=("/v1/charges",))
     with server:
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(_config(server.url, tmp_path)))
@@ -214,7 +216,7 @@ def test_revoked_key_is_auth_failed_for_each_stream_and_never_logged(tmp_path: P
 
 
 def test_max_runtime_stops_cleanly_and_the_next_run_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, state, _ = _serve(slow_every=1, slow_seconds=0.1, fault_paths=["/v1/charges"])
+    server, state, _ = _serve(slow_every=1, slow_seconds=0.1, only=("/v1/charges",))
     with server:
         config = _config(server.url, tmp_path, window_days=1, max_runtime_seconds=1)
         with monkeypatch.context() as patched:  # Each look at the clock costs a quarter second: out after a few pages.
@@ -226,3 +228,13 @@ def test_max_runtime_stops_cleanly_and_the_next_run_completes(tmp_path: Path, mo
     ids = {c["id"] for c in first.records("charges")} | {c["id"] for c in second.records("charges")}
     assert ids == {c["id"] for c in state.objects["charges"]}
     assert second.counts()["customers"] == RECORDS
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("window_days", 0), ("window_days", -3), ("api_version", "June 2024"), ("api_url", "api")]
+)
+def test_settings_outside_their_limits_fail_fast_naming_the_setting(tmp_path: Path, setting: str, value: Any) -> None:
+    run = run_tap(TapStripe, _config("https://api.stripe.com", tmp_path, **{setting: value}))
+    assert isinstance(run.error, ConfigError)
+    assert run.error.setting == setting
+    assert run.messages == []

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import SandboxServer
+from plugins.sandbox import FaultPlan, SandboxServer
 from taps.stripe.sandbox import DEFAULT_API_KEY, EVENT_RETENTION_SECONDS, create_sandbox
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
@@ -100,7 +100,7 @@ def test_same_seed_same_data() -> None:
 
 
 def test_faults_are_injected_per_path_on_schedule() -> None:
-    faults = {"rate_limit_every": 3, "malformed_every": 4, "fault_paths": ["/v1/refunds"]}
+    faults = FaultPlan(rate_limit_every=3, malformed_every=4, only=("/v1/refunds",))
     with SandboxServer(create_sandbox(SandboxOptions(records=20, faults=faults))) as server:
         responses = [_get(server.url, "/v1/refunds") for _ in range(4)]
         fifth = _get(server.url, "/v1/refunds")
@@ -112,3 +112,147 @@ def test_faults_are_injected_per_path_on_schedule() -> None:
     assert fifth.json()["object"] == "list"
     assert sixth.status_code == 429
     assert sixth.json()["error"]["code"] == "rate_limit"
+
+
+def _all(url: str, resource: str, **params: Any) -> list[dict[str, Any]]:
+    response = _get(url, f"/v1/{resource}", limit=100, **params)
+    assert response.status_code == 200, response.text
+    return list(response.json()["data"])
+
+
+def _sample(url: str, resource: str, path: str) -> Any:
+    """A value of ``path`` (dotted) that some but not all listed objects have, so a filter on it must cut."""
+    values = []
+    for obj in _all(url, resource, **({"status": "all"} if resource == "subscriptions" else {})):
+        value: Any = obj
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values.append(value)
+    return next(value for value in values if values.count(value) < len(values) and value is not None)
+
+
+# Every filter parameter of every list (besides created, tested above): given a value some objects have, every
+# object listed has it, and fewer are listed than without the filter. A sandbox that ignored the parameter fails.
+FILTER_CASES = [
+    ("customers", "email", "email"),
+    ("charges", "customer", "customer"),
+    ("charges", "payment_intent", "payment_intent"),
+    ("invoices", "customer", "customer"),
+    ("invoices", "status", "status"),
+    ("invoices", "subscription", "subscription"),
+    ("subscriptions", "customer", "customer"),
+    ("subscriptions", "status", "status"),
+    ("payment_intents", "customer", "customer"),
+    ("prices", "currency", "currency"),
+    ("prices", "product", "product"),
+    ("prices", "type", "type"),
+    ("refunds", "charge", "charge"),
+    ("refunds", "payment_intent", "payment_intent"),
+    ("events", "type", "type"),
+]
+
+
+@pytest.mark.parametrize(("resource", "param", "path"), FILTER_CASES)
+def test_every_list_filter_filters(url: str, resource: str, param: str, path: str) -> None:
+    value = _sample(url, resource, path)
+    everything = _all(url, resource, **({"status": "all"} if resource == "subscriptions" else {}))
+    filtered = _all(url, resource, **{param: value})
+    assert filtered
+    assert len(filtered) < len(everything)
+    assert all(obj[path] == value for obj in filtered)
+
+
+def test_filters_on_nested_values_arrays_and_ranges(url: str) -> None:
+    prices = _all(url, "prices", **{"recurring[interval]": "month", "recurring[usage_type]": "licensed"})
+    assert prices
+    assert all(p["recurring"] == {**p["recurring"], "interval": "month", "usage_type": "licensed"} for p in prices)
+    assert len(prices) < len(_all(url, "prices"))
+
+    subscriptions = _all(url, "subscriptions", status="all")
+    price = subscriptions[0]["items"]["data"][0]["price"]["id"]
+    on_price = _all(url, "subscriptions", status="all", price=price)
+    assert {s["id"] for s in on_price} == {
+        s["id"] for s in subscriptions if any(i["price"]["id"] == price for i in s["items"]["data"])
+    }
+    ends = sorted(s["current_period_end"] for s in subscriptions)
+    later = _all(url, "subscriptions", status="all", **{"current_period_end[gt]": ends[len(ends) // 2]})
+    assert later
+    assert all(s["current_period_end"] > ends[len(ends) // 2] for s in later)
+    assert _all(url, "subscriptions", status="all", **{"automatic_tax[enabled]": "true"}) == []
+
+    products = _all(url, "products")
+    wanted = [products[0]["id"], products[2]["id"]]
+    by_ids = _all(url, "products", **{"ids[0]": wanted[0], "ids[1]": wanted[1]})  # the official clients' arrays
+    assert {p["id"] for p in by_ids} == set(wanted)
+    assert _all(url, "products", **{"ids[]": wanted[0]})[0]["id"] == wanted[0]
+    assert _all(url, "prices", **{"lookup_keys[0]": "no_such_lookup_key"}) == []
+    assert _all(url, "customers", test_clock="clock_none") == []
+    inactive = _all(url, "products", active="false")
+    assert {p["id"] for p in inactive} == {p["id"] for p in products if not p["active"]}
+    delivered = _all(url, "events", delivery_success="true")
+    assert delivered
+    assert all(e["pending_webhooks"] == 0 for e in delivered)
+
+
+@pytest.mark.parametrize(
+    ("resource", "params", "param"),
+    [
+        ("customers", {"expand[]": "data.default_source"}, "expand[]"),  # the sandbox never expands: it says so
+        ("customers", {"price": "price_1"}, "price"),  # a parameter of another list
+        ("prices", {"recurring[cadence]": "month"}, "recurring[cadence]"),
+        ("customers", {"created[after]": "1"}, "created[after]"),
+        ("events", {"customer": "cus_1"}, "customer"),
+    ],
+)
+def test_parameters_the_list_does_not_take_are_400_parameter_unknown(
+    url: str, resource: str, params: dict[str, str], param: str
+) -> None:
+    response = _get(url, f"/v1/{resource}", **params)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "parameter_unknown"
+    assert response.json()["error"]["param"] == param
+
+
+def test_enumerated_parameters_refuse_other_values(url: str) -> None:
+    response = _get(url, "/v1/invoices", status="settled")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "status"
+
+
+def test_the_official_stripe_client_filters_events_by_types(url: str) -> None:
+    import stripe
+
+    client = stripe.StripeClient(DEFAULT_API_KEY, base_addresses={"api": url}, max_network_retries=0)
+    wanted = ["customer.created", "customer.updated"]
+    filtered = list(client.v1.events.list(params={"types": wanted, "limit": 100}).auto_paging_iter())
+    everything = list(client.v1.events.list(params={"limit": 100}).auto_paging_iter())
+    assert filtered
+    assert {event.type for event in filtered} <= set(wanted)
+    assert len(filtered) == sum(event.type in wanted for event in everything) < len(everything)
+
+
+def test_creates_with_an_idempotency_key_are_replayed_and_reuse_with_other_parameters_is_refused() -> None:
+    import stripe
+
+    with SandboxServer(create_sandbox(SandboxOptions(records=5))) as server:
+        state = server.app.state.stripe  # type: ignore[attr-defined]
+        client = stripe.StripeClient(DEFAULT_API_KEY, base_addresses={"api": server.url}, max_network_retries=0)
+        params = {"email": "ada@example.com", "metadata": {"crm_id": "42"}}
+        first = client.v1.customers.create(params=params, options={"idempotency_key": "create-ada"})
+        again = client.v1.customers.create(params=params, options={"idempotency_key": "create-ada"})
+        assert again.id == first.id
+        assert again.last_response.headers.get("Idempotent-Replayed") == "true"
+        assert len(state.customers) == 6  # one created, not two
+        with pytest.raises(stripe.IdempotencyError) as refused:
+            client.v1.customers.create(params={"email": "bob@example.com"}, options={"idempotency_key": "create-ada"})
+        assert refused.value.http_status == 400
+        other = client.v1.customers.create(
+            params={"email": "bob@example.com"}, options={"idempotency_key": "create-bob"}
+        )
+        assert other.id != first.id
+        unknown = requests.post(
+            f"{server.url}/v1/customers", data={"emial": "typo@example.com"}, headers=AUTH, timeout=5
+        )
+        assert unknown.status_code == 400
+        assert unknown.json()["error"]["param"] == "emial"
+        assert len(state.customers) == 7

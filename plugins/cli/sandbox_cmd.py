@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 import typer
 
 from plugins.cli.output import console
 from plugins.descriptors import SandboxOptions
 from plugins.errors import CdpError
 from plugins.manager import get_source, sources
-from plugins.sandbox import serve_forever
+from plugins.sandbox import FaultPlan, FaultPlanError, ThrowawayCertificate, serve_forever
 
 app = typer.Typer(help="Local emulators of the providers' APIs.", no_args_is_help=True)
 
@@ -32,45 +31,50 @@ def serve(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            help="Inject a fault, KEY=VALUE (repeatable; VALUE is JSON or a string), e.g. rate_limit_every=5. "
-            "Each sandbox's module docstring lists its faults."
+            help="Inject a fault, NAME=VALUE (repeatable), e.g. rate_limit_every=5 or failing=/v1/charges. "
+            "The names are plugins.sandbox.FaultPlan's (docs/taps.md); each sandbox lists those it offers."
         ),
     ] = None,
     credential: Annotated[
         list[str] | None,
         typer.Option(help="Credential the sandbox accepts, KEY=VALUE (repeatable), e.g. api_key=sk_test_123."),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Serve HTTPS with a throwaway certificate; clients trust the CA file it prints "
+            "(e.g. REQUESTS_CA_BUNDLE=...). Needs the dev extra (trustme).",
+        ),
+    ] = False,
 ) -> None:
     """Serve PROVIDER's sandbox API until interrupted."""
     source = get_source(provider)
     if source.sandbox is None:
         with_sandbox = sorted(name for name, s in sources().items() if s.sandbox is not None)
         raise CdpError(f"source '{provider}' has no sandbox (sources with one: {', '.join(with_sandbox)})")
-    options = SandboxOptions(
-        records=records,
-        seed=seed,
-        faults=_key_values("--fault", fault or []),
-        credentials={key: str(value) for key, value in _key_values("--credential", credential or []).items()},
-    )
+    try:
+        faults = FaultPlan.parse(fault or [])
+    except FaultPlanError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fault") from None
+    credentials = {}
+    for pair in credential or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--credential")
+        credentials[key] = value
+    options = SandboxOptions(records=records, seed=seed, faults=faults, credentials=credentials)
     app_ = source.sandbox(options)
+    certificate = ThrowawayCertificate.create(host, "localhost") if tls else None
+    if certificate is not None:
+        console.print(
+            f"CA certificate: {certificate.ca_file} (REQUESTS_CA_BUNDLE={certificate.ca_file})", highlight=False
+        )
     described = f"({records} records per resource, seed {seed})"
     serve_forever(
         app_,
         host,
         source.sandbox_port if port is None else port,
         announce=lambda url: console.print(f"{provider} sandbox on {url} {described}", highlight=False, soft_wrap=True),
+        certificate=certificate,
     )
-
-
-def _key_values(option: str, pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as a dict; a VALUE that parses as JSON (5, 0.5, ["a"], {"after": 3}) is taken as such."""
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint=option)
-        try:
-            parsed[key] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed[key] = raw
-    return parsed

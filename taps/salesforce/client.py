@@ -230,6 +230,10 @@ class SalesforceStream(CdpRESTStream[str | None]):
     def http_headers(self) -> dict[str, str]:
         return {"User-Agent": "cdp-tap-salesforce/0.1", "Accept": "application/json"}
 
+    @property
+    def timeout(self) -> int:
+        return float(self.config.get("request_timeout_seconds", 120))  # type: ignore[return-value]  # requests takes floats
+
     def throttle_delay(self, response: requests.Response) -> float | None:
         """429, and 403 ``REQUEST_LIMIT_EXCEEDED`` (Salesforce's concurrent/total request limits), back off."""
         if response.status_code == 403 and any(
@@ -277,8 +281,10 @@ class SalesforceStream(CdpRESTStream[str | None]):
             return
         super().validate_response(response)
 
-    def send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One request outside the paginated query (COUNT(), Bulk API jobs) with the same retries and auth."""
-        prepared = self.build_prepared_request(method=method, url=url, headers=self.http_headers, **kwargs)
-        sender: Callable[..., requests.Response] = self.request_decorator(self._request)
-        return sender(prepared, None)
+
+class DiscoveryRequests(SalesforceStream):
+    """Not a stream: discovery's requests (``describe``), sent through the runtime like every other request."""
+
+    path = "/sobjects"
+    schema = {"type": "object", "properties": {}}  # the SDK's attribute
+    name = "discovery"

@@ -19,13 +19,14 @@ It follows Salesforce's documented protocol, not our tap's convenience:
 - Every data response carries ``Sforce-Limit-Info: api-usage=N/M``; past M, 403 ``REQUEST_LIMIT_EXCEEDED``.
 - Errors are ``[{"message": ..., "errorCode": ...}]`` lists, as Salesforce answers them.
 
-Faults (``SandboxOptions.faults``): ``rate_limit_every`` (every Nth data request answers 403
-``REQUEST_LIMIT_EXCEEDED``), ``server_error_every`` (every Nth answers 500 ``UNKNOWN_EXCEPTION``),
-``server_error_burst`` (``{"after": N, "count": M}``: data calls N+1 to N+M answer 503), ``slow_every`` +
-``slow_seconds`` (every Nth answers late, for client timeouts), ``malformed_every`` (every Nth query page is truncated
-JSON), ``failing_objects`` / ``throttled_objects`` (queries on these objects always answer 503 ``SERVER_UNAVAILABLE``
-/ 403 ``REQUEST_LIMIT_EXCEEDED``), ``session_uses`` (an access token is valid for N data requests, then 401),
-``bulk_polls_in_progress`` (how many polls a bulk job reports ``InProgress``; default 1).
+Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted over data requests:
+``rate_limit_every`` (+ ``_burst``: 403 ``REQUEST_LIMIT_EXCEEDED``), ``server_error_every`` (+ ``_burst``,
+``server_error_status`` default 500: ``UNKNOWN_EXCEPTION``), ``outage_after`` N + ``outage_requests`` M (data calls
+N+1 to N+M answer 503), ``slow_every`` + ``slow_seconds`` (late answers, for client timeouts), ``malformed_every``
+(those query pages are truncated JSON), ``only`` (counted faults hit only these objects); ``failing`` /
+``throttled`` (queries on these objects always answer 503 ``SERVER_UNAVAILABLE`` / 403 ``REQUEST_LIMIT_EXCEEDED``),
+``session_uses`` (an access token is valid for N data requests, then 401), ``bulk_polls_in_progress`` (how many polls
+a bulk job reports ``InProgress``; default 1).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
+from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
 from plugins.synthetic import person
 
 DEFAULT_CLIENT_ID = "cdp-sandbox-client-id"
@@ -62,6 +64,14 @@ USER_ID = "0055e000000SANDBOX"
 OLDEST_VERSION, NEWEST_VERSION = 47.0, 62.0
 MIN_BATCH, MAX_BATCH = 200, 2000
 FIRST_CREATED = datetime(2024, 1, 1, tzinfo=UTC)
+SUPPORTED_FAULTS = (
+    *COUNTED_FAULT_SETTINGS,
+    "only",
+    "failing",
+    "throttled",
+    "session_uses",
+    "bulk_polls_in_progress",
+)
 DEFAULT_OBJECTS = ("Account", "Contact", "Lead", "Opportunity", "Campaign", "CampaignMember")
 KEY_PREFIXES = {
     "Account": "001",
@@ -820,6 +830,7 @@ class SalesforceState:
     """Everything the sandbox remembers: the org's data, issued tokens, query cursors, bulk jobs, counters."""
 
     options: SandboxOptions
+    faults: FaultPlan = field(init=False)  # from options; a test may swap it mid-run
     page_size: int = MAX_BATCH
     api_daily_limit: int = 15_000
     org: SyntheticOrg = field(init=False)
@@ -834,6 +845,8 @@ class SalesforceState:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
+        self.options.faults.require_only("salesforce", SUPPORTED_FAULTS)
+        self.faults = self.options.faults
         self.org = SyntheticOrg(self.options.records, self.options.seed)
         self.tokens[self.credential("access_token")] = self._session_uses()
         self._ids = random.Random(self.options.seed + 1)
@@ -848,8 +861,7 @@ class SalesforceState:
         return self.options.credentials.get(name, defaults[name])
 
     def _session_uses(self) -> int | None:
-        uses = self.options.faults.get("session_uses")
-        return int(uses) if uses else None
+        return self.faults.session_uses or None
 
     def issue_token(self) -> str:
         token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(48)}"
@@ -861,11 +873,6 @@ class SalesforceState:
     def new_id(self, prefix: str) -> str:
         with self.lock:
             return salesforce_id(prefix, self._ids.randrange(62**11))
-
-
-def _fault_every(state: SalesforceState, name: str, count: int) -> bool:
-    every = state.options.faults.get(name)
-    return every is not None and int(every) > 0 and count % int(every) == 0
 
 
 def _authorise(request: Request, state: SalesforceState) -> None:
@@ -891,28 +898,27 @@ async def _admit(request: Request, state: SalesforceState, sobject: str | None =
         state.api_usage += 1
         state.requests_seen += 1
         count = state.requests_seen
-    faults = state.options.faults
-    if sobject is not None and sobject in faults.get("failing_objects", ()):
+    faults = state.faults
+    fault = (faults.resource_fault([sobject]) if sobject is not None else None) or faults.counted_fault(count, sobject)
+    if fault is Fault.FAILING:
         state.injected["server_unavailable"] += 1
         raise SalesforceError(503, "SERVER_UNAVAILABLE", "Server temporarily unavailable, try again later.")
-    if sobject is not None and sobject in faults.get("throttled_objects", ()):
+    if fault in (Fault.THROTTLED, Fault.RATE_LIMIT):
         state.injected["request_limit"] += 1
         raise SalesforceError(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
-    if _fault_every(state, "rate_limit_every", count):
-        state.injected["request_limit"] += 1
-        raise SalesforceError(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
-    burst = faults.get("server_error_burst")  # {"after": N, "count": M}: calls N+1..N+M answer 503
-    if burst and int(burst["after"]) < count <= int(burst["after"]) + int(burst["count"]):
+    if fault is Fault.OUTAGE:
         state.injected["server_error"] += 1
         raise SalesforceError(503, "SERVER_UNAVAILABLE", "Server temporarily unavailable, try again later.")
-    if _fault_every(state, "server_error_every", count):
+    if fault is Fault.SERVER_ERROR:
         state.injected["server_error"] += 1
         raise SalesforceError(
-            500, "UNKNOWN_EXCEPTION", f"An unexpected error occurred. Please include this ErrorId: {count}-sandbox"
+            faults.server_error_status or 500,
+            "UNKNOWN_EXCEPTION",
+            f"An unexpected error occurred. Please include this ErrorId: {count}-sandbox",
         )
-    if _fault_every(state, "slow_every", count):
+    if fault is Fault.SLOW:
         state.injected["slow"] += 1
-        await asyncio.sleep(float(faults.get("slow_seconds", 3)))
+        await asyncio.sleep(faults.slow_seconds)
 
 
 def _version(request: Request) -> str:
@@ -1106,7 +1112,7 @@ def create_sandbox(
                 locator = state.new_id("01g")
                 state.cursors[locator] = QueryCursor(soql.sobject, records)
                 count = state.requests_seen
-            malformed = _fault_every(state, "malformed_every", count)
+            malformed = state.faults.hits(Fault.MALFORMED, count)
             return _query_page(state, version, locator, 0, _batch_size(request, state), malformed)
 
         return query
@@ -1120,7 +1126,7 @@ def create_sandbox(
             _authorise(request, state)
             raise SalesforceError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         await _admit(request, state, cursor.sobject)
-        malformed = _fault_every(state, "malformed_every", state.requests_seen)
+        malformed = state.faults.hits(Fault.MALFORMED, state.requests_seen)
         return _query_page(state, version, locator, int(offset), _batch_size(request, state), malformed)
 
     async def create_job(request: Request) -> Response:
@@ -1170,7 +1176,7 @@ def create_sandbox(
                 "lineEnding": "LF",
                 "columnDelimiter": "COMMA",
             }
-            polls = int(state.options.faults.get("bulk_polls_in_progress", 1))
+            polls = state.faults.bulk_polls_in_progress
             state.bulk_jobs_created += 1
             state.jobs[job_id] = BulkJob(info, soql.sobject, columns, csv_rows, polls)
         return JSONResponse(info)

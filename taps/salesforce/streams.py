@@ -93,10 +93,6 @@ class SObjectStream(SalesforceStream):
         return "queryAll" if self.config.get("query_all") else "query"
 
     @property
-    def timeout(self) -> int:
-        return float(self.config.get("request_timeout_seconds", 120))  # type: ignore[return-value]  # requests takes floats
-
-    @property
     def http_headers(self) -> dict[str, str]:
         return {**super().http_headers, "Sforce-Query-Options": f"batchSize={int(self.config.get('page_size', 2000))}"}
 

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import random
-import re
-import time
 from functools import cached_property
+from http import HTTPStatus
 from typing import Any
 
-import requests
 from singer_sdk import Stream
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BearerTokenAuthenticator
 
 from plugins.errors import CdpError, ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap, redact_text
-from taps.salesforce.client import SalesforceAuthenticator, SalesforceOAuthAuthenticator, salesforce_errors
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap, ExtractionFailure
+from taps.salesforce.client import DiscoveryRequests, SalesforceAuthenticator, SalesforceOAuthAuthenticator
 from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"  # noqa: S105  # a URL, not a secret
 DEFAULT_API_VERSION = "62.0"
-DESCRIBE_RETRIES = 3
-MIN_API_VERSION = 47.0  # Bulk API 2.0 query jobs
-SOBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # API names: letters, digits, underscores (Invoice__c)
+API_VERSION_PATTERN = r"^v?(4[7-9]|[5-9]\d|[1-9]\d{2})\.0$"  # 47.0 or later: Bulk API 2.0 query jobs
+SOBJECT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"  # API names: letters, digits, underscores (Invoice__c)
 
 
 class DiscoveryError(CdpError):
@@ -37,7 +33,7 @@ class TapSalesforce(CdpTap):
     config_jsonschema = th.PropertiesList(
         th.Property(
             "instance_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             title="Instance URL",
             description=(
                 "Base URL of the org (https://MyDomain.my.salesforce.com) or of a local sandbox. Required with "
@@ -66,7 +62,7 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "token_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             default=DEFAULT_TOKEN_URL,
             title="Token URL",
             description=(
@@ -83,14 +79,14 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType,
+            th.StringType(pattern=API_VERSION_PATTERN),
             default=DEFAULT_API_VERSION,
             title="API version",
             description="Salesforce API version, e.g. 62.0 (Bulk API 2.0 query needs 47.0 or later).",
         ),
         th.Property(
             "objects",
-            th.ArrayType(th.StringType),
+            th.ArrayType(th.StringType(pattern=SOBJECT_NAME_PATTERN)),
             default=DEFAULT_OBJECTS,
             title="Objects",
             description="sObjects to extract, standard or custom (Invoice__c); each becomes a stream.",
@@ -110,21 +106,21 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "bulk_threshold",
-            th.IntegerType,
+            th.IntegerType(minimum=0),
             default=50_000,
             title="Bulk API threshold",
             description="Use a Bulk API 2.0 query job when a sync has more rows than this (from a COUNT() query).",
         ),
         th.Property(
             "page_size",
-            th.IntegerType,
+            th.IntegerType(minimum=200, maximum=2000),
             default=2000,
             title="REST batch size",
             description="Rows per REST query batch asked with Sforce-Query-Options (200 to 2000).",
         ),
         th.Property(
             "bulk_window_days",
-            th.NumberType,
+            th.NumberType(minimum=0),
             default=90,
             title="Bulk window (days)",
             description=(
@@ -134,28 +130,28 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "bulk_max_records",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=50_000,
             title="Bulk result set size",
             description="maxRecords per Bulk API 2.0 result set.",
         ),
         th.Property(
             "bulk_poll_interval_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=5,
             title="Bulk poll interval (seconds)",
             description="Wait between polls of a Bulk API 2.0 query job.",
         ),
         th.Property(
             "bulk_timeout_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=3600,
             title="Bulk job timeout (seconds)",
             description="Give up on a Bulk API 2.0 query job (DLQ, stream skipped) after this long.",
         ),
         th.Property(
             "max_api_usage_percent",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0, maximum=100),
             default=80,
             title="Maximum API usage (%)",
             description=(
@@ -165,7 +161,7 @@ class TapSalesforce(CdpTap):
         ),
         th.Property(
             "request_timeout_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=120,
             title="Request timeout (seconds)",
             description="Timeout of one HTTP request; timed-out requests are retried.",
@@ -216,66 +212,23 @@ class TapSalesforce(CdpTap):
 
     # -- discovery -----------------------------------------------------------------------------------------------
 
+    @cached_property
+    def _discovery_requests(self) -> DiscoveryRequests:
+        """Sends discovery's requests through the shared runtime: its retries, throttling and token refresh."""
+        return DiscoveryRequests(self)
+
     def describe(self, sobject: str) -> dict[str, Any]:
-        """``GET /sobjects/{sobject}/describe``, renewing the token once on 401 and retrying 5xx and timeouts."""
-        url = f"{self.data_url}/sobjects/{sobject}/describe"
-        timeout = float(self.config.get("request_timeout_seconds", 120))
-        refreshed, attempt = False, 0
-        with requests.Session() as session:
-            while True:
-                attempt += 1
-                try:
-                    response = session.get(url, auth=self.authenticator, timeout=timeout)
-                except (requests.Timeout, requests.ConnectionError) as exc:
-                    problem = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.ok:
-                        return dict(response.json())
-                    codes = [str(error.get("errorCode")) for error in salesforce_errors(response)]
-                    if response.status_code == 404 or "NOT_FOUND" in codes:
-                        raise ConfigError("objects", f"'{sobject}' is not an sObject this org or user can describe")
-                    if response.status_code == 401 and not refreshed and self._can_refresh():
-                        refreshed = True
-                        continue
-                    problem = f"{response.status_code} {', '.join(codes) or response.reason}"
-                    if response.status_code < 500 and "REQUEST_LIMIT_EXCEEDED" not in codes:
-                        attempt = DESCRIBE_RETRIES + 1
-                if attempt > DESCRIBE_RETRIES:
-                    message = f"describe of {sobject} failed after {attempt} attempt(s): {problem}"
-                    raise DiscoveryError(redact_text(message, self.secret_values()))
-                time.sleep(random.uniform(0.5, 1.5) * 2 ** (attempt - 1))  # noqa: S311  # backoff jitter
-
-    def _can_refresh(self) -> bool:
-        authenticator = self.authenticator
-        if isinstance(authenticator, SalesforceOAuthAuthenticator):
-            authenticator.invalidate()
-            return True
-        return False
-
-    def _validate_settings(self) -> None:
-        """Fail fast, naming the setting, on values Salesforce would reject later in the run."""
-        version = str(self.config.get("api_version") or DEFAULT_API_VERSION).removeprefix("v")
-        if not re.fullmatch(r"\d{2}\.0", version) or float(version) < MIN_API_VERSION:
-            raise ConfigError("api_version", f"'{version}' is not a Salesforce API version 47.0 or later, e.g. 62.0")
-        page_size = int(self.config.get("page_size", 2000))
-        if not 200 <= page_size <= 2000:
-            raise ConfigError("page_size", f"{page_size} is outside Salesforce's batchSize range 200..2000")
-        for name in ("bulk_threshold", "bulk_max_records"):
-            if int(self.config.get(name, 1)) < (0 if name == "bulk_threshold" else 1):
-                raise ConfigError(name, "must be a positive number")
-        if float(self.config.get("bulk_window_days", 90)) < 0:
-            raise ConfigError("bulk_window_days", "must be 0 (one job) or a positive number of days")
-        percent = float(self.config.get("max_api_usage_percent", 80))
-        if not 0 < percent <= 100:
-            raise ConfigError("max_api_usage_percent", f"{percent:g} is not a percentage in (0, 100]")
+        """``GET /sobjects/{sobject}/describe``; an sObject the org does not know is a setting error."""
+        try:
+            response = self._discovery_requests.send("GET", f"{self.data_url}/sobjects/{sobject}/describe")
+        except ExtractionFailure as exc:
+            if exc.status == HTTPStatus.NOT_FOUND or "NOT_FOUND" in str(exc):
+                raise ConfigError("objects", f"'{sobject}' is not an sObject this org or user can describe") from None
+            raise DiscoveryError(f"describe of {sobject} failed: {exc}") from None
+        return dict(response.json())
 
     def discover_streams(self) -> list[Stream]:
-        self._validate_settings()
         objects = self.config.get("objects") or DEFAULT_OBJECTS
-        if not isinstance(objects, list) or not all(
-            isinstance(name, str) and SOBJECT_NAME.match(name) for name in objects
-        ):
-            raise ConfigError("objects", "must be a list of sObject names such as ['Account', 'Invoice__c']")
         return [SObjectStream(self, self.describe(name)) for name in objects]
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -303,24 +304,26 @@ def connection(
     }
 
 
-def _nested(records: list[Record], **args: Any) -> Record:
+def _nested(records: list[Record], info: GraphQLResolveInfo[Any], **args: Any) -> Record:
     """A connection over a record's own list (addresses, line items...), in their stored order."""
-    return connection([((index, index), record) for index, record in enumerate(records)], **_page_args(args))
+    return connection([((index, index), record) for index, record in enumerate(records)], **_page_args(args, info))
 
 
-def _page_args(args: dict[str, Any]) -> dict[str, Any]:
-    return {name: args.get(name) for name in ("first", "last", "after", "before")} | {
-        "reverse": bool(args.get("reverse"))
-    }
+def _page_args(args: dict[str, Any], info: GraphQLResolveInfo[Any]) -> dict[str, Any]:
+    """The connection arguments; a bulk operation reads every node, so it pages nothing (``first`` is ignored)."""
+    reverse = {"reverse": bool(args.get("reverse"))}
+    if getattr(info.context, "bulk", False):
+        return reverse
+    return {name: args.get(name) for name in ("first", "last", "after", "before")} | reverse
 
 
-def _metafields(record: Record, args: dict[str, Any]) -> Record:
+def _metafields(record: Record, info: GraphQLResolveInfo[Any], args: dict[str, Any]) -> Record:
     metafields = record.get("_metafields", [])
     if args.get("namespace"):
         metafields = [m for m in metafields if m["namespace"] == args["namespace"]]
     if args.get("keys"):
         metafields = [m for m in metafields if f"{m['namespace']}.{m['key']}" in set(args["keys"])]
-    return _nested(metafields, **args)
+    return _nested(metafields, info, **args)
 
 
 # --- execution -------------------------------------------------------------------------------------------------
@@ -328,9 +331,17 @@ def _metafields(record: Record, args: dict[str, Any]) -> Record:
 
 @dataclass
 class ExecutionContext:
-    """Per-request state the resolvers fill in: search warnings for ``extensions.search``."""
+    """Per-request state the resolvers fill in: search warnings for ``extensions.search``; ``bulk`` while a bulk
+    operation runs its query (connections then return every node)."""
 
     search: list[dict[str, Any]] = field(default_factory=list)
+    bulk: bool = False
+
+
+def _node_type(value: Any, _info: GraphQLResolveInfo[Any], _type: Any) -> str | None:
+    """The object type of a ``Node``: the type in its global id (gid://shopify/Customer/1 is a Customer)."""
+    gid = str(value.get("id", "")) if isinstance(value, dict) else ""
+    return gid.removeprefix("gid://shopify/").split("/", 1)[0] or None
 
 
 @cache
@@ -344,10 +355,12 @@ def admin_schema() -> GraphQLSchema:
         assert isinstance(type_, GraphQLObjectType)
         for name, field_def in type_.fields.items():
             if name == "metafields":
-                field_def.resolve = lambda record, _info, **args: _metafields(record, args)
+                field_def.resolve = lambda record, info, **args: _metafields(record, info, args)
             elif name in nested:
                 key = nested[name]
-                field_def.resolve = lambda record, _info, _key=key, **args: _nested(record.get(_key, []), **args)
+                field_def.resolve = lambda record, info, _key=key, **args: _nested(record.get(_key, []), info, **args)
+    node = schema.get_type("Node")
+    node.resolve_type = _node_type  # type: ignore[union-attr]
     return schema
 
 
@@ -374,7 +387,7 @@ def top_level_resolver(shop: SyntheticShop, name: str) -> Callable[..., Record]:
                 context.search.append({"path": [info.path.key], "query": text, "warnings": unique})
         sort_key = args.get("sortKey") or resource.default_sort
         keyed = [((resource.sort_value(r, sort_key), int(r["legacyResourceId"])), r) for r in records]
-        return connection(keyed, **_page_args(args))
+        return connection(keyed, **_page_args(args, info))
 
     return resolve
 
@@ -511,3 +524,93 @@ class CostCalculator:
             if child.name.value == "edges" and isinstance(value.get(key), list):
                 return [edge.get("node") for edge in value[key] if isinstance(edge, dict)]
         return []
+
+
+# --- bulk operations -------------------------------------------------------------------------------------------
+
+MAX_BULK_CONNECTIONS = 5
+MAX_BULK_NESTING = 2
+
+
+def bulk_query_problems(schema: GraphQLSchema, document: DocumentNode) -> list[str]:
+    """Why Shopify would refuse ``document`` as a bulk query, if it would (the bulk operations guide's rules): one
+    query operation, whose single top-level field is a connection (not ``node``/``nodes``); at most five connections,
+    nested at most two deep; every node holding a nested connection selects its ``id`` (children point to it)."""
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if len(operations) != 1 or operations[0].operation != OperationType.QUERY:
+        return ["Bulk queries must contain exactly one query operation (no mutations or subscriptions)."]
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    calculator = CostCalculator(schema, operations[0], fragments, {})
+    roots = list(calculator._fields(operations[0].selection_set, schema.query_type))
+    if len(roots) != 1:
+        return ["Bulk queries must select exactly one top-level field."]
+    root, owner = roots[0]
+    root_type = get_named_type(owner.fields[root.name.value].type) if root.name.value in owner.fields else None
+    if root.name.value in ("node", "nodes") or root_type is None or not root_type.name.endswith("Connection"):
+        return ["Bulk queries require a connection field at the top level (the node and nodes fields can't be used)."]
+    problems: list[str] = []
+    connections = 0
+
+    def walk(node: FieldNode, connection_type: Any, depth: int) -> None:
+        nonlocal connections
+        connections += 1
+        if depth > MAX_BULK_NESTING:
+            problems.append(f"Bulk queries cannot contain connections nested more than {MAX_BULK_NESTING} levels.")
+        for selection_set, node_type in calculator._node_selections(node, connection_type):
+            fields = list(calculator._fields(selection_set, node_type))
+            nested = [
+                (child, get_named_type(parent.fields[child.name.value].type))
+                for child, parent in fields
+                if parent is not None and child.name.value in parent.fields
+            ]
+            nested = [(child, type_) for child, type_ in nested if type_.name.endswith("Connection")]
+            if nested and not any(child.name.value == "id" for child, _ in fields):
+                problems.append(f"The parent of the nested connection '{nested[0][0].name.value}' must select id.")
+            for child, type_ in nested:
+                walk(child, type_, depth + 1)
+
+    walk(root, root_type, 1)
+    if connections > MAX_BULK_CONNECTIONS:
+        problems.append(f"Bulk queries cannot contain more than {MAX_BULK_CONNECTIONS} connections.")
+    return problems
+
+
+def _connection_nodes(value: Record) -> list[Record]:
+    if isinstance(value.get("nodes"), list):
+        return list(value["nodes"])
+    return [edge["node"] for edge in value.get("edges") or [] if isinstance(edge, dict)]
+
+
+def bulk_jsonl(root_connection: Record) -> tuple[bytes, int, int]:
+    """A bulk query's result as Shopify writes it: one JSON line per node, nested connections left out of their
+    parent's line and each of their nodes on a line of its own after it, with ``__parentId`` (the parent's id).
+    Returns the JSONL, the count of all objects and of root objects."""
+    lines: list[bytes] = []
+
+    def emit(node: Record, parent_id: str | None) -> None:
+        own = {key: value for key, value in node.items() if not _is_connection(value)}
+        if parent_id is not None:
+            own["__parentId"] = parent_id
+        lines.append(orjson.dumps(own))
+        for value in node.values():
+            if _is_connection(value):
+                for child in _connection_nodes(value):
+                    emit(child, str(node["id"]))
+
+    roots = _connection_nodes(root_connection)
+    for root in roots:
+        emit(root, None)
+    return b"".join(line + b"\n" for line in lines), len(lines), len(roots)
+
+
+def _is_connection(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and ("edges" in value or "nodes" in value)
+        and set(value)
+        <= {
+            "edges",
+            "nodes",
+            "pageInfo",
+        }
+    )

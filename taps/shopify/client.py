@@ -7,6 +7,12 @@ cost. :class:`CostBudget` mirrors the bucket from the last response, and each pa
 refilled enough for its (known) requested cost, so a lone tap is never throttled. If something else drains the
 bucket (another client of the same app), the ``THROTTLED`` answer (HTTP 200) is retried after exactly the time the
 bucket needs, via the shared runtime's throttle retries.
+
+Backfills (the first sync, and syncs starting more than ``bulk_threshold_days`` back) run as one bulk query operation
+per stream instead (https://shopify.dev/docs/api/usage/bulk-operations/queries): ``bulkOperationRunQuery``, polls of
+``node(id:)`` until ``COMPLETED``, the JSONL result downloaded from its signed ``url`` (without the access token)
+into a temporary SQLite file, and each record reassembled from its own line and its nested connections' lines
+(``__parentId``), whatever their order in the file. Page costs then no longer bound the throughput.
 """
 
 from __future__ import annotations
@@ -15,20 +21,24 @@ import contextlib
 import copy
 import logging
 import random
+import sqlite3
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
+from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 from singer_sdk.pagination import BaseAPIPaginator
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 
 from plugins.dlq import ErrorType
 from plugins.events import log_event
-from plugins.tap_runtime import CdpRESTStream, ExtractionFailure
+from plugins.tap_runtime import CdpRESTStream, ExtractionFailure, RunBudgetReached, redact_url
 
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
@@ -39,6 +49,17 @@ MAX_QUERY_COST = 1000  # Shopify rejects a single query whose requested cost is 
 # bucket (1000 points) still holds the next page's requested cost, so steady paging rarely has to wait.
 TARGET_QUERY_COST = MAX_QUERY_COST // 2
 CONNECTION_COST = 2  # A connection costs 2 plus `first` times the cost of one node.
+MUTATION_COST = 10
+BULK_RUN_MUTATION = """mutation RunBulkQuery($query: String!) {
+  bulkOperationRunQuery(query: $query) { bulkOperation { id status } userErrors { field message code } }
+}
+"""
+BULK_POLL_QUERY = """query BulkOperation($id: ID!) {
+  node(id: $id) { ... on BulkOperation { id status errorCode objectCount rootObjectCount url } }
+}
+"""
+BULK_POLL_COST = 1
+BULK_FAILED_STATUSES = ("FAILED", "CANCELED", "CANCELING", "EXPIRED")
 FRAGMENTS = {
     "Address": "fragment Address on MailingAddress { id address1 address2 city company country countryCodeV2 "
     "firstName lastName name phone province provinceCode zip }",
@@ -56,10 +77,15 @@ class NestedConnection:
     first: int
     node_cost: int  # requested cost of one nested node
     selection: str
+    node_type: str  # the nodes' GraphQL type: names their lines in a bulk operation's result
 
     @property
     def cost(self) -> int:
         return CONNECTION_COST + self.first * self.node_cost
+
+    def render_bulk(self) -> str:
+        """The connection in a bulk query: every node (no ``first``), each typed so its JSONL line can be placed."""
+        return f"{self.field} {{ edges {{ node {{ __typename {self.selection} }} }} }}"
 
     def render(self, first: int | None = None, *, after: bool = False) -> str:
         arguments = f"first: {first or self.first}" + (", after: $after" if after else "")
@@ -72,7 +98,11 @@ class NestedConnection:
 
 
 METAFIELDS = NestedConnection(
-    "metafields", first=10, node_cost=1, selection="id namespace key type value createdAt updatedAt"
+    "metafields",
+    first=10,
+    node_cost=1,
+    selection="id namespace key type value createdAt updatedAt",
+    node_type="Metafield",
 )
 
 
@@ -173,7 +203,6 @@ class ShopifyStream(CdpRESTStream[str | None]):
     rest_method = "POST"
     primary_keys = ("id",)
     replication_key = "updatedAt"
-    is_sorted = True
     root_field: str = ""
     selection: str = ""
     base_node_cost: int = 1
@@ -181,6 +210,13 @@ class ShopifyStream(CdpRESTStream[str | None]):
     record_field: str = ""
     sort_key: str | None = "UPDATED_AT"
     supports_metafields: bool = True
+    #: Whether the running sync is a bulk operation (its result is not sorted).
+    bulk: bool = False
+
+    @property
+    def is_sorted(self) -> bool:  # type: ignore[override]  # the SDK declares a plain attribute
+        """Pages are sorted by ``UPDATED_AT`` where the API can sort; a bulk operation's result is not."""
+        return self.sort_key is not None and not self.bulk
 
     @property
     def url_base(self) -> str:
@@ -282,7 +318,7 @@ class ShopifyStream(CdpRESTStream[str | None]):
             variables["after"] = next_page_token
         return {"query": self.query_document(), "variables": variables}
 
-    def prepare_request(  # The stream's pages; follow-ups pace themselves in _send.
+    def prepare_request(  # The stream's pages; follow-ups pace themselves in run_query.
         self, context: Context | None, next_page_token: str | None
     ) -> requests.PreparedRequest:
         """Wait, before sending, until the bucket holds this page's requested cost."""
@@ -367,18 +403,167 @@ class ShopifyStream(CdpRESTStream[str | None]):
                 described["variables"] = orjson.loads(body).get("variables")
         return described
 
-    def _send(self, payload: dict[str, Any], cost: int, context: Context | None) -> dict[str, Any]:
-        """POST one GraphQL ``payload`` with this stream's pacing, retries and error handling; the response body."""
+    def run_query(self, payload: dict[str, Any], cost: int, context: Context | None) -> dict[str, Any]:
+        """POST one GraphQL ``payload`` outside the stream's pages (a follow-up, a bulk operation), paced by the
+        cost budget, through the runtime's :meth:`send`; the response body."""
         wait = self.budget.seconds_until(cost)
         if wait > 0:
             log_event(self.logger, "tap.pace", stream=self.name, seconds=round(wait, 3), cost=cost)
             self.budget.sleep(wait)
         self.budget.spend(cost)
-        prepared = self.build_prepared_request(
-            method="POST", url=self.get_url(context), headers=self.http_headers, json=payload
+        return dict(self.send("POST", self.get_url(context), context, json=payload).json())
+
+    # -- bulk operations ----------------------------------------------------------------------------------------
+
+    def use_bulk(self, context: Context | None) -> bool:
+        """A bulk operation for the first sync and for syncs starting more than ``bulk_threshold_days`` back."""
+        if not self.config.get("bulk_operations", True):
+            return False
+        start = self.get_starting_replication_key_value(context) or self.config.get("start_date")
+        if not start:
+            return True
+        started = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        return datetime.now(UTC) - started > timedelta(days=float(self.config.get("bulk_threshold_days", 7)))
+
+    def get_records(self, context: Context | None) -> Iterable[dict[str, Any]]:
+        bulk = self.use_bulk(context)
+        if bulk != self.bulk:
+            self.bulk = bulk
+            self._state_manager = None  # The SDK caches is_sorted in the state manager: rebuild it.
+        if not bulk:
+            yield from super().get_records(context)
+            return
+        try:
+            for record in self.bulk_records(context):
+                processed = self.post_process(record, context)
+                if processed is not None:
+                    yield processed
+        except RunBudgetReached:
+            self.stop_for_run_budget(context)
+
+    def bulk_query_document(self, context: Context | None) -> str:
+        """The stream's query as one bulk query: the root connection filtered like the pages, every node of it."""
+        selection = self.selection
+        for connection in self.connections:
+            selection = selection.replace(f"{{{connection.field}}}", connection.render_bulk())
+        selection = selection.replace("{metafields}", "")
+        search = self.search_query(context)
+        arguments = f"(query: {orjson.dumps(search).decode()})" if search else ""
+        return with_fragments(
+            f"{{\n  {self.root_field}{arguments} {{\n    edges {{ node {{ {selection} }} }}\n  }}\n}}\n"
         )
-        response = self.request_decorator(self._request)(prepared, context)
-        return dict(response.json())
+
+    def _bulk_failure(self, message: str, context: Context | None, **details: Any) -> ExtractionFailure:
+        request = {"method": "POST", "url": redact_url(self.get_url(context)), "params": {}}
+        return ExtractionFailure(message, request={**request, "graphql_root_field": self.root_field, **details})
+
+    def start_bulk_operation(self, context: Context | None) -> str:
+        """Run the stream's bulk query; wait (polling) while the shop's bulk query slots are taken."""
+        payload = {"query": BULK_RUN_MUTATION, "variables": {"query": self.bulk_query_document(context)}}
+        deadline = time.monotonic() + float(self.config.get("bulk_timeout_seconds", 3600))
+        while True:
+            body = self.run_query(payload, MUTATION_COST, context)
+            result = (body.get("data") or {}).get("bulkOperationRunQuery") or {}
+            errors = result.get("userErrors") or []
+            operation = result.get("bulkOperation") or {}
+            if not errors and operation.get("id"):
+                log_event(self.logger, "tap.bulk_started", stream=self.name, operation=operation["id"])
+                return str(operation["id"])
+            first = errors[0] if errors else {"message": "no bulk operation was created"}
+            if first.get("code") != "OPERATION_IN_PROGRESS" or time.monotonic() > deadline:
+                raise self._bulk_failure(f"bulk query refused: {self.redact(str(first.get('message')))}", context)
+            self._wait_for_bulk(context, reason="operation_in_progress")
+
+    def _wait_for_bulk(self, context: Context | None, **fields: Any) -> None:
+        tap = self.cdp_tap
+        if tap is not None:
+            tap.check_run_budget()
+        seconds = float(self.config.get("bulk_poll_interval_seconds", 5))
+        log_event(self.logger, "tap.bulk_wait", stream=self.name, seconds=seconds, **fields)
+        time.sleep(seconds)
+
+    def wait_for_bulk_operation(self, operation_id: str, context: Context | None) -> dict[str, Any]:
+        """Poll ``node(id:)`` until the operation is COMPLETED (its node), or fail the stream."""
+        deadline = time.monotonic() + float(self.config.get("bulk_timeout_seconds", 3600))
+        payload = {"query": BULK_POLL_QUERY, "variables": {"id": operation_id}}
+        while True:
+            node = (self.run_query(payload, BULK_POLL_COST, context).get("data") or {}).get("node") or {}
+            status = node.get("status")
+            if status == "COMPLETED":
+                log_event(
+                    self.logger,
+                    "tap.bulk_completed",
+                    stream=self.name,
+                    operation=operation_id,
+                    objects=node.get("objectCount"),
+                    root_objects=node.get("rootObjectCount"),
+                )
+                return dict(node)
+            if status in BULK_FAILED_STATUSES or not node:
+                code = node.get("errorCode")
+                failure = self._bulk_failure(
+                    f"bulk operation {operation_id} ended {status or 'unknown'}{f' ({code})' if code else ''}",
+                    context,
+                    bulk_operation=operation_id,
+                )
+                if code == "ACCESS_DENIED":
+                    failure.error_type = ErrorType.AUTH_FAILED
+                raise failure
+            if time.monotonic() > deadline:
+                raise self._bulk_failure(
+                    f"bulk operation {operation_id} still {status} after bulk_timeout_seconds",
+                    context,
+                    bulk_operation=operation_id,
+                )
+            self._wait_for_bulk(context, operation=operation_id, status=status)
+
+    def _download(self, request: requests.PreparedRequest, _context: Context | None) -> requests.Response:
+        """GET a bulk result through the runtime's retries: 429/5xx are retried, other errors fail at once."""
+        response = self.requests_session.send(request, timeout=self.timeout, stream=True)
+        self._last_response = response
+        if response.status_code == requests.codes.too_many_requests or response.status_code >= 500:
+            raise RetriableAPIError(f"{response.status_code} {response.reason} downloading a bulk result", response)
+        if response.status_code >= 400:
+            raise FatalAPIError(f"{response.status_code} {response.reason} downloading a bulk result")
+        return response
+
+    def bulk_records(self, context: Context | None) -> Iterator[dict[str, Any]]:
+        """The stream's records from one bulk operation (see the module docstring)."""
+        operation = self.wait_for_bulk_operation(self.start_bulk_operation(context), context)
+        if not operation.get("url"):
+            return  # Shopify gives no URL when the query matched nothing.
+        # The signed URL carries no access token, and none is sent to it: a plain request, not the API headers.
+        request = requests.Request("GET", str(operation["url"])).prepare()
+        fields = {connection.node_type: connection.field for connection in self.connections}
+        with tempfile.TemporaryDirectory(prefix="cdp-shopify-bulk-") as folder:
+            database = sqlite3.connect(Path(folder) / "result.sqlite")
+            try:
+                with self.request_decorator(self._download)(request, context) as response:
+                    database.execute("CREATE TABLE line (seq INTEGER PRIMARY KEY, parent TEXT, body BLOB)")
+                    database.executemany(
+                        "INSERT INTO line (parent, body) VALUES (?, ?)",
+                        ((orjson.loads(line).get("__parentId"), line) for line in response.iter_lines() if line),
+                    )
+                database.execute("CREATE INDEX line_parent ON line (parent)")
+                parents = database.execute("SELECT body FROM line WHERE parent IS NULL ORDER BY seq")
+                for (body,) in parents:
+                    record = dict(orjson.loads(body))
+                    for connection in self.connections:
+                        record[connection.field] = {"nodes": []}
+                    children = database.execute(
+                        "SELECT body FROM line WHERE parent = ? ORDER BY seq", (str(record["id"]),)
+                    )
+                    for (child_body,) in children:
+                        child = dict(orjson.loads(child_body))
+                        child.pop("__parentId", None)
+                        field = fields.get(str(child.pop("__typename", "")))
+                        if field is not None:
+                            record[field]["nodes"].append(child)
+                    yield record
+            finally:
+                database.close()
 
     def complete_nested(self, record: dict[str, Any], context: Context | None) -> None:
         """Fetch the rest of every nested connection the stream's page cut short (an order's 21st line item...)."""
@@ -392,7 +577,9 @@ class ShopifyStream(CdpRESTStream[str | None]):
             while page_info.get("hasNextPage"):
                 cost = 1 + CONNECTION_COST + connection.follow_up_page_size * connection.node_cost
                 variables = {"id": record["id"], "after": page_info.get("endCursor")}
-                body = self._send({"query": self.follow_up_document(connection), "variables": variables}, cost, context)
+                body = self.run_query(
+                    {"query": self.follow_up_document(connection), "variables": variables}, cost, context
+                )
                 more = ((body.get("data") or {}).get(self.record_field) or {}).get(connection.field) or {}
                 nodes += more.get("nodes") or []
                 page_info = more.get("pageInfo") or {}

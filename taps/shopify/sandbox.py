@@ -12,23 +12,35 @@ It follows Shopify's documented protocol, not our tap's convenience:
   the requested cost before a query runs, else ``THROTTLED`` (HTTP 200, ``actualQueryCost: null``); the difference
   between requested and actual cost is refunded afterwards;
 - one mutation, ``customerUpdate(input: {id, firstName, lastName, note, tags})``, moves the customer's ``updatedAt``
-  to now so incremental extraction can be tested.
+  to now so incremental extraction can be tested;
+- bulk query operations (https://shopify.dev/docs/api/usage/bulk-operations/queries): ``bulkOperationRunQuery(query:)``
+  checks the query as Shopify does (one top-level connection, not ``node``; at most five connections, two levels
+  deep; parents of nested connections select ``id``; problems are ``userErrors`` with code ``INVALID``) and allows
+  ``max_bulk_queries`` running at a time per shop (1, as ``currentBulkOperation`` documents; 2026-01's guide allows
+  five): one more is a ``userError`` with code ``OPERATION_IN_PROGRESS``. The operation reads the store when it is
+  created; ``node(id:)`` and ``currentBulkOperation`` report it ``CREATED``/``RUNNING`` for
+  ``bulk_polls_in_progress`` reads, then ``COMPLETED`` with ``url``, ``objectCount``, ``rootObjectCount`` and
+  ``fileSize`` (or ``FAILED`` with ``errorCode`` ``ACCESS_DENIED`` / ``INTERNAL_SERVER_ERROR`` for ``denied`` /
+  ``failing`` root fields). ``url`` is a signed link (no access token) to the JSONL result: one line per node,
+  nested connections' nodes on lines of their own after their parent, with ``__parentId``.
 
-Faults (``SandboxOptions.faults``), counted over GraphQL requests (1-based):
-- ``server_error_every: N``: every Nth request answers 503;
-- ``server_error_burst: K`` with ``server_error_burst_at: N``: requests N..N+K-1 answer 502;
-- ``server_error_fields: ["orders", ...]``: every query touching those root fields answers 500;
-- ``access_denied_fields: ["draftOrders", ...]``: those root fields answer ``ACCESS_DENIED`` (HTTP 200, no data), as
-  for an app without the scope;
-- ``timeout_every: N`` (``timeout_seconds``, default 5): every Nth request answers only after that delay;
-- ``malformed_every: N``: every Nth request answers 200 with a truncated JSON body;
-- ``drain_bucket_every: N``: before every Nth request the bucket is emptied (another client of the same app spent
-  it), so that request is THROTTLED.
+Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted over GraphQL requests (1-based):
+- ``rate_limit_every`` N (+ ``_burst``): before those requests the bucket is emptied (another client of the same app
+  spent it), so they are THROTTLED;
+- ``server_error_every`` N (+ ``_burst``, ``server_error_status`` default 503): those requests answer 5xx;
+- ``outage_after`` N + ``outage_requests`` M: requests N+1..N+M answer 503;
+- ``slow_every`` N (+ ``_burst``, ``slow_seconds``): those requests answer only after that delay;
+- ``malformed_every`` N (+ ``_burst``): those requests answer 200 with a truncated JSON body;
+- ``failing: ["orders", ...]``: every query touching those root fields answers 500;
+- ``denied: ["draftOrders", ...]``: those root fields answer ``ACCESS_DENIED`` (HTTP 200, no data), as for an app
+  without the scope;
+- ``bulk_polls_in_progress``: how many polls a bulk operation reports ``RUNNING`` before ``COMPLETED``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -53,18 +65,27 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
+from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
 from taps.shopify.admin_graphql import (
     RESOURCES,
     SCHEMA_VERSION,
     CostCalculator,
     ExecutionContext,
     admin_schema,
+    bulk_jsonl,
+    bulk_query_problems,
     top_level_resolver,
 )
 from taps.shopify.synthetic_store import Record, SyntheticShop, iso
 
 DEFAULT_ACCESS_TOKEN = "shpat_cdp_sandbox"  # noqa: S105  # the sandbox's public test token
 MAX_QUERY_COST = 1000
+SUPPORTED_FAULTS = (
+    *COUNTED_FAULT_SETTINGS,
+    "failing",
+    "denied",
+    "bulk_polls_in_progress",
+)
 UNAUTHORIZED = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 RATE_LIMITS_DOC = "https://shopify.dev/api/usage/rate-limits"
 ACCESS_SCOPES_DOC = "https://shopify.dev/api/usage/access-scopes"
@@ -123,16 +144,74 @@ class CostBucket:
 
 
 @dataclass
+class BulkOperation:
+    """One bulk query operation: its result is read when it is created; reads move it through Shopify's statuses."""
+
+    number: int
+    query: str
+    created_at: str
+    result: bytes = b""
+    object_count: int = 0
+    root_object_count: int = 0
+    reads_in_progress: int = 1
+    error_code: str | None = None
+    signature: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    status: str = "CREATED"
+    completed_at: str | None = None
+
+    @property
+    def gid(self) -> str:
+        return f"gid://shopify/BulkOperation/{self.number}"
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("CREATED", "RUNNING")
+
+    def read(self, base_url: str) -> Record:
+        """The operation as ``node(id:)`` or ``currentBulkOperation`` returns it; each read is one poll."""
+        if self.running:
+            if self.reads_in_progress > 0:
+                self.reads_in_progress -= 1
+                self.status = "RUNNING"
+            else:
+                self.status = "FAILED" if self.error_code else "COMPLETED"
+                self.completed_at = iso(datetime.now(UTC))
+        done = self.status == "COMPLETED"
+        return {
+            "id": self.gid,
+            "status": self.status,
+            "type": "QUERY",
+            "query": self.query,
+            "createdAt": self.created_at,
+            "completedAt": self.completed_at,
+            "errorCode": self.error_code if self.status == "FAILED" else None,
+            "objectCount": str(self.object_count if done else 0),
+            "rootObjectCount": str(self.root_object_count if done else 0),
+            "fileSize": str(len(self.result)) if done and self.result else None,
+            "url": f"{base_url}/bulk-operations/{self.number}.jsonl?signature={self.signature}"
+            if done and self.result
+            else None,
+            "partialDataUrl": None,
+        }
+
+
+@dataclass
 class ShopifySandboxState:
     """The store, its cost bucket and the request log the tests read."""
 
     options: SandboxOptions
     bucket: CostBucket
     shop: SyntheticShop = field(init=False)
+    faults: FaultPlan = field(init=False)  # from options; a test may swap it mid-run
     requests_seen: int = 0
     operations: list[dict[str, Any]] = field(default_factory=list)
+    max_bulk_queries: int = 1
+    bulk_operations: list[BulkOperation] = field(default_factory=list)
+    base_url: str = ""  # where the sandbox is reached, for bulk result URLs
 
     def __post_init__(self) -> None:
+        self.options.faults.require_only("shopify", SUPPORTED_FAULTS)
+        self.faults = self.options.faults
         self.shop = SyntheticShop(records=self.options.records, seed=self.options.seed)
 
     @property
@@ -185,10 +264,15 @@ def _json(body: dict[str, Any], status: int = 200, version: str = SCHEMA_VERSION
     )
 
 
-def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket | None = None) -> Starlette:
+def _bulk_user_error(message: str, code: str = "INVALID") -> Record:
+    return {"bulkOperation": None, "userErrors": [{"field": ["query"], "message": message, "code": code}]}
+
+
+def create_sandbox(
+    options: SandboxOptions | None = None, *, bucket: CostBucket | None = None, max_bulk_queries: int = 1
+) -> Starlette:
     """The Shopify sandbox as an ASGI app; ``app.state.shopify`` is its :class:`ShopifySandboxState`."""
-    state = ShopifySandboxState(options or SandboxOptions(), bucket or CostBucket())
-    faults = state.options.faults
+    state = ShopifySandboxState(options or SandboxOptions(), bucket or CostBucket(), max_bulk_queries=max_bulk_queries)
     schema = admin_schema()
     root: dict[str, Callable[..., Any]] = {name: top_level_resolver(state.shop, name) for name in RESOURCES}
     records_by_id: dict[str, Callable[[], list[Record]]] = {
@@ -200,38 +284,108 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
     }
     for field_name, records in records_by_id.items():
         root[field_name] = partial(_record_by_id, records)
-    mutations = {"customerUpdate": lambda _info, input: state.update_customer(input)}
 
-    def every(name: str, count: int) -> bool:
-        period = int(faults.get(name) or 0)
-        return period > 0 and count % period == 0
+    def run_bulk_query(_info: Any, query: str, groupObjects: bool = False) -> Record:  # GraphQL's name
+        """``bulkOperationRunQuery``: check the query, read the store, and start the operation."""
+        if groupObjects:
+            return _bulk_user_error("groupObjects: true is not supported by the sandbox; use the default (false).")
+        running = [operation for operation in state.bulk_operations if operation.running]
+        if len(running) >= state.max_bulk_queries:
+            message = f"A bulk query operation for this app and shop is already in progress: {running[0].gid}."
+            return _bulk_user_error(message, "OPERATION_IN_PROGRESS")
+        try:
+            document = parse(query)
+        except GraphQLError as error:
+            return _bulk_user_error(f"Invalid bulk query: {error.message}")
+        problems = [error.message for error in validate(schema, document)] or bulk_query_problems(schema, document)
+        if problems:
+            return _bulk_user_error(f"Invalid bulk query: {problems[0]}")
+        operation = BulkOperation(
+            len(state.bulk_operations) + 1,
+            query,
+            iso(datetime.now(UTC)),
+            reads_in_progress=state.faults.bulk_polls_in_progress,
+        )
+        root_field = next(
+            d.selection_set.selections[0].name.value  # type: ignore[attr-defined]
+            for d in document.definitions
+            if isinstance(d, OperationDefinitionNode)
+        )
+        fault = state.faults.resource_fault([root_field])
+        if fault is Fault.DENIED:
+            operation.error_code = "ACCESS_DENIED"
+        elif fault is Fault.FAILING:
+            operation.error_code = "INTERNAL_SERVER_ERROR"
+        else:
+            result = execute_sync(schema, document, root_value=root, context_value=ExecutionContext(bulk=True))
+            if result.errors or not result.data:
+                operation.error_code = "INTERNAL_SERVER_ERROR"
+            else:
+                operation.result, operation.object_count, operation.root_object_count = bulk_jsonl(
+                    next(iter(result.data.values()))
+                )
+        state.bulk_operations.append(operation)
+        return {"bulkOperation": operation.read(state.base_url), "userErrors": []}
+
+    def bulk_operation_by_id(gid: str) -> BulkOperation | None:
+        return next((operation for operation in state.bulk_operations if operation.gid == gid), None)
+
+    def node(_info: Any, id: str) -> Record | None:  # GraphQL's name
+        operation = bulk_operation_by_id(id)
+        if operation is not None:
+            return operation.read(state.base_url)
+        kind = id.removeprefix("gid://shopify/").split("/", 1)[0]
+        records = records_by_id.get(kind[:1].lower() + kind[1:])
+        return _record_by_id(records, _info, id) if records else None
+
+    def current_bulk_operation(_info: Any, type: str = "QUERY") -> Record | None:  # GraphQL's name
+        if type != "QUERY" or not state.bulk_operations:
+            return None
+        return state.bulk_operations[-1].read(state.base_url)
+
+    root["node"] = node
+    root["currentBulkOperation"] = current_bulk_operation
+    mutations = {
+        "customerUpdate": lambda _info, input: state.update_customer(input),
+        "bulkOperationRunQuery": run_bulk_query,
+    }
+
+    async def bulk_result(request: Request) -> Response:
+        """The signed result URL of a completed bulk operation (no access token: it is a pre-signed link)."""
+        number = str(request.path_params["number"])
+        operation = bulk_operation_by_id(f"gid://shopify/BulkOperation/{number}")
+        if operation is None or request.query_params.get("signature") != operation.signature:
+            return Response(b"AccessDenied: the signature does not match", status_code=403, media_type="text/plain")
+        return Response(operation.result, media_type="application/jsonl")
 
     async def graphql_endpoint(request: Request) -> Response:
         if request.headers.get("x-shopify-access-token") != state.access_token:
             return JSONResponse({"errors": UNAUTHORIZED}, status_code=401)
+        state.base_url = str(request.base_url).rstrip("/")
         state.requests_seen += 1
-        count = state.requests_seen
-        if every("server_error_every", count):
+        fault = state.faults.counted_fault(state.requests_seen)
+        if fault is Fault.SERVER_ERROR:
+            return JSONResponse(
+                {"errors": "Internal Server Error"}, status_code=state.faults.server_error_status or 503
+            )
+        if fault is Fault.OUTAGE:
             return JSONResponse({"errors": "Service Unavailable"}, status_code=503)
-        burst_at = int(faults.get("server_error_burst_at", 0) or 0)
-        if burst_at and burst_at <= count < burst_at + int(faults.get("server_error_burst", 0)):
-            return JSONResponse({"errors": "Bad Gateway"}, status_code=502)
-        if every("timeout_every", count):
-            await asyncio.sleep(float(faults.get("timeout_seconds", 5)))
+        if fault is Fault.SLOW:
+            await asyncio.sleep(state.faults.slow_seconds)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return JSONResponse({"errors": "Bad Request: the body is not valid JSON"}, status_code=400)
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
             return _json({"errors": [{"message": "No query string was present"}]})
-        response = run_query(body)
+        response = run_query(body, drain_bucket=fault is Fault.RATE_LIMIT)
         if isinstance(response, Response):
             return response
-        if every("malformed_every", count):
+        if fault is Fault.MALFORMED:
             return Response(orjson.dumps(response)[:-25], media_type="application/json")
         return _json(response)
 
-    def run_query(body: dict[str, Any]) -> dict[str, Any] | Response:
+    def run_query(body: dict[str, Any], *, drain_bucket: bool = False) -> dict[str, Any] | Response:
         """Parse, validate, cost, throttle and execute one GraphQL request: Shopify's order of checks."""
         try:
             document = parse(body["query"])
@@ -256,7 +410,7 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
             )
             details = {"code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": MAX_QUERY_COST}
             return {"errors": [{"message": message, "extensions": {**details, "documentation": RATE_LIMITS_DOC}}]}
-        if every("drain_bucket_every", state.requests_seen):
+        if drain_bucket:
             state.bucket.drain()
         if not state.bucket.try_spend(requested):
             return {
@@ -272,10 +426,11 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
                 },
             }
         root_fields = {selection.name.value for selection in operation.selection_set.selections}  # type: ignore[attr-defined]
-        if root_fields & set(faults.get("server_error_fields", ())):
+        resource_fault = state.faults.resource_fault(root_fields)
+        if resource_fault is Fault.FAILING:
             state.bucket.refund(requested)
             return JSONResponse({"errors": "Internal Server Error"}, status_code=500)
-        denied = sorted(root_fields & set(faults.get("access_denied_fields", ())))
+        denied = state.faults.denied_resources(root_fields)
         if denied:
             state.bucket.refund(requested)
             scope = f"`read_{_snake(denied[0])}` access scope."
@@ -315,6 +470,11 @@ def create_sandbox(options: SandboxOptions | None = None, *, bucket: CostBucket 
         response["extensions"] = extensions
         return response
 
-    app = Starlette(routes=[Route("/admin/api/{version}/graphql.json", graphql_endpoint, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/admin/api/{version}/graphql.json", graphql_endpoint, methods=["POST"]),
+            Route("/bulk-operations/{number:int}.jsonl", bulk_result, methods=["GET"]),
+        ]
+    )
     app.state.shopify = state
     return app

@@ -29,7 +29,9 @@ class CustomersStream(ShopifyStream):
     """
     # node + defaultEmailAddress + defaultPhoneNumber + defaultAddress + amountSpent
     base_node_cost = 5
-    nested = (NestedConnection("addressesV2", first=10, node_cost=1, selection="...Address"),)
+    nested = (
+        NestedConnection("addressesV2", first=10, node_cost=1, selection="...Address", node_type="MailingAddress"),
+    )
 
 
 class OrdersStream(ShopifyStream):
@@ -60,6 +62,7 @@ class OrdersStream(ShopifyStream):
               id name title quantity currentQuantity sku vendor requiresShipping taxable
               variant { id } product { id } originalUnitPriceSet { ...Money } discountedTotalSet { ...Money }
             """,
+            node_type="LineItem",
         ),
     )
 
@@ -86,6 +89,7 @@ class ProductsStream(ShopifyStream):
               id legacyResourceId title displayName sku barcode price compareAtPrice position inventoryQuantity
               taxable availableForSale selectedOptions { name value } createdAt updatedAt inventoryItem { id }
             """,
+            node_type="ProductVariant",
         ),
     )
 
@@ -97,8 +101,7 @@ class InventoryItemsStream(ShopifyStream):
     name = "inventory_items"
     root_field = "inventoryItems"
     record_field = "inventoryItem"
-    sort_key = None
-    is_sorted = False
+    sort_key = None  # so not sorted (is_sorted)
     supports_metafields = False
     selection = """
       id legacyResourceId sku tracked requiresShipping countryCodeOfOrigin harmonizedSystemCode
@@ -106,7 +109,7 @@ class InventoryItemsStream(ShopifyStream):
       {variants}
     """
     base_node_cost = 2  # node + unitCost
-    nested = (NestedConnection("variants", first=5, node_cost=1, selection="id"),)
+    nested = (NestedConnection("variants", first=5, node_cost=1, selection="id", node_type="ProductVariant"),)
 
 
 class DraftOrdersStream(ShopifyStream):
@@ -133,6 +136,7 @@ class DraftOrdersStream(ShopifyStream):
             selection="""
               id name title quantity sku variant { id } originalTotalSet { ...Money } discountedTotalSet { ...Money }
             """,
+            node_type="DraftOrderLineItem",
         ),
     )
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from singer_sdk import Stream
 from singer_sdk import typing as th
 
-from plugins.errors import ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
 from taps.shopify.client import DEFAULT_API_VERSION, CostBudget
 from taps.shopify.streams import STREAM_TYPES
 
@@ -36,7 +35,7 @@ class TapShopify(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType,
+            th.StringType(pattern=r"^(\d{4}-(0[1-9]|1[0-2])|unstable)$"),
             default=DEFAULT_API_VERSION,
             title="API version",
             description="Admin API version (YYYY-MM). The tap's queries follow 2026-01 (e.g. defaultEmailAddress).",
@@ -49,7 +48,7 @@ class TapShopify(CdpTap):
         ),
         th.Property(
             "api_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             title="API URL",
             description="Base URL override (default https://{shop}.myshopify.com); point it at a local sandbox.",
         ),
@@ -60,6 +59,37 @@ class TapShopify(CdpTap):
             title="Streams with metafields",
             description=f"Streams whose records include their metafields (any of {', '.join(METAFIELD_STREAMS)}).",
         ),
+        th.Property(
+            "bulk_operations",
+            th.BooleanType,
+            default=True,
+            title="Bulk operations",
+            description="Run backfills as bulk query operations (see bulk_threshold_days); false: always page.",
+        ),
+        th.Property(
+            "bulk_threshold_days",
+            th.NumberType(minimum=0),
+            default=7,
+            title="Bulk threshold (days)",
+            description=(
+                "A stream's sync that starts more than this many days back (from its bookmark, else start_date), "
+                "and every first sync without a start_date, runs as one bulk query operation; newer increments page."
+            ),
+        ),
+        th.Property(
+            "bulk_poll_interval_seconds",
+            th.NumberType(exclusive_minimum=0),
+            default=5,
+            title="Bulk poll interval (seconds)",
+            description="Wait between polls of a running bulk operation (and for a busy bulk query slot).",
+        ),
+        th.Property(
+            "bulk_timeout_seconds",
+            th.NumberType(exclusive_minimum=0),
+            default=3600,
+            title="Bulk timeout (seconds)",
+            description="Give up on a bulk operation (DLQ, stream skipped, bookmark kept) after this long.",
+        ),
         *COMMON_TAP_SETTINGS,
     ).to_dict()
 
@@ -68,11 +98,6 @@ class TapShopify(CdpTap):
         self.cost_budget = CostBudget()
 
     def discover_streams(self) -> list[Stream]:
-        version = str(self.config.get("api_version") or DEFAULT_API_VERSION)
-        if version != "unstable" and not (
-            len(version) == 7 and version[4] == "-" and version.replace("-", "").isdigit()
-        ):
-            raise ConfigError("api_version", f"'{version}' is not an Admin API version such as {DEFAULT_API_VERSION}")
         return [stream_type(tap=self) for stream_type in STREAM_TYPES]
 
 

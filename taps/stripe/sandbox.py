@@ -4,26 +4,35 @@ It follows Stripe's documented protocol, not our tap's convenience:
 - auth: ``Authorization: Bearer <key>`` or HTTP Basic with the key as user name; 401 otherwise;
 - lists: ``GET /v1/{customers,charges,invoices,subscriptions,payment_intents,products,prices,refunds,events}``, newest
   first (they cannot be sorted otherwise), ``limit`` 1..100 (default 10), ``starting_after`` / ``ending_before`` object
-  ids (mutually exclusive), ``created`` as an exact Unix time or ``created[gt|gte|lt|lte]``, plus each list's own
-  filters (``customer``, ``status``, ``active``, ``type``...); unknown parameters are rejected with 400 as Stripe does;
-  responses ``{"object": "list", "url", "has_more", "data"}``; expandable fields are ids unless ``expand[]`` is given
-  (the sandbox accepts ``expand[]`` but, like a fresh Stripe account without the right permissions, never expands);
+  ids (mutually exclusive), ``created`` as an exact Unix time or ``created[gt|gte|lt|lte]``, plus every filter of
+  each list in Stripe's API reference (``LIST_PARAMETERS``: ``email``, ``ids``, ``price``, ``lookup_keys``,
+  ``recurring[interval]``, ``current_period_end[gte]``...), arrays as ``name[]=`` or ``name[0]=`` (how the official
+  clients send them); every parameter is either filtered as Stripe filters it or answered 400 ``parameter_unknown``
+  (``expand[]`` too: the sandbox never expands, so expandable fields are always ids); responses
+  ``{"object": "list", "url", "has_more", "data"}``;
 - subscriptions: without ``status``, canceled subscriptions are left out (``status=all`` includes them);
 - events: only the last 30 days are listed (Stripe's retention), filterable by ``type`` (``*`` wildcards) or
   ``types[]``; creating or updating a customer emits ``customer.created`` / ``customer.updated``;
-- create/update: ``POST /v1/customers`` (created now) and ``POST /v1/customers/{id}`` with a form-encoded body;
+- create/update: ``POST /v1/customers`` (created now) and ``POST /v1/customers/{id}`` with a form-encoded body
+  (``name``, ``email``, ``phone``, ``description``, ``metadata[...]``; other parameters: 400 ``parameter_unknown``);
+  an ``Idempotency-Key`` header saves the first answer (errors included) for 24 hours and replays it, with
+  ``Idempotent-Replayed: true``, to a retry with the same parameters; the same key with other parameters is 400
+  ``idempotency_error``;
 - errors: ``{"error": {"type", "code", "message", "param", "doc_url"}}`` and a ``Request-Id`` header.
 
 Synthetic data: ``SandboxOptions.records`` customers, payment intents and charges (one charge each); a tenth as many
 products (two prices each) and refunds; half as many subscriptions and invoices; events for recent changes. Same seed,
 same objects. Objects are created one hour apart from 2024-01-01; events fall in the last 30 days.
 
-Faults (``SandboxOptions.faults``), counted per path so each list can be targeted (``fault_paths``: only these paths):
+Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted per path so each list can be
+targeted (``only``: these paths, e.g. ``/v1/charges``):
 - ``rate_limit_every`` N (+ ``rate_limit_burst`` K, default 1): the last K of every N requests answer 429 with
   ``code: rate_limit``, as Stripe does (Stripe sends no Retry-After);
-- ``server_error_every`` N (+ ``server_error_burst``): 500 ``api_error``;
+- ``server_error_every`` N (+ ``server_error_burst``, ``server_error_status`` default 500): ``api_error``;
+- ``outage_after`` N + ``outage_requests`` M: requests N+1..N+M to each path answer 503 ``api_error``;
 - ``slow_every`` N (+ ``slow_burst``, ``slow_seconds`` default 2): the answer comes late (client timeouts);
-- ``malformed_every`` N (+ ``malformed_burst``): a 200 whose JSON body is cut off mid-page.
+- ``malformed_every`` N (+ ``malformed_burst``): a 200 whose JSON body is cut off mid-page;
+- ``failing``: these paths always answer 500 ``api_error``.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import base64
 import copy
 import fnmatch
 import random
+import re
 import threading
 import time
 import uuid
@@ -49,29 +59,33 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.descriptors import SandboxOptions
+from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
 from plugins.synthetic import SyntheticPerson, object_id, person
 
 DEFAULT_API_KEY = "sk_test_cdp_sandbox"
 FIRST_CREATED = 1_704_067_200  # 2024-01-01T00:00:00Z
 EVENT_RETENTION_SECONDS = 30 * 86_400
 API_VERSION = "2024-06-20"
-PAGINATION_PARAMS = {"limit", "starting_after", "ending_before", "created", "expand"}
-CREATED_OPERATORS = ("gt", "gte", "lt", "lte")
-FAULTS = ("rate_limit", "server_error", "slow", "malformed")
+SUPPORTED_FAULTS = (
+    *COUNTED_FAULT_SETTINGS,
+    "only",
+    "failing",
+)
 
-# The filters each list accepts beyond pagination and ``created`` (Stripe's API reference).
-LIST_FILTERS: dict[str, set[str]] = {
-    "customers": {"email", "test_clock"},
-    "charges": {"customer", "payment_intent", "transfer_group"},
-    "invoices": {"customer", "status", "subscription", "collection_method", "due_date"},
-    "subscriptions": {"customer", "price", "status", "collection_method", "test_clock"},
-    "payment_intents": {"customer"},
-    "products": {"active", "ids", "shippable", "url"},
-    "prices": {"active", "currency", "product", "type", "lookup_keys", "recurring"},
-    "refunds": {"charge", "payment_intent"},
-    "events": {"type", "types", "delivery_success"},
-}
-OBJECT_TYPES = tuple(LIST_FILTERS)
+OBJECT_TYPES = (
+    "customers",
+    "charges",
+    "invoices",
+    "subscriptions",
+    "payment_intents",
+    "products",
+    "prices",
+    "refunds",
+    "events",
+)
+IDEMPOTENCY_KEY_SECONDS = 24 * 3600  # Stripe keeps an idempotency key's first answer this long
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+CUSTOMER_FIELDS = ("name", "email", "phone", "description")  # what POST /v1/customers stores (and metadata[...])
 
 
 class StripeError(Exception):
@@ -510,11 +524,19 @@ class StripeState:
 
     options: SandboxOptions
     objects: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    faults: FaultPlan = field(init=False)  # from options; a test may swap it mid-run
     requests_seen: int = 0
     requests_by_path: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # (api key, idempotency key) -> (saved at, (method, path, parameters), status, body)
+    idempotent_answers: dict[tuple[str, str], tuple[float, tuple[str, str, Any], int, bytes]] = field(
+        default_factory=dict
+    )
+    idempotency_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.options.faults.require_only("stripe", SUPPORTED_FAULTS)
+        self.faults = self.options.faults
         rng = random.Random(self.options.seed)
         n = max(self.options.records, 1)
         customers = [_customer(rng, i, FIRST_CREATED + i * 3600) for i in range(n)]
@@ -583,30 +605,74 @@ class StripeState:
     def customers(self) -> list[dict[str, Any]]:
         return self.objects["customers"]
 
-    def add_customer(self, fields: dict[str, str]) -> dict[str, Any]:
+    def add_customer(self, fields: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             newest = self.customers[0]["created"] if self.customers else FIRST_CREATED
             customer = _customer(self._rng, len(self.customers), max(int(time.time()), newest))
-            customer.update({key: value for key, value in fields.items() if key in ("name", "email", "phone")})
+            customer.update({key: value for key, value in fields.items() if key in CUSTOMER_FIELDS})
+            customer["metadata"] = _merged_metadata({}, fields.get("metadata", {}))
             self.customers.insert(0, customer)
             self._add_event("customer.created", customer, None)
         return customer
 
-    def update_customer(self, customer_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    def update_customer(self, customer_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             customer = next((c for c in self.customers if c["id"] == customer_id), None)
             if customer is None:
                 raise StripeError(404, f"No such customer: '{customer_id}'", code="resource_missing", param="id")
-            changes = {key: value for key, value in fields.items() if key in ("name", "email", "phone")}
+            changes = {key: value for key, value in fields.items() if key in CUSTOMER_FIELDS}
+            if "metadata" in fields:
+                changes["metadata"] = _merged_metadata(customer["metadata"], fields["metadata"])
             previous = {key: customer[key] for key in changes if customer[key] != changes[key]}
             customer.update(changes)
             if previous:
                 self._add_event("customer.updated", customer, previous)
         return customer
 
+    def idempotent(
+        self, api_key: str, key: str, request: tuple[str, str, Any], run: Callable[[], dict[str, Any]]
+    ) -> tuple[int, bytes, bool]:
+        """Stripe's idempotency (API v1): the first answer to ``key`` (status and body, errors included) is saved for
+        24 hours and replayed to retries with the same method, path and parameters; reuse with other ones is 400
+        ``idempotency_error``. Returns (status, body, replayed)."""
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise StripeError(
+                400, f"Idempotency-Key is too long: at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters", param="key"
+            )
+        now = time.monotonic()
+        with self.idempotency_lock:  # one request per key at a time, as Stripe serialises them
+            self.idempotent_answers = {
+                saved: answer
+                for saved, answer in self.idempotent_answers.items()
+                if now - answer[0] < IDEMPOTENCY_KEY_SECONDS
+            }
+            saved = self.idempotent_answers.get((api_key, key))
+            if saved is not None:
+                _, first_request, status, body = saved
+                if first_request != request:
+                    raise StripeError(
+                        400,
+                        f"Keys for idempotent requests can only be used with the same parameters they were first "
+                        f"used with. Try using a key other than '{key}' if you meant to execute a different request.",
+                        type_="idempotency_error",
+                    )
+                return status, body, True
+            try:
+                status, body = 200, orjson.dumps(run())
+            except StripeError as error:
+                status, body = error.status, bytes(error.response().body)
+            self.idempotent_answers[(api_key, key)] = (now, request, status, body)
+            return status, body, False
+
     def _add_event(self, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None) -> None:
         newest = self.objects["events"][0]["created"] if self.objects["events"] else 0
         self.objects["events"].insert(0, _event(self._rng, type_, obj, max(int(time.time()), newest), previous))
+
+
+def _merged_metadata(current: dict[str, str], changes: Any) -> dict[str, str]:
+    """Stripe's metadata update: keys set, and a key set to an empty string removed."""
+    merged = {**current, **changes}
+    return {key: value for key, value in merged.items() if value != ""}
 
 
 # -- protocol -----------------------------------------------------------------------------------------------------
@@ -634,22 +700,13 @@ def _check_auth(request: Request, state: StripeState) -> None:
         raise StripeError(401, f"Invalid API Key provided: {masked}", code="api_key_invalid")
 
 
-def _fault_for(state: StripeState, path: str) -> str | None:
+def _fault_for(state: StripeState, path: str) -> Fault | None:
     """The fault (if any) this request to ``path`` gets, from the per-path request count."""
-    faults = state.options.faults
     with state.lock:
         state.requests_seen += 1
         state.requests_by_path[path] += 1
         count = state.requests_by_path[path]
-    paths = faults.get("fault_paths")
-    if paths and path not in paths:
-        return None
-    for fault in FAULTS:
-        every = int(faults.get(f"{fault}_every") or 0)
-        burst = int(faults.get(f"{fault}_burst") or 1)
-        if every and (count - 1) % every >= every - burst:
-            return fault
-    return None
+    return state.faults.resource_fault([path]) or state.faults.counted_fault(count, path)
 
 
 def _int_param(name: str, raw: str) -> int:
@@ -659,21 +716,112 @@ def _int_param(name: str, raw: str) -> int:
         raise StripeError(400, f"Invalid integer: {raw}", code="parameter_invalid_integer", param=name) from None
 
 
-def _created_filter(request: Request) -> list[tuple[str, int]]:
-    conditions = []
-    for key, raw in request.query_params.multi_items():
-        if key == "created":
-            conditions.append(("eq", _int_param(key, raw)))
-        elif key.startswith("created[") and key.endswith("]"):
-            operator = key[len("created[") : -1]
-            if operator not in CREATED_OPERATORS:
-                raise StripeError(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
-            conditions.append((operator, _int_param(key, raw)))
-    return conditions
+def _unknown(name: str) -> StripeError:
+    return StripeError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
 
 
-_CHECKS: dict[str, Callable[[int, int], bool]] = {
-    "eq": int.__eq__,
+_PARAM_KEY = re.compile(r"^([a-z_]+)((?:\[[^\[\]]*\])*)$")
+
+
+def decode_params(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's form encoding as values: ``a=1`` a string, ``a[]=x`` and ``a[0]=x`` (the official clients' arrays)
+    lists, ``a[b]=x`` a dictionary. Deeper nesting is not a parameter of any list this sandbox serves."""
+    params: dict[str, Any] = {}
+    indexed: dict[str, dict[int, str]] = {}
+    for key, value in pairs:
+        match = _PARAM_KEY.match(key)
+        if match is None:
+            raise _unknown(key)
+        name, brackets = match.group(1), re.findall(r"\[([^\]]*)\]", match.group(2))
+        if not brackets:
+            params[name] = value
+        elif len(brackets) > 1:
+            raise _unknown(key)
+        elif brackets[0] == "":
+            params.setdefault(name, [])
+            if not isinstance(params[name], list):
+                raise StripeError(400, f"Invalid array: {name}", code="parameter_invalid_array", param=name)
+            params[name].append(value)
+        elif brackets[0].isdigit():
+            indexed.setdefault(name, {})[int(brackets[0])] = value
+            params[name] = [indexed[name][index] for index in sorted(indexed[name])]
+        else:
+            entry = params.setdefault(name, {})
+            if not isinstance(entry, dict):
+                raise _unknown(key)
+            entry[brackets[0]] = value
+    return params
+
+
+Predicate = Callable[[dict[str, Any]], bool]
+#: Builds the predicate of one list parameter from its decoded value (raising StripeError for a bad value).
+Filter = Callable[[str, Any], Predicate]
+
+
+def _field(obj: dict[str, Any], path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _scalar(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise StripeError(400, f"Invalid string: {name} must be a string", param=name)
+    return value
+
+
+def equals(path: str) -> Filter:
+    """Objects whose ``path`` is the given string."""
+
+    def build(name: str, value: Any) -> Predicate:
+        wanted = _scalar(name, value)
+        return lambda obj: _field(obj, path) == wanted
+
+    return build
+
+
+def one_of(path: str, allowed: tuple[str, ...]) -> Filter:
+    """``equals``, for a parameter whose values Stripe enumerates (others: 400 ``parameter_invalid_string``)."""
+
+    def build(name: str, value: Any) -> Predicate:
+        wanted = _scalar(name, value)
+        if wanted not in allowed:
+            message = f"Invalid {name}: must be one of {', '.join(allowed)}"
+            raise StripeError(400, message, code="parameter_invalid_string", param=name)
+        return lambda obj: _field(obj, path) == wanted
+
+    return build
+
+
+def boolean(path: str) -> Filter:
+    def build(name: str, value: Any) -> Predicate:
+        text = _scalar(name, value)
+        if text not in ("true", "false"):
+            raise StripeError(400, f"Invalid boolean: {text}", code="parameter_invalid_boolean", param=name)
+        wanted = text == "true"
+        return lambda obj: bool(_field(obj, path)) is wanted
+
+    return build
+
+
+def any_of(path: str, max_items: int = 100) -> Filter:
+    """An array parameter (``ids``, ``lookup_keys``, ``types``): objects whose ``path`` is one of its items."""
+
+    def build(name: str, value: Any) -> Predicate:
+        if not isinstance(value, list):
+            raise StripeError(
+                400, f"Invalid array: {name} must be an array", code="parameter_invalid_array", param=name
+            )
+        if len(value) > max_items:
+            raise StripeError(400, f"Invalid array: {name} takes at most {max_items} items", param=name)
+        wanted = set(value)
+        return lambda obj: _field(obj, path) in wanted
+
+    return build
+
+
+_RANGE_CHECKS: dict[str, Callable[[int, int], bool]] = {
     "gt": int.__gt__,
     "gte": int.__ge__,
     "lt": int.__lt__,
@@ -681,55 +829,177 @@ _CHECKS: dict[str, Callable[[int, int], bool]] = {
 }
 
 
-def _bool_param(name: str, raw: str) -> bool:
-    if raw not in ("true", "false"):
-        raise StripeError(400, f"Invalid boolean: {raw}", code="parameter_invalid_boolean", param=name)
-    return raw == "true"
+def time_range(path: str) -> Filter:
+    """A timestamp parameter: an exact Unix time, or ``name[gt|gte|lt|lte]`` bounds."""
+
+    def build(name: str, value: Any) -> Predicate:
+        if isinstance(value, str):
+            exact = _int_param(name, value)
+            return lambda obj: _field(obj, path) == exact
+        if not isinstance(value, dict):
+            raise StripeError(400, f"Invalid {name}: an integer or a hash of gt, gte, lt, lte", param=name)
+        bounds = []
+        for operator, raw in value.items():
+            if operator not in _RANGE_CHECKS:
+                raise _unknown(f"{name}[{operator}]")
+            bounds.append((_RANGE_CHECKS[operator], _int_param(f"{name}[{operator}]", raw)))
+        return lambda obj: (
+            isinstance(_field(obj, path), int) and all(check(_field(obj, path), bound) for check, bound in bounds)
+        )
+
+    return build
 
 
-def _equals(name: str, value: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda obj: obj.get(name) == value
+def nested(**filters: Filter) -> Filter:
+    """A hash parameter (``recurring[interval]``, ``automatic_tax[enabled]``): each key is a filter of its own."""
+
+    def build(name: str, value: Any) -> Predicate:
+        if not isinstance(value, dict):
+            raise StripeError(400, f"Invalid hash: {name}", code="parameter_invalid_hash", param=name)
+        predicates = []
+        for key, item in value.items():
+            if key not in filters:
+                raise _unknown(f"{name}[{key}]")
+            predicates.append(filters[key](f"{name}[{key}]", item))
+        return lambda obj: all(predicate(obj) for predicate in predicates)
+
+    return build
 
 
-def _filters(resource: str, request: Request, now: int) -> list[Callable[[dict[str, Any]], bool]]:
-    """Predicates for the list's own filters (the ones this sandbox models; others are accepted and ignored)."""
-    params = request.query_params
-    predicates: list[Callable[[dict[str, Any]], bool]] = []
-    for name in ("customer", "payment_intent", "charge", "product", "subscription", "currency", "type"):
-        if name in params and name in LIST_FILTERS[resource] and not (resource == "events" and name == "type"):
-            predicates.append(_equals(name, params[name]))
-    if "active" in params:
-        active = _bool_param("active", params["active"])
-        predicates.append(lambda obj: obj.get("active") is active)
-    if resource == "subscriptions":
-        status = params.get("status")
-        if status is None:
-            predicates.append(lambda obj: obj["status"] != "canceled")
-        elif status == "ended":
-            predicates.append(lambda obj: obj["status"] in ("canceled", "incomplete_expired"))
-        elif status != "all":
-            predicates.append(lambda obj: obj["status"] == status)
-    if resource == "invoices" and "status" in params:
-        predicates.append(lambda obj: obj["status"] == params["status"])
+def any_item_price(name: str, value: Any) -> Predicate:
+    """Subscriptions with an item on this price (``price``; ``plan`` too: a recurring price serves as a plan)."""
+    wanted = _scalar(name, value)
+    return lambda obj: any(item["price"]["id"] == wanted for item in obj["items"]["data"])
+
+
+def event_type(name: str, value: Any) -> Predicate:
+    """``type``: an event type, ``*`` a wildcard (``customer.*``)."""
+    pattern = _scalar(name, value)
+    return lambda obj: fnmatch.fnmatchcase(obj["type"], pattern)
+
+
+def delivered(name: str, value: Any) -> Predicate:
+    """``delivery_success``: events whose webhooks were all delivered (true) or still pending (false)."""
+    wanted = boolean("pending_webhooks")(name, value)
+    return lambda obj: not wanted(obj)  # delivered: no pending webhooks
+
+
+SUBSCRIPTION_STATUSES = (
+    "active",
+    "all",
+    "canceled",
+    "ended",
+    "incomplete",
+    "incomplete_expired",
+    "past_due",
+    "paused",
+    "trialing",
+    "unpaid",
+)
+
+
+def subscription_status(name: str, value: Any) -> Predicate:
+    status = one_of("status", SUBSCRIPTION_STATUSES)(name, value)
+    wanted = _scalar(name, value)
+    if wanted == "all":
+        return lambda obj: True
+    if wanted == "ended":
+        return lambda obj: obj["status"] in ("canceled", "incomplete_expired")
+    return status
+
+
+COLLECTION_METHODS = ("charge_automatically", "send_invoice")
+# Every parameter of every list (Stripe's API reference, 2024-06-20), besides limit, starting_after and ending_before:
+# each is filtered as Stripe filters it. Anything else, expand[] included (the sandbox never expands), is answered
+# 400 parameter_unknown, so no parameter is accepted and then ignored.
+LIST_PARAMETERS: dict[str, dict[str, Filter]] = {
+    "customers": {"created": time_range("created"), "email": equals("email"), "test_clock": equals("test_clock")},
+    "charges": {
+        "created": time_range("created"),
+        "customer": equals("customer"),
+        "payment_intent": equals("payment_intent"),
+        "transfer_group": equals("transfer_group"),
+    },
+    "invoices": {
+        "created": time_range("created"),
+        "customer": equals("customer"),
+        "status": one_of("status", ("draft", "open", "paid", "uncollectible", "void")),
+        "subscription": equals("subscription"),
+        "collection_method": one_of("collection_method", COLLECTION_METHODS),
+        "due_date": time_range("due_date"),
+    },
+    "subscriptions": {
+        "created": time_range("created"),
+        "customer": equals("customer"),
+        "price": any_item_price,
+        "plan": any_item_price,
+        "status": subscription_status,
+        "collection_method": one_of("collection_method", COLLECTION_METHODS),
+        "current_period_end": time_range("current_period_end"),
+        "current_period_start": time_range("current_period_start"),
+        "automatic_tax": nested(enabled=boolean("automatic_tax.enabled")),
+        "test_clock": equals("test_clock"),
+    },
+    "payment_intents": {"created": time_range("created"), "customer": equals("customer")},
+    "products": {
+        "created": time_range("created"),
+        "active": boolean("active"),
+        "ids": any_of("id"),
+        "shippable": boolean("shippable"),
+        "url": equals("url"),
+    },
+    "prices": {
+        "created": time_range("created"),
+        "active": boolean("active"),
+        "currency": equals("currency"),
+        "product": equals("product"),
+        "type": one_of("type", ("one_time", "recurring")),
+        "lookup_keys": any_of("lookup_key", max_items=10),
+        "recurring": nested(
+            interval=one_of("recurring.interval", ("day", "week", "month", "year")),
+            usage_type=one_of("recurring.usage_type", ("licensed", "metered")),
+            meter=equals("recurring.meter"),
+        ),
+    },
+    "refunds": {
+        "created": time_range("created"),
+        "charge": equals("charge"),
+        "payment_intent": equals("payment_intent"),
+    },
+    "events": {
+        "created": time_range("created"),
+        "type": event_type,
+        "types": any_of("type", max_items=20),
+        "delivery_success": delivered,
+    },
+}
+PAGINATION_PARAMS = ("limit", "starting_after", "ending_before")
+
+
+def _list_filters(resource: str, params: dict[str, Any], now: int) -> list[Predicate]:
+    """One predicate per given parameter of ``resource``'s list (unknown ones: 400), plus Stripe's implicit ones."""
+    allowed = LIST_PARAMETERS[resource]
+    predicates = []
+    for name, value in params.items():
+        if name in PAGINATION_PARAMS:
+            if not isinstance(value, str):
+                raise StripeError(400, f"Invalid {name}: must be a string", param=name)
+            continue
+        if name not in allowed:
+            raise _unknown(name if isinstance(value, str) else f"{name}[]")
+        predicates.append(allowed[name](name, value))
+    if resource == "subscriptions" and "status" not in params:
+        predicates.append(lambda obj: obj["status"] != "canceled")  # Stripe leaves canceled ones out by default
     if resource == "events":
-        if "type" in params and params.getlist("types[]"):
+        if "type" in params and "types" in params:
             raise StripeError(400, "You may pass either `type` or `types`, but not both.", param="types")
-        if "type" in params:
-            pattern = params["type"]
-            predicates.append(lambda obj: fnmatch.fnmatchcase(obj["type"], pattern))
-        types = params.getlist("types[]")
-        if types:
-            predicates.append(lambda obj: obj["type"] in types)
         predicates.append(lambda obj: obj["created"] >= now - EVENT_RETENTION_SECONDS)
     return predicates
 
 
 def _list_page(resource: str, request: Request, objects: list[dict[str, Any]]) -> dict[str, Any]:
-    allowed = PAGINATION_PARAMS | LIST_FILTERS[resource]
-    for key in request.query_params:
-        if key.split("[", 1)[0] not in allowed:
-            raise StripeError(400, f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
-    params = request.query_params
+    params = decode_params(request.query_params.multi_items())
+    predicates = _list_filters(resource, params, int(time.time()))
     limit = _int_param("limit", params.get("limit", "10"))
     if not 1 <= limit <= 100:
         raise StripeError(
@@ -737,13 +1007,7 @@ def _list_page(resource: str, request: Request, objects: list[dict[str, Any]]) -
         )
     if "starting_after" in params and "ending_before" in params:
         raise StripeError(400, "You may only specify one of these parameters: ending_before, starting_after.")
-    conditions = _created_filter(request)
-    predicates = _filters(resource, request, int(time.time()))
-    matching = [
-        obj
-        for obj in objects
-        if all(_CHECKS[op](obj["created"], value) for op, value in conditions) and all(p(obj) for p in predicates)
-    ]
+    matching = [obj for obj in objects if all(predicate(obj) for predicate in predicates)]
     ids = [obj["id"] for obj in matching]
     if "starting_after" in params:
         cursor = params["starting_after"]
@@ -765,10 +1029,20 @@ def _list_page(resource: str, request: Request, objects: list[dict[str, Any]]) -
     return {"object": "list", "url": f"/v1/{resource}", "has_more": has_more, "data": page}
 
 
+def _customer_fields(form: list[tuple[str, str]]) -> dict[str, Any]:
+    """The body of ``POST /v1/customers[/{id}]``: the fields the sandbox stores; anything else is 400."""
+    decoded = decode_params(form)
+    for name, value in decoded.items():
+        if name == "metadata" and isinstance(value, dict):
+            continue
+        if name not in CUSTOMER_FIELDS or not isinstance(value, str):
+            raise _unknown(name)
+    return decoded
+
+
 def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
     """The Stripe sandbox as an ASGI app (``app.state.stripe`` is its :class:`StripeState`)."""
     state = StripeState(options or SandboxOptions())
-    slow_seconds = float(state.options.faults.get("slow_seconds", 2.0))
 
     async def handle(request: Request) -> Response:
         request_id = f"req_{uuid.uuid4().hex[:14]}"
@@ -779,21 +1053,38 @@ def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
                 raise StripeError(404, f"Unrecognized request URL (GET: /v1/{resource}).")
             _check_auth(request, state)
             fault = _fault_for(state, request.url.path)
-            if fault == "rate_limit":
+            if fault is Fault.RATE_LIMIT:
                 raise StripeError(
                     429,
                     "Too many requests hit the API too quickly. Please retry with exponential backoff.",
                     code="rate_limit",
                 )
-            if fault == "server_error":
-                raise StripeError(500, "An unknown error occurred.", type_="api_error")
-            if fault == "slow":
-                await asyncio.sleep(slow_seconds)
+            if fault in (Fault.SERVER_ERROR, Fault.FAILING):
+                status = state.faults.server_error_status or 500
+                raise StripeError(status, "An unknown error occurred.", type_="api_error")
+            if fault is Fault.OUTAGE:
+                raise StripeError(503, "Stripe is temporarily unavailable; retry later.", type_="api_error")
+            if fault is Fault.SLOW:
+                await asyncio.sleep(state.faults.slow_seconds)
+            status, headers = 200, {}
             if request.method == "POST":
                 if resource != "customers":
                     raise StripeError(404, f"Unrecognized request URL (POST: /v1/{resource}).")
-                form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-                body = state.update_customer(object_id_, form) if object_id_ else state.add_customer(form)
+                fields = _customer_fields(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+
+                def write() -> dict[str, Any]:
+                    return state.update_customer(object_id_, fields) if object_id_ else state.add_customer(fields)
+
+                idempotency_key = request.headers.get("idempotency-key")
+                if idempotency_key is None:
+                    payload = orjson.dumps(write())
+                else:
+                    api_key = _authorised_key(request) or ""
+                    signature = ("POST", request.url.path, fields)
+                    status, payload, replayed = state.idempotent(api_key, idempotency_key, signature, write)
+                    headers["Idempotency-Key"] = idempotency_key
+                    if replayed:
+                        headers["Idempotent-Replayed"] = "true"
             else:
                 with state.lock:
                     snapshot = list(state.objects[resource])
@@ -801,13 +1092,12 @@ def create_sandbox(options: SandboxOptions | None = None) -> Starlette:
                     found = next((obj for obj in snapshot if obj["id"] == object_id_), None)
                     if found is None:
                         raise StripeError(404, f"No such object: '{object_id_}'", code="resource_missing", param="id")
-                    body = found
+                    payload = orjson.dumps(found)
                 else:
-                    body = _list_page(resource, request, snapshot)
-            payload = orjson.dumps(body)
-            if fault == "malformed":
+                    payload = orjson.dumps(_list_page(resource, request, snapshot))
+            if fault is Fault.MALFORMED:
                 payload = payload[: max(len(payload) // 2, 1)]
-            response: Response = Response(payload, media_type="application/json")
+            response: Response = Response(payload, status_code=status, media_type="application/json", headers=headers)
         except StripeError as error:
             response = error.response()
         response.headers["Request-Id"] = request_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from singer_sdk import Stream
 from singer_sdk import typing as th
 
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, CdpTap
+from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
 from taps.stripe.client import DEFAULT_START
 from taps.stripe.streams import STREAM_TYPES
 
@@ -26,7 +26,7 @@ class TapStripe(CdpTap):
         ),
         th.Property(
             "api_url",
-            th.StringType,
+            th.StringType(pattern=HTTP_URL_PATTERN),
             default="https://api.stripe.com",
             title="API URL",
             description="Base URL of the Stripe API; point it at a local sandbox for development.",
@@ -39,7 +39,7 @@ class TapStripe(CdpTap):
         ),
         th.Property(
             "window_days",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=30,
             title="Window (days)",
             description=(
@@ -49,7 +49,7 @@ class TapStripe(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType,
+            th.StringType(pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"),
             title="API version",
             description="Stripe-Version header to pin object shapes (e.g. 2024-06-20); default: the account's version.",
         ),

@@ -45,7 +45,7 @@ def json_path(parts: Iterable[str | int]) -> str:
             path += f"[{part}]"
         elif part == _ARRAY_STEP:
             path += "[*]"
-        elif _IDENTIFIER_RE.match(part):
+        elif _IDENTIFIER_RE.fullmatch(part):
             path += f".{part}"
         else:
             escaped = part.replace("\\", "\\\\").replace("'", "\\'")

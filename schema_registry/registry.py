@@ -64,7 +64,7 @@ def parse_subject(subject: str) -> tuple[str, str, str]:
         validate_name("provider", provider)
     except ConfigError as exc:
         raise InvalidSubjectError(f"subject '{subject}': {exc.setting} {exc.problem}") from None
-    if not _STREAM_RE.match(stream):
+    if not _STREAM_RE.fullmatch(stream):
         raise InvalidSubjectError(
             f"subject '{subject}': stream '{stream}' must be [a-z0-9_]; use '{sanitize_stream_name(stream)}'"
         )
@@ -177,7 +177,7 @@ class SchemaRegistry:
         found = set()
         for info in self.store.iter_objects(SUBJECTS_PREFIX):
             parts = info.key.split("/")
-            if len(parts) == 6 and parts[4] == "versions" and _VERSION_FILE_RE.match(parts[5]):
+            if len(parts) == 6 and parts[4] == "versions" and _VERSION_FILE_RE.fullmatch(parts[5]):
                 found.add("/".join(parts[1:4]))
         return sorted(found)
 
@@ -186,7 +186,7 @@ class SchemaRegistry:
         prefix = f"{self._subject_prefix(subject)}/versions"
         numbers = []
         for info in self.store.iter_objects(prefix):
-            match = _VERSION_FILE_RE.match(info.key.rsplit("/", 1)[-1])
+            match = _VERSION_FILE_RE.fullmatch(info.key.rsplit("/", 1)[-1])
             if match:
                 numbers.append(int(match.group(1)))
         return sorted(numbers)

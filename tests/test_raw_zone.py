@@ -100,3 +100,17 @@ def test_writer_lands_one_gzip_ndjson_object_per_batch(store: ObjectStore) -> No
         {"id": f"cus_{n}", "name": "Zoë 李", "balance": 1.5} for n in range(3)
     ]
     assert read_batch(store, batch.key)[0]["id"] == "cus_0"
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\nacme", "ac\nme"])
+def test_names_with_a_newline_are_refused(name: str) -> None:
+    from plugins.layout import validate_name
+
+    with pytest.raises(ConfigError, match="lower-case letters"):
+        validate_name("tenant", name)
+
+
+def test_a_batch_key_whose_file_name_ends_in_a_newline_is_not_in_the_layout() -> None:
+    key = raw_batch_key("acme", "stripe", "customers", LANDED)
+    with pytest.raises(ValueError, match="not a batch key"):
+        parse_batch_key(key + "\n")

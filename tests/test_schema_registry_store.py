@@ -57,6 +57,21 @@ def test_malformed_subject_is_rejected_with_the_expected_form(registry: SchemaRe
         registry.versions("acme/customers")
 
 
+@pytest.mark.parametrize("subject", ["acme/stripe/customers\n", "acme\n/stripe/customers", "acme/stripe\n/customers"])
+def test_subject_with_a_trailing_newline_is_refused(registry: SchemaRegistry, subject: str) -> None:
+    with pytest.raises(InvalidSubjectError):
+        registry.register(subject, V1)
+    assert registry.subjects() == []
+
+
+def test_version_file_name_with_a_trailing_newline_is_not_a_version(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))  # A local folder: S3 servers refuse such keys anyway.
+    registry = SchemaRegistry(store)
+    registry.register("acme/stripe/customers", V1)
+    store.write_bytes("subjects/acme/stripe/customers/versions/000002.json\n", b"{}")
+    assert registry.versions("acme/stripe/customers") == [1]
+
+
 def test_first_registration_creates_version_1(registry: SchemaRegistry) -> None:
     result = registry.register(SUBJECT, V1)
     assert result.created

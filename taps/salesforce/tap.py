@@ -273,7 +273,7 @@ class TapSalesforce(CdpTap):
         self._validate_settings()
         objects = self.config.get("objects") or DEFAULT_OBJECTS
         if not isinstance(objects, list) or not all(
-            isinstance(name, str) and SOBJECT_NAME.match(name) for name in objects
+            isinstance(name, str) and SOBJECT_NAME.fullmatch(name) for name in objects
         ):
             raise ConfigError("objects", "must be a list of sObject names such as ['Account', 'Invoice__c']")
         return [SObjectStream(self, self.describe(name)) for name in objects]

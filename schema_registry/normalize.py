@@ -2,8 +2,10 @@
 
 Annotations (``title``, ``description``, ``examples``, ``$comment``, ``default`` and the other keywords that do not
 change which documents validate) are dropped, ``required`` and ``enum`` lose their order and duplicates, a one-item
-``type`` list becomes its item. Key order never matters: the fingerprint is the SHA-256 of the canonical JSON with
-sorted keys. Only keywords in schema positions are touched, so a property called ``description`` is kept.
+``type`` list becomes its item, and a ``$schema`` naming the default dialect (Draft 2020-12) is dropped, since a
+schema without one is read in that dialect too. Key order never matters: the fingerprint is the SHA-256 of the
+canonical JSON with sorted keys. Only keywords in schema positions are touched, so a property called
+``description`` is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 from typing import Any
 
 import orjson
+
+from plugins.schema_dialect import DIALECT
 
 ANNOTATION_KEYWORDS = frozenset(
     {"title", "description", "examples", "$comment", "default", "deprecated", "readOnly", "writeOnly"}
@@ -50,7 +54,7 @@ def normalize_schema(schema: Any) -> Any:
         return schema
     result: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in ANNOTATION_KEYWORDS:
+        if key in ANNOTATION_KEYWORDS or (key == "$schema" and value == DIALECT):
             continue
         if key in _SCHEMA_KEYWORDS:
             result[key] = [normalize_schema(v) for v in value] if isinstance(value, list) else normalize_schema(value)

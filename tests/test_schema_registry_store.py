@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from plugins.errors import ConfigError
+from plugins.schema_dialect import DIALECT
 from plugins.storage import ObjectStore
 from schema_registry import (
     CompatibilityMode,
@@ -78,14 +79,15 @@ def test_first_registration_creates_version_1(registry: SchemaRegistry) -> None:
     assert result.version.version == 1
     assert registry.versions(SUBJECT) == [1]
     assert registry.subjects() == [SUBJECT]
-    assert registry.get(SUBJECT, 1).schema == V1
+    assert registry.get(SUBJECT, 1).schema == {**V1, "$schema": DIALECT}  # the dialect is always declared
 
 
 def test_version_file_lives_under_the_subject_path(registry: SchemaRegistry, store: ObjectStore) -> None:
     registry.register(SUBJECT, V1)
     stored = orjson.loads(store.read_bytes("subjects/acme/stripe/customers/versions/000001.json"))
     assert stored["version"] == 1
-    assert stored["schema"] == V1
+    assert stored["schema"] == {**V1, "$schema": DIALECT}
+    assert stored["dialect"] == DIALECT
 
 
 def test_reregistering_the_same_schema_returns_the_existing_version(registry: SchemaRegistry) -> None:

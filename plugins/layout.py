@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from plugins.errors import ConfigError
 
 BATCH_SUFFIX = ".ndjson.gz"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # Tenant and provider names; also the settings' JSON Schema pattern.
+_NAME_RE = re.compile(NAME_PATTERN)
 _UNSAFE_RE = re.compile(r"[^a-z0-9_]+")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _PARTITION_RE = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
-from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 
 from plugins.errors import ConfigError
 from plugins.raw_zone import METADATA_COLUMNS
 from plugins.storage import ObjectStore
 from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import ProtocolError, TargetS3Raw
+from tests.conftest import REPO_ROOT
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,
     dead_letters,
@@ -180,14 +182,22 @@ def test_state_is_emitted_only_after_every_earlier_record_is_durable(tmp_path: P
 def test_missing_required_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     config = zone_config(str(tmp_path))
     del config["dlq_url"]
-    with pytest.raises(ConfigValidationError) as caught:
+    with pytest.raises(ConfigError) as caught:
         TargetS3Raw(config=config)
-    assert "dlq_url" in str(caught.value.errors)
+    assert caught.value.setting == "dlq_url"
 
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("batch_size", 0), ("max_batch_age_seconds", -1), ("compression_level", 12), ("tenant", "Not Valid")],
+    [
+        ("batch_size", 0),
+        ("max_batch_age_seconds", -1),
+        ("compression_level", 12),
+        ("tenant", "Not Valid"),
+        ("tenant", "acme\n"),
+        ("max_record_bytes", "big"),
+        ("dlq_alert_threshold", -1),
+    ],
 )
 def test_malformed_setting_fails_at_start_naming_it(tmp_path: Path, setting: str, value: Any) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -255,3 +265,60 @@ def test_state_messages_pass_through_as_json(tmp_path: Path, capsys: pytest.Capt
     )
     assert states == [{"a": {"b": [1, 2]}}, {"a": 2}] or states == [{"a": 2}]
     assert orjson.dumps(states[-1]) == b'{"a":2}'
+
+
+TARGET_CLI = str(REPO_ROOT / ".venv" / "bin" / "target-s3raw")
+
+
+def _run_cli(tmp_path: Path, config: dict[str, Any], messages: list[Any]) -> subprocess.CompletedProcess[bytes]:
+    config_path = tmp_path / "config.json"
+    config_path.write_bytes(orjson.dumps(config))
+    return subprocess.run(
+        [TARGET_CLI, "--config", str(config_path)], input=encode(messages), capture_output=True, timeout=120
+    )
+
+
+def test_a_config_error_on_the_cli_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = _run_cli(tmp_path, zone_config(str(tmp_path), compression_level=12), [])
+
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    [line] = [text for text in stderr.splitlines() if "error" in text.lower()]
+    assert line == "target-s3raw: error: setting 'compression_level': 12 is not allowed: must be at most 9"
+
+
+def test_a_stream_whose_records_all_went_to_the_dlq_fails_the_run_after_its_state(tmp_path: Path) -> None:
+    messages = [
+        schema_message("orders", ORDERS_SCHEMA),
+        schema_message("refunds", ORDERS_SCHEMA),
+        record_message("orders", {"id": "o1", "total": "not a number"}),
+        record_message("refunds", {"id": "r1", "total": 5}),
+        state_message({"bookmarks": {"orders": 1}}),
+    ]
+    result = _run_cli(tmp_path, zone_config(str(tmp_path)), messages)
+
+    assert result.returncode == 1
+    assert [orjson.loads(line) for line in result.stdout.splitlines()] == [{"bookmarks": {"orders": 1}}]
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    assert "alert.stream_all_rejected" in stderr
+    assert "stream 'orders': all 1 records of this run went to the DLQ" in stderr
+    assert '"all_rejected_streams":["orders"]' in stderr
+    assert stderr.strip().splitlines()[-1].startswith("target-s3raw: error: every record of stream(s) orders went")
+
+    quiet = _run_cli(tmp_path, zone_config(str(tmp_path / "again"), fail_on_all_rejected=False), messages)
+    assert quiet.returncode == 0
+    assert "alert.stream_all_rejected" in quiet.stderr.decode()
+
+
+def test_a_run_where_some_records_of_each_stream_landed_is_not_failed(tmp_path: Path) -> None:
+    messages = [
+        schema_message("orders", ORDERS_SCHEMA),
+        record_message("orders", {"id": "o1", "total": "not a number"}),
+        record_message("orders", {"id": "o2", "total": 3}),
+    ]
+    target, _ = run_target(zone_config(str(tmp_path)), messages)
+
+    assert target.all_rejected_streams == []
+    target.raise_if_all_rejected()

@@ -13,21 +13,23 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import orjson
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
+from singer_sdk.plugin_base import PluginBase
 
 from plugins.descriptors import Severity
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError
 from plugins.errors import CdpError, ConfigError
 from plugins.events import log_event
-from plugins.layout import validate_name
+from plugins.layout import NAME_PATTERN, validate_name
 from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
 from plugins.serialization import dumps
 from plugins.storage import ObjectStore
@@ -51,6 +53,22 @@ _CLOCK_RESOLUTION_SECONDS = 0.01
 
 class ProtocolError(CdpError):
     """The tap broke the Singer protocol (e.g. an invalid SCHEMA message): the run stops."""
+
+
+class AllRecordsRejectedError(CdpError):
+    """Every record of at least one stream went to the DLQ in this run (exit 1 after the last STATE)."""
+
+
+def _config_problem(error: Any) -> str:
+    """A config schema error's message without the value (which the caller shows, or hides for secrets)."""
+    if error.validator == "pattern":
+        return "use lower-case letters, digits, '_' or '-', starting with a letter or digit (e.g. 'acme')"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        word = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "above", "exclusiveMaximum": "below"}
+        return f"must be {word[error.validator]} {error.validator_value}"
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}"
+    return str(error.message)
 
 
 class TargetS3Raw(Target):
@@ -83,20 +101,30 @@ class TargetS3Raw(Target):
             title="Schema registry URL",
             description="The schema registry's store: a local folder or s3://bucket/prefix.",
         ),
-        th.Property("tenant", th.StringType, required=True, title="Tenant", description="Tenant name, e.g. 'acme'."),
         th.Property(
-            "provider", th.StringType, required=True, title="Provider", description="Source name, e.g. 'stripe'."
+            "tenant",
+            th.StringType(pattern=NAME_PATTERN),
+            required=True,
+            title="Tenant",
+            description="Tenant name, e.g. 'acme'.",
+        ),
+        th.Property(
+            "provider",
+            th.StringType(pattern=NAME_PATTERN),
+            required=True,
+            title="Provider",
+            description="Source name, e.g. 'stripe'.",
         ),
         th.Property(
             "batch_size",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=DEFAULT_BATCH_SIZE,
             title="Batch size",
             description="Records per batch file and stream.",
         ),
         th.Property(
             "max_batch_age_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=DEFAULT_MAX_BATCH_AGE_SECONDS,
             title="Maximum batch age",
             description="Write every buffered record once the oldest has waited this long (checked as messages "
@@ -104,24 +132,31 @@ class TargetS3Raw(Target):
         ),
         th.Property(
             "compression_level",
-            th.IntegerType,
+            th.IntegerType(minimum=0, maximum=9),
             default=DEFAULT_COMPRESSION_LEVEL,
             title="gzip level",
             description="1 (fastest) to 9 (smallest).",
         ),
         th.Property(
             "max_record_bytes",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=DEFAULT_MAX_RECORD_BYTES,
             title="Record size limit",
             description="A RECORD message larger than this (bytes of its line) goes to the DLQ as record_too_large.",
         ),
         th.Property(
             "dlq_alert_threshold",
-            th.IntegerType,
+            th.IntegerType(minimum=0),
             default=DEFAULT_DLQ_ALERT_THRESHOLD,
             title="DLQ alert threshold",
             description="Raise an alert when one run sends more than this many records to the DLQ (0: never).",
+        ),
+        th.Property(
+            "fail_on_all_rejected",
+            th.BooleanType,
+            default=True,
+            title="Fail when a stream lands nothing",
+            description="Exit 1 (after emitting the last STATE) when every record of some stream went to the DLQ.",
         ),
         th.Property(
             "slack_webhook_url",
@@ -142,16 +177,78 @@ class TargetS3Raw(Target):
     def append_builtin_config(cls, config_jsonschema: dict[str, Any]) -> None:
         """No SDK sink settings (``add_record_metadata``, ``load_method``, ``batch_size_rows``...): none apply here."""
 
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Check the config against ``config_jsonschema``; the first problem is a one-line ``ConfigError``."""
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(self.config_jsonschema)
+        errors = sorted(validator.iter_errors(dict(self._config)), key=lambda e: (list(e.path), e.message))
+        if not errors:
+            return []
+        if not raise_errors:
+            return [error.message for error in errors]
+        error = errors[0]
+        if error.validator == "required":
+            missing = str(error.message).split("'")[1] if "'" in error.message else "?"
+            raise ConfigError(missing, "is required; see docs/raw-zone.md#settings")
+        setting = str(error.path[0]) if error.path else "config"
+        value = error.instance
+        shown = "(secret)" if self.config_jsonschema["properties"].get(setting, {}).get("secret") else repr(value)
+        raise ConfigError(setting, f"{shown} is not allowed: {_config_problem(error)}")
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: Any = None,
+        file_input: IO[str] | None = None,
+    ) -> None:
+        """The CLI (singer-sdk's ``Target.invoke``), with two differences.
+
+        A configuration, storage or protocol error ends the run with one line on stderr and exit 1, not a
+        traceback. When every record of some stream went to the DLQ, the run exits 1 after its last STATE (unless
+        ``fail_on_all_rejected`` is false): see docs/raw-zone.md.
+        """
+        try:
+            PluginBase.invoke.__func__(cls, about=about, about_format=about_format)  # type: ignore[attr-defined]
+            cls.print_version(print_fn=cls.logger.info)
+            target = cls(
+                config=config.config if config else {},
+                validate_config=True,
+                parse_env_config=config.parse_env if config else False,
+            )
+            target.listen(file_input)
+            target.raise_if_all_rejected()
+        except (CdpError, MissingKeyPropertiesError, RecordsWithoutSchemaException) as exc:
+            message = " ".join(str(exc).split())
+            sys.stderr.write(f"target-s3raw: error: {message}\n")
+            sys.stderr.flush()
+            sys.exit(1)
+
+    def raise_if_all_rejected(self) -> None:
+        """After the run: AllRecordsRejectedError if a stream landed nothing and ``fail_on_all_rejected`` is on."""
+        if self.all_rejected_streams and self.fail_on_all_rejected:
+            streams = ", ".join(sorted(self.all_rejected_streams))
+            raise AllRecordsRejectedError(
+                f"every record of stream(s) {streams} went to the DLQ (run {self.dlq.run_id}); the last STATE was "
+                "emitted. Inspect with 'cdp dlq list', fix, then 'cdp dlq reprocess' (fail_on_all_rejected: false "
+                "keeps exit 0)"
+            )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = self.config
-        self.batch_size = _positive_int(config, "batch_size", DEFAULT_BATCH_SIZE)
-        self.max_batch_age_seconds = _positive_number(config, "max_batch_age_seconds", DEFAULT_MAX_BATCH_AGE_SECONDS)
-        self.max_record_bytes = _positive_int(config, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
-        self.dlq_alert_threshold = _positive_int(config, "dlq_alert_threshold", DEFAULT_DLQ_ALERT_THRESHOLD, minimum=0)
-        level = config.get("compression_level", DEFAULT_COMPRESSION_LEVEL)
-        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 9:
-            raise ConfigError("compression_level", f"must be a whole number from 0 to 9, got {level!r}")
+        # Ranges and patterns are checked against config_jsonschema (see _validate_config); defaults fill the rest.
+        self.batch_size = int(config.get("batch_size") or DEFAULT_BATCH_SIZE)
+        self.max_batch_age_seconds = float(config.get("max_batch_age_seconds") or DEFAULT_MAX_BATCH_AGE_SECONDS)
+        self.max_record_bytes = int(config.get("max_record_bytes") or DEFAULT_MAX_RECORD_BYTES)
+        threshold = config.get("dlq_alert_threshold")
+        self.dlq_alert_threshold = DEFAULT_DLQ_ALERT_THRESHOLD if threshold is None else int(threshold)
+        level = config.get("compression_level")
+        level = DEFAULT_COMPRESSION_LEVEL if level is None else int(level)
+        self.fail_on_all_rejected = config.get("fail_on_all_rejected", True) is not False
         tenant = validate_name("tenant", config.get("tenant", ""))
         provider = validate_name("provider", config.get("provider", ""))
         endpoint = config.get("s3_endpoint_url")
@@ -183,6 +280,8 @@ class TargetS3Raw(Target):
         self.checkpoints = StateCheckpoints(self._write_state_message)
         self.position = 0  # The input position of the next buffered item.
         self.dead_letter_count = 0
+        self.dead_letters_by_stream: Counter[str] = Counter()
+        self.all_rejected_streams: list[str] = []
         self._dlq_alert_raised = False
         self._oldest_buffered_at: float | None = None
         self._clock = 0.0
@@ -395,6 +494,7 @@ class TargetS3Raw(Target):
         buffer.add(letter, self.position)
         self.position += 1
         self.dead_letter_count += 1
+        self.dead_letters_by_stream[stream] += 1
         if (
             self.dlq_alert_threshold
             and self.dead_letter_count > self.dlq_alert_threshold
@@ -492,12 +592,33 @@ class TargetS3Raw(Target):
         finally:
             self.writer.close()
         self.undeclared.log_summary()
+        raw_records = {name: sink.records_written for name, sink in sorted(self.streams.items())}
+        self.all_rejected_streams = sorted(
+            stream
+            for stream, count in self.dead_letters_by_stream.items()
+            if count and stream != UNPARSED_STREAM and not raw_records.get(stream)
+        )
+        for stream in self.all_rejected_streams:
+            count = self.dead_letters_by_stream[stream]
+            message = f"stream '{stream}': all {count} records of this run went to the DLQ, none landed in raw"
+            log_event(self.logger, "stream_all_rejected", logging.ERROR, stream=stream, dead_letters=count)
+            self.alerts.raise_(
+                "stream_all_rejected",
+                Severity.ERROR,
+                message,
+                stream=stream,
+                dead_letters=count,
+                run_id=self.dlq.run_id,
+            )
         log_event(
             self.logger,
             "run_summary",
+            logging.ERROR if self.all_rejected_streams else logging.INFO,
             run_id=self.dlq.run_id,
-            raw_records={name: sink.records_written for name, sink in sorted(self.streams.items())},
+            raw_records=raw_records,
             dead_letters=self.dead_letter_count,
+            dead_letters_by_stream=dict(sorted(self.dead_letters_by_stream.items())),
+            all_rejected_streams=self.all_rejected_streams,
         )
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
@@ -507,24 +628,6 @@ class TargetS3Raw(Target):
             self.process_endofpipe()
         finally:
             sys.exit(0)
-
-
-def _positive_int(config: Any, setting: str, default: int, minimum: int = 1) -> int:
-    value = config.get(setting, default)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(setting, f"must be a whole number of at least {minimum}, got {value!r}")
-    return value
-
-
-def _positive_number(config: Any, setting: str, default: float) -> float:
-    value = config.get(setting, default)
-    if value is None:
-        return default
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(setting, f"must be a number of seconds above 0, got {value!r}")
-    return float(value)
 
 
 if __name__ == "__main__":

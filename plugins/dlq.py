@@ -59,6 +59,10 @@ class DeadLetter:
     retry_count: int = 0
     context: dict[str, Any] = field(default_factory=dict)
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # For input that cannot be represented exactly as JSON (``record`` is then None): the original line as text
+    # when it is valid UTF-8, else its bytes in base64.
+    record_text: str | None = None
+    record_base64: str | None = None
 
 
 def new_run_id() -> str:
@@ -99,6 +103,8 @@ class DeadLetterQueue:
             "run_id": self.run_id,
             "context": letter.context,
             "record": letter.record,
+            **({"record_text": letter.record_text} if letter.record_text is not None else {}),
+            **({"record_base64": letter.record_base64} if letter.record_base64 is not None else {}),
         }
 
     def write(self, letters: Iterable[DeadLetter], *, when: datetime | None = None) -> list[WrittenBatch]:

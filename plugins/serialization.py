@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,8 +26,25 @@ def _default(value: Any) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """One value as compact JSON bytes (no trailing newline)."""
-    return orjson.dumps(value, default=_default, option=_OPTIONS)
+    """One value as compact JSON bytes (no trailing newline); integers beyond 64 bits are written exactly."""
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return _exact_dumps(value)
+
+
+def _exact_dumps(value: Any) -> bytes:
+    """The standard library's encoder, for what orjson refuses: integers beyond 64 bits (rare, so not fast)."""
+
+    def default(item: Any) -> Any:
+        if isinstance(item, decimal.Decimal):
+            raise TypeError("a Decimal beside an integer beyond 64 bits cannot be written exactly")
+        return _default(item)
+
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default)
+    return text.encode("utf-8")
 
 
 def loads(data: bytes | str) -> Any:
@@ -36,4 +54,4 @@ def loads(data: bytes | str) -> Any:
 
 def ndjson(records: Iterable[Any]) -> bytes:
     """Records as newline-delimited JSON, each line ending in a newline."""
-    return b"".join(orjson.dumps(r, default=_default, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE) for r in records)
+    return b"".join(dumps(r) + b"\n" for r in records)

@@ -126,7 +126,8 @@ def test_lines_that_are_not_singer_messages_go_to_the_dlq_as_parse_error(tmp_pat
 
     letters = dead_letters(config)
     assert sorted(d["error_type"] for d in letters) == ["parse_error"] * 5
-    assert "this is not json" in [d["record"] for d in letters]
+    assert "this is not json" in [d.get("record_text") for d in letters]  # the line as sent; record is null
+    assert None in [d["record"] for d in letters]
     assert {"type": "GOSSIP", "stream": "customers"} in [d["record"] for d in letters]
     assert sorted(d["context"]["line"] for d in letters) == [2, 3, 4, 5, 6]
     assert [r["id"] for r in raw_records(config)] == ["ok"]
@@ -322,3 +323,57 @@ def test_a_run_where_some_records_of_each_stream_landed_is_not_failed(tmp_path: 
 
     assert target.all_rejected_streams == []
     target.raise_if_all_rejected()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"NaN", "NaN at $.record.total is not JSON"),
+        (b"Infinity", "Infinity at $.record.total is not JSON"),
+        (b"-Infinity", "-Infinity at $.record.total is not JSON"),
+        (b"1e999", "1e999 at $.record.total is beyond the range of a JSON number"),
+        (b'"\\ud800"', "a lone surrogate (\\u escape) at $.record.total is not valid Unicode"),
+    ],
+)
+def test_values_json_cannot_carry_go_to_the_dlq_as_the_original_line(
+    tmp_path: Path, value: bytes, message: str
+) -> None:
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":' + value + b"}}"
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line, record_message("orders", {"id": "o2"})])
+
+    assert [r["id"] for r in raw_records(config)] == ["o2"]
+    [letter] = dead_letters(config)
+    assert letter["error_message"].startswith(message)
+    assert (letter["record"], letter["record_text"], letter["stream"]) == (None, line.decode(), "orders")
+
+
+def test_invalid_utf8_goes_to_the_dlq_as_the_original_bytes(tmp_path: Path) -> None:
+    import base64
+
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o\xff1"}}'
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line])
+
+    [letter] = dead_letters(config)
+    assert letter["record"] is None
+    assert base64.b64decode(letter["record_base64"]) == line
+    assert "not valid UTF-8" in letter["error_message"]
+    assert letter["stream"] == "orders"
+    assert raw_records(config) == []
+
+
+def test_integers_beyond_64_bits_land_exactly(tmp_path: Path) -> None:
+    config = zone_config(str(tmp_path))
+    schema = {"type": "object", "properties": {"id": {"type": "string"}, "total": {"type": "integer"}}}
+    big = 123456789012345678901234567890
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":' + str(big).encode() + b"}}"
+    run_target(config, [schema_message("orders", schema), line])
+
+    store = ObjectStore(config["raw_url"])
+    [info] = store.list()
+    import gzip as _gzip
+
+    text = _gzip.decompress(store.read_bytes(info.key)).decode()
+    assert f'"total":{big}' in text
+    assert dead_letters(config) == []

@@ -7,7 +7,9 @@ thread. See docs/raw-zone.md for layouts, drift reporting and the delivery guara
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -35,10 +37,16 @@ from plugins.serialization import dumps
 from plugins.storage import ObjectStore
 from plugins.validation import InvalidRecordSchemaError, RecordValidator
 from schema_registry import InvalidSchemaError, SchemaRegistry
-from targets.s3raw.batch_files import read_batch_manifest
+from targets.s3raw.batch_files import (
+    DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES,
+    DEFAULT_MAX_BATCH_FILE_BYTES,
+    BatchLimits,
+    allowed_prefixes,
+    read_batch_manifest,
+)
 from targets.s3raw.checkpoints import BackgroundWriter, StateCheckpoints
 from targets.s3raw.drift import AlertDispatcher, SchemaTracker, UndeclaredProperties
-from targets.s3raw.reader import RawMessageReader, line_size
+from targets.s3raw.reader import RawMessageReader, parse_json
 from targets.s3raw.sinks import DeadLetterBuffer, StreamSink, dead_letter_job, raw_batch_job
 
 DEFAULT_BATCH_SIZE = 20_000
@@ -57,6 +65,33 @@ class ProtocolError(CdpError):
 
 class AllRecordsRejectedError(CdpError):
     """Every record of at least one stream went to the DLQ in this run (exit 1 after the last STATE)."""
+
+
+def _original_line(raw: bytes | None) -> tuple[str | None, str | None]:
+    """``(record_text, record_base64)`` of a line kept as sent: text when it is valid UTF-8, else base64."""
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, base64.b64encode(raw).decode("ascii")
+
+
+def _stream_named(message: Any) -> str:
+    """The stream a line that is not a Singer message names, if it names one (even beside unreadable values)."""
+    if isinstance(message, bytes):
+        try:
+            message = json.loads(message.decode("utf-8", errors="surrogateescape"), parse_constant=str)
+        except (ValueError, RecursionError):
+            return UNPARSED_STREAM
+    stream = message.get("stream") if isinstance(message, dict) else None
+    if isinstance(stream, str) and stream and stream.isprintable():
+        try:
+            stream.encode("utf-8")
+        except UnicodeEncodeError:
+            return UNPARSED_STREAM
+        return stream
+    return UNPARSED_STREAM
 
 
 def _config_problem(error: Any) -> str:
@@ -150,6 +185,33 @@ class TargetS3Raw(Target):
             default=DEFAULT_DLQ_ALERT_THRESHOLD,
             title="DLQ alert threshold",
             description="Raise an alert when one run sends more than this many records to the DLQ (0: never).",
+        ),
+        th.Property(
+            "batch_allowed_prefixes",
+            th.ArrayType(th.StringType(min_length=1)),
+            title="Allowed BATCH locations",
+            description="Folders (absolute paths, file:// or s3:// URLs) BATCH manifest files may be read from; "
+            "default: batch_config.storage.root, else none.",
+        ),
+        th.Property(
+            "batch_config",
+            th.ObjectType(additional_properties=True),
+            title="Batch config",
+            description="The tap's singer-sdk batch_config; its storage.root is the default allowed BATCH folder.",
+        ),
+        th.Property(
+            "max_batch_file_bytes",
+            th.IntegerType(minimum=1),
+            default=DEFAULT_MAX_BATCH_FILE_BYTES,
+            title="BATCH file size limit",
+            description="A BATCH file larger than this (as stored) goes to the DLQ unread.",
+        ),
+        th.Property(
+            "max_batch_decompressed_bytes",
+            th.IntegerType(minimum=1),
+            default=DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES,
+            title="BATCH decompressed size limit",
+            description="A BATCH file that decompresses to more than this goes to the DLQ.",
         ),
         th.Property(
             "fail_on_all_rejected",
@@ -249,6 +311,13 @@ class TargetS3Raw(Target):
         level = config.get("compression_level")
         level = DEFAULT_COMPRESSION_LEVEL if level is None else int(level)
         self.fail_on_all_rejected = config.get("fail_on_all_rejected", True) is not False
+        self.batch_limits = BatchLimits(
+            allowed_prefixes=allowed_prefixes(config),
+            max_file_bytes=int(config.get("max_batch_file_bytes") or DEFAULT_MAX_BATCH_FILE_BYTES),
+            max_decompressed_bytes=int(
+                config.get("max_batch_decompressed_bytes") or DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES
+            ),
+        )
         tenant = validate_name("tenant", config.get("tenant", ""))
         provider = validate_name("provider", config.get("provider", ""))
         endpoint = config.get("s3_endpoint_url")
@@ -436,14 +505,17 @@ class TargetS3Raw(Target):
             )
         endpoint = self.config.get("s3_endpoint_url")
         for url in manifest:
-            for item in read_batch_manifest(str(url), encoding, s3_endpoint_url=endpoint):
+            for item in read_batch_manifest(str(url), encoding, limits=self.batch_limits, s3_endpoint_url=endpoint):
                 if item.error is not None:
+                    text, encoded = _original_line(item.raw)
                     self._dead_letter(
                         stream,
                         ErrorType.PARSE_ERROR,
                         item.error,
-                        item.raw,
+                        None,
                         context={"manifest": url, "line": item.line},
+                        record_text=text,
+                        record_base64=encoded,
                     )
                 else:
                     self.handle_record(sink, item.record, None, item.size)
@@ -453,17 +525,24 @@ class TargetS3Raw(Target):
         log_event(self.logger, "activate_version_ignored", stream=message_dict.get("stream"))
 
     def _process_unparseable_line(self, line: str | bytes, reason: str, number: int) -> None:
-        text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
-        text = text.rstrip("\r\n")
-        stream = UNPARSED_STREAM
-        try:  # A JSON object that is not a Singer message may still name its stream.
-            parsed = orjson.loads(text)
-            if isinstance(parsed, dict) and isinstance(parsed.get("stream"), str) and parsed["stream"]:
-                stream = parsed["stream"]
-        except orjson.JSONDecodeError:
-            parsed = text
-        size = line_size(text)
-        self._dead_letter(stream, ErrorType.PARSE_ERROR, reason[:500], parsed, context={"line": number, "bytes": size})
+        raw = line if isinstance(line, bytes) else line.encode("utf-8", errors="surrogatepass")
+        raw = raw.rstrip(b"\r\n")
+        record: Any = None
+        try:
+            record = parse_json(raw.decode("utf-8"))  # JSON that is not a Singer message is kept as the JSON it is.
+        except ValueError:
+            record = None  # Kept as the original line instead: record_text, else record_base64.
+        stream = _stream_named(record if record is not None else raw)
+        kept_text, kept_base64 = _original_line(raw) if record is None else (None, None)
+        self._dead_letter(
+            stream,
+            ErrorType.PARSE_ERROR,
+            reason[:500],
+            record,
+            context={"line": number, "bytes": len(raw)},
+            record_text=kept_text,
+            record_base64=kept_base64,
+        )
 
     # -- the DLQ --------------------------------------------------------------------------------------------------
 
@@ -476,6 +555,8 @@ class TargetS3Raw(Target):
         errors: list[FieldError] | None = None,
         version: int | None = None,
         context: dict[str, Any] | None = None,
+        record_text: str | None = None,
+        record_base64: str | None = None,
     ) -> None:
         letter = DeadLetter(
             error_type=error_type,
@@ -485,6 +566,8 @@ class TargetS3Raw(Target):
             errors=list(errors or []),
             schema_version=version,
             context=context or {},
+            record_text=record_text,
+            record_base64=record_base64,
         )
         buffer = self.dead_letters.get(stream)
         if buffer is None:

@@ -377,3 +377,23 @@ def test_integers_beyond_64_bits_land_exactly(tmp_path: Path) -> None:
     text = _gzip.decompress(store.read_bytes(info.key)).decode()
     assert f'"total":{big}' in text
     assert dead_letters(config) == []
+
+
+def test_a_state_with_an_integer_beyond_64_bits_is_emitted_exactly(tmp_path: Path, capsys: Any) -> None:
+    big = 2**70
+    line = b'{"type":"STATE","value":{"cursor":' + str(big).encode() + b"}}"
+    target = TargetS3Raw(config=zone_config(str(tmp_path)))
+    capsys.readouterr()
+    target.listen(io.BytesIO(encode([schema_message("orders", ORDERS_SCHEMA), line])))
+
+    assert capsys.readouterr().out.strip() == f'{{"cursor":{big}}}'
+
+
+def test_whitespace_only_lines_carry_nothing(tmp_path: Path) -> None:
+    config = zone_config(str(tmp_path))
+    run_target(
+        config, [schema_message("orders", ORDERS_SCHEMA), b"     ", b"\t \r", record_message("orders", {"id": "o"})]
+    )
+
+    assert dead_letters(config) == []
+    assert [r["id"] for r in raw_records(config)] == ["o"]

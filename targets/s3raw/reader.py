@@ -133,8 +133,8 @@ class RawMessageReader(GenericSingerReader[Any]):
         source = file_input if file_input is not None else self.default_input
         for number, line in enumerate(source, start=1):
             self.line_number = number
-            if len(line) < 3 and not line.strip():
-                continue  # Blank lines carry nothing.
+            if not line or line.isspace():
+                continue  # Blank lines carry nothing (isspace stops at the first other character: cheap).
             try:
                 message = self.deserialize_json(line)
             except NotRepresentableError as exc:

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import IO, Any, ClassVar
 
-import orjson
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
@@ -662,7 +661,7 @@ class TargetS3Raw(Target):
             self._release_states()
 
     def _write_state_message(self, state: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps(state).decode() + "\n")
+        sys.stdout.write(dumps(state).decode() + "\n")  # dumps: integers beyond 64 bits stay exact
         sys.stdout.flush()
 
     def process_endofpipe(self) -> None:

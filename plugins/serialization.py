@@ -1,9 +1,16 @@
-"""JSON as every zone writes it: one compact object per line, decimals as numbers, datetimes as ISO-8601."""
+"""JSON as every zone writes and reads it: one compact object per line, decimals as numbers, datetimes as ISO-8601.
+
+Values are kept exactly: integers beyond 64 bits are written and read as integers (orjson alone would refuse to
+write them and read them as floats), and input JSON cannot carry (NaN, Infinity, 1e999, invalid UTF-8, lone
+surrogates) is refused with ``NotRepresentableError`` naming what and where, never turned into ``null`` or U+FFFD.
+"""
 
 from __future__ import annotations
 
 import decimal
 import json
+import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,8 +55,82 @@ def _exact_dumps(value: Any) -> bytes:
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON document."""
-    return orjson.loads(data)
+    """Parse one JSON document exactly (integers beyond 64 bits stay integers); see ``parse_json``."""
+    return parse_json(data)
+
+
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")  # orjson reads integers beyond 64 bits as floats: parse those exactly.
+_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+
+
+class NotRepresentableError(ValueError):
+    """A line parses, but a value in it cannot be kept exactly (NaN, Infinity, 1e999, invalid UTF-8...)."""
+
+
+class _NotJson:
+    """What the standard library's parser makes of a token JSON does not have (NaN) or a float64 cannot hold."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _exact_float(text: str) -> float | _NotJson:
+    value = float(text)
+    return value if math.isfinite(value) else _NotJson(text)
+
+
+def parse_json(line: str | bytes) -> Any:
+    """One JSON document, every value exactly as sent, or NotRepresentableError (a ValueError) saying what and where.
+
+    orjson first; the standard library for integers beyond 64 bits (kept exact) and to locate what is refused.
+    """
+    long_digits = (
+        _LONG_DIGITS_BYTES.search(line) if isinstance(line, bytes) else _LONG_DIGITS_TEXT.search(line)
+    ) is not None
+    if not long_digits:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    if isinstance(line, bytes):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise NotRepresentableError(f"the line is not valid UTF-8 (byte {exc.start})") from None
+    else:
+        text = line
+    try:
+        value = json.loads(text, parse_constant=_NotJson, parse_float=_exact_float)
+    except RecursionError:
+        raise NotRepresentableError("the line nests too deeply to be read") from None
+    problem = non_json_value(value)
+    if problem is not None:
+        raise NotRepresentableError(problem)
+    return value
+
+
+def non_json_value(value: Any) -> str | None:
+    """The first value in ``value`` that JSON cannot carry exactly, as "NaN at $.amount is not JSON"; else None."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((sub, f"{path}.{key}") for key, sub in reversed(item.items()))
+            stack.extend((key, f"{path} (a key)") for key in item if isinstance(key, str) and not key.isascii())
+        elif isinstance(item, list):
+            stack.extend((sub, f"{path}[{index}]") for index, sub in reversed(list(enumerate(item))))
+        elif isinstance(item, _NotJson):
+            if item.token in ("NaN", "Infinity", "-Infinity"):
+                return f"{item.token} at {path} is not JSON"
+            return f"{item.token} at {path} is beyond the range of a JSON number the raw zone keeps (float64)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{item} at {path} is not JSON"
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"a lone surrogate (\\u escape) at {path} is not valid Unicode"
+    return None
 
 
 def ndjson(records: Iterable[Any]) -> bytes:

@@ -114,3 +114,13 @@ def test_a_batch_key_whose_file_name_ends_in_a_newline_is_not_in_the_layout() ->
     key = raw_batch_key("acme", "stripe", "customers", LANDED)
     with pytest.raises(ValueError, match="not a batch key"):
         parse_batch_key(key + "\n")
+
+
+def test_integers_beyond_64_bits_are_written_and_read_back_exactly(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    writer = RawZoneWriter(store, tenant="acme", provider="stripe")
+    record = {"id": "c1", "balance": 2**70, "small": 1, "note": "12345678901234567890 in a string"}
+    batch = writer.write_batch("customers", [record], when=LANDED)
+
+    assert read_batch(store, batch.key) == [record]
+    assert isinstance(read_batch(store, batch.key)[0]["balance"], int)

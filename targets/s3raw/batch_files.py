@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlparse
 import orjson
 
 from plugins.errors import CdpError
-from plugins.serialization import dumps
+from plugins.serialization import NotRepresentableError, dumps, non_json_value, parse_json
 from plugins.storage import ObjectStore
-from targets.s3raw.reader import NotRepresentableError, line_size, non_json_value, parse_json
+from targets.s3raw.reader import line_size
 
 
 class BatchManifestError(CdpError):

@@ -32,7 +32,7 @@ from plugins.errors import CdpError, ConfigError
 from plugins.events import log_event
 from plugins.layout import NAME_PATTERN, validate_name
 from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
-from plugins.serialization import dumps
+from plugins.serialization import dumps, parse_json
 from plugins.storage import ObjectStore
 from plugins.validation import InvalidRecordSchemaError, RecordValidator
 from schema_registry import InvalidSchemaError, SchemaRegistry
@@ -45,7 +45,7 @@ from targets.s3raw.batch_files import (
 )
 from targets.s3raw.checkpoints import BackgroundWriter, StateCheckpoints
 from targets.s3raw.drift import AlertDispatcher, SchemaTracker, UndeclaredProperties
-from targets.s3raw.reader import RawMessageReader, parse_json
+from targets.s3raw.reader import RawMessageReader
 from targets.s3raw.sinks import DeadLetterBuffer, StreamSink, dead_letter_job, raw_batch_job
 
 DEFAULT_BATCH_SIZE = 20_000

@@ -4,6 +4,8 @@ Layout: ``{dlq_url}/{tenant}/{provider}/{error_type}/year=YYYY/month=MM/day=DD/{
 Each line is one dead letter: ``error_type``, ``error_message``, ``errors`` (``[{path, message}]``), ``tenant``,
 ``provider``, ``stream``, ``schema_version``, ``failed_at``, ``retry_count``, ``run_id``, ``context`` (what a
 reprocessor needs beyond the record, e.g. an extraction window) and ``record`` (the original record, unchanged).
+Input that cannot be represented exactly as JSON (NaN, 1e999, invalid UTF-8...) has ``record: null`` and keeps the
+original line in ``record_text`` (valid UTF-8) or ``record_base64`` (its bytes otherwise).
 """
 
 from __future__ import annotations

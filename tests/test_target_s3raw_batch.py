@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plugins.storage import ObjectStore
-from targets.s3raw.batch_files import BatchManifestError
+from targets.s3raw.batch_files import BatchManifestError, sdk_default_batch_root
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,
     dead_letters,
@@ -148,17 +149,24 @@ def test_batch_locations_outside_the_allowed_folder_are_refused_with_one_line(
     assert raw_records(config) == []
 
 
-def test_without_allowed_prefixes_no_batch_file_is_read(tmp_path: Path, batches: Path) -> None:
+def test_by_default_only_the_sdk_default_batch_folder_is_read(tmp_path: Path, batches: Path) -> None:
     (batches / "part.jsonl").write_bytes(jsonl(RECORDS))
     config = zone_config(str(tmp_path / "zones"))
-    with pytest.raises(BatchManifestError, match=r"outside the allowed locations \(none\)"):
+    message = batch_message({"format": "jsonl"}, [str(batches / "part.jsonl")])
+    with pytest.raises(BatchManifestError, match=re.escape(f"({sdk_default_batch_root()})")):
+        run_target(config, [schema_message("customers", CUSTOMERS_SCHEMA), message])
+
+    default_root = Path(sdk_default_batch_root())
+    default_root.mkdir(parents=True, exist_ok=True)
+    part = default_root / f"test-{os.getpid()}-{tmp_path.name}.jsonl"
+    part.write_bytes(jsonl(RECORDS))
+    try:
         run_target(
-            config,
-            [
-                schema_message("customers", CUSTOMERS_SCHEMA),
-                batch_message({"format": "jsonl"}, [str(batches / "part.jsonl")]),
-            ],
+            config, [schema_message("customers", CUSTOMERS_SCHEMA), batch_message({"format": "jsonl"}, [part.as_uri()])]
         )
+    finally:
+        part.unlink()
+    assert len(raw_records(config)) == len(RECORDS)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -55,14 +56,22 @@ class BatchFileUnreadableError(CdpError):
     """An allowed BATCH file cannot be read (corrupt, or over a size limit): it goes to the DLQ, the run goes on."""
 
 
+def sdk_default_batch_root() -> str:
+    """Where singer-sdk writes batch files when ``batch_config.storage.root`` is unset: ``{tempdir}/singer-sdk``."""
+    return os.path.join(tempfile.gettempdir(), "singer-sdk")
+
+
 def allowed_prefixes(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """``batch_allowed_prefixes``, else the folder singer-sdk's ``batch_config.storage.root`` names, else none."""
+    """``batch_allowed_prefixes``; else the tap's batch folder as singer-sdk's ``batch_config.storage.root`` names
+    it; else singer-sdk's default batch folder (``sdk_default_batch_root``)."""
     explicit = config.get("batch_allowed_prefixes")
     if explicit:
         return tuple(str(prefix) for prefix in explicit)
     storage = (config.get("batch_config") or {}).get("storage") or {}
     root = storage.get("root") if isinstance(storage, Mapping) else None
-    return (str(root),) if root else ()
+    if root and str(root) != "file://":  # "file://" is the SDK's schema default: its temporary folder.
+        return (str(root),)
+    return (sdk_default_batch_root(),)
 
 
 def _location(url: str) -> tuple[str, str]:

@@ -32,6 +32,7 @@ from plugins.errors import CdpError, ConfigError
 from plugins.events import log_event
 from plugins.layout import NAME_PATTERN, validate_name
 from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
+from plugins.schema_dialect import reference_validator
 from plugins.serialization import dumps, parse_json
 from plugins.storage import ObjectStore
 from plugins.validation import InvalidRecordSchemaError, RecordValidator
@@ -240,9 +241,7 @@ class TargetS3Raw(Target):
 
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         """Check the config against ``config_jsonschema``; the first problem is a one-line ``ConfigError``."""
-        import jsonschema
-
-        validator = jsonschema.Draft202012Validator(self.config_jsonschema)
+        validator = reference_validator(self.config_jsonschema)
         errors = sorted(validator.iter_errors(dict(self._config)), key=lambda e: (list(e.path), e.message))
         if not errors:
             return []

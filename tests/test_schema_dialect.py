@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +37,15 @@ TWO_DIALECTS: dict[str, Any] = {
 LONG_CODE = {"id": "o1", "code": "abcdef"}
 WRONG_PAIR = {"id": "o2", "pair": ["x"]}
 
-# What singer-io's tap-postgres / tap-mysql emit: no $schema, Draft 4's boolean exclusive bounds.
+# What singer-io's tap-postgres emits (its schema_for_column and expected test schemas): no $schema, Draft 4's
+# boolean exclusive bounds on numeric(12,4) columns, recursive array definitions, hstore as an open object.
+_RECURSIVE = {
+    f"sdc_recursive_{kind}_array": {
+        "type": ["null", kind, "array"],
+        "items": {"$ref": f"#/definitions/sdc_recursive_{kind}_array"},
+    }
+    for kind in ("integer", "number", "string", "boolean")
+}
 SINGER_IO_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -51,8 +60,19 @@ SINGER_IO_SCHEMA: dict[str, Any] = {
         },
         "name": {"type": ["null", "string"], "maxLength": 255},
         "updated_at": {"type": ["null", "string"], "format": "date-time"},
+        "int_array": {"type": ["null", "array"], "items": {"$ref": "#/definitions/sdc_recursive_integer_array"}},
+        "an_hstore": {"type": ["null", "object"], "properties": {}},
     },
-    "definitions": {"sdc_recursive_object": {"type": ["null", "object"], "additionalProperties": {}}},
+    "definitions": {
+        **_RECURSIVE,
+        "sdc_recursive_decimal_12_4_array": {
+            "type": ["null", "number", "array"],
+            "exclusiveMaximum": True,
+            "maximum": 100000000,
+            "multipleOf": 0.0001,
+            "items": {"$ref": "#/definitions/sdc_recursive_decimal_12_4_array"},
+        },
+    },
 }
 
 
@@ -116,22 +136,30 @@ def test_an_explicit_draft_7_schema_keeps_its_own_meaning_everywhere(tmp_path: P
     assert RecordValidator.for_schema(latest.schema).is_valid(LONG_CODE)
 
 
-def test_a_singer_io_draft_4_schema_lands_its_records_and_is_stored_in_2020_12(tmp_path: Path) -> None:
+def test_a_singer_io_draft_4_schema_lands_its_records_and_is_stored_in_2020_12(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     assert source_dialect(SINGER_IO_SCHEMA) == DRAFT4
     config = zone_config(str(tmp_path))
     run_target(
         config,
         [
             schema_message("orders", SINGER_IO_SCHEMA),
-            record_message("orders", {"id": 1, "ratio": 99.5, "name": "a", "updated_at": None}),
+            record_message(
+                "orders",
+                {"id": 1, "ratio": 99.5, "name": "a", "int_array": [1, [2, 3]], "an_hstore": {"k": "v"}},
+            ),
             record_message("orders", {"id": 2, "ratio": 100000000}),  # the exclusive bound itself
+            record_message("orders", {"id": 3, "int_array": [1, ["x"]]}),
         ],
     )
 
     assert [r["id"] for r in raw_records(config)] == [1]
-    [letter] = dead_letters(config)
-    assert letter["record"]["id"] == 2
-    assert "$.ratio" in letter["error_message"]
+    letters = sorted(dead_letters(config), key=lambda letter: letter["record"]["id"])
+    assert [letter["record"]["id"] for letter in letters] == [2, 3]
+    assert "$.ratio" in letters[0]["error_message"]
+    assert "$.int_array[1][0]" in letters[1]["error_message"]
     latest = SchemaRegistry(ObjectStore(config["registry_url"])).latest(SUBJECT)
     assert latest is not None
     ratio = latest.schema["properties"]["ratio"]
@@ -139,6 +167,8 @@ def test_a_singer_io_draft_4_schema_lands_its_records_and_is_stored_in_2020_12(t
     assert (ratio["exclusiveMaximum"], ratio["exclusiveMinimum"]) == (100000000, -100000000)
     assert "maximum" not in ratio
     assert "minimum" not in ratio
+    assert latest.schema["definitions"]["sdc_recursive_decimal_12_4_array"]["exclusiveMaximum"] == 100000000
+    assert not [r for r in caplog.records if getattr(r, "cdp_event", None) == "alert.schema_drift"]  # hstore is open
 
 
 def test_an_unknown_dialect_is_a_one_line_protocol_error(tmp_path: Path) -> None:

@@ -34,9 +34,12 @@ DRAFT2019 = "https://json-schema.org/draft/2019-09/schema"
 _KNOWN = {uri.rstrip("#").replace("https://", "http://"): uri for uri in (DRAFT4, DRAFT6, DRAFT7, DRAFT2019, DIALECT)}
 _REF_SIBLINGS_KEPT = frozenset({"$ref", "definitions", "$defs", "title", "description", "$comment"})
 
-# Keywords whose value is one subschema, a map of name -> subschema, or a list of subschemas.
-_SUBSCHEMA = frozenset(
+# Keywords whose value is one subschema (or, for items/additionalItems in older drafts, a list), a map of
+# name -> subschema, or a list of subschemas. The registry's normal form walks the same ones.
+SUBSCHEMA_KEYWORDS = frozenset(
     {
+        "items",
+        "additionalItems",
         "additionalProperties",
         "unevaluatedItems",
         "unevaluatedProperties",
@@ -49,8 +52,8 @@ _SUBSCHEMA = frozenset(
         "contentSchema",
     }
 )
-_SUBSCHEMA_MAP = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_SUBSCHEMA_LIST = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+SUBSCHEMA_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+SUBSCHEMA_LIST_KEYWORDS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 _MAX_DEPTH = 256
 
 
@@ -185,11 +188,11 @@ def _legacy_forms(schema: Any, depth: int) -> set[str]:
 def _subschemas(schema: Mapping[str, Any]) -> list[Any]:
     subs: list[Any] = []
     for key, value in schema.items():
-        if key in _SUBSCHEMA or key in ("items", "additionalItems"):
+        if key in SUBSCHEMA_KEYWORDS:
             subs.extend(value if isinstance(value, list) else [value])
-        elif key in _SUBSCHEMA_MAP and isinstance(value, Mapping):
+        elif key in SUBSCHEMA_MAP_KEYWORDS and isinstance(value, Mapping):
             subs.extend(value.values())
-        elif key in _SUBSCHEMA_LIST and isinstance(value, list):
+        elif key in SUBSCHEMA_LIST_KEYWORDS and isinstance(value, list):
             subs.extend(value)
         elif key == "dependencies" and isinstance(value, Mapping):
             subs.extend(v for v in value.values() if isinstance(v, Mapping | bool))
@@ -210,14 +213,14 @@ def _convert(schema: Any, dialect: str, depth: int) -> Any:
         source = {k: v for k, v in source.items() if k in _REF_SIBLINGS_KEPT}
     result: dict[str, Any] = {}
     for key, value in source.items():
-        if key in _SUBSCHEMA:
-            result[key] = _convert(value, dialect, depth + 1)
-        elif key in _SUBSCHEMA_MAP and isinstance(value, Mapping):
-            result[key] = {name: _convert(sub, dialect, depth + 1) for name, sub in value.items()}
-        elif key in _SUBSCHEMA_LIST and isinstance(value, list):
-            result[key] = [_convert(sub, dialect, depth + 1) for sub in value]
-        elif key in ("items", "additionalItems"):
+        if key in ("items", "additionalItems"):
             continue  # Below: they change together.
+        if key in SUBSCHEMA_KEYWORDS:
+            result[key] = _convert(value, dialect, depth + 1)
+        elif key in SUBSCHEMA_MAP_KEYWORDS and isinstance(value, Mapping):
+            result[key] = {name: _convert(sub, dialect, depth + 1) for name, sub in value.items()}
+        elif key in SUBSCHEMA_LIST_KEYWORDS and isinstance(value, list):
+            result[key] = [_convert(sub, dialect, depth + 1) for sub in value]
         elif key == "dependencies" and isinstance(value, Mapping):
             for name, dependency in value.items():
                 if isinstance(dependency, list):

@@ -191,7 +191,7 @@ class TargetS3Raw(Target):
             th.ArrayType(th.StringType(min_length=1)),
             title="Allowed BATCH locations",
             description="Folders (absolute paths, file:// or s3:// URLs) BATCH manifest files may be read from; "
-            "default: batch_config.storage.root, else none.",
+            "default: batch_config.storage.root, else singer-sdk's default batch folder.",
         ),
         th.Property(
             "batch_config",

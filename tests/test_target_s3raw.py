@@ -397,3 +397,25 @@ def test_whitespace_only_lines_carry_nothing(tmp_path: Path) -> None:
 
     assert dead_letters(config) == []
     assert [r["id"] for r in raw_records(config)] == ["o"]
+
+
+def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Path) -> None:
+    from plugins.dlq_ops import list_batches
+    from plugins.dlq_reprocess import Reprocessor
+
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":NaN}}'
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line])
+    dlq = ObjectStore(config["dlq_url"])
+    registry = SchemaRegistry(ObjectStore(config["registry_url"]))
+
+    report = Reprocessor(dlq, ObjectStore(config["raw_url"]), registry, actor="tester").run(
+        [batch.key for batch in list_batches(dlq)]
+    )
+
+    assert (report.totals()["passed"], report.totals()["failed"]) == (0, 1)
+    assert raw_records(config) == []
+    from plugins.raw_zone import read_batch
+
+    [letter] = [entry for batch in list_batches(dlq) for entry in read_batch(dlq, batch.key)]
+    assert (letter["record"], letter["record_text"], letter["retry_count"]) == (None, line.decode(), 1)

@@ -131,6 +131,8 @@ def non_json_value(value: Any) -> str | None:
             return f"{item.token} at {path} is beyond the range of a JSON number the raw zone keeps (float64)"
         elif isinstance(item, float) and not math.isfinite(item):
             return f"{item} at {path} is not JSON"
+        elif isinstance(item, decimal.Decimal) and not item.is_finite():  # e.g. a Parquet decimal NaN
+            return f"{item} at {path} is not JSON"
         elif isinstance(item, str) and not item.isascii():
             try:
                 item.encode("utf-8")

@@ -124,3 +124,18 @@ def test_integers_beyond_64_bits_are_written_and_read_back_exactly(tmp_path) -> 
 
     assert read_batch(store, batch.key) == [record]
     assert isinstance(read_batch(store, batch.key)[0]["balance"], int)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"a": [1, {"b": float("nan")}]}, "nan at $.a[1].b is not JSON"),
+        ({"a": Decimal("-Infinity")}, "-Infinity at $.a is not JSON"),
+        ({"a": "\ud800"}, "a lone surrogate (\\u escape) at $.a is not valid Unicode"),
+        ({"a": [1.5, "é", Decimal("2.5")]}, None),
+    ],
+)
+def test_values_json_cannot_carry_are_found_with_their_path(value: object, problem: str | None) -> None:
+    from plugins.serialization import non_json_value
+
+    assert non_json_value(value) == problem

@@ -115,6 +115,10 @@ def parse_json(line: str | bytes) -> Any:
     return value
 
 
+def _finite(number: float | decimal.Decimal) -> bool:
+    return number.is_finite() if isinstance(number, decimal.Decimal) else math.isfinite(number)
+
+
 def non_json_value(value: Any) -> str | None:
     """The first value in ``value`` that JSON cannot carry exactly, as "NaN at $.amount is not JSON"; else None."""
     stack: list[tuple[Any, str]] = [(value, "$")]
@@ -129,9 +133,7 @@ def non_json_value(value: Any) -> str | None:
             if item.token in ("NaN", "Infinity", "-Infinity"):
                 return f"{item.token} at {path} is not JSON"
             return f"{item.token} at {path} is beyond the range of a JSON number the raw zone keeps (float64)"
-        elif isinstance(item, float) and not math.isfinite(item):
-            return f"{item} at {path} is not JSON"
-        elif isinstance(item, decimal.Decimal) and not item.is_finite():  # e.g. a Parquet decimal NaN
+        elif isinstance(item, float | decimal.Decimal) and not _finite(item):
             return f"{item} at {path} is not JSON"
         elif isinstance(item, str) and not item.isascii():
             try:

@@ -230,3 +230,23 @@ def test_a_parquet_nan_is_not_landed_as_null(tmp_path: Path, batches: Path) -> N
     assert [(r["id"], r["score"]) for r in raw_records(config)] == [("c2", 1.5)]
     [letter] = dead_letters(config)
     assert letter["error_message"].startswith("nan at $.score is not JSON")
+
+
+def test_an_oversized_or_missing_batch_file_goes_to_the_dlq_on_every_store(store_url: str) -> None:
+    store = ObjectStore(store_url)
+    big = store.write_bytes("batches/big.jsonl", jsonl(RECORDS) * 100)
+    good = store.write_bytes("batches/good.jsonl", jsonl(RECORDS))
+    missing = good.replace("good.jsonl", "missing.jsonl")
+    config = zone_config(store_url, batch_allowed_prefixes=[f"{store_url}/batches"], max_batch_file_bytes=10_000)
+
+    run_target(
+        config,
+        [schema_message("customers", CUSTOMERS_SCHEMA), batch_message({"format": "jsonl"}, [big, missing, good])],
+    )
+
+    assert sorted(r["id"] for r in raw_records(config)) == [r["id"] for r in RECORDS]
+    letters = {letter["context"]["manifest"]: letter["error_message"] for letter in dead_letters(config)}
+    assert letters == {
+        big: "batch file is over max_batch_file_bytes (10000)",
+        missing: "batch file does not exist",
+    }

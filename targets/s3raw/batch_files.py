@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from plugins.errors import CdpError
+from plugins.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
 from plugins.serialization import NotRepresentableError, dumps, non_json_value, parse_json
 from plugins.storage import ObjectStore
 from targets.s3raw.reader import line_size
@@ -109,10 +109,15 @@ def _check_allowed(url: str, limits: BatchLimits) -> tuple[str, str]:
 def _read_file(url: str, kind: str, where: str, limits: BatchLimits, s3_endpoint_url: str | None) -> bytes:
     if kind == "s3":
         bucket, _, key = where.partition("/")
-        data = ObjectStore(f"s3://{bucket}", s3_endpoint_url=s3_endpoint_url, setting="manifest").read_bytes(key)
-        if len(data) > limits.max_file_bytes:
-            raise BatchFileUnreadableError(f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})")
-        return data
+        store = ObjectStore(f"s3://{bucket}", s3_endpoint_url=s3_endpoint_url, setting="manifest")
+        try:
+            return store.read_bytes(key, max_bytes=limits.max_file_bytes)
+        except ObjectTooLargeError:
+            raise BatchFileUnreadableError(
+                f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})"
+            ) from None
+        except ObjectNotFoundError:
+            raise BatchFileUnreadableError("batch file does not exist") from None
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the opened file itself.
         fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))

@@ -109,6 +109,8 @@ def parse_json(line: str | bytes) -> Any:
         value = json.loads(text, parse_constant=_NotJson, parse_float=_exact_float)
     except RecursionError:
         raise NotRepresentableError("the line nests too deeply to be read") from None
+    except json.JSONDecodeError as exc:  # Not JSON: the same exception type as orjson's, for every caller.
+        raise orjson.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
     problem = non_json_value(value)
     if problem is not None:
         raise NotRepresentableError(problem)

@@ -139,3 +139,13 @@ def test_values_json_cannot_carry_are_found_with_their_path(value: object, probl
     from plugins.serialization import non_json_value
 
     assert non_json_value(value) == problem
+
+
+@pytest.mark.parametrize("text", [b"not json", b'{"a": 12345678901234567890', "{'a': 1}"])
+def test_exact_loads_raises_orjsons_error_for_text_that_is_not_json(text: bytes | str) -> None:
+    import orjson
+
+    from plugins.serialization import loads
+
+    with pytest.raises(orjson.JSONDecodeError):
+        loads(text)

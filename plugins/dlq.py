@@ -4,6 +4,8 @@ Layout: ``{dlq_url}/{tenant}/{provider}/{error_type}/year=YYYY/month=MM/day=DD/{
 Each line is one dead letter: ``error_type``, ``error_message``, ``errors`` (``[{path, message}]``), ``tenant``,
 ``provider``, ``stream``, ``schema_version``, ``failed_at``, ``retry_count``, ``run_id``, ``context`` (what a
 reprocessor needs beyond the record, e.g. an extraction window) and ``record`` (the original record, unchanged).
+Input that cannot be represented exactly as JSON (NaN, 1e999, invalid UTF-8...) has ``record: null`` and keeps the
+original line in ``record_text`` (valid UTF-8) or ``record_base64`` (its bytes otherwise).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class DeadLetter:
     retry_count: int = 0
     context: dict[str, Any] = field(default_factory=dict)
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # For input that cannot be represented exactly as JSON (``record`` is then None): the original line as text
+    # when it is valid UTF-8, else its bytes in base64.
+    record_text: str | None = None
+    record_base64: str | None = None
 
 
 def new_run_id() -> str:
@@ -99,6 +105,8 @@ class DeadLetterQueue:
             "run_id": self.run_id,
             "context": letter.context,
             "record": letter.record,
+            **({"record_text": letter.record_text} if letter.record_text is not None else {}),
+            **({"record_base64": letter.record_base64} if letter.record_base64 is not None else {}),
         }
 
     def write(self, letters: Iterable[DeadLetter], *, when: datetime | None = None) -> list[WrittenBatch]:

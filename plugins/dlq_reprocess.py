@@ -344,6 +344,9 @@ class Reprocessor:
                 retry_count=int(entry.get("retry_count") or 0) + 1,
                 context=context,
                 failed_at=attempt_at,
+                # A line that could not be represented as JSON stays only here: carry it to the new entry.
+                record_text=entry.get("record_text"),
+                record_base64=entry.get("record_base64"),
             )
             plan.dlq_letters[(error_type.value, stream)].append((letter, originals))
         if plan.passed + plan.failed != plan.records:  # Conservation is the whole point: refuse to go on without it.

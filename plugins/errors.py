@@ -22,3 +22,7 @@ class StorageError(CdpError):
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The object asked for does not exist."""
+
+
+class ObjectTooLargeError(StorageError):
+    """An object is larger than the caller's limit (it was not read further)."""

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from plugins.errors import ConfigError
 
 BATCH_SUFFIX = ".ndjson.gz"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # Tenant and provider names; also the settings' JSON Schema pattern.
+_NAME_RE = re.compile(NAME_PATTERN)
 _UNSAFE_RE = re.compile(r"[^a-z0-9_]+")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _PARTITION_RE = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})/")
@@ -32,7 +33,7 @@ def sanitize_stream_name(stream: str) -> str:
 
 def validate_name(setting: str, value: str) -> str:
     """A tenant or provider name: lower-case letters, digits, ``_`` and ``-``, starting with a letter or digit."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ConfigError(setting, f"'{value}' must be lower-case letters, digits, '_' or '-' (e.g. 'acme')")
     return value
 
@@ -84,7 +85,7 @@ def parse_batch_key(key: str) -> BatchKey:
     """Split a raw or DLQ batch key into its parts; raises ValueError for a key outside the layout."""
     match = _PARTITION_RE.search(key)
     parts = key.split("/")
-    file_match = _FILE_RE.match(parts[-1])
+    file_match = _FILE_RE.fullmatch(parts[-1])
     if match is None or file_match is None or len(parts) not in (6, 7):
         raise ValueError(f"'{key}' is not a batch key of the raw or DLQ layout")
     landed_at = datetime.strptime(file_match["ts"], _TIMESTAMP_FORMAT).replace(tzinfo=UTC)

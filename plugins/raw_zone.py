@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugins.layout import raw_batch_key, validate_name
-from plugins.serialization import ndjson
+from plugins.serialization import loads, ndjson
 from plugins.storage import ObjectStore
 
 # Metadata every raw record carries beside its own properties (Singer's ``_sdc_`` names where Singer has them).
@@ -62,7 +62,6 @@ class RawZoneWriter:
 
 def read_batch(store: ObjectStore, key: str) -> list[dict[str, Any]]:
     """Every record of one gzip NDJSON batch."""
-    import orjson
 
     data = zlib.decompress(store.read_bytes(key), 31)
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    return [loads(line) for line in data.splitlines() if line.strip()]

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from plugins.errors import ConfigError, ObjectNotFoundError, StorageError
+from plugins.errors import ConfigError, ObjectNotFoundError, ObjectTooLargeError, StorageError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -200,11 +200,16 @@ class ObjectStore:
 
     # -- reads ----------------------------------------------------------------------------------------------------
 
-    def read_bytes(self, key: str) -> bytes:
-        """The whole content of ``key``."""
+    def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The whole content of ``key``; with ``max_bytes``, ObjectTooLargeError past that size (read no further)."""
         try:
             with self.fs.open_input_stream(self._path(key), compression=None) as stream:
-                return bytes(stream.read())
+                if max_bytes is None:
+                    return bytes(stream.read())
+                data = bytes(stream.read(max_bytes + 1))
+                if len(data) > max_bytes:
+                    raise ObjectTooLargeError(f"{self.url_for(key)} is larger than {max_bytes} bytes")
+                return data
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
         except OSError as exc:

@@ -2,10 +2,12 @@
 
 ``RecordValidator.for_schema(schema)`` returns the validator of a schema, compiled on first use and cached by the
 schema's content, so every writer (target-s3raw, the DLQ reprocessor) shares one compiled validator per version.
-The fast check is jsonschema-rs (Rust); its verdicts match the reference ``jsonschema`` library on our test table
-(tests/test_target_s3raw_validation.py). Like singer-sdk's default validator it uses the schema's ``$schema`` draft
-(2020-12 when absent) and does not check string formats. Values jsonschema-rs cannot take (integers beyond 64 bits)
-fall back to ``jsonschema``.
+The fast check is jsonschema-rs (Rust). Values it cannot take (integers beyond 64 bits) fall back to python-jsonschema
+with ``multipleOf`` in exact decimal arithmetic, so both paths give the same verdicts on our test table
+(tests/test_target_s3raw_validation.py). Stock python-jsonschema does not: its float arithmetic refuses 19.99 as a
+multiple of 0.01, which jsonschema-rs (correctly) accepts. Every schema is read in Draft 2020-12 (older drafts are
+converted, see ``plugins.schema_dialect``), ``$ref`` is resolved only inside the schema, and, like singer-sdk's
+default validator, string formats are not checked.
 
 ``undeclared(record)`` lists the properties a record carries that its schema does not declare (drift), as JSON paths.
 Only objects whose schema lists ``properties`` (and no ``patternProperties`` or schema-valued
@@ -22,11 +24,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema_rs
 import orjson
 
 from plugins.dlq import FieldError
 from plugins.errors import CdpError
+from plugins.schema_dialect import (
+    SchemaDialectError,
+    UnresolvableReferenceError,
+    check_schema,
+    compile_fast,
+    reference_validator,
+    to_dialect,
+)
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CACHE_SIZE = 256
@@ -45,7 +54,7 @@ def json_path(parts: Iterable[str | int]) -> str:
             path += f"[{part}]"
         elif part == _ARRAY_STEP:
             path += "[*]"
-        elif _IDENTIFIER_RE.match(part):
+        elif _IDENTIFIER_RE.fullmatch(part):
             path += f".{part}"
         else:
             escaped = part.replace("\\", "\\\\").replace("'", "\\'")
@@ -74,6 +83,15 @@ class _ArrayShape:
 _Shape = _ObjectShape | _ArrayShape
 
 
+def _free_form(schema: dict[str, Any], properties: dict[str, Any]) -> bool:
+    """Whether an object schema admits keys it does not list: ``patternProperties``, schema-valued
+    ``additionalProperties``, or ``"properties": {}`` left open (no ``additionalProperties: false``)."""
+    additional = schema.get("additionalProperties")
+    if "patternProperties" in schema or isinstance(additional, dict):
+        return True
+    return not properties and additional is not False
+
+
 def _shape(schema: Any, depth: int = 0) -> _Shape | None:
     """What drift detection must walk in ``schema``; None where nothing below can be undeclared."""
     if not isinstance(schema, dict) or depth > 32:
@@ -83,7 +101,7 @@ def _shape(schema: Any, depth: int = 0) -> _Shape | None:
             return None  # Declarations spread over alternatives: treat as free-form.
     properties = schema.get("properties")
     if isinstance(properties, dict):
-        free_form = "patternProperties" in schema or isinstance(schema.get("additionalProperties"), dict)
+        free_form = _free_form(schema, properties)
         children = {}
         for name, sub in properties.items():
             child = _shape(sub, depth + 1)
@@ -109,7 +127,7 @@ def _strict(schema: Any, depth: int = 0) -> Any:
     properties = schema.get("properties")
     if isinstance(properties, dict):
         copy["properties"] = {name: _strict(sub, depth + 1) for name, sub in properties.items()}
-        if not ("patternProperties" in schema or isinstance(schema.get("additionalProperties"), dict)):
+        if not _free_form(schema, properties):
             copy["additionalProperties"] = False
     elif isinstance(schema.get("items"), dict):
         copy["items"] = _strict(schema["items"], depth + 1)
@@ -145,26 +163,22 @@ class RecordValidator:
     def __init__(self, schema: Mapping[str, Any]) -> None:
         if not isinstance(schema, Mapping):
             raise InvalidRecordSchemaError(f"a schema must be a JSON object, not {type(schema).__name__}")
-        self.schema = dict(schema)
+        try:
+            self.schema = to_dialect(schema)
+            self._fast = check_schema(self.schema)
+        except (SchemaDialectError, UnresolvableReferenceError) as exc:
+            raise InvalidRecordSchemaError(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidRecordSchemaError(f"not a usable JSON Schema: {exc}") from None
         import jsonschema  # Imported on first compile: it is slow to import and most commands never validate.
 
-        reference_class = jsonschema.validators.validator_for(self.schema, default=jsonschema.Draft202012Validator)
-        try:
-            reference_class.check_schema(self.schema)
-        except jsonschema.SchemaError as exc:
-            where = json_path(list(exc.path))
-            raise InvalidRecordSchemaError(f"not a valid JSON Schema at {where}: {exc.message}") from None
-        self._reference = reference_class(self.schema, format_checker=jsonschema.FormatChecker(formats=()))
-        try:
-            self._fast = jsonschema_rs.validator_for(self.schema, validate_formats=False)
-        except (jsonschema_rs.ValidationError, ValueError) as exc:
-            raise InvalidRecordSchemaError(f"not a usable JSON Schema: {exc}") from None
+        self._reference = reference_validator(self.schema, format_checker=jsonschema.FormatChecker(formats=()))
         self._shape = _shape(self.schema)
         self._strict: Any = None
         if self._shape is not None:
             try:  # Rust answers "nothing undeclared" for most records; Python walks only the others.
-                self._strict = jsonschema_rs.validator_for(_strict(self.schema), validate_formats=False)
-            except (jsonschema_rs.ValidationError, ValueError):
+                self._strict = compile_fast(_strict(self.schema), validate_formats=False)
+            except ValueError:
                 self._strict = None
 
     @classmethod

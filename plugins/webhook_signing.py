@@ -136,7 +136,7 @@ class HmacHeaderScheme:
     prefix: str = ""
 
     def __post_init__(self) -> None:
-        if not self.header or not re.match(r"^[A-Za-z0-9-]+$", self.header):
+        if not self.header or not re.fullmatch(r"[A-Za-z0-9-]+", self.header):
             raise ConfigError("signature_header", f"'{self.header}' is not an HTTP header name")
         object.__setattr__(self, "header", self.header.lower())
         object.__setattr__(self, "encoding", SignatureEncoding(self.encoding))

@@ -42,7 +42,7 @@ class Violation:
 
 def child_path(path: str, name: str) -> str:
     """``$.a`` + ``b`` -> ``$.a.b``; names that are not identifiers are quoted: ``$['first name']``."""
-    if _IDENTIFIER_RE.match(name):
+    if _IDENTIFIER_RE.fullmatch(name):
         return f"{path}.{name}"
     escaped = name.replace("\\", "\\\\").replace("'", "\\'")
     return f"{path}['{escaped}']"

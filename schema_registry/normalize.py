@@ -2,8 +2,10 @@
 
 Annotations (``title``, ``description``, ``examples``, ``$comment``, ``default`` and the other keywords that do not
 change which documents validate) are dropped, ``required`` and ``enum`` lose their order and duplicates, a one-item
-``type`` list becomes its item. Key order never matters: the fingerprint is the SHA-256 of the canonical JSON with
-sorted keys. Only keywords in schema positions are touched, so a property called ``description`` is kept.
+``type`` list becomes its item, and a ``$schema`` naming the default dialect (Draft 2020-12) is dropped, since a
+schema without one is read in that dialect too. Key order never matters: the fingerprint is the SHA-256 of the
+canonical JSON with sorted keys. Only keywords in schema positions are touched, so a property called
+``description`` is kept.
 """
 
 from __future__ import annotations
@@ -13,28 +15,11 @@ from typing import Any
 
 import orjson
 
+from plugins.schema_dialect import DIALECT, SUBSCHEMA_KEYWORDS, SUBSCHEMA_LIST_KEYWORDS, SUBSCHEMA_MAP_KEYWORDS
+
 ANNOTATION_KEYWORDS = frozenset(
     {"title", "description", "examples", "$comment", "default", "deprecated", "readOnly", "writeOnly"}
 )
-# Keywords whose value is one subschema, a map of name -> subschema, or a list of subschemas.
-_SCHEMA_KEYWORDS = frozenset(
-    {
-        "items",
-        "additionalItems",
-        "additionalProperties",
-        "unevaluatedItems",
-        "unevaluatedProperties",
-        "contains",
-        "propertyNames",
-        "not",
-        "if",
-        "then",
-        "else",
-        "contentSchema",
-    }
-)
-_SCHEMA_MAP_KEYWORDS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_SCHEMA_LIST_KEYWORDS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 
 
 def canonical_json(value: Any) -> bytes:
@@ -50,13 +35,13 @@ def normalize_schema(schema: Any) -> Any:
         return schema
     result: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in ANNOTATION_KEYWORDS:
+        if key in ANNOTATION_KEYWORDS or (key == "$schema" and value == DIALECT):
             continue
-        if key in _SCHEMA_KEYWORDS:
+        if key in SUBSCHEMA_KEYWORDS:
             result[key] = [normalize_schema(v) for v in value] if isinstance(value, list) else normalize_schema(value)
-        elif key in _SCHEMA_MAP_KEYWORDS and isinstance(value, dict):
+        elif key in SUBSCHEMA_MAP_KEYWORDS and isinstance(value, dict):
             result[key] = {name: normalize_schema(sub) for name, sub in value.items()}
-        elif key in _SCHEMA_LIST_KEYWORDS and isinstance(value, list):
+        elif key in SUBSCHEMA_LIST_KEYWORDS and isinstance(value, list):
             result[key] = [normalize_schema(sub) for sub in value]
         elif key == "required" and isinstance(value, list):
             if value:

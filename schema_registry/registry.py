@@ -24,6 +24,7 @@ import orjson
 from plugins.errors import ConfigError, ObjectNotFoundError
 from plugins.events import log_event
 from plugins.layout import sanitize_stream_name, validate_name
+from plugins.schema_dialect import DIALECT, SchemaDialectError, UnresolvableReferenceError, check_schema, to_dialect
 from plugins.storage import ObjectStore
 from schema_registry.compatibility import Violation, check_against
 from schema_registry.errors import (
@@ -64,7 +65,7 @@ def parse_subject(subject: str) -> tuple[str, str, str]:
         validate_name("provider", provider)
     except ConfigError as exc:
         raise InvalidSubjectError(f"subject '{subject}': {exc.setting} {exc.problem}") from None
-    if not _STREAM_RE.match(stream):
+    if not _STREAM_RE.fullmatch(stream):
         raise InvalidSubjectError(
             f"subject '{subject}': stream '{stream}' must be [a-z0-9_]; use '{sanitize_stream_name(stream)}'"
         )
@@ -81,6 +82,7 @@ class SchemaVersion:
     fingerprint: str
     registered_at: datetime
     forced: bool = False
+    dialect: str = DIALECT  # The JSON Schema draft ``schema`` is read in; every version since 2020-12 declares it.
 
     def as_dict(self) -> dict[str, Any]:
         """The stored form (and the ``--json`` form): stable keys, ISO-8601 UTC time."""
@@ -90,6 +92,7 @@ class SchemaVersion:
             "fingerprint": self.fingerprint,
             "registered_at": self.registered_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "forced": self.forced,
+            "dialect": self.dialect,
             "schema": self.schema,
         }
 
@@ -104,6 +107,8 @@ class SchemaVersion:
             fingerprint=data["fingerprint"],
             registered_at=registered,
             forced=bool(data.get("forced", False)),
+            # Versions stored before the dialect was recorded were validated in 2020-12 by the target.
+            dialect=str(data.get("dialect", DIALECT)),
         )
 
 
@@ -177,7 +182,7 @@ class SchemaRegistry:
         found = set()
         for info in self.store.iter_objects(SUBJECTS_PREFIX):
             parts = info.key.split("/")
-            if len(parts) == 6 and parts[4] == "versions" and _VERSION_FILE_RE.match(parts[5]):
+            if len(parts) == 6 and parts[4] == "versions" and _VERSION_FILE_RE.fullmatch(parts[5]):
                 found.add("/".join(parts[1:4]))
         return sorted(found)
 
@@ -186,7 +191,7 @@ class SchemaRegistry:
         prefix = f"{self._subject_prefix(subject)}/versions"
         numbers = []
         for info in self.store.iter_objects(prefix):
-            match = _VERSION_FILE_RE.match(info.key.rsplit("/", 1)[-1])
+            match = _VERSION_FILE_RE.fullmatch(info.key.rsplit("/", 1)[-1])
             if match:
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
@@ -214,7 +219,10 @@ class SchemaRegistry:
 
     def lookup(self, subject: str, schema: dict[str, Any]) -> SchemaVersion | None:
         """The newest version whose schema equals ``schema`` (ignoring key order and annotations), if any."""
-        wanted = schema_fingerprint(schema)
+        try:
+            wanted = schema_fingerprint(to_dialect(schema))
+        except SchemaDialectError:
+            return None
         for version in reversed(self.all_versions(subject)):
             if version.fingerprint == wanted:
                 return version
@@ -261,7 +269,7 @@ class SchemaRegistry:
 
     def check(self, subject: str, schema: dict[str, Any]) -> CompatibilityResult:
         """Whether ``schema`` may become the subject's next version under its mode (a first version always may)."""
-        validate_schema(schema)
+        schema = validate_schema(schema)
         mode = self.get_mode(subject)
         return self._check(subject, schema, mode, self.versions(subject))
 
@@ -271,7 +279,7 @@ class SchemaRegistry:
         if mode is CompatibilityMode.NONE or not numbers:
             return CompatibilityResult(compatible=True, mode=mode)
         against = numbers if mode.transitive else numbers[-1:]
-        existing = [(n, self.get(subject, n).schema) for n in against]
+        existing = [(n, to_dialect(self.get(subject, n).schema)) for n in against]
         violations = check_against(schema, existing, mode)
         return CompatibilityResult(
             compatible=not violations, mode=mode, violations=violations, against_versions=list(against)
@@ -282,9 +290,10 @@ class SchemaRegistry:
 
         Equal to the latest (ignoring key order and annotations): returns it, ``created=False``. Compatible under the
         subject's mode: creates version n+1. Incompatible: raises IncompatibleSchemaError, unless ``force`` (an
-        operator's override), which registers it anyway and records ``forced: true``.
+        operator's override), which registers it anyway and records ``forced: true``. The stored schema is the
+        Draft 2020-12 form of ``schema`` (see ``validate_schema``).
         """
-        validate_schema(schema)
+        schema = validate_schema(schema)
         wanted = schema_fingerprint(schema)
         mode = self.get_mode(subject)
         for _attempt in range(_MAX_ATTEMPTS):
@@ -323,18 +332,20 @@ class SchemaRegistry:
         )
 
 
-def validate_schema(schema: Any) -> None:
-    """Raise InvalidSchemaError unless ``schema`` is a JSON Schema object (checked against its draft's metaschema)."""
+def validate_schema(schema: Any) -> dict[str, Any]:
+    """``schema`` in the registry's dialect (Draft 2020-12, ``$schema`` declared; older drafts converted).
+
+    Raises InvalidSchemaError unless it is a JSON Schema object that its metaschema accepts and whose every ``$ref``
+    resolves inside it (nothing is fetched or read from a file).
+    """
     if not isinstance(schema, dict):
         raise InvalidSchemaError(f"a schema must be a JSON object, not {type(schema).__name__}")
-    from jsonschema import Draft7Validator, SchemaError, validators
-
-    validator = validators.validator_for(schema, default=Draft7Validator)
     try:
-        validator.check_schema(schema)
-    except SchemaError as exc:
-        where = "/".join(str(p) for p in exc.path) or "(root)"
-        raise InvalidSchemaError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        converted = to_dialect(schema)
+        check_schema(converted)
+    except (SchemaDialectError, UnresolvableReferenceError, ValueError) as exc:
+        raise InvalidSchemaError(str(exc)) from None
+    return converted
 
 
 def _config_bytes(mode: CompatibilityMode) -> bytes:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from plugins.layout import parse_batch_key
-from plugins.project import run_meltano
+from plugins.project import MeltanoError, run_meltano
 from plugins.raw_zone import read_batch
 from plugins.sandbox import SandboxServer
 from plugins.storage import ObjectStore
+from schema_registry import SchemaRegistry
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.meltano
@@ -72,3 +74,30 @@ def test_meltano_run_lands_records_on_s3(meltano_project: Path, stripe_sandbox: 
     batches = _landed(store)
     assert sum(len(records) for records in batches.values()) == 250
     assert all(key.startswith("demo/stripe/year=") for key in batches)
+
+
+def test_meltano_run_fails_when_a_stream_lands_nothing_and_keeps_the_state_it_emitted(
+    meltano_project: Path, stripe_sandbox: SandboxServer
+) -> None:
+    # A registered customers schema the tap's cannot follow (id: string -> integer): every record goes to the DLQ.
+    registry = SchemaRegistry(ObjectStore(str(meltano_project / "data" / "registry")))
+    registry.register(
+        "demo/stripe/customers",
+        {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]},
+    )
+
+    with pytest.raises(MeltanoError, match=r"every record of stream\(s\) customers went to the DLQ"):
+        _run(meltano_project, stripe_sandbox)
+
+    dlq = ObjectStore(str(meltano_project / "data" / "dlq"))
+    assert sum(len(read_batch(dlq, info.key)) for info in dlq.list("demo/stripe/schema_incompatible")) == 250
+    assert (
+        not (meltano_project / "data" / "raw").exists()
+        or ObjectStore(str(meltano_project / "data" / "raw")).list() == []
+    )
+    state = run_meltano(
+        ["state", "get", "dev:tap-stripe-to-target-s3raw"], project_root=meltano_project, capture=True, timeout=120
+    )
+    # Meltano kept the STATE the target emitted before exiting 1: the next run does not extract them again.
+    bookmarks = json.loads(state.stdout)["singer_state"]["bookmarks"]
+    assert bookmarks["customers"]["replication_key"] == "created"

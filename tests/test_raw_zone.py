@@ -100,3 +100,52 @@ def test_writer_lands_one_gzip_ndjson_object_per_batch(store: ObjectStore) -> No
         {"id": f"cus_{n}", "name": "Zoë 李", "balance": 1.5} for n in range(3)
     ]
     assert read_batch(store, batch.key)[0]["id"] == "cus_0"
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\nacme", "ac\nme"])
+def test_names_with_a_newline_are_refused(name: str) -> None:
+    from plugins.layout import validate_name
+
+    with pytest.raises(ConfigError, match="lower-case letters"):
+        validate_name("tenant", name)
+
+
+def test_a_batch_key_whose_file_name_ends_in_a_newline_is_not_in_the_layout() -> None:
+    key = raw_batch_key("acme", "stripe", "customers", LANDED)
+    with pytest.raises(ValueError, match="not a batch key"):
+        parse_batch_key(key + "\n")
+
+
+def test_integers_beyond_64_bits_are_written_and_read_back_exactly(tmp_path) -> None:
+    store = ObjectStore(str(tmp_path))
+    writer = RawZoneWriter(store, tenant="acme", provider="stripe")
+    record = {"id": "c1", "balance": 2**70, "small": 1, "note": "12345678901234567890 in a string"}
+    batch = writer.write_batch("customers", [record], when=LANDED)
+
+    assert read_batch(store, batch.key) == [record]
+    assert isinstance(read_batch(store, batch.key)[0]["balance"], int)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"a": [1, {"b": float("nan")}]}, "nan at $.a[1].b is not JSON"),
+        ({"a": Decimal("-Infinity")}, "-Infinity at $.a is not JSON"),
+        ({"a": "\ud800"}, "a lone surrogate (\\u escape) at $.a is not valid Unicode"),
+        ({"a": [1.5, "é", Decimal("2.5")]}, None),
+    ],
+)
+def test_values_json_cannot_carry_are_found_with_their_path(value: object, problem: str | None) -> None:
+    from plugins.serialization import non_json_value
+
+    assert non_json_value(value) == problem
+
+
+@pytest.mark.parametrize("text", [b"not json", b'{"a": 12345678901234567890', "{'a': 1}"])
+def test_exact_loads_raises_orjsons_error_for_text_that_is_not_json(text: bytes | str) -> None:
+    import orjson
+
+    from plugins.serialization import loads
+
+    with pytest.raises(orjson.JSONDecodeError):
+        loads(text)

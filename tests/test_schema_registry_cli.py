@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from plugins.schema_dialect import DIALECT
 from plugins.storage import ObjectStore
 from schema_registry import CompatibilityMode, SchemaRegistry
 from tests.conftest import REPO_ROOT
@@ -127,7 +128,7 @@ def test_show_a_version_as_json(registry_url: str, two_versions: SchemaRegistry)
     result = cdp("show", SUBJECT, "--version", "1", "--json", registry=registry_url)
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert (payload["version"], payload["versions"], payload["schema"]) == (1, [1, 2], V1)
+    assert (payload["version"], payload["versions"], payload["schema"]) == (1, [1, 2], {**V1, "$schema": DIALECT})
 
 
 def test_show_missing_version_is_a_one_line_error(registry_url: str, two_versions: SchemaRegistry) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from plugins.errors import ConfigError
+from plugins.schema_dialect import DIALECT
 from plugins.storage import ObjectStore
 from schema_registry import (
     CompatibilityMode,
@@ -57,20 +58,36 @@ def test_malformed_subject_is_rejected_with_the_expected_form(registry: SchemaRe
         registry.versions("acme/customers")
 
 
+@pytest.mark.parametrize("subject", ["acme/stripe/customers\n", "acme\n/stripe/customers", "acme/stripe\n/customers"])
+def test_subject_with_a_trailing_newline_is_refused(registry: SchemaRegistry, subject: str) -> None:
+    with pytest.raises(InvalidSubjectError):
+        registry.register(subject, V1)
+    assert registry.subjects() == []
+
+
+def test_version_file_name_with_a_trailing_newline_is_not_a_version(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))  # A local folder: S3 servers refuse such keys anyway.
+    registry = SchemaRegistry(store)
+    registry.register("acme/stripe/customers", V1)
+    store.write_bytes("subjects/acme/stripe/customers/versions/000002.json\n", b"{}")
+    assert registry.versions("acme/stripe/customers") == [1]
+
+
 def test_first_registration_creates_version_1(registry: SchemaRegistry) -> None:
     result = registry.register(SUBJECT, V1)
     assert result.created
     assert result.version.version == 1
     assert registry.versions(SUBJECT) == [1]
     assert registry.subjects() == [SUBJECT]
-    assert registry.get(SUBJECT, 1).schema == V1
+    assert registry.get(SUBJECT, 1).schema == {**V1, "$schema": DIALECT}  # the dialect is always declared
 
 
 def test_version_file_lives_under_the_subject_path(registry: SchemaRegistry, store: ObjectStore) -> None:
     registry.register(SUBJECT, V1)
     stored = orjson.loads(store.read_bytes("subjects/acme/stripe/customers/versions/000001.json"))
     assert stored["version"] == 1
-    assert stored["schema"] == V1
+    assert stored["schema"] == {**V1, "$schema": DIALECT}
+    assert stored["dialect"] == DIALECT
 
 
 def test_reregistering_the_same_schema_returns_the_existing_version(registry: SchemaRegistry) -> None:

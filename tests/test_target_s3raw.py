@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from singer_sdk.exceptions import ConfigValidationError, MissingKeyPropertiesError, RecordsWithoutSchemaException
+from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 
 from plugins.errors import ConfigError
 from plugins.raw_zone import METADATA_COLUMNS
@@ -18,6 +19,7 @@ from plugins.storage import ObjectStore
 from plugins.testing import FakeClock
 from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import ProtocolError, TargetS3Raw
+from tests.conftest import REPO_ROOT
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,
     dead_letters,
@@ -125,7 +127,8 @@ def test_lines_that_are_not_singer_messages_go_to_the_dlq_as_parse_error(tmp_pat
 
     letters = dead_letters(config)
     assert sorted(d["error_type"] for d in letters) == ["parse_error"] * 5
-    assert "this is not json" in [d["record"] for d in letters]
+    assert "this is not json" in [d.get("record_text") for d in letters]  # the line as sent; record is null
+    assert None in [d["record"] for d in letters]
     assert {"type": "GOSSIP", "stream": "customers"} in [d["record"] for d in letters]
     assert sorted(d["context"]["line"] for d in letters) == [2, 3, 4, 5, 6]
     assert [r["id"] for r in raw_records(config)] == ["ok"]
@@ -185,14 +188,22 @@ def test_state_is_emitted_only_after_every_earlier_record_is_durable(tmp_path: P
 def test_missing_required_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     config = zone_config(str(tmp_path))
     del config["dlq_url"]
-    with pytest.raises(ConfigValidationError) as caught:
+    with pytest.raises(ConfigError) as caught:
         TargetS3Raw(config=config)
-    assert "dlq_url" in str(caught.value.errors)
+    assert caught.value.setting == "dlq_url"
 
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("batch_size", 0), ("max_batch_age_seconds", -1), ("compression_level", 12), ("tenant", "Not Valid")],
+    [
+        ("batch_size", 0),
+        ("max_batch_age_seconds", -1),
+        ("compression_level", 12),
+        ("tenant", "Not Valid"),
+        ("tenant", "acme\n"),
+        ("max_record_bytes", "big"),
+        ("dlq_alert_threshold", -1),
+    ],
 )
 def test_malformed_setting_fails_at_start_naming_it(tmp_path: Path, setting: str, value: Any) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -260,3 +271,156 @@ def test_state_messages_pass_through_as_json(tmp_path: Path, capsys: pytest.Capt
     )
     assert states == [{"a": {"b": [1, 2]}}, {"a": 2}] or states == [{"a": 2}]
     assert orjson.dumps(states[-1]) == b'{"a":2}'
+
+
+TARGET_CLI = str(REPO_ROOT / ".venv" / "bin" / "target-s3raw")
+
+
+def _run_cli(tmp_path: Path, config: dict[str, Any], messages: list[Any]) -> subprocess.CompletedProcess[bytes]:
+    config_path = tmp_path / "config.json"
+    config_path.write_bytes(orjson.dumps(config))
+    return subprocess.run(
+        [TARGET_CLI, "--config", str(config_path)], input=encode(messages), capture_output=True, timeout=120
+    )
+
+
+def test_a_config_error_on_the_cli_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    result = _run_cli(tmp_path, zone_config(str(tmp_path), compression_level=12), [])
+
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    [line] = [text for text in stderr.splitlines() if "error" in text.lower()]
+    assert line == "target-s3raw: error: setting 'compression_level': 12 is not allowed: must be at most 9"
+
+
+def test_a_stream_whose_records_all_went_to_the_dlq_fails_the_run_after_its_state(tmp_path: Path) -> None:
+    messages = [
+        schema_message("orders", ORDERS_SCHEMA),
+        schema_message("refunds", ORDERS_SCHEMA),
+        record_message("orders", {"id": "o1", "total": "not a number"}),
+        record_message("refunds", {"id": "r1", "total": 5}),
+        state_message({"bookmarks": {"orders": 1}}),
+    ]
+    result = _run_cli(tmp_path, zone_config(str(tmp_path)), messages)
+
+    assert result.returncode == 1
+    assert [orjson.loads(line) for line in result.stdout.splitlines()] == [{"bookmarks": {"orders": 1}}]
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    assert "alert.stream_all_rejected" in stderr
+    assert "stream 'orders': all 1 records of this run went to the DLQ" in stderr
+    assert '"all_rejected_streams":["orders"]' in stderr
+    assert stderr.strip().splitlines()[-1].startswith("target-s3raw: error: every record of stream(s) orders went")
+
+    quiet = _run_cli(tmp_path, zone_config(str(tmp_path / "again"), fail_on_all_rejected=False), messages)
+    assert quiet.returncode == 0
+    assert "alert.stream_all_rejected" in quiet.stderr.decode()
+
+
+def test_a_run_where_some_records_of_each_stream_landed_is_not_failed(tmp_path: Path) -> None:
+    messages = [
+        schema_message("orders", ORDERS_SCHEMA),
+        record_message("orders", {"id": "o1", "total": "not a number"}),
+        record_message("orders", {"id": "o2", "total": 3}),
+    ]
+    target, _ = run_target(zone_config(str(tmp_path)), messages)
+
+    assert target.all_rejected_streams == []
+    target.raise_if_all_rejected()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"NaN", "NaN at $.record.total is not JSON"),
+        (b"Infinity", "Infinity at $.record.total is not JSON"),
+        (b"-Infinity", "-Infinity at $.record.total is not JSON"),
+        (b"1e999", "1e999 at $.record.total is beyond the range of a JSON number"),
+        (b'"\\ud800"', "a lone surrogate (\\u escape) at $.record.total is not valid Unicode"),
+    ],
+)
+def test_values_json_cannot_carry_go_to_the_dlq_as_the_original_line(
+    tmp_path: Path, value: bytes, message: str
+) -> None:
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":' + value + b"}}"
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line, record_message("orders", {"id": "o2"})])
+
+    assert [r["id"] for r in raw_records(config)] == ["o2"]
+    [letter] = dead_letters(config)
+    assert letter["error_message"].startswith(message)
+    assert (letter["record"], letter["record_text"], letter["stream"]) == (None, line.decode(), "orders")
+
+
+def test_invalid_utf8_goes_to_the_dlq_as_the_original_bytes(tmp_path: Path) -> None:
+    import base64
+
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o\xff1"}}'
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line])
+
+    [letter] = dead_letters(config)
+    assert letter["record"] is None
+    assert base64.b64decode(letter["record_base64"]) == line
+    assert "not valid UTF-8" in letter["error_message"]
+    assert letter["stream"] == "orders"
+    assert raw_records(config) == []
+
+
+def test_integers_beyond_64_bits_land_exactly(tmp_path: Path) -> None:
+    config = zone_config(str(tmp_path))
+    schema = {"type": "object", "properties": {"id": {"type": "string"}, "total": {"type": "integer"}}}
+    big = 123456789012345678901234567890
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":' + str(big).encode() + b"}}"
+    run_target(config, [schema_message("orders", schema), line])
+
+    store = ObjectStore(config["raw_url"])
+    [info] = store.list()
+    import gzip as _gzip
+
+    text = _gzip.decompress(store.read_bytes(info.key)).decode()
+    assert f'"total":{big}' in text
+    assert dead_letters(config) == []
+
+
+def test_a_state_with_an_integer_beyond_64_bits_is_emitted_exactly(tmp_path: Path, capsys: Any) -> None:
+    big = 2**70
+    line = b'{"type":"STATE","value":{"cursor":' + str(big).encode() + b"}}"
+    target = TargetS3Raw(config=zone_config(str(tmp_path)))
+    capsys.readouterr()
+    target.listen(io.BytesIO(encode([schema_message("orders", ORDERS_SCHEMA), line])))
+
+    assert capsys.readouterr().out.strip() == f'{{"cursor":{big}}}'
+
+
+def test_whitespace_only_lines_carry_nothing(tmp_path: Path) -> None:
+    config = zone_config(str(tmp_path))
+    run_target(
+        config, [schema_message("orders", ORDERS_SCHEMA), b"     ", b"\t \r", record_message("orders", {"id": "o"})]
+    )
+
+    assert dead_letters(config) == []
+    assert [r["id"] for r in raw_records(config)] == ["o"]
+
+
+def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Path) -> None:
+    from plugins.dlq_ops import list_batches
+    from plugins.dlq_reprocess import Reprocessor
+
+    config = zone_config(str(tmp_path))
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":NaN}}'
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line])
+    dlq = ObjectStore(config["dlq_url"])
+    registry = SchemaRegistry(ObjectStore(config["registry_url"]))
+
+    report = Reprocessor(dlq, ObjectStore(config["raw_url"]), registry, actor="tester").run(
+        [batch.key for batch in list_batches(dlq)]
+    )
+
+    assert (report.totals()["passed"], report.totals()["failed"]) == (0, 1)
+    assert raw_records(config) == []
+    from plugins.raw_zone import read_batch
+
+    [letter] = [entry for batch in list_batches(dlq) for entry in read_batch(dlq, batch.key)]
+    assert (letter["record"], letter["record_text"], letter["retry_count"]) == (None, line.decode(), 1)

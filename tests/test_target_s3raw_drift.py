@@ -143,3 +143,23 @@ def test_undeclared_properties_are_kept_counted_and_alerted_once_per_property(
     assert target.undeclared.counts[("customers", "$.tier")] == 1
     assert sorted(r["id"] for r in raw_records(config) if "plan" in r) == [f"c{i}" for i in range(5)]
     assert dead_letters(config) == []
+
+
+def test_free_form_objects_declared_with_empty_properties_raise_no_drift(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    schema = {
+        **CUSTOMERS_SCHEMA,
+        "properties": {
+            **CUSTOMERS_SCHEMA["properties"],
+            "metadata": {"type": ["object", "null"], "properties": {}},
+            "closed": {"type": ["object", "null"], "properties": {}, "additionalProperties": False},
+        },
+    }
+    config = zone_config(str(tmp_path))
+    caplog.set_level(logging.INFO)
+    record = {"id": "c1", "metadata": {"order_ref": "A-1", "campaign": "spring"}, "plan": "pro"}
+    run_target(config, [schema_message("customers", schema), record_message("customers", record)])
+
+    assert [a["property"] for a in alerts(caplog, "schema_drift")] == ["$.plan"]
+    assert [r["metadata"] for r in raw_records(config)] == [record["metadata"]]

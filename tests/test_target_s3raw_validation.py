@@ -1,7 +1,12 @@
-"""plugins/validation.py: the compiled validator agrees with the reference jsonschema and reports every error."""
+"""plugins/validation.py: the compiled validator agrees with the reference jsonschema and reports every error.
+
+The one known difference: stock python-jsonschema checks ``multipleOf`` in float arithmetic (19.99 is "not a multiple"
+of 0.01 there); the validator keeps jsonschema-rs's exact verdict, on its fast path and on its fallback alike.
+"""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
@@ -33,6 +38,7 @@ SCHEMA: dict[str, Any] = {
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "agent:type": {"type": "string"},
         "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+        "price": {"type": "number", "multipleOf": 0.01},
     },
 }
 
@@ -50,14 +56,24 @@ RECORDS = [
     {"id": "cus_1", "created": 1, "metadata": {"a": 1}, "agent:type": 2, "either": 1.5},
     {"id": "cus_1", "created": 12345678901234567890123},
     {"id": "cus_1", "created": True},
+    {"id": "cus_1", "created": 1, "price": 19.99},
+    {"id": "cus_1", "created": 1, "price": 19.995},
+    {"id": "cus_1", "created": 12345678901234567890123, "price": 19.99},
     [],
     "a string",
 ]
 
 
+def _exact_multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Any:
+    """The reference's multipleOf in exact decimal arithmetic (see the module docstring)."""
+    if validator.is_type(instance, "number") and Decimal(str(instance)) % Decimal(str(divisor)) != 0:
+        yield jsonschema.ValidationError(f"{instance} is not a multiple of {divisor}")
+
+
 @pytest.mark.parametrize("record", RECORDS, ids=range(len(RECORDS)))
 def test_verdict_and_error_paths_match_the_reference_jsonschema(record: Any) -> None:
-    reference = jsonschema.Draft202012Validator(SCHEMA)
+    exact = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"multipleOf": _exact_multiple_of})
+    reference = exact(SCHEMA)
     expected_paths = sorted(json_path(list(e.absolute_path)) for e in reference.iter_errors(record))
     validator = RecordValidator.for_schema(SCHEMA)
 
@@ -99,3 +115,28 @@ def test_undeclared_properties_are_listed_by_path_including_nested_and_array_ite
 def test_an_invalid_schema_is_refused_with_its_location() -> None:
     with pytest.raises(InvalidRecordSchemaError, match=r"\$.properties.id"):
         RecordValidator.for_schema({"type": "object", "properties": {"id": {"type": "text"}}})
+
+
+@pytest.mark.parametrize("record", [{"price": 19.99}, {"price": 19.99, "big": 2**70}], ids=["fast", "fallback"])
+def test_decimal_multiple_of_keeps_the_exact_verdict_where_stock_jsonschema_differs(record: dict[str, Any]) -> None:
+    schema = {"type": "object", "properties": {"price": {"multipleOf": 0.01}, "big": {"type": "integer"}}}
+    validator = RecordValidator.for_schema(schema)
+
+    assert validator.is_valid(record)
+    assert validator.errors(record) == []
+    assert not validator.is_valid({**record, "price": 19.995})
+    assert not jsonschema.Draft202012Validator(schema).is_valid({"price": 19.99})  # the documented difference
+
+
+def test_an_object_with_empty_properties_is_free_form_unless_closed() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "properties": {}},
+            "closed": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    }
+    validator = RecordValidator.for_schema(schema)
+
+    assert validator.undeclared({"metadata": {"anything": 1}}) == []
+    assert validator.undeclared({"closed": {}, "extra": 1}) == ["$.extra"]

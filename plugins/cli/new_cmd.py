@@ -94,7 +94,7 @@ def register_in_pyproject(pyproject: Path, name: str, class_name: str) -> list[s
 
 def scaffold_tap(root: Path, name: str, *, title: str | None = None, api_url: str | None = None) -> ScaffoldResult:
     """Write the tap package, its test and its registration under project ``root``."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ConfigError("NAME", f"'{name}' must be lower-case letters and digits, words joined by '_' (acme_crm)")
     if name in _RESERVED:
         raise ConfigError("NAME", f"'{name}' is taken; choose another name")

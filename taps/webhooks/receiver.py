@@ -225,7 +225,7 @@ class WebhookReceiver:
         cached = self._secrets.get((tenant, provider))
         if cached is not None:
             return cached
-        if provider not in self.handlers or not _NAME_RE.match(tenant):
+        if provider not in self.handlers or not _NAME_RE.fullmatch(tenant):
             return []
         found = webhook_secrets(tenant, provider, self._environ)
         if found:

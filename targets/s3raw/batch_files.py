@@ -1,23 +1,26 @@
 """Reads the files of a Singer BATCH message (singer-sdk's flavour): JSON Lines (optionally gzip) or Parquet, each file
-a local path, a ``file://`` URL or ``s3://bucket/key``. JSONL files hold one record per line (not Singer messages).
+an absolute local path, a ``file://`` URL or ``s3://bucket/key``. JSONL files hold one record per line (not Singer
+messages). Only regular files under the allowed prefixes are read, and sizes are capped (see ``BatchLimits``).
 """
 
 from __future__ import annotations
 
-import gzip
 import io
+import os
+import stat
+import tempfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import orjson
 
-from plugins.errors import CdpError
-from plugins.serialization import dumps
+from plugins.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
+from plugins.serialization import NotRepresentableError, dumps, non_json_value, parse_json
 from plugins.storage import ObjectStore
-from targets.s3raw.reader import line_size, parse_json
+from targets.s3raw.reader import line_size
 
 
 class BatchManifestError(CdpError):
@@ -35,41 +38,183 @@ class BatchItem:
     raw: Any = None
 
 
-def _open_store(url: str, s3_endpoint_url: str | None) -> tuple[ObjectStore, str]:
+DEFAULT_MAX_BATCH_FILE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES = 1024 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Where BATCH files may be read from, and how big they may be."""
+
+    allowed_prefixes: tuple[str, ...] = ()
+    max_file_bytes: int = DEFAULT_MAX_BATCH_FILE_BYTES
+    max_decompressed_bytes: int = DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES
+
+
+class BatchFileUnreadableError(CdpError):
+    """An allowed BATCH file cannot be read (corrupt, or over a size limit): it goes to the DLQ, the run goes on."""
+
+
+def sdk_default_batch_root() -> str:
+    """Where singer-sdk writes batch files when ``batch_config.storage.root`` is unset: ``{tempdir}/singer-sdk``."""
+    return os.path.join(tempfile.gettempdir(), "singer-sdk")
+
+
+def allowed_prefixes(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """``batch_allowed_prefixes``; else the tap's batch folder as singer-sdk's ``batch_config.storage.root`` names
+    it; else singer-sdk's default batch folder (``sdk_default_batch_root``)."""
+    explicit = config.get("batch_allowed_prefixes")
+    if explicit:
+        return tuple(str(prefix) for prefix in explicit)
+    storage = (config.get("batch_config") or {}).get("storage") or {}
+    root = storage.get("root") if isinstance(storage, Mapping) else None
+    if root and str(root) != "file://":  # "file://" is the SDK's schema default: its temporary folder.
+        return (str(root),)
+    return (sdk_default_batch_root(),)
+
+
+def _location(url: str) -> tuple[str, str]:
+    """``("s3", "bucket/key")`` or ``("file", "/absolute/path")``; refuses other schemes and relative paths."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return ObjectStore(f"s3://{parsed.netloc}", s3_endpoint_url=s3_endpoint_url, setting="manifest"), parsed.path
+        if not parsed.netloc or ".." in parsed.path.split("/"):
+            raise BatchManifestError(f"BATCH manifest entry '{url}': not a plain s3://bucket/key URL")
+        return "s3", f"{parsed.netloc}{parsed.path}"
     if parsed.scheme in ("", "file"):
-        path = PurePosixPath(unquote(parsed.path) if parsed.scheme == "file" else url)
-        return ObjectStore(str(path.parent), setting="manifest"), path.name
+        path = unquote(parsed.path) if parsed.scheme == "file" else url
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise BatchManifestError(f"BATCH manifest entry '{url}': file:// URLs must name a local path")
+        if not os.path.isabs(path):
+            raise BatchManifestError(f"BATCH manifest entry '{url}': relative paths are refused; use an absolute path")
+        return "file", os.path.realpath(path)  # Symlinks resolved: the real file must be under an allowed prefix.
     raise BatchManifestError(
         f"BATCH manifest entry '{url}': unsupported scheme '{parsed.scheme}://'; use a path or s3://"
     )
 
 
+def _check_allowed(url: str, limits: BatchLimits) -> tuple[str, str]:
+    kind, where = _location(url)
+    for prefix in limits.allowed_prefixes:
+        prefix_kind, prefix_where = _location(prefix.rstrip("/") or "/")
+        if prefix_kind == kind and (where == prefix_where or where.startswith(prefix_where.rstrip("/") + "/")):
+            return kind, where
+    allowed = ", ".join(limits.allowed_prefixes) or "none"
+    raise BatchManifestError(
+        f"BATCH manifest entry '{url}' is outside the allowed locations ({allowed}); set batch_allowed_prefixes "
+        "(or batch_config.storage.root, as the tap has it) to the tap's batch folder"
+    )
+
+
+def _read_file(url: str, kind: str, where: str, limits: BatchLimits, s3_endpoint_url: str | None) -> bytes:
+    if kind == "s3":
+        bucket, _, key = where.partition("/")
+        store = ObjectStore(f"s3://{bucket}", s3_endpoint_url=s3_endpoint_url, setting="manifest")
+        try:
+            return store.read_bytes(key, max_bytes=limits.max_file_bytes)
+        except ObjectTooLargeError:
+            raise BatchFileUnreadableError(
+                f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})"
+            ) from None
+        except ObjectNotFoundError:
+            raise BatchFileUnreadableError("batch file does not exist") from None
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the opened file itself.
+        fd = os.open(where, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise BatchFileUnreadableError("batch file does not exist") from None
+    except OSError as exc:
+        raise BatchManifestError(f"BATCH manifest entry '{url}' cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise BatchManifestError(f"BATCH manifest entry '{url}' is not a regular file")
+        data = file.read(limits.max_file_bytes + 1)
+    if len(data) > limits.max_file_bytes:
+        raise BatchFileUnreadableError(f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})")
+    return data
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of ``data`` (as the SDK writes them), refusing more than ``limit`` bytes of output."""
+    out = bytearray()
+    while data:
+        decompressor = zlib.decompressobj(wbits=31)
+        chunk = decompressor.decompress(data, _CHUNK)
+        while True:
+            out += chunk
+            if len(out) > limit:
+                raise BatchFileUnreadableError(
+                    f"batch file decompresses to over max_batch_decompressed_bytes ({limit})"
+                )
+            if not decompressor.unconsumed_tail:
+                break
+            chunk = decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
+        if not decompressor.eof:
+            raise BatchFileUnreadableError("batch file is not a complete gzip stream (truncated or corrupt)")
+        data = decompressor.unused_data
+    return bytes(out)
+
+
 def read_batch_manifest(
-    url: str, encoding: Mapping[str, Any], *, s3_endpoint_url: str | None = None
+    url: str,
+    encoding: Mapping[str, Any],
+    *,
+    limits: BatchLimits,
+    s3_endpoint_url: str | None = None,
 ) -> Iterator[BatchItem]:
-    """Every record of one batch file, in order."""
+    """Every record of one batch file, in order.
+
+    A location outside ``limits.allowed_prefixes``, a relative path, a symlink escape or anything but a regular file
+    raises BatchManifestError (the run stops). A file that is corrupt or over a size limit yields one item with its
+    ``error`` (it goes to the DLQ) and nothing else.
+    """
     file_format = encoding.get("format")
     compression = encoding.get("compression")
-    store, key = _open_store(url, s3_endpoint_url)
-    data = store.read_bytes(key)
-    if file_format == "jsonl":
-        if compression == "gzip":
-            data = gzip.decompress(data)  # Every gzip member, as the SDK writes them.
-        elif compression not in (None, "none"):
-            raise BatchManifestError(f"BATCH manifest entry '{url}': unsupported compression '{compression}'")
-        yield from _jsonl_items(data)
-    elif file_format == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(io.BytesIO(data))
-        for number, row in enumerate(table.to_pylist(), start=1):
-            line = dumps(row)  # Parquet values (timestamps, decimals) become their JSON form, as a tap would send.
-            yield BatchItem(line=number, record=orjson.loads(line), size=len(line))
-    else:
+    if file_format not in ("jsonl", "parquet"):
         raise BatchManifestError(f"BATCH message: unsupported encoding format '{file_format}' (jsonl or parquet)")
+    if file_format == "jsonl" and compression not in (None, "none", "gzip"):
+        raise BatchManifestError(f"BATCH manifest entry '{url}': unsupported compression '{compression}'")
+    kind, where = _check_allowed(url, limits)
+    try:
+        data = _read_file(url, kind, where, limits, s3_endpoint_url)
+        if file_format == "jsonl":
+            if compression == "gzip":
+                try:
+                    data = _gunzip(data, limits.max_decompressed_bytes)
+                except zlib.error as exc:
+                    raise BatchFileUnreadableError(f"batch file is not valid gzip: {exc}") from None
+            items: Iterator[BatchItem] = _jsonl_items(data)
+        else:
+            items = _parquet_items(_parquet_rows(data, limits.max_decompressed_bytes))
+    except BatchFileUnreadableError as exc:
+        yield BatchItem(line=0, error=str(exc))
+        return
+    yield from items
+
+
+def _parquet_rows(data: bytes, limit: int) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        size = sum(parquet.metadata.row_group(i).total_byte_size for i in range(parquet.metadata.num_row_groups))
+        if size > limit:
+            raise BatchFileUnreadableError(f"batch file decompresses to over max_batch_decompressed_bytes ({limit})")
+        rows: list[dict[str, Any]] = parquet.read().to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise BatchFileUnreadableError(f"batch file is not valid Parquet: {exc}") from None
+    return rows
+
+
+def _parquet_items(rows: list[dict[str, Any]]) -> Iterator[BatchItem]:
+    for number, row in enumerate(rows, start=1):
+        problem = non_json_value(row)
+        if problem is not None:
+            yield BatchItem(line=number, error=f"{problem} (Parquet row {number})")
+            continue
+        line = dumps(row)  # Parquet values (timestamps, decimals) become their JSON form, as a tap would send.
+        yield BatchItem(line=number, record=orjson.loads(line), size=len(line))
 
 
 def _jsonl_items(data: bytes) -> Iterator[BatchItem]:
@@ -79,7 +224,7 @@ def _jsonl_items(data: bytes) -> Iterator[BatchItem]:
         try:
             record = parse_json(line)
         except ValueError as exc:
-            text = line.decode("utf-8", errors="replace")
-            yield BatchItem(line=number, error=f"batch file line is not JSON: {exc}", raw=text, size=len(line))
+            reason = str(exc) if isinstance(exc, NotRepresentableError) else f"batch file line is not JSON: {exc}"
+            yield BatchItem(line=number, error=reason, raw=line, size=len(line))
             continue
         yield BatchItem(line=number, record=record, size=line_size(line))

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import IO, Any
 
-import orjson
 from singer_sdk.io_base import GenericSingerReader
+
+from plugins.serialization import NotRepresentableError, parse_json
 
 # Called with (the line as read, why it is not a Singer message, its 1-based line number).
 UnparseableLineHandler = Callable[[str | bytes, str, int], None]
 
 MESSAGE_TYPES = frozenset({"RECORD", "SCHEMA", "STATE", "BATCH", "ACTIVATE_VERSION"})
-
-
-def parse_json(line: str | bytes) -> Any:
-    """One JSON document; orjson first, the standard library for what orjson refuses (integers beyond 64 bits)."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return json.loads(line)
 
 
 def line_size(line: str | bytes) -> int:
@@ -65,15 +57,14 @@ class RawMessageReader(GenericSingerReader[Any]):
         source = file_input if file_input is not None else self.default_input
         for number, line in enumerate(source, start=1):
             self.line_number = number
-            if len(line) < 3 and not line.strip():
-                continue  # Blank lines carry nothing.
+            if not line or line.isspace():
+                continue  # Blank lines carry nothing (isspace stops at the first other character: cheap).
             try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                message = None
-            try:
-                if not isinstance(message, dict):
-                    message = self.deserialize_json(line)
+                message = self.deserialize_json(line)
+            except NotRepresentableError as exc:
+                self._unparseable(line, str(exc), number)
+                stats["PARSE_ERROR"] += 1
+                continue
             except ValueError as exc:
                 self._unparseable(line, f"line is not JSON: {exc}", number)
                 stats["PARSE_ERROR"] += 1

@@ -7,36 +7,46 @@ thread. See docs/raw-zone.md for layouts, drift reporting and the delivery guara
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
-import orjson
 from singer_sdk import Target
 from singer_sdk import typing as th
 from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
+from singer_sdk.plugin_base import PluginBase
 
 from plugins.descriptors import Severity
 from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError
 from plugins.errors import CdpError, ConfigError
 from plugins.events import log_event
-from plugins.layout import validate_name
+from plugins.layout import NAME_PATTERN, validate_name
 from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
-from plugins.serialization import dumps
+from plugins.schema_dialect import reference_validator
+from plugins.serialization import dumps, parse_json
 from plugins.storage import ObjectStore
 from plugins.validation import InvalidRecordSchemaError, RecordValidator
 from schema_registry import InvalidSchemaError, SchemaRegistry
-from targets.s3raw.batch_files import read_batch_manifest
+from targets.s3raw.batch_files import (
+    DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES,
+    DEFAULT_MAX_BATCH_FILE_BYTES,
+    BatchLimits,
+    allowed_prefixes,
+    read_batch_manifest,
+)
 from targets.s3raw.checkpoints import BackgroundWriter, StateCheckpoints
 from targets.s3raw.drift import AlertDispatcher, SchemaTracker, UndeclaredProperties
-from targets.s3raw.reader import RawMessageReader, line_size
+from targets.s3raw.reader import RawMessageReader
 from targets.s3raw.sinks import DeadLetterBuffer, StreamSink, dead_letter_job, raw_batch_job
 
 DEFAULT_BATCH_SIZE = 20_000
@@ -51,6 +61,49 @@ _CLOCK_RESOLUTION_SECONDS = 0.01
 
 class ProtocolError(CdpError):
     """The tap broke the Singer protocol (e.g. an invalid SCHEMA message): the run stops."""
+
+
+class AllRecordsRejectedError(CdpError):
+    """Every record of at least one stream went to the DLQ in this run (exit 1 after the last STATE)."""
+
+
+def _original_line(raw: bytes | None) -> tuple[str | None, str | None]:
+    """``(record_text, record_base64)`` of a line kept as sent: text when it is valid UTF-8, else base64."""
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, base64.b64encode(raw).decode("ascii")
+
+
+def _stream_named(message: Any) -> str:
+    """The stream a line that is not a Singer message names, if it names one (even beside unreadable values)."""
+    if isinstance(message, bytes):
+        try:
+            message = json.loads(message.decode("utf-8", errors="surrogateescape"), parse_constant=str)
+        except (ValueError, RecursionError):
+            return UNPARSED_STREAM
+    stream = message.get("stream") if isinstance(message, dict) else None
+    if isinstance(stream, str) and stream and stream.isprintable():
+        try:
+            stream.encode("utf-8")
+        except UnicodeEncodeError:
+            return UNPARSED_STREAM
+        return stream
+    return UNPARSED_STREAM
+
+
+def _config_problem(error: Any) -> str:
+    """A config schema error's message without the value (which the caller shows, or hides for secrets)."""
+    if error.validator == "pattern":
+        return "use lower-case letters, digits, '_' or '-', starting with a letter or digit (e.g. 'acme')"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        word = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "above", "exclusiveMaximum": "below"}
+        return f"must be {word[error.validator]} {error.validator_value}"
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}"
+    return str(error.message)
 
 
 class TargetS3Raw(Target):
@@ -85,20 +138,30 @@ class TargetS3Raw(Target):
             title="Schema registry URL",
             description="The schema registry's store: a local folder or s3://bucket/prefix.",
         ),
-        th.Property("tenant", th.StringType, required=True, title="Tenant", description="Tenant name, e.g. 'acme'."),
         th.Property(
-            "provider", th.StringType, required=True, title="Provider", description="Source name, e.g. 'stripe'."
+            "tenant",
+            th.StringType(pattern=NAME_PATTERN),
+            required=True,
+            title="Tenant",
+            description="Tenant name, e.g. 'acme'.",
+        ),
+        th.Property(
+            "provider",
+            th.StringType(pattern=NAME_PATTERN),
+            required=True,
+            title="Provider",
+            description="Source name, e.g. 'stripe'.",
         ),
         th.Property(
             "batch_size",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=DEFAULT_BATCH_SIZE,
             title="Batch size",
             description="Records per batch file and stream.",
         ),
         th.Property(
             "max_batch_age_seconds",
-            th.NumberType,
+            th.NumberType(exclusive_minimum=0),
             default=DEFAULT_MAX_BATCH_AGE_SECONDS,
             title="Maximum batch age",
             description="Write every buffered record once the oldest has waited this long (checked as messages "
@@ -106,24 +169,58 @@ class TargetS3Raw(Target):
         ),
         th.Property(
             "compression_level",
-            th.IntegerType,
+            th.IntegerType(minimum=0, maximum=9),
             default=DEFAULT_COMPRESSION_LEVEL,
             title="gzip level",
             description="1 (fastest) to 9 (smallest).",
         ),
         th.Property(
             "max_record_bytes",
-            th.IntegerType,
+            th.IntegerType(minimum=1),
             default=DEFAULT_MAX_RECORD_BYTES,
             title="Record size limit",
             description="A RECORD message larger than this (bytes of its line) goes to the DLQ as record_too_large.",
         ),
         th.Property(
             "dlq_alert_threshold",
-            th.IntegerType,
+            th.IntegerType(minimum=0),
             default=DEFAULT_DLQ_ALERT_THRESHOLD,
             title="DLQ alert threshold",
             description="Raise an alert when one run sends more than this many records to the DLQ (0: never).",
+        ),
+        th.Property(
+            "batch_allowed_prefixes",
+            th.ArrayType(th.StringType(min_length=1)),
+            title="Allowed BATCH locations",
+            description="Folders (absolute paths, file:// or s3:// URLs) BATCH manifest files may be read from; "
+            "default: batch_config.storage.root, else singer-sdk's default batch folder.",
+        ),
+        th.Property(
+            "batch_config",
+            th.ObjectType(additional_properties=True),
+            title="Batch config",
+            description="The tap's singer-sdk batch_config; its storage.root is the default allowed BATCH folder.",
+        ),
+        th.Property(
+            "max_batch_file_bytes",
+            th.IntegerType(minimum=1),
+            default=DEFAULT_MAX_BATCH_FILE_BYTES,
+            title="BATCH file size limit",
+            description="A BATCH file larger than this (as stored) goes to the DLQ unread.",
+        ),
+        th.Property(
+            "max_batch_decompressed_bytes",
+            th.IntegerType(minimum=1),
+            default=DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES,
+            title="BATCH decompressed size limit",
+            description="A BATCH file that decompresses to more than this goes to the DLQ.",
+        ),
+        th.Property(
+            "fail_on_all_rejected",
+            th.BooleanType,
+            default=True,
+            title="Fail when a stream lands nothing",
+            description="Exit 1 (after emitting the last STATE) when every record of some stream went to the DLQ.",
         ),
         th.Property(
             "slack_webhook_url",
@@ -144,16 +241,83 @@ class TargetS3Raw(Target):
     def append_builtin_config(cls, config_jsonschema: dict[str, Any]) -> None:
         """No SDK sink settings (``add_record_metadata``, ``load_method``, ``batch_size_rows``...): none apply here."""
 
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        """Check the config against ``config_jsonschema``; the first problem is a one-line ``ConfigError``."""
+        validator = reference_validator(self.config_jsonschema)
+        errors = sorted(validator.iter_errors(dict(self._config)), key=lambda e: (list(e.path), e.message))
+        if not errors:
+            return []
+        if not raise_errors:
+            return [error.message for error in errors]
+        error = errors[0]
+        if error.validator == "required":
+            missing = str(error.message).split("'")[1] if "'" in error.message else "?"
+            raise ConfigError(missing, "is required; see docs/raw-zone.md#settings")
+        setting = str(error.path[0]) if error.path else "config"
+        value = error.instance
+        shown = "(secret)" if self.config_jsonschema["properties"].get(setting, {}).get("secret") else repr(value)
+        raise ConfigError(setting, f"{shown} is not allowed: {_config_problem(error)}")
+
+    @classmethod
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: Any = None,
+        file_input: IO[str] | None = None,
+    ) -> None:
+        """The CLI (singer-sdk's ``Target.invoke``), with two differences.
+
+        A configuration, storage or protocol error ends the run with one line on stderr and exit 1, not a
+        traceback. When every record of some stream went to the DLQ, the run exits 1 after its last STATE (unless
+        ``fail_on_all_rejected`` is false): see docs/raw-zone.md.
+        """
+        try:
+            PluginBase.invoke.__func__(cls, about=about, about_format=about_format)  # type: ignore[attr-defined]
+            cls.print_version(print_fn=cls.logger.info)
+            target = cls(
+                config=config.config if config else {},
+                validate_config=True,
+                parse_env_config=config.parse_env if config else False,
+            )
+            target.listen(file_input)
+            target.raise_if_all_rejected()
+        except (CdpError, MissingKeyPropertiesError, RecordsWithoutSchemaException) as exc:
+            message = " ".join(str(exc).split())
+            sys.stderr.write(f"target-s3raw: error: {message}\n")
+            sys.stderr.flush()
+            sys.exit(1)
+
+    def raise_if_all_rejected(self) -> None:
+        """After the run: AllRecordsRejectedError if a stream landed nothing and ``fail_on_all_rejected`` is on."""
+        if self.all_rejected_streams and self.fail_on_all_rejected:
+            streams = ", ".join(sorted(self.all_rejected_streams))
+            raise AllRecordsRejectedError(
+                f"every record of stream(s) {streams} went to the DLQ (run {self.dlq.run_id}); the last STATE was "
+                "emitted. Inspect with 'cdp dlq list', fix, then 'cdp dlq reprocess' (fail_on_all_rejected: false "
+                "keeps exit 0)"
+            )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = self.config
-        self.batch_size = _positive_int(config, "batch_size", DEFAULT_BATCH_SIZE)
-        self.max_batch_age_seconds = _positive_number(config, "max_batch_age_seconds", DEFAULT_MAX_BATCH_AGE_SECONDS)
-        self.max_record_bytes = _positive_int(config, "max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
-        self.dlq_alert_threshold = _positive_int(config, "dlq_alert_threshold", DEFAULT_DLQ_ALERT_THRESHOLD, minimum=0)
-        level = config.get("compression_level", DEFAULT_COMPRESSION_LEVEL)
-        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 9:
-            raise ConfigError("compression_level", f"must be a whole number from 0 to 9, got {level!r}")
+        # Ranges and patterns are checked against config_jsonschema (see _validate_config); defaults fill the rest.
+        self.batch_size = int(config.get("batch_size") or DEFAULT_BATCH_SIZE)
+        self.max_batch_age_seconds = float(config.get("max_batch_age_seconds") or DEFAULT_MAX_BATCH_AGE_SECONDS)
+        self.max_record_bytes = int(config.get("max_record_bytes") or DEFAULT_MAX_RECORD_BYTES)
+        threshold = config.get("dlq_alert_threshold")
+        self.dlq_alert_threshold = DEFAULT_DLQ_ALERT_THRESHOLD if threshold is None else int(threshold)
+        level = config.get("compression_level")
+        level = DEFAULT_COMPRESSION_LEVEL if level is None else int(level)
+        self.fail_on_all_rejected = config.get("fail_on_all_rejected", True) is not False
+        self.batch_limits = BatchLimits(
+            allowed_prefixes=allowed_prefixes(config),
+            max_file_bytes=int(config.get("max_batch_file_bytes") or DEFAULT_MAX_BATCH_FILE_BYTES),
+            max_decompressed_bytes=int(
+                config.get("max_batch_decompressed_bytes") or DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES
+            ),
+        )
         tenant = validate_name("tenant", config.get("tenant", ""))
         provider = validate_name("provider", config.get("provider", ""))
         endpoint = config.get("s3_endpoint_url")
@@ -185,6 +349,8 @@ class TargetS3Raw(Target):
         self.checkpoints = StateCheckpoints(self._write_state_message)
         self.position = 0  # The input position of the next buffered item.
         self.dead_letter_count = 0
+        self.dead_letters_by_stream: Counter[str] = Counter()
+        self.all_rejected_streams: list[str] = []
         self._dlq_alert_raised = False
         self._oldest_buffered_at: float | None = None
         self._clock = 0.0
@@ -339,14 +505,17 @@ class TargetS3Raw(Target):
             )
         endpoint = self.config.get("s3_endpoint_url")
         for url in manifest:
-            for item in read_batch_manifest(str(url), encoding, s3_endpoint_url=endpoint):
+            for item in read_batch_manifest(str(url), encoding, limits=self.batch_limits, s3_endpoint_url=endpoint):
                 if item.error is not None:
+                    text, encoded = _original_line(item.raw)
                     self._dead_letter(
                         stream,
                         ErrorType.PARSE_ERROR,
                         item.error,
-                        item.raw,
+                        None,
                         context={"manifest": url, "line": item.line},
+                        record_text=text,
+                        record_base64=encoded,
                     )
                 else:
                     self.handle_record(sink, item.record, None, item.size)
@@ -356,17 +525,24 @@ class TargetS3Raw(Target):
         log_event(self.logger, "activate_version_ignored", stream=message_dict.get("stream"))
 
     def _process_unparseable_line(self, line: str | bytes, reason: str, number: int) -> None:
-        text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
-        text = text.rstrip("\r\n")
-        stream = UNPARSED_STREAM
-        try:  # A JSON object that is not a Singer message may still name its stream.
-            parsed = orjson.loads(text)
-            if isinstance(parsed, dict) and isinstance(parsed.get("stream"), str) and parsed["stream"]:
-                stream = parsed["stream"]
-        except orjson.JSONDecodeError:
-            parsed = text
-        size = line_size(text)
-        self._dead_letter(stream, ErrorType.PARSE_ERROR, reason[:500], parsed, context={"line": number, "bytes": size})
+        raw = line if isinstance(line, bytes) else line.encode("utf-8", errors="surrogatepass")
+        raw = raw.rstrip(b"\r\n")
+        record: Any = None
+        try:
+            record = parse_json(raw.decode("utf-8"))  # JSON that is not a Singer message is kept as the JSON it is.
+        except ValueError:
+            record = None  # Kept as the original line instead: record_text, else record_base64.
+        stream = _stream_named(record if record is not None else raw)
+        kept_text, kept_base64 = _original_line(raw) if record is None else (None, None)
+        self._dead_letter(
+            stream,
+            ErrorType.PARSE_ERROR,
+            reason[:500],
+            record,
+            context={"line": number, "bytes": len(raw)},
+            record_text=kept_text,
+            record_base64=kept_base64,
+        )
 
     # -- the DLQ --------------------------------------------------------------------------------------------------
 
@@ -379,6 +555,8 @@ class TargetS3Raw(Target):
         errors: list[FieldError] | None = None,
         version: int | None = None,
         context: dict[str, Any] | None = None,
+        record_text: str | None = None,
+        record_base64: str | None = None,
     ) -> None:
         context = dict(context or {})
         sink = self.streams.get(stream)
@@ -392,6 +570,8 @@ class TargetS3Raw(Target):
             errors=list(errors or []),
             schema_version=version,
             context=context,
+            record_text=record_text,
+            record_base64=record_base64,
         )
         buffer = self.dead_letters.get(stream)
         if buffer is None:
@@ -401,6 +581,7 @@ class TargetS3Raw(Target):
         buffer.add(letter, self.position)
         self.position += 1
         self.dead_letter_count += 1
+        self.dead_letters_by_stream[stream] += 1
         if (
             self.dlq_alert_threshold
             and self.dead_letter_count > self.dlq_alert_threshold
@@ -485,7 +666,7 @@ class TargetS3Raw(Target):
             self._release_states()
 
     def _write_state_message(self, state: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps(state).decode() + "\n")
+        sys.stdout.write(dumps(state).decode() + "\n")  # dumps: integers beyond 64 bits stay exact
         sys.stdout.flush()
 
     def process_endofpipe(self) -> None:
@@ -498,12 +679,33 @@ class TargetS3Raw(Target):
         finally:
             self.writer.close()
         self.undeclared.log_summary()
+        raw_records = {name: sink.records_written for name, sink in sorted(self.streams.items())}
+        self.all_rejected_streams = sorted(
+            stream
+            for stream, count in self.dead_letters_by_stream.items()
+            if count and stream != UNPARSED_STREAM and not raw_records.get(stream)
+        )
+        for stream in self.all_rejected_streams:
+            count = self.dead_letters_by_stream[stream]
+            message = f"stream '{stream}': all {count} records of this run went to the DLQ, none landed in raw"
+            log_event(self.logger, "stream_all_rejected", logging.ERROR, stream=stream, dead_letters=count)
+            self.alerts.raise_(
+                "stream_all_rejected",
+                Severity.ERROR,
+                message,
+                stream=stream,
+                dead_letters=count,
+                run_id=self.dlq.run_id,
+            )
         log_event(
             self.logger,
             "run_summary",
+            logging.ERROR if self.all_rejected_streams else logging.INFO,
             run_id=self.dlq.run_id,
-            raw_records={name: sink.records_written for name, sink in sorted(self.streams.items())},
+            raw_records=raw_records,
             dead_letters=self.dead_letter_count,
+            dead_letters_by_stream=dict(sorted(self.dead_letters_by_stream.items())),
+            all_rejected_streams=self.all_rejected_streams,
         )
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
@@ -513,24 +715,6 @@ class TargetS3Raw(Target):
             self.process_endofpipe()
         finally:
             sys.exit(0)
-
-
-def _positive_int(config: Any, setting: str, default: int, minimum: int = 1) -> int:
-    value = config.get(setting, default)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(setting, f"must be a whole number of at least {minimum}, got {value!r}")
-    return value
-
-
-def _positive_number(config: Any, setting: str, default: float) -> float:
-    value = config.get(setting, default)
-    if value is None:
-        return default
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(setting, f"must be a number of seconds above 0, got {value!r}")
-    return float(value)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 60)
 
 
 def signed_requests(count: int, port: int, prefix: str = "evt_bench") -> list[bytes]:
-    from plugins.webhook_signing import StripeSignatureScheme
+    from taps.stripe.webhook import StripeSignatureScheme
 
     scheme = StripeSignatureScheme()
     now = int(time.time())

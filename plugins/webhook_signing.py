@@ -3,12 +3,10 @@
 A source plugin hands a :class:`WebhookHandler` to the framework through its ``cdp_sources`` descriptor
 (``SourceDescriptor.webhook_handler``). The receiver (``cdp webhooks serve``) calls ``verify`` on the raw request
 before anything is stored, then ``map`` to turn the body into :class:`WebhookEvent` objects (stream, provider event id,
-topic, received time, payload). Three schemes cover the providers:
-
-- :class:`StripeSignatureScheme`: ``Stripe-Signature: t=TIMESTAMP,v1=HEX[,v1=HEX...]``, HMAC-SHA256 over
-  ``"{t}.{raw body}"``, hex, any ``v1`` may match, timestamp within a tolerance (300 s).
-- :class:`HmacHeaderScheme`: one header holding the HMAC-SHA256 of the raw body, hex or base64 (Shopify's
-  ``X-Shopify-Hmac-Sha256`` is this scheme in base64; Salesforce and custom apps configure header and encoding).
+topic, received time, payload). This module holds only what every provider shares: the handler protocol, the HMAC
+helpers, :class:`HmacHeaderScheme` (one header holding the HMAC-SHA256 of the raw body, hex or base64: Shopify's
+``X-Shopify-Hmac-Sha256`` in base64, Salesforce's and custom apps' in a configured header) and the secrets lookup.
+Each provider's own scheme lives with its connector (Stripe's ``Stripe-Signature`` in ``taps/stripe/webhook.py``).
 
 Every comparison is constant-time (``hmac.compare_digest``); secrets are tried in order, so rotation works by
 configuring the new and the old secret together. Secrets come from ``CDP_WEBHOOK_SECRET__{TENANT}__{PROVIDER}``.
@@ -35,7 +33,6 @@ from plugins.errors import CdpError, ConfigError
 from plugins.layout import sanitize_stream_name
 
 SECRET_ENV_PREFIX = "CDP_WEBHOOK_SECRET"  # noqa: S105  # The variable name, not a secret.
-DEFAULT_STRIPE_TOLERANCE_SECONDS = 300
 
 
 class WebhookSignatureError(CdpError):
@@ -171,62 +168,6 @@ class HmacHeaderScheme:
         digest = hmac_sha256(secret, body)
         encoded = digest.hex() if self.encoding is SignatureEncoding.HEX else base64.b64encode(digest).decode()
         return f"{self.prefix}{encoded}"
-
-
-@dataclass(frozen=True)
-class StripeSignatureScheme:
-    """Stripe's ``Stripe-Signature`` scheme (https://docs.stripe.com/webhooks#verify-manually)."""
-
-    tolerance_seconds: int = DEFAULT_STRIPE_TOLERANCE_SECONDS
-    header: str = "stripe-signature"
-    scheme: str = "v1"
-
-    def parse(self, value: str) -> tuple[int, list[str]]:
-        """The timestamp and the ``v1`` signatures of a header; other schemes (``v0``) are ignored."""
-        timestamp: int | None = None
-        signatures: list[str] = []
-        for item in value.split(","):
-            key, sep, part = item.strip().partition("=")
-            if not sep:
-                continue
-            if key == "t":
-                try:
-                    timestamp = int(part)
-                except ValueError as exc:
-                    raise WebhookSignatureError("malformed", f"{self.header} timestamp is not a number") from exc
-            elif key == self.scheme:
-                signatures.append(part)
-        if timestamp is None:
-            raise WebhookSignatureError("malformed", f"{self.header} has no timestamp (t=)")
-        if not signatures:
-            raise WebhookSignatureError("malformed", f"{self.header} has no {self.scheme} signature")
-        return timestamp, signatures
-
-    def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> int:
-        """Verify and return the signed timestamp."""
-        value = headers.get(self.header)
-        if not value:
-            raise WebhookSignatureError("missing", f"no {self.header} header")
-        timestamp, signatures = self.parse(value)
-        signed_payload = str(timestamp).encode() + b"." + body
-        candidates = [signature.encode() for signature in signatures]
-        matched = False
-        for secret in secrets:
-            expected = hmac_sha256(secret, signed_payload).hex().encode()
-            for candidate in candidates:
-                matched |= hmac.compare_digest(expected, candidate)
-        if not matched:
-            raise WebhookSignatureError("mismatch", f"no {self.scheme} signature matches the body under any secret")
-        if self.tolerance_seconds > 0 and abs(now - timestamp) > self.tolerance_seconds:
-            raise WebhookSignatureError(
-                "stale", f"timestamp is {int(now - timestamp)} s from now (tolerance {self.tolerance_seconds} s)"
-            )
-        return timestamp
-
-    def sign(self, body: bytes, secret: str, timestamp: int) -> str:
-        """The header value Stripe would send (tests and the load generator)."""
-        signature = hmac_sha256(secret, str(timestamp).encode() + b"." + body).hex()
-        return f"t={timestamp},{self.scheme}={signature}"
 
 
 @dataclass(frozen=True)

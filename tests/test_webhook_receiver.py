@@ -18,10 +18,9 @@ import pytest
 import stripe
 
 from plugins.sandbox import SandboxServer
-from plugins.webhook_signing import StripeSignatureScheme
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
-from taps.stripe.webhook import StripeWebhookHandler
+from taps.stripe.webhook import StripeSignatureScheme, StripeWebhookHandler
 from taps.webhooks.file_log import FileWebhookLog
 from taps.webhooks.receiver import (
     UVICORN_OPTIONS,

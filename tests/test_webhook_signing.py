@@ -16,7 +16,6 @@ from plugins.webhook_signing import (
     HmacHeaderScheme,
     JsonHmacWebhookHandler,
     SignatureEncoding,
-    StripeSignatureScheme,
     UnmappableWebhookError,
     WebhookHandler,
     WebhookSignatureError,
@@ -25,7 +24,7 @@ from plugins.webhook_signing import (
 )
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
-from taps.stripe.webhook import StripeWebhookHandler
+from taps.stripe.webhook import MAX_SIGNATURE_ENTRIES, StripeSignatureScheme, StripeWebhookHandler
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 STRIPE_BODY = json.dumps(
@@ -67,6 +66,31 @@ def test_stripe_rejects_a_timestamp_older_than_the_tolerance() -> None:
     assert caught.value.reason == "stale"
     with pytest.raises(stripe.SignatureVerificationError):  # The reference implementation agrees.
         stripe.WebhookSignature.verify_header(STRIPE_BODY, header, "whsec_test", tolerance=300)
+
+
+def test_stripe_future_timestamp_is_stale_and_said_to_be_in_the_future() -> None:
+    now = int(time.time())
+    header = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now + 400)
+    with pytest.raises(WebhookSignatureError, match="400 s in the future") as caught:
+        StripeWebhookHandler().verify(_stripe_headers(header), STRIPE_BODY, ["whsec_test"], now)
+    assert caught.value.reason == "stale"
+    assert "-" not in str(caught.value)
+
+
+def test_stripe_old_timestamp_is_said_to_be_old() -> None:
+    now = int(time.time())
+    header = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now - 301)
+    with pytest.raises(WebhookSignatureError, match="301 s old"):
+        StripeWebhookHandler().verify(_stripe_headers(header), STRIPE_BODY, ["whsec_test"], now)
+
+
+def test_stripe_header_with_too_many_entries_is_refused_before_any_hmac() -> None:
+    now = int(time.time())
+    good = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now)
+    flood = good + ",v1=" + ",v1=".join(["0" * 64] * MAX_SIGNATURE_ENTRIES)
+    with pytest.raises(WebhookSignatureError, match="more than 16 entries") as caught:
+        StripeWebhookHandler().verify(_stripe_headers(flood), STRIPE_BODY, ["whsec_test"], now)
+    assert caught.value.reason == "malformed"
 
 
 def test_stripe_rejects_a_tampered_body() -> None:

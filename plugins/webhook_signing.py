@@ -19,6 +19,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,9 @@ from plugins.errors import CdpError, ConfigError
 from plugins.layout import sanitize_stream_name
 
 SECRET_ENV_PREFIX = "CDP_WEBHOOK_SECRET"  # noqa: S105  # The variable name, not a secret.
+# The request headers stored with a dead-lettered delivery unless a handler names its own (``dlq_headers``): an
+# allowlist, because any other header may carry a credential (X-Api-Key, X-Auth, ...).
+DEFAULT_DLQ_HEADERS = ("content-type", "content-length", "user-agent")
 
 
 class WebhookSignatureError(CdpError):
@@ -59,11 +63,18 @@ class WebhookEvent:
     topic: str
     received_at: datetime
     payload: dict[str, Any]
+    # The payload's JSON text exactly as the provider sent it, when the payload is the whole body: the log stores
+    # this text, so no value is changed by parsing and encoding it again.
+    payload_json: bytes | None = None
 
 
 @runtime_checkable
 class WebhookHandler(Protocol):
-    """Verifies and maps one provider's webhooks. ``headers`` keys are lower case; ``body`` is the raw request body."""
+    """Verifies and maps one provider's webhooks. ``headers`` keys are lower case; ``body`` is the raw request body.
+
+    A handler may also name ``dlq_headers``: the (lower-case) request headers worth keeping with a dead-lettered
+    delivery; without it, :data:`DEFAULT_DLQ_HEADERS`.
+    """
 
     provider: str
     streams: Sequence[str]
@@ -100,16 +111,37 @@ def _env_part(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+def colliding_tenants(tenants: Sequence[str]) -> dict[str, list[str]]:
+    """Tenant names that would share one secret variable (``acme-x`` and ``acme_x``), by that variable's tenant part."""
+    by_part: dict[str, list[str]] = {}
+    for tenant in dict.fromkeys(tenants):
+        by_part.setdefault(_env_part(tenant), []).append(tenant)
+    return {part: names for part, names in by_part.items() if len(names) > 1}
+
+
 def webhook_secrets(tenant: str, provider: str, environ: Mapping[str, str] | None = None) -> list[str]:
     """The secrets configured for ``tenant``/``provider`` (comma separated, newest first); empty when none are."""
     raw = (os.environ if environ is None else environ).get(secret_env_var(tenant, provider), "")
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+# A run of 19 or more digits may be an integer beyond 64 bits, which orjson would read as a float (a changed value).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+def loads_exact(text: bytes | str) -> Any:
+    """JSON as sent: orjson, or Python's parser (exact integers of any size) when a long number may be present."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _LONG_DIGITS.search(raw) is None:
+        return orjson.loads(raw)
+    orjson.loads(raw)  # Same validation (UTF-8, NaN, depth) as every other body.
+    return json.loads(raw)
+
+
 def json_object(body: bytes) -> dict[str, Any]:
-    """``body`` parsed as a JSON object, or UnmappableWebhookError."""
+    """``body`` parsed as a JSON object (integers exact), or UnmappableWebhookError."""
     try:
-        value = orjson.loads(body)
+        value = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise UnmappableWebhookError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
@@ -184,6 +216,7 @@ class JsonHmacWebhookHandler:
     id_field: str = "id"
     id_header: str | None = None
     topic_field: str = "type"
+    dlq_headers: Sequence[str] = DEFAULT_DLQ_HEADERS
 
     @property
     def streams(self) -> Sequence[str]:
@@ -206,5 +239,6 @@ class JsonHmacWebhookHandler:
                 topic=str(topic) if topic is not None else "",
                 received_at=received_at,
                 payload=document,
+                payload_json=body,
             )
         ]

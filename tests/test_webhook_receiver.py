@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import stripe
 
+from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
@@ -135,16 +140,51 @@ def test_duplicate_delivery_is_acknowledged_but_stored_once(receiver: Receiver) 
     assert receiver.stored("acme", "stripe", "events") == ["evt_dup"]
 
 
-def test_shopify_order_is_stored_in_its_topic_stream_and_redelivery_dropped(receiver: Receiver) -> None:
-    body = json.dumps({"id": 450789469, "total_price": "10.00"}).encode()
-    headers = {
+SHOPIFY_ORDER = json.dumps(
+    {"id": 450789469, "total_price": "10.00", "admin_graphql_api_id": "gid://shopify/Order/450789469"}
+).encode()
+
+
+def shopify_headers(
+    body: bytes, topic: str = "orders/create", webhook_id: str = "wh-1", triggered_at: float | None = None
+) -> dict[str, str]:
+    triggered = datetime.fromtimestamp(time.time() if triggered_at is None else triggered_at, UTC)
+    return {
         "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(b"shpss_1", body, hashlib.sha256).digest()).decode(),
-        "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Webhook-Id": "wh-1",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Triggered-At": triggered.isoformat().replace("+00:00", "Z"),
     }
-    assert receiver.post("/webhooks/acme/shopify", body, headers).status_code == 200
-    assert receiver.post("/webhooks/acme/shopify", body, headers).json()["status"] == "duplicate"
-    assert receiver.stored("acme", "shopify", "orders") == ["wh-1"]
+
+
+def dead_letters(receiver: Receiver, tenant: str, provider: str) -> list[dict[str, Any]]:
+    batches = (receiver.dlq / tenant / provider / "webhook_invalid").rglob("*.ndjson.gz")
+    return [json.loads(line) for batch in batches for line in zlib.decompress(batch.read_bytes(), 31).splitlines()]
+
+
+def test_shopify_order_is_stored_in_its_topic_stream_and_redelivery_dropped(receiver: Receiver) -> None:
+    headers = shopify_headers(SHOPIFY_ORDER)
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).status_code == 200
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).json()["status"] == "duplicate"
+    [stored] = list(receiver.log.read("acme", "shopify", "orders"))
+    assert stored.entry.event_id.startswith("sha256:")
+
+
+def test_shopify_capture_replayed_with_new_ids_or_long_after_is_not_stored_again(receiver: Receiver) -> None:
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, shopify_headers(SHOPIFY_ORDER)).status_code == 200
+    replay = shopify_headers(SHOPIFY_ORDER, webhook_id="wh-forged")
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, replay).json()["status"] == "duplicate"
+    old = shopify_headers(SHOPIFY_ORDER, webhook_id="wh-old", triggered_at=time.time() - 7 * 3600)
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, old).status_code == 401
+    assert len(receiver.stored("acme", "shopify", "orders")) == 1
+
+
+def test_shopify_order_body_under_a_customers_topic_goes_to_the_dlq(receiver: Receiver) -> None:
+    headers = shopify_headers(SHOPIFY_ORDER, topic="customers/create")
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).status_code == 202
+    assert receiver.stored("acme", "shopify", "customers") == []
+    [letter] = dead_letters(receiver, "acme", "shopify")
+    assert "gid://shopify/Customer/" in letter["error_message"]
 
 
 def test_shopify_bad_hmac_is_401(receiver: Receiver) -> None:
@@ -221,6 +261,117 @@ def test_signed_body_that_is_not_json_is_202_and_dead_lettered_as_webhook_invali
     assert letter["record"] == "<xml>not json</xml>"
     assert "stripe-signature" not in letter["context"]["headers"]
     assert receiver.stored("acme", "stripe", "events") == []
+
+
+def test_dead_letters_keep_only_the_providers_allowlisted_headers(receiver: Receiver) -> None:
+    body = b"not json"
+    headers = {
+        "Stripe-Signature": StripeSignatureScheme().sign(body, "whsec_new", int(time.time())),
+        "X-Api-Key": "key_live_123",
+        "X-Auth": "Bearer abc",
+        "X-Session": "s3cr3t",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+    }
+    assert receiver.post("/webhooks/acme/stripe", body, headers).status_code == 202
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert set(letter["context"]["headers"]) <= {"content-type", "content-length", "user-agent"}
+    assert letter["context"]["headers"]["user-agent"].startswith("Stripe/1.0")
+    assert not any(secret in json.dumps(letter) for secret in ("key_live_123", "Bearer abc", "s3cr3t"))
+
+
+def test_signed_body_that_is_not_utf8_is_dead_lettered_with_its_exact_bytes(receiver: Receiver) -> None:
+    body = b'{"id": "evt_\xff\xfe"}'
+    headers = {"Stripe-Signature": StripeSignatureScheme().sign(body, "whsec_new", int(time.time()))}
+    assert receiver.post("/webhooks/acme/stripe", body, headers).status_code == 202
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert base64.b64decode(letter["context"]["body_base64"]) == body
+    assert "\ufffd" not in json.dumps(letter, ensure_ascii=False)
+    assert "not UTF-8" in letter["error_message"]
+
+
+def test_integers_beyond_64_bits_are_stored_exactly_as_sent(receiver: Receiver) -> None:
+    body = b'{"id": "evt_big", "object": "event", "type": "x.y", "data": {"amount": 123456789012345678901234567890}}'
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+    [stored] = list(receiver.log.read("acme", "stripe", "events"))
+    assert stored.entry.payload["data"]["amount"] == 123456789012345678901234567890
+
+
+def nested_stripe_event(event_id: str, depth: int) -> bytes:
+    inner = b'{"x": ' * depth + b"1" + b"}" * depth
+    return b'{"id": "' + event_id.encode() + b'", "object": "event", "type": "deep", "data": ' + inner + b"}"
+
+
+def test_a_body_too_deep_to_store_is_dead_lettered_and_concurrent_events_are_stored(receiver: Receiver) -> None:
+    deep = nested_stripe_event("evt_deep", 400)
+    bodies = [stripe_event(f"evt_beside_{index}") for index in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        deep_answer = pool.submit(receiver.post, "/webhooks/acme/stripe", deep, stripe_headers(deep))
+        answers = list(
+            pool.map(lambda body: receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)), bodies)
+        )
+    assert deep_answer.result().status_code == 202
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert sorted(receiver.stored("acme", "stripe", "events")) == sorted(f"evt_beside_{i}" for i in range(20))
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert "254 levels" in letter["error_message"]
+    assert letter["record"] == deep.decode()
+    again = receiver.post("/webhooks/acme/stripe", deep, stripe_headers(deep))  # The provider's retry: same answer.
+    assert again.status_code == 202
+
+
+def test_unsigned_requests_do_not_spend_the_tenants_rate_and_are_limited_per_address(tmp_path: Path) -> None:
+    with _serve(tmp_path, rate_per_second=0.01, burst=2, unverified_rate_per_second=0.01, unverified_burst=3) as server:
+        forged = stripe_event("evt_forged")
+        statuses = [
+            server.post("/webhooks/acme/stripe", forged, stripe_headers(forged, "whsec_attacker")).status_code
+            for _ in range(5)
+        ]
+        assert statuses == [401, 401, 401, 429, 429]  # The address's own budget of failures, then 429.
+        body = stripe_event("evt_same_address")  # That address waits for its bucket to refill, signed or not.
+        assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 429
+    with _serve(tmp_path / "second", rate_per_second=0.01, burst=2, unverified_burst=3) as server:
+        # Failures below the address's limit: the tenant's whole burst is still there for verified deliveries.
+        for _ in range(2):
+            forged = stripe_event("evt_forged")
+            assert server.post("/webhooks/acme/stripe", forged, stripe_headers(forged, "bad")).status_code == 401
+        for index in range(2):
+            body = stripe_event(f"evt_real_{index}")
+            assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+
+
+def test_tenant_names_that_share_a_secret_variable_are_served_under_one_name_only(tmp_path: Path) -> None:
+    environ = {**SECRETS, "CDP_WEBHOOK_SECRET__ACME_X__STRIPE": "whsec_x"}
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    receiver = WebhookReceiver(log, HANDLERS, ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=environ))
+    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:
+        body = stripe_event("evt_x")
+        headers = stripe_headers(body, "whsec_x")
+        assert httpx.post(f"{server.url}/webhooks/acme-x/stripe", content=body, headers=headers).status_code == 200
+        assert httpx.post(f"{server.url}/webhooks/acme_x/stripe", content=body, headers=headers).status_code == 404
+    assert [s.entry.event_id for s in log.read("acme-x", "stripe", "events")] == ["evt_x"]
+    assert list(log.read("acme_x", "stripe", "events")) == []
+    with pytest.raises(ConfigError, match="acme-x / acme_x would share one secret variable"):
+        ReceiverSettings(tenants=["acme", "acme-x", "acme_x"])
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
+    with _serve(tmp_path, body_timeout_seconds=0.3) as server:
+        body = stripe_event("evt_slow")
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "\r\n".join(
+                [
+                    "POST /webhooks/acme/stripe HTTP/1.1",
+                    f"Host: {host}",
+                    f"Content-Length: {len(body)}",
+                    f"Stripe-Signature: {stripe_headers(body)['Stripe-Signature']}",
+                    "",
+                    "",
+                ]
+            )
+            sock.sendall(head.encode() + body[:10])  # The rest never comes.
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408")
 
 
 def test_healthz_and_metrics_report_requests_bytes_latency_and_queue_depth(receiver: Receiver) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from plugins.webhook_signing import (
+    DEFAULT_DLQ_HEADERS,
     UnmappableWebhookError,
     WebhookEvent,
     WebhookSignatureError,
@@ -100,6 +101,7 @@ class StripeWebhookHandler:
     provider: str = "stripe"
     streams: Sequence[str] = (EVENTS_STREAM,)
     scheme: StripeSignatureScheme = field(default_factory=StripeSignatureScheme)
+    dlq_headers: Sequence[str] = DEFAULT_DLQ_HEADERS  # Stripe sends nothing else worth keeping but its signature.
 
     def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> None:
         self.scheme.verify(headers, body, secrets, now)
@@ -116,6 +118,11 @@ class StripeWebhookHandler:
             raise UnmappableWebhookError(f"Stripe event {event_id} has no 'type'")
         return [
             WebhookEvent(
-                stream=EVENTS_STREAM, event_id=event_id, topic=event_type, received_at=received_at, payload=event
+                stream=EVENTS_STREAM,
+                event_id=event_id,
+                topic=event_type,
+                received_at=received_at,
+                payload=event,
+                payload_json=body,
             )
         ]

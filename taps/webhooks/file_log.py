@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from plugins.errors import CdpError, StorageError
+from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
 from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry, consumer_name
 
@@ -66,8 +67,10 @@ def _parse_position(position: str | None) -> int:
 
 
 def encode_record(sequence: int, entry: LogEntry) -> bytes:
+    # The provider's own JSON text when there is one: stored as sent, never re-encoded from the parsed payload.
+    payload = entry.payload if entry.payload_json is None else orjson.Fragment(entry.payload_json)
     body = orjson.dumps(
-        [entry.tenant, entry.provider, entry.stream, entry.event_id, entry.topic, entry.received_at, entry.payload]
+        [entry.tenant, entry.provider, entry.stream, entry.event_id, entry.topic, entry.received_at, payload]
     )
     return _HEADER.pack(sequence, len(body), zlib.crc32(body)) + body
 
@@ -87,7 +90,7 @@ def scan_records(data: bytes) -> Iterator[tuple[int, int, list[Any]]]:
         body = data[start:end]
         if zlib.crc32(body) != crc:
             return
-        yield sequence, end, orjson.loads(body)
+        yield sequence, end, loads_exact(body)
         offset = end
 
 

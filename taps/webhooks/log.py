@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from plugins.errors import ConfigError
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
@@ -31,6 +33,47 @@ class LogEntry:
     topic: str
     received_at: str
     payload: dict[str, Any]
+    # The payload's JSON text as the provider sent it, stored instead of re-encoding ``payload`` (which could change
+    # a value, e.g. an integer beyond 64 bits); None for entries read back or built without one.
+    payload_json: bytes | None = field(default=None, compare=False, repr=False)
+
+
+# Deepest payload the log stores: orjson (which writes and reads every record) refuses to encode deeper values, and
+# no provider's event comes near it (Stripe's nest under ten levels).
+MAX_PAYLOAD_DEPTH = 254
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, counted without recursion (the value may be deep)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def unstorable_reason(entry: LogEntry) -> str | None:
+    """Why the log cannot store ``entry`` (so it must go to the DLQ instead), or None when it can.
+
+    Checked before an event joins a group commit: one event that fails to encode must not fail its whole group.
+    The same rules hold for every backend, so where an event lands never depends on the log's backend.
+    """
+    try:
+        encoded = orjson.dumps(entry.payload)
+    except orjson.JSONEncodeError as exc:
+        if "Integer exceeds" not in str(exc) or entry.payload_json is None:  # Too deep, or nothing exact to store.
+            return f"the event cannot be stored: {exc} (deepest storable nesting: {MAX_PAYLOAD_DEPTH} levels)"
+        if _depth(entry.payload) > MAX_PAYLOAD_DEPTH:
+            return f"the event is nested deeper than {MAX_PAYLOAD_DEPTH} levels and cannot be stored"
+        encoded = entry.payload_json
+    if b"\\u0000" in (entry.payload_json or encoded):
+        return "the event holds a \\u0000 character, which the PostgreSQL log (jsonb) cannot store"
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from plugins.errors import StorageError
+from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
 from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry
 
@@ -111,7 +112,7 @@ class PostgresWebhookLog:
                         entry.event_id,
                         entry.topic,
                         datetime.fromisoformat(entry.received_at),
-                        orjson.dumps(entry.payload).decode(),
+                        (entry.payload_json or orjson.dumps(entry.payload)).decode(),
                     ]
                 sql = (
                     f"INSERT INTO {TABLE} (tenant, provider, stream, event_id, topic, received_at, payload) "
@@ -170,7 +171,7 @@ class PostgresWebhookLog:
                 conn.commit()
                 for row_txid, row_seq, event_id, topic, received_at, payload in rows:
                     entry = LogEntry(
-                        tenant, provider, stream, event_id, topic, received_at.isoformat(), orjson.loads(payload)
+                        tenant, provider, stream, event_id, topic, received_at.isoformat(), loads_exact(payload)
                     )
                     yield StoredEntry(_position(row_txid, row_seq), entry)
                 if len(rows) < _READ_PAGE:

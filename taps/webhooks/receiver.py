@@ -1,15 +1,17 @@
 """The webhook receiver: verify, rate-limit, store durably, then acknowledge (Starlette on uvicorn).
 
 ``POST /webhooks/{tenant}/{provider}`` answers:
-200 stored (or a duplicate of a stored event); 202 signed but unreadable (the raw body went to the DLQ as
-``webhook_invalid``); 401 bad, missing or stale signature (nothing stored); 403 source address not allowed;
-404 unknown tenant or provider; 413 body over the limit; 429 tenant over its rate (with Retry-After);
+200 stored (or a duplicate of a stored event); 202 signed but unreadable or unstorable (the raw body went to the DLQ
+as ``webhook_invalid``); 401 bad, missing or stale signature (nothing stored); 403 source address not allowed;
+404 unknown tenant or provider; 408 body not received in time; 413 body over the limit; 429 tenant over its rate
+(counted on verified requests only), or the source address over its rate of failed signatures (with Retry-After);
 503 the log or the DLQ could not be written (the provider retries). ``GET /healthz``; ``GET /metrics`` (Prometheus).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import collections
 import contextlib
@@ -39,9 +41,17 @@ from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.errors import ConfigError
 from plugins.events import log_event
 from plugins.storage import ObjectStore
-from plugins.webhook_signing import UnmappableWebhookError, WebhookHandler, WebhookSignatureError, webhook_secrets
+from plugins.webhook_signing import (
+    DEFAULT_DLQ_HEADERS,
+    UnmappableWebhookError,
+    WebhookHandler,
+    WebhookSignatureError,
+    colliding_tenants,
+    secret_env_var,
+    webhook_secrets,
+)
 from plugins.zones import Zone, resolve_zone_url
-from taps.webhooks.log import LogEntry, WebhookLog
+from taps.webhooks.log import LogEntry, WebhookLog, unstorable_reason
 from taps.webhooks.ratelimit import TokenBucketLimiter
 
 logger = logging.getLogger("cdp.webhooks")
@@ -50,9 +60,11 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_PER_SECOND = 1000.0
 DEFAULT_BURST = 2000
 DEFAULT_COMPACT_INTERVAL_SECONDS = 300.0
+DEFAULT_UNVERIFIED_RATE_PER_SECOND = 5.0
+DEFAULT_UNVERIFIED_BURST = 50
+DEFAULT_BODY_TIMEOUT_SECONDS = 10.0
 DLQ_STREAM = "webhooks"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_PRIVATE_HEADER_WORDS = ("signature", "hmac", "authorization", "cookie", "token", "secret")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How uvicorn must run the receiver: its lifespan starts and stops the log writer, and X-Forwarded-For is judged by
@@ -97,6 +109,13 @@ class ReceiverSettings:
     compact_interval_seconds: float = DEFAULT_COMPACT_INTERVAL_SECONDS
     dlq_url: str | None = None
     environ: Mapping[str, str] | None = None  # Where secrets are read; the process environment by default.
+    # The tenants served; empty: any tenant with a secret. Names that share a secret variable are refused.
+    tenants: Sequence[str] = ()
+    # Failed signatures allowed per source address (token bucket); over it, that address gets 429 before its body
+    # is read. Verified requests never spend from it, and unverified ones never spend from a tenant's rate.
+    unverified_rate_per_second: float = DEFAULT_UNVERIFIED_RATE_PER_SECOND
+    unverified_burst: int = DEFAULT_UNVERIFIED_BURST
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS  # Whole body within this, else 408.
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -105,6 +124,19 @@ class ReceiverSettings:
             raise ConfigError("rate", f"must be 0 (no limit) or more, got {self.rate_per_second}")
         if self.burst < 1:
             raise ConfigError("burst", f"must be at least 1, got {self.burst}")
+        if self.unverified_rate_per_second < 0:
+            raise ConfigError("unverified_rate", f"must be 0 (no limit) or more, got {self.unverified_rate_per_second}")
+        if self.unverified_burst < 1:
+            raise ConfigError("unverified_burst", f"must be at least 1, got {self.unverified_burst}")
+        if self.body_timeout_seconds <= 0:
+            raise ConfigError("body_timeout", f"must be more than 0 seconds, got {self.body_timeout_seconds}")
+        for tenant in self.tenants:
+            if not _NAME_RE.match(tenant):
+                raise ConfigError("tenant", f"'{tenant}' must be lower-case letters, digits, '_' or '-'")
+        collisions = colliding_tenants(self.tenants)
+        if collisions:
+            names = " and ".join(" / ".join(group) for group in collisions.values())
+            raise ConfigError("tenant", f"{names} would share one secret variable; rename one of them")
 
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -214,10 +246,16 @@ class WebhookReceiver:
         self.handlers = dict(handlers)
         self.settings = settings or ReceiverSettings()
         self.limiter = TokenBucketLimiter(self.settings.rate_per_second, self.settings.burst)
+        self.unverified_limiter = TokenBucketLimiter(
+            self.settings.unverified_rate_per_second, self.settings.unverified_burst
+        )
         self.metrics = ReceiverMetrics(log)
         self.dlq_store = ObjectStore(resolve_zone_url(Zone.DLQ, self.settings.dlq_url), setting="dlq_url")
         self._environ = self.settings.environ if self.settings.environ is not None else os.environ
         self._secrets: dict[tuple[str, str], list[str]] = {}  # Known tenants only, so unknown names cannot grow it.
+        self._tenants = frozenset(self.settings.tenants)
+        self._variable_of: dict[tuple[str, str], str] = {}  # (tenant, provider): its secret variable.
+        self._variable_tenant: dict[str, str] = {}  # Secret variable: the one tenant name it serves.
 
     # -- checks -----------------------------------------------------------------------------------------------
     def secrets(self, tenant: str, provider: str) -> list[str]:
@@ -227,10 +265,26 @@ class WebhookReceiver:
             return cached
         if provider not in self.handlers or not _NAME_RE.match(tenant):
             return []
+        if self._tenants and tenant not in self._tenants:
+            return []
         found = webhook_secrets(tenant, provider, self._environ)
         if found:
             self._secrets[(tenant, provider)] = found
+            self._variable_of[(tenant, provider)] = secret_env_var(tenant, provider)
         return found
+
+    def owns_secret(self, tenant: str, provider: str) -> bool:
+        """Whether ``tenant`` is the one name its secret variable serves (the first to verify with it).
+
+        ``acme-x`` and ``acme_x`` map to one variable; a request verified under one name must not be stored under the
+        other too. ``--tenant`` settles it at start-up instead (colliding names are refused there).
+        """
+        variable = self._variable_of[(tenant, provider)]
+        owner = self._variable_tenant.setdefault(variable, tenant)
+        if owner == tenant:
+            return True
+        log_event(logger, "webhook_tenant_collision", logging.WARNING, tenant=tenant, served=owner, variable=variable)
+        return False
 
     def client_address(self, scope: Scope, headers: Mapping[str, str]) -> str | None:
         """The sender's address: the peer, or from X-Forwarded-For when the peer is a trusted proxy."""
@@ -256,11 +310,20 @@ class WebhookReceiver:
         return any(ip in network for network in networks)
 
     async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
-        """The whole body, or 413 as soon as it is known to be over the limit (declared or streamed)."""
+        """The whole body; 413 as soon as it is known to be over the limit (declared or streamed); 408 when it takes
+        longer than the body timeout."""
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Rejected(413, f"body is over the limit of {limit} bytes")
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                return await self._read_chunks(receive, limit)
+        except TimeoutError:
+            raise _Rejected(408, "the body did not arrive in time", {"Connection": "close"}) from None
+
+    @staticmethod
+    async def _read_chunks(receive: Receive, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -303,39 +366,58 @@ class WebhookReceiver:
         if handler is None or not secrets:
             raise _Rejected(404, "no webhook endpoint for this tenant and provider")
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        address = self.client_address(scope, headers)
         allowed = self.settings.allow.get(provider)
-        if allowed:
-            address = self.client_address(scope, headers)
-            if address is None or not self._in(address, allowed):
-                log_event(logger, "webhook_forbidden", logging.WARNING, tenant=tenant, provider=provider)
-                raise _Rejected(403, "source address is not allowed for this provider")
-        retry_after = self.limiter.acquire(tenant)
-        if retry_after:
-            raise _Rejected(429, "tenant is over its webhook rate", {"Retry-After": str(retry_after)})
+        if allowed and (address is None or not self._in(address, allowed)):
+            log_event(logger, "webhook_forbidden", logging.WARNING, tenant=tenant, provider=provider)
+            raise _Rejected(403, "source address is not allowed for this provider")
+        source = address or "unknown"
+        retry_after = self.unverified_limiter.check(source)
+        if retry_after:  # This address keeps failing verification: refused before its body costs anything.
+            raise _Rejected(429, "too many unverified requests from this address", {"Retry-After": str(retry_after)})
         body = await self.read_body(receive, headers)
         self.metrics.bytes[provider] += len(body)
         try:
             handler.verify(headers, body, secrets, time.time())
         except WebhookSignatureError as exc:
+            self.unverified_limiter.acquire(source)
             self.metrics.signature_failures[provider, exc.reason] += 1
             log_event(
                 logger, "webhook_signature_rejected", logging.WARNING, tenant=tenant, provider=provider,
                 reason=exc.reason, detail=str(exc), bytes=len(body),
             )  # fmt: skip
             raise _Rejected(401, "signature verification failed") from exc
+        if not self.owns_secret(tenant, provider):
+            raise _Rejected(404, "no webhook endpoint for this tenant and provider")
+        retry_after = self.limiter.acquire(tenant)  # Only verified requests spend the tenant's rate.
+        if retry_after:
+            raise _Rejected(429, "tenant is over its webhook rate", {"Retry-After": str(retry_after)})
         received_at = datetime.now(UTC)
         try:
             events = handler.map(headers, body, received_at)
             if not events:
                 raise UnmappableWebhookError("the handler found no event in the body")
+            received = received_at.isoformat()
+            entries = [
+                LogEntry(
+                    tenant,
+                    provider,
+                    event.stream,
+                    event.event_id,
+                    event.topic,
+                    received,
+                    event.payload,
+                    event.payload_json,
+                )
+                for event in events
+            ]
+            for entry in entries:  # Before the group commit: one unstorable event must not fail its whole group.
+                reason = unstorable_reason(entry)
+                if reason is not None:
+                    raise UnmappableWebhookError(reason)
         except UnmappableWebhookError as exc:
-            await self._dead_letter(tenant, provider, headers, body, str(exc), received_at)
+            await self._dead_letter(handler, tenant, provider, headers, body, str(exc), received_at)
             return 202, {"status": "dead_lettered"}
-        received = received_at.isoformat()
-        entries = [
-            LogEntry(tenant, provider, event.stream, event.event_id, event.topic, received, event.payload)
-            for event in events
-        ]
         try:
             flags = await self.log.append(entries)
         except Exception as exc:
@@ -350,17 +432,32 @@ class WebhookReceiver:
         return 200, {"status": "stored" if stored else "duplicate", "stored": stored, "duplicates": duplicates}
 
     async def _dead_letter(
-        self, tenant: str, provider: str, headers: Mapping[str, str], body: bytes, reason: str, received_at: datetime
+        self,
+        handler: WebhookHandler,
+        tenant: str,
+        provider: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        reason: str,
+        received_at: datetime,
     ) -> None:
-        kept_headers = {
-            name: value for name, value in headers.items() if not any(word in name for word in _PRIVATE_HEADER_WORDS)
-        }
+        # An allowlist per provider: any other header may carry a credential, whatever its name.
+        allowed = getattr(handler, "dlq_headers", DEFAULT_DLQ_HEADERS)
+        kept_headers = {name: value for name, value in headers.items() if name in allowed}
+        context: dict[str, Any] = {"headers": kept_headers, "received_at": received_at.isoformat()}
+        try:
+            record: str | None = body.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not text: the exact bytes are kept (no U+FFFD in place of what the provider sent).
+            record = None
+            context["body_base64"] = base64.b64encode(body).decode("ascii")
+            reason = f"{reason} (the body is not UTF-8; its exact bytes are in context.body_base64)"
         letter = DeadLetter(
             error_type=ErrorType.WEBHOOK_INVALID,
             error_message=reason,
             stream=DLQ_STREAM,
-            record=body.decode("utf-8", errors="replace"),
-            context={"headers": kept_headers, "received_at": received_at.isoformat()},
+            record=record,
+            context=context,
             failed_at=received_at,
         )
         try:

@@ -71,7 +71,7 @@ def _serve(tmp_path: Path, **settings: object) -> Iterator[Receiver]:
         HANDLERS,
         ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS, **settings),  # type: ignore[arg-type]
     )
-    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:  # Its lifespan starts and closes the log.
+    with SandboxServer(receiver.app(), **receiver.uvicorn_options()) as server:  # Its lifespan opens/closes the log.
         yield Receiver(server.url, log, tmp_path / "dlq", receiver)
 
 

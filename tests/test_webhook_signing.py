@@ -124,7 +124,11 @@ def _shopify_hmac(body: bytes, secret: str) -> str:
 
 
 SHOPIFY_BODY = json.dumps(
-    {"id": 820982911946154508, "email": "jon@example.com", "admin_graphql_api_id": "gid://shopify/Order/820982911946154508"}
+    {
+        "id": 820982911946154508,
+        "email": "jon@example.com",
+        "admin_graphql_api_id": "gid://shopify/Order/820982911946154508",
+    }
 ).encode()
 SHOPIFY_CUSTOMER = json.dumps({"id": 706405506930370084, "admin_graphql_api_id": "gid://shopify/Customer/7"}).encode()
 TRIGGERED = 1_767_323_045  # 2026-01-02T03:04:05Z

@@ -1,7 +1,9 @@
 """The embedded webhook log: append-only segment files on local disk, group commit, one fsync per group.
 
 Layout: ``{folder}/segments/{first sequence:020d}.seg`` holding records ``[sequence u64][length u32][crc32 u32]
-[JSON body]``; ``{folder}/consumers.json`` holds each consumer's committed position; a sealed segment gets a
+[JSON body]``; ``{folder}/log-id`` names this log (made by its first writer), and positions are
+``{log id}:{sequence:020d}``, so a bookmark from another (or a recreated) log is recognised; ``{folder}/consumers.json``
+holds each consumer's committed position; a sealed segment gets a
 ``.idx`` sidecar (per consumer, its last sequence in the segment) the first time compaction looks at it. Only the
 newest segment is ever written to; after a crash its torn tail (a record cut short or failing its CRC) is zeroed
 when the next writer starts. One writer per folder (an exclusive lock); readers need no lock.
@@ -21,6 +23,7 @@ import fcntl
 import os
 import struct
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,12 +35,14 @@ import orjson
 from plugins.errors import CdpError, StorageError
 from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
-from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry, consumer_name
+from taps.webhooks.log import BookmarkError, CompactionResult, LogEntry, StoredEntry, consumer_name
 
 _HEADER = struct.Struct("<QII")
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 SPARE_NAME = "next-segment.tmp"  # The next segment, preallocated; not a segment until renamed.
+LOG_ID_NAME = "log-id"
+CONSUMERS_NAME = "consumers.json"
 _ZEROS = bytes(1024 * 1024)
 _SPARE_SYNC_BYTES = 2 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -54,16 +59,18 @@ class _Segment:
     path: Path
 
 
-def _position(sequence: int) -> str:
+def _segment_name(sequence: int) -> str:
     return f"{sequence:020d}"
 
 
-def _parse_position(position: str | None) -> int:
+def _parse_position(position: str | None) -> tuple[str | None, int]:
+    """``(log id, sequence)`` of a position; the id is None for positions written before logs had one."""
     if position is None or position == "":
-        return 0
-    if not position.isdigit():
-        raise ValueError(f"'{position}' is not a position of a file webhook log")
-    return int(position)
+        return None, 0
+    log_id, sep, sequence = position.rpartition(":")
+    if not sequence.isdigit() or (sep and not log_id):
+        raise BookmarkError(f"'{position}' is not a position of a file webhook log")
+    return (log_id if sep else None), int(sequence)
 
 
 def encode_record(sequence: int, entry: LogEntry) -> bytes:
@@ -191,6 +198,8 @@ class FileWebhookLog:
     def start_writer(self) -> None:
         if self._writer is not None:
             return
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StorageError(f"the webhook log path {self.folder} is a file; give --log-url a folder")
         self._segments_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(self.folder / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -200,6 +209,12 @@ class FileWebhookLog:
             msg = f"another receiver is writing to {self.folder}; run several receivers on a postgresql:// log instead"
             raise LogLockedError(msg) from exc
         self._lock_fd = lock_fd
+        if self.identity is None:
+            id_path = self.folder / LOG_ID_NAME
+            tmp = id_path.with_suffix(".tmp")
+            tmp.write_text(f"w{uuid.uuid4().hex[:15]}")  # A letter first: sorts after every older, all-digit position.
+            os.replace(tmp, id_path)
+            _fsync_dir(self.folder)
         self._spare_maker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook-log-spare")
         self._recover()
         self._writer = GroupCommitWriter(self._write_batch)
@@ -238,7 +253,7 @@ class FileWebhookLog:
 
     def _open_segment(self, base: int) -> None:
         """Start segment ``base``: the spare, renamed (made now if it is not ready or could not be made)."""
-        path = self._segments_dir / f"{_position(base)}{SEGMENT_SUFFIX}"
+        path = self._segments_dir / f"{_segment_name(base)}{SEGMENT_SUFFIX}"
         spare, self._spare = self._spare, None
         try:
             if spare is None:
@@ -361,6 +376,44 @@ class FileWebhookLog:
             self._lock_fd = None
 
     # -- reading ----------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> str | None:
+        """This log's id (None until its first writer started)."""
+        try:
+            return (self.folder / LOG_ID_NAME).read_text().strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _position(self, sequence: int, log_id: str | None) -> str:
+        return f"{log_id}:{sequence:020d}" if log_id else f"{sequence:020d}"
+
+    def _end(self) -> int:
+        """The last sequence this log has handed out (0 for an empty log); compaction keeps the newest segment."""
+        segments = self._segments()
+        if not segments:
+            return 0
+        last = segments[-1]
+        end = last.base - 1
+        with contextlib.suppress(FileNotFoundError):
+            for sequence, _, _ in scan_records(last.path.read_bytes()):
+                end = sequence
+        return end
+
+    def check_bookmark(self, position: str | None) -> None:
+        log_id, sequence = _parse_position(position)
+        own = self.identity
+        if log_id is not None and log_id != own:
+            raise BookmarkError(
+                f"bookmark {position} belongs to another webhook log than {self.folder} (id {own or 'none yet'}); "
+                "the log was recreated or moved: reset the extractor's state (docs/webhooks.md)"
+            )
+        end = self._end()
+        if sequence > end:
+            raise BookmarkError(
+                f"bookmark {position} is past the end of the webhook log {self.folder} (last position "
+                f"{self._position(end, own)}); the log was recreated: reset the extractor's state (docs/webhooks.md)"
+            )
+
     def _segments(self) -> list[_Segment]:
         if not self._segments_dir.is_dir():
             return []
@@ -371,7 +424,8 @@ class FileWebhookLog:
         return sorted(found, key=lambda segment: segment.base)
 
     def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
-        after_sequence = _parse_position(after)
+        _, after_sequence = _parse_position(after)
+        log_id = self.identity
         segments = self._segments()
         for index, segment in enumerate(segments):
             following = segments[index + 1].base if index + 1 < len(segments) else None
@@ -384,15 +438,27 @@ class FileWebhookLog:
             for sequence, _, fields in scan_records(data):
                 if sequence <= after_sequence or fields[0] != tenant or fields[1] != provider or fields[2] != stream:
                     continue
-                yield StoredEntry(_position(sequence), LogEntry(*fields))
+                yield StoredEntry(self._position(sequence, log_id), LogEntry(*fields))
 
     # -- consumers and compaction -----------------------------------------------------------------------------
     def consumers(self) -> dict[str, str]:
-        path = self.folder / "consumers.json"
+        path = self.folder / CONSUMERS_NAME
+        if not self.folder.is_dir():
+            if self.folder.exists():
+                raise StorageError(f"the webhook log path {self.folder} is a file, not a log folder")
+            raise StorageError(f"no webhook log at {self.folder} (check --log-url or CDP_WEBHOOK_LOG_URL)")
         if not path.exists():
             return {}
-        value = orjson.loads(path.read_bytes())
-        return {str(name): str(position) for name, position in value.items()}
+        try:
+            value = orjson.loads(path.read_bytes())
+            if not isinstance(value, dict):
+                raise TypeError("not an object")
+            return {str(name): str(position) for name, position in value.items()}
+        except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise StorageError(
+                f"{path} is corrupt ({exc}); restore it from a backup, or delete it to make every consumer start "
+                "over (compaction then keeps everything until each one commits again)"
+            ) from exc
 
     def commit(self, consumer: str, position: str) -> None:
         _parse_position(position)
@@ -402,7 +468,7 @@ class FileWebhookLog:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             current = self.consumers()
             current[consumer] = position
-            target = self.folder / "consumers.json"
+            target = self.folder / CONSUMERS_NAME
             tmp = target.with_suffix(".json.tmp")
             with open(tmp, "wb") as handle:
                 handle.write(orjson.dumps(current, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
@@ -430,7 +496,11 @@ class FileWebhookLog:
         return index
 
     def compact(self) -> CompactionResult:
-        committed = {name: _parse_position(position) for name, position in self.consumers().items()}
+        own = self.identity
+        committed: dict[str, int] = {}
+        for name, position in self.consumers().items():
+            log_id, sequence = _parse_position(position)
+            committed[name] = sequence if log_id is None or log_id == own else 0  # Another log's: nothing confirmed.
         segments = self._segments()
         removed = removed_entries = 0
         details = []

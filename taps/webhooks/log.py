@@ -2,7 +2,8 @@
 
 Two backends behind one interface, chosen by URL: a local folder of append-only segment files (``file://...`` or a
 plain path; one receiver per folder) and a PostgreSQL table (``postgresql://...``; several receivers behind a load
-balancer). Positions are opaque, zero-padded strings that sort in log order; a consumer (one tenant, provider and
+balancer). Positions are opaque strings that sort in log order and name their log (so a bookmark from a recreated
+log is refused instead of silently skipping its events); a consumer (one tenant, provider and
 stream of tap-webhooks) commits the position the target confirmed, and compaction removes only what every consumer of
 that data has committed past.
 """
@@ -16,10 +17,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from plugins.errors import ConfigError
+from plugins.errors import CdpError, ConfigError
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
+
+
+class BookmarkError(CdpError):
+    """A consumer's bookmark does not fit this log: it is from another (recreated) log or past its end."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,9 @@ class WebhookLog(Protocol):
 
     def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
         """Entries of one stream after position ``after`` (from the start if None), in log order."""
+
+    def check_bookmark(self, position: str | None) -> None:
+        """Raise BookmarkError when ``position`` is from another log (logs have an identity) or past this log's end."""
 
     def commit(self, consumer: str, position: str) -> None:
         """Record that ``consumer`` has durably processed everything up to and including ``position``."""

@@ -51,6 +51,13 @@ from plugins.webhook_signing import (
     webhook_secrets,
 )
 from plugins.zones import Zone, resolve_zone_url
+from taps.webhooks.http_guard import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    ConnectionLimits,
+    guarded_protocol,
+)
 from taps.webhooks.log import LogEntry, WebhookLog, unstorable_reason
 from taps.webhooks.ratelimit import TokenBucketLimiter
 
@@ -68,7 +75,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How uvicorn must run the receiver: its lifespan starts and stops the log writer, and X-Forwarded-For is judged by
-# the receiver's own trusted_proxies setting, never rewritten by uvicorn.
+# the receiver's own trusted_proxies setting, never rewritten by uvicorn. WebhookReceiver.uvicorn_options() adds the
+# connection limits (header size and time, connections).
 UVICORN_OPTIONS: dict[str, Any] = {"lifespan": "on", "proxy_headers": False, "access_log": False}
 
 
@@ -116,6 +124,9 @@ class ReceiverSettings:
     unverified_rate_per_second: float = DEFAULT_UNVERIFIED_RATE_PER_SECOND
     unverified_burst: int = DEFAULT_UNVERIFIED_BURST
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS  # Whole body within this, else 408.
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # Request line and headers, else 431.
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS  # All headers within this, else 408.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # Open connections; a new one over it gets 503.
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -130,6 +141,12 @@ class ReceiverSettings:
             raise ConfigError("unverified_burst", f"must be at least 1, got {self.unverified_burst}")
         if self.body_timeout_seconds <= 0:
             raise ConfigError("body_timeout", f"must be more than 0 seconds, got {self.body_timeout_seconds}")
+        if self.header_timeout_seconds <= 0:
+            raise ConfigError("header_timeout", f"must be more than 0 seconds, got {self.header_timeout_seconds}")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("max_header_bytes", f"must be at least 1024, got {self.max_header_bytes}")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections", f"must be at least 1, got {self.max_connections}")
         for tenant in self.tenants:
             if not _NAME_RE.match(tenant):
                 raise ConfigError("tenant", f"'{tenant}' must be lower-case letters, digits, '_' or '-'")
@@ -500,6 +517,15 @@ class WebhookReceiver:
             if compactor is not None:
                 compactor.cancel()
             self.log.close()
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """How uvicorn must run this receiver: :data:`UVICORN_OPTIONS` and its connection limits."""
+        limits = ConnectionLimits(
+            max_header_bytes=self.settings.max_header_bytes,
+            header_timeout_seconds=self.settings.header_timeout_seconds,
+            max_connections=self.settings.max_connections,
+        )
+        return {**UVICORN_OPTIONS, "http": guarded_protocol(limits)}
 
     def app(self) -> Starlette:
         return Starlette(

@@ -450,3 +450,119 @@ def test_latency_histogram_counts_a_value_in_every_bucket_at_or_above_it(tmp_pat
     assert bucket.format("2.5", "2.0") in text
     assert bucket.format("+Inf", "3.0") in text
     assert 'cdp_webhook_request_duration_seconds_sum{provider="stripe"} 3.0021' in text
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_receiver_answers_signed_events_promptly_while_slow_and_oversized_clients_are_connected(
+    tmp_path: Path,
+) -> None:
+    with _serve(tmp_path, header_timeout_seconds=1.0, body_timeout_seconds=1.0, max_header_bytes=8192) as server:
+        slow_headers = [_connect(server.url) for _ in range(10)]
+        for sock in slow_headers:
+            sock.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # ... and never the rest.
+        slow_bodies = [_connect(server.url) for _ in range(10)]
+        for sock in slow_bodies:
+            body = stripe_event("evt_slow_body")
+            head = f"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall((head + f"Stripe-Signature: {stripe_headers(body)['Stripe-Signature']}\r\n\r\n").encode())
+            sock.sendall(body[:5])
+        oversized = _connect(server.url)
+        oversized.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):  # The server may close the connection while this is still sending.
+            for index in range(1000):  # Up to 8 MB of headers, refused after the first 8 KiB.
+                oversized.sendall(f"X-Filler-{index}: {'a' * 8000}\r\n".encode())
+        flood = StripeSignatureScheme().sign(b"{}", "whsec_new", int(time.time()))
+        huge_signature = flood + ",v1=" + ",v1=".join(["0" * 64] * 100)  # Within the header limit, over the entries.
+
+        latencies = []
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for index in range(30):
+                body = stripe_event(f"evt_prompt_{index}")
+                started = time.perf_counter()
+                assert (
+                    client.post("/webhooks/acme/stripe", content=body, headers=stripe_headers(body)).status_code == 200
+                )
+                latencies.append(time.perf_counter() - started)
+            flooded = client.post("/webhooks/acme/stripe", content=b"{}", headers={"Stripe-Signature": huge_signature})
+            assert flooded.status_code == 401  # Refused on the entry count, before any HMAC.
+        assert sorted(latencies)[len(latencies) // 2] < 0.2  # Median: served at once, not behind the slow clients.
+
+        assert _answer(oversized).startswith(b"HTTP/1.1 431")
+        for sock in slow_headers:
+            assert _answer(sock).startswith(b"HTTP/1.1 408")
+        for sock in slow_bodies:
+            assert _answer(sock).startswith(b"HTTP/1.1 408")
+        for sock in [*slow_headers, *slow_bodies, oversized]:
+            sock.close()
+        assert len(server.stored("acme", "stripe", "events")) == 30
+
+
+def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
+    with _serve(tmp_path, max_connections=4, header_timeout_seconds=30.0) as server:
+        idle = [_connect(server.url) for _ in range(4)]
+        over = _connect(server.url)
+        assert _answer(over).startswith(b"HTTP/1.1 503")
+        over.close()
+        idle.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # The server notices the closed connection on its next loop iteration.
+            body = stripe_event("evt_after_idle")
+            try:
+                response = httpx.post(server.url + "/webhooks/acme/stripe", content=body, headers=stripe_headers(body))
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "a freed connection slot was never reused"
+        for sock in idle:
+            sock.close()
+
+
+def test_cdp_webhooks_serve_on_a_busy_port_fails_in_one_line_before_making_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plugins.cli.app import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["webhooks", "serve", "--port", str(port), "--log-url", str(tmp_path / "log")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "log").exists()
+
+
+def test_cdp_webhooks_serve_on_a_locked_log_or_a_file_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plugins.cli.app import main
+
+    running = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    running.start_writer()
+    try:
+        assert main(["webhooks", "serve", "--port", "0", "--log-url", str(tmp_path / "log")]) == 1
+    finally:
+        running.close()
+    err = capsys.readouterr().err.strip()
+    assert "another receiver is writing to" in err
+    assert len(err.splitlines()) == 1
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["webhooks", "serve", "--port", "0", "--log-url", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err
+    assert len(err.splitlines()) == 1

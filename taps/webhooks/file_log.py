@@ -23,6 +23,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,14 @@ import orjson
 from plugins.errors import CdpError, StorageError
 from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
-from taps.webhooks.log import BookmarkError, CompactionResult, LogEntry, StoredEntry, consumer_name
+from taps.webhooks.log import (
+    BookmarkError,
+    CompactionResult,
+    DurationHistogram,
+    LogEntry,
+    StoredEntry,
+    consumer_name,
+)
 
 _HEADER = struct.Struct("<QII")
 SEGMENT_SUFFIX = ".seg"
@@ -193,6 +201,7 @@ class FileWebhookLog:
         self._spare_path = self._segments_dir / SPARE_NAME
         self._spare_maker: concurrent.futures.ThreadPoolExecutor | None = None
         self._spare: concurrent.futures.Future[None] | None = None
+        self._roll_seconds = DurationHistogram()
 
     # -- writing ----------------------------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -327,9 +336,11 @@ class FileWebhookLog:
         for key in batch_keys:  # Later groups see these as duplicates; if the sync fails, the writer fails for good.
             self._remember(key)
         if self._size >= self.segment_bytes:
+            started = time.perf_counter()
             os.fdatasync(fd)  # The sealed segment is complete on disk before the next one starts.
             os.ftruncate(fd, self._size)  # Its preallocated zeros go.
             self._open_segment(self._next_sequence)
+            self._roll_seconds.observe(time.perf_counter() - started)
         return flags, descriptor, path
 
     async def append(self, entries: Sequence[LogEntry]) -> list[bool]:
@@ -346,6 +357,12 @@ class FileWebhookLog:
     def queue_depth(self) -> int:
         threads = self._writer.queue_depth if self._writer is not None else 0
         return threads + (self._loop_writer.queue_depth if self._loop_writer is not None else 0)
+
+    def histograms(self) -> dict[str, DurationHistogram]:
+        found = {"roll": self._roll_seconds}
+        if self._loop_writer is not None:
+            found["sync"] = self._loop_writer.sync_seconds
+        return found
 
     @property
     def failed(self) -> BaseException | None:

@@ -10,6 +10,8 @@ that data has committed past.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,30 @@ from plugins.errors import CdpError, ConfigError
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
+
+
+# Bounds of every duration histogram the receiver exports (seconds); Prometheus's "le": a bucket counts values <= it.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class DurationHistogram:
+    """Durations counted per bucket of :data:`DURATION_BUCKETS` (the last count is +Inf), and their sum.
+
+    Plain numbers: updated from one thread (the event loop, or the log's writer), read when /metrics is scraped.
+    """
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count)`` pairs as Prometheus wants them."""
+        bounds = [repr(bound) for bound in DURATION_BUCKETS] + ["+Inf"]  # As prometheus_client writes "le".
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
 
 
 class BookmarkError(CdpError):
@@ -151,6 +177,10 @@ class WebhookLog(Protocol):
 
     def close(self) -> None:
         """Flush pending appends and release resources."""
+
+    def histograms(self) -> dict[str, DurationHistogram]:
+        """The log's own durations for /metrics (``sync``: a group's wait for its fdatasync; ``roll``: the loop's time
+        sealing a segment and starting the next); empty when the backend keeps none."""
 
 
 def resolve_log_url(explicit: str | None = None) -> str:

@@ -22,7 +22,7 @@ import orjson
 from plugins.errors import StorageError
 from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
-from taps.webhooks.log import BookmarkError, CompactionResult, LogEntry, StoredEntry
+from taps.webhooks.log import BookmarkError, CompactionResult, DurationHistogram, LogEntry, StoredEntry
 
 TABLE = "cdp_webhook_log"
 CONSUMERS_TABLE = "cdp_webhook_consumers"
@@ -166,6 +166,9 @@ class PostgresWebhookLog:
     @property
     def failed(self) -> BaseException | None:
         return self._writer.failed if self._writer is not None else None
+
+    def histograms(self) -> dict[str, DurationHistogram]:
+        return {}  # A group is durable when its transaction commits; there is no separate sync to time.
 
     def close(self) -> None:
         if self._writer is not None:

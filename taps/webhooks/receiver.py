@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import collections
 import contextlib
+import gc
 import ipaddress
-import itertools
 import logging
 import os
 import re
@@ -58,7 +57,7 @@ from taps.webhooks.http_guard import (
     ConnectionLimits,
     guarded_protocol,
 )
-from taps.webhooks.log import LogEntry, WebhookLog, unstorable_reason
+from taps.webhooks.log import DURATION_BUCKETS, DurationHistogram, LogEntry, WebhookLog, unstorable_reason
 from taps.webhooks.ratelimit import TokenBucketLimiter
 
 logger = logging.getLogger("cdp.webhooks")
@@ -156,7 +155,7 @@ class ReceiverSettings:
             raise ConfigError("tenant", f"{names} would share one secret variable; rename one of them")
 
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = DURATION_BUCKETS
 
 
 class ReceiverMetrics(Collector):
@@ -173,17 +172,22 @@ class ReceiverMetrics(Collector):
         self.bytes: collections.Counter[str] = collections.Counter()  # provider
         self.signature_failures: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, reason)
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, outcome)
-        self._latency_buckets: dict[str, list[int]] = {}  # provider: count per bucket, the last one +Inf
-        self._latency_sums: dict[str, float] = collections.defaultdict(float)
+        self._latencies: dict[str, DurationHistogram] = {}  # By provider.
+        self.gc_pauses: dict[int, DurationHistogram] = {}  # By generation.
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def observe_latency(self, provider: str, seconds: float) -> None:
-        counts = self._latency_buckets.get(provider)
-        if counts is None:
-            counts = self._latency_buckets[provider] = [0] * (len(LATENCY_BUCKETS) + 1)
-        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # A bucket counts values <= its bound.
-        self._latency_sums[provider] += seconds
+        histogram = self._latencies.get(provider)
+        if histogram is None:
+            histogram = self._latencies[provider] = DurationHistogram()
+        histogram.observe(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        histogram = self.gc_pauses.get(generation)
+        if histogram is None:
+            histogram = self.gc_pauses[generation] = DurationHistogram()
+        histogram.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -199,11 +203,26 @@ class ReceiverMetrics(Collector):
         latency = HistogramMetricFamily(
             "cdp_webhook_request_duration_seconds", "Time from request to response.", labels=["provider"]
         )
-        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]  # As prometheus_client writes "le".
-        for provider, counts in sorted(self._latency_buckets.items()):
-            cumulative = list(itertools.accumulate(counts))
-            latency.add_metric([provider], list(zip(bounds, cumulative, strict=True)), self._latency_sums[provider])
+        for provider, histogram in sorted(self._latencies.items()):
+            latency.add_metric([provider], histogram.cumulative(), histogram.sum)
         yield latency
+        log_durations = HistogramMetricFamily(
+            "cdp_webhook_log_seconds",
+            "The log's own durations: sync (a group's wait for its fdatasync), roll (sealing a segment on the loop).",
+            labels=["kind"],
+        )
+        log_histograms: dict[str, DurationHistogram] = getattr(
+            self._log, "histograms", dict
+        )()  # A log without its own durations has none.
+        for kind, histogram in sorted(log_histograms.items()):
+            log_durations.add_metric([kind], histogram.cumulative(), histogram.sum)
+        yield log_durations
+        pauses = HistogramMetricFamily(
+            "cdp_webhook_gc_pause_seconds", "Garbage-collection pauses of the receiver process.", labels=["generation"]
+        )
+        for generation, histogram in sorted(self.gc_pauses.items()):
+            pauses.add_metric([str(generation)], histogram.cumulative(), histogram.sum)
+        yield pauses
         failures = CounterMetricFamily(
             "cdp_webhook_signature_failures", "Rejected signatures by reason.", labels=["provider", "reason"]
         )
@@ -505,15 +524,25 @@ class WebhookReceiver:
             except Exception as exc:
                 log_event(logger, "webhook_log_compaction_failed", logging.ERROR, error=str(exc))
 
+    def _time_collections(self, phase: str, info: dict[str, int]) -> None:
+        """A gc callback: each collection's pause, by generation (a full collection can be a request's whole p99)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.metrics.observe_gc_pause(info["generation"], time.perf_counter() - self._gc_started)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.log.start_writer()
         compactor = None
         if self.settings.compact_interval_seconds > 0:
             compactor = asyncio.create_task(self._compact_periodically())
+        self._gc_started = time.perf_counter()
+        gc.callbacks.append(self._time_collections)
         try:
             yield
         finally:
+            gc.callbacks.remove(self._time_collections)
             if compactor is not None:
                 compactor.cancel()
             self.log.close()

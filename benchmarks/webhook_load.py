@@ -258,16 +258,35 @@ def report_windows(run: Result, window: float = 5.0) -> None:
 
 
 def receiver_histograms(port: int) -> None:
-    """The receiver's own view: group sync latency, segment rolls and collection pauses, from /metrics."""
+    """The receiver's own view from /metrics, one line per histogram: group sync latency and segment rolls
+    (``cdp_webhook_log_seconds``), collection pauses (``cdp_webhook_gc_pause_seconds``)."""
     with socket.create_connection((HOST, port), timeout=5) as sock:
         sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
         text = b""
         while chunk := sock.recv(65536):
             text += chunk
-    wanted = ("cdp_webhook_log_sync_seconds", "cdp_webhook_log_roll_seconds", "cdp_webhook_gc_pause_seconds")
+    series: dict[str, list[tuple[str, float]]] = {}
+    sums: dict[str, float] = {}
     for line in text.decode(errors="replace").splitlines():
-        if line.startswith(wanted) and not line.startswith("#"):
-            print(f"  {line}")
+        if not line.startswith(("cdp_webhook_log_seconds", "cdp_webhook_gc_pause_seconds")):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric, _, labels = name.partition("{")
+        label = (
+            metric.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+            + "{"
+            + ",".join(part for part in labels.rstrip("}").split(",") if part and not part.startswith("le="))
+            + "}"
+        )
+        if metric.endswith("_bucket"):
+            series.setdefault(label, []).append((labels.split('le="')[1].split('"')[0], float(value)))
+        elif metric.endswith("_sum"):
+            sums[label] = float(value)
+    for label, buckets in series.items():
+        total = buckets[-1][1]
+        mean = sums.get(label, 0.0) / total * 1000 if total else 0.0
+        shown = " ".join(f"<={float(le) * 1000:g}ms:{count:.0f}" for le, count in buckets if le != "+Inf")
+        print(f"  {label} count {total:.0f} mean {mean:.2f} ms; cumulative {shown}")
 
 
 def durable_acknowledged(folder: str) -> tuple[int, int]:

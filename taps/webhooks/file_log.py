@@ -52,7 +52,13 @@ SPARE_NAME = "next-segment.tmp"  # The next segment, preallocated; not a segment
 LOG_ID_NAME = "log-id"
 CONSUMERS_NAME = "consumers.json"
 _ZEROS = bytes(1024 * 1024)
-_SPARE_SYNC_BYTES = 2 * 1024 * 1024
+# The spare is written and synced a little at a time, with a pause between the pieces: each of its syncs is short,
+# so a group's sync that queues behind one waits little, and the disk is left free in between. Measured in process
+# (32 appends at a time, 4 MiB segments, two interleaved pairs of 15 s on the shared VM): 2 MiB unpaced, sync mean
+# 3.1-3.7 ms and 7.5k-8.8k events/s; 256 KiB with 2 ms pauses, 2.5 ms and 10.4k-10.5k. A 16 MiB spare still takes
+# well under the seconds a segment takes to fill.
+_SPARE_SYNC_BYTES = 256 * 1024
+_SPARE_PAUSE_SECONDS = 0.002
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_DEDUPE_CAPACITY = 200_000
 
@@ -151,14 +157,15 @@ def _write_zeros(fd: int, start: int, end: int) -> None:
         offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)], offset)
 
 
-def _prepare_spare(path: Path, size: int) -> None:
+def _prepare_spare(path: Path, size: int, pause: float = _SPARE_PAUSE_SECONDS) -> None:
     """Write the next segment full of zeros and sync it, so that later syncs of records in it are pure data flushes."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        # A few MiB at a time, each synced: the receiver's own syncs never queue behind one long flush of zeros.
+        # A piece at a time, each synced: the receiver's own syncs never queue behind one long flush of zeros.
         for start in range(0, size, _SPARE_SYNC_BYTES):
             _write_zeros(fd, start, min(size, start + _SPARE_SYNC_BYTES))
             os.fdatasync(fd)
+            time.sleep(pause)
     finally:
         os.close(fd)
 
@@ -269,7 +276,8 @@ class FileWebhookLog:
                 raise FileNotFoundError(self._spare_path)
             spare.result()  # Normally long done: a segment takes seconds to fill, its spare milliseconds to make.
         except OSError:
-            _prepare_spare(self._spare_path, self.segment_bytes)  # Raises if the disk really cannot take it.
+            # Raises if the disk really cannot take it; no pauses, since the loop waits for it.
+            _prepare_spare(self._spare_path, self.segment_bytes, pause=0)
         os.replace(self._spare_path, path)
         _fsync_dir(self._segments_dir)
         self._use_segment(os.open(path, os.O_WRONLY), path, 0)

@@ -387,6 +387,19 @@ def test_healthz_and_metrics_report_requests_bytes_latency_and_queue_depth(recei
     assert "cdp_webhook_log_queue_depth 0.0" in text
 
 
+def test_metrics_report_the_logs_sync_waits_and_garbage_collection_pauses(receiver: Receiver) -> None:
+    body = stripe_event("evt_sync_timed")
+    receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    receiver.receiver.metrics.observe_gc_pause(2, 0.003)  # As the gc callback records a full collection.
+    text = httpx.get(receiver.url + "/metrics").text
+    assert 'cdp_webhook_log_seconds_count{kind="sync"} 1.0' in text
+    assert 'cdp_webhook_log_seconds_count{kind="roll"} 0.0' in text
+    # The callback times every collection of this process (the test's too), so at least the one recorded here.
+    full_count = 'cdp_webhook_gc_pause_seconds_count{generation="2"}'
+    [full] = [line for line in text.splitlines() if line.startswith(full_count)]
+    assert float(full.rpartition(" ")[2]) >= 1
+
+
 def test_the_receiver_compacts_its_log_on_a_schedule(tmp_path: Path) -> None:
     log = FileWebhookLog(tmp_path / "log", segment_bytes=100)  # Tiny segments: one event each.
     settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS, compact_interval_seconds=0.05)

@@ -330,3 +330,15 @@ def test_tap_webhooks_names_the_setting_when_the_provider_has_no_webhook_handler
 
     with pytest.raises(ConfigError, match="setting 'provider'"):
         TapWebhooks(config={"provider": "paypal", "tenant": "acme", "log_url": str(tmp_path)})
+
+
+@pytest.mark.parametrize("provider", ["stripe", "shopify", "salesforce"])
+def test_drained_streams_never_share_a_name_with_the_providers_batch_tap(tmp_path: Path, provider: str) -> None:
+    from plugins.manager import get_source
+    from taps.webhooks.tap import TapWebhooks
+
+    tap = TapWebhooks(config={"provider": provider, "tenant": "acme", "log_url": str(tmp_path)})
+    drained = {stream.name for stream in tap.discover_streams()}
+    assert drained
+    assert all(name.startswith("webhook_") for name in drained)
+    assert not drained & set(get_source(provider).streams)  # Same provider folder, distinct registry subjects.

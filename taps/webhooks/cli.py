@@ -94,7 +94,7 @@ def serve(
         trusted_proxies=parse_networks("trusted_proxy", trusted_proxy or []),
         compact_interval_seconds=compact_interval,
         dlq_url=dlq_url,
-        tenants=[name for value in tenant or [] for name in value.split(",") if name.strip()],
+        tenants=[name.strip() for value in tenant or [] for name in value.split(",") if name.strip()],
         unverified_rate_per_second=unverified_rate,
         unverified_burst=unverified_burst,
         max_header_bytes=max_header_bytes,

@@ -23,6 +23,7 @@ import stripe
 
 from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
+from plugins.webhook_signing import WebhookHandler
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
 from taps.stripe.webhook import StripeSignatureScheme, StripeWebhookHandler
@@ -42,7 +43,7 @@ SECRETS = {
     "CDP_WEBHOOK_SECRET__ACME__SALESFORCE": "sf_secret",
     "CDP_WEBHOOK_SECRET__BETA__STRIPE": "whsec_beta",
 }
-HANDLERS = {
+HANDLERS: dict[str, WebhookHandler] = {
     "stripe": StripeWebhookHandler(),
     "shopify": ShopifyWebhookHandler(),
     "salesforce": SalesforceWebhookHandler(),

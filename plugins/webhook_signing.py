@@ -76,8 +76,13 @@ class WebhookHandler(Protocol):
     delivery; without it, :data:`DEFAULT_DLQ_HEADERS`.
     """
 
-    provider: str
-    streams: Sequence[str]
+    @property
+    def provider(self) -> str:
+        """The provider's name, as in the receiver's path (``/webhooks/{tenant}/{provider}``)."""
+
+    @property
+    def streams(self) -> Sequence[str]:
+        """Every stream ``map`` can name (tap-webhooks drains each one)."""
 
     def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> None:
         """Return if any of ``secrets`` signed this request; raise WebhookSignatureError otherwise."""

@@ -2,6 +2,12 @@
 endpoints that only read the body, in the same run. Loopback only; bounded in count and time.
 
     .venv/bin/python benchmarks/webhook_load.py --count 60000 --duration 5 --rounds 3 --connections 32
+    .venv/bin/python benchmarks/webhook_load.py --sustained     # one 60-second round per server, distinct events
+
+``--sustained`` runs each server for 60 s (one round unless ``--rounds`` says more); events are then signed as they are
+sent (the same cost for every server) instead of ahead of time, since a minute of them does not fit in memory. It also
+prints the durable receiver's p99 per 5-second window, and the receiver's own histograms from ``/metrics`` (group
+sync latency, segment rolls, garbage-collection pauses), to show where a tail comes from.
 
 Three servers, each in its own process on uvicorn: the reference the goal is measured against, a bare Starlette
 endpoint (``await request.body()``, a JSONResponse); a stricter one, a bare plain-ASGI endpoint inside Starlette (the
@@ -89,8 +95,36 @@ def check_healthy(port: int, timeout: float = 60) -> None:
             raise RuntimeError(f"server on port {port} is not healthy")
 
 
+class SignedRequests:
+    """``count`` distinct signed requests, each made when it is first asked for (a sustained run's worth of them does
+    not fit in memory). Indexable like the list ``signed_requests`` returns."""
+
+    def __init__(self, count: int, port: int, prefix: str) -> None:
+        from plugins.webhook_signing import hmac_sha256
+
+        self._count = count
+        self._sign = hmac_sha256
+        self._now = int(time.time())
+        self._body = (
+            f'{{"id": "{prefix}_%08d", "object": "event", "type": "payment_intent.succeeded", "created": {self._now}, '
+            '"data": {"object": {"id": "pi_%08d", "amount": %d, "currency": "usd"}}}'
+        )
+        self._head = (
+            f"POST /webhooks/bench/stripe HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            "Stripe-Signature: t=%d,v1=%s\r\nContent-Length: %d\r\n\r\n"
+        )
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> bytes:
+        body = (self._body % (index, index, 2000 + index % 500)).encode()
+        signature = self._sign(SECRET, b"%d." % self._now + body).hex()
+        return (self._head % (self._now, signature, len(body))).encode() + body
+
+
 def signed_requests(count: int, port: int, prefix: str = "evt_bench") -> list[bytes]:
-    from plugins.webhook_signing import StripeSignatureScheme
+    from taps.stripe.webhook import StripeSignatureScheme
 
     scheme = StripeSignatureScheme()
     now = int(time.time())
@@ -120,6 +154,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    finished: list[float]  # When each request was answered, seconds from the start of the run.
 
     @property
     def rate(self) -> float:
@@ -142,8 +177,11 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(name: str, port: int, requests: list[bytes], connections: int, duration: float) -> Result:
+async def run_load(
+    name: str, port: int, requests: list[bytes] | SignedRequests, connections: int, duration: float
+) -> Result:
     latencies: list[float] = []
+    finished: list[float] = []
     errors = 0
     next_index = 0
     deadline = time.perf_counter() + duration
@@ -158,15 +196,17 @@ async def run_load(name: str, port: int, requests: list[bytes], connections: int
                 started = time.perf_counter()
                 writer.write(request)
                 status = await read_response(reader)
-                latencies.append(time.perf_counter() - started)
+                done = time.perf_counter()
+                latencies.append(done - started)
+                finished.append(done - run_started)
                 if not 200 <= status < 300:
                     errors += 1
         finally:
             writer.close()
 
-    started = time.perf_counter()
+    run_started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(connections)))
-    return Result(name, len(latencies), errors, time.perf_counter() - started, latencies)
+    return Result(name, len(latencies), errors, time.perf_counter() - run_started, latencies, finished)
 
 
 def fdatasync_p50(folder: str, samples: int = 50) -> float:
@@ -188,13 +228,61 @@ def fdatasync_p50(folder: str, samples: int = 50) -> float:
 
 def report(runs: list[Result]) -> None:
     """Median rate of the rounds; latency percentiles over every request of every round."""
-    pooled = Result(runs[0].name, 0, 0, 0.0, [latency for run in runs for latency in run.latencies])
+    pooled = Result(runs[0].name, 0, 0, 0.0, [latency for run in runs for latency in run.latencies], [])
     rates = " ".join(f"{run.rate:.0f}" for run in runs)
     print(
         f"{runs[0].name:<28} {statistics.median(run.rate for run in runs):8.0f} req/s (rounds: {rates})  "
         f"p50 {pooled.percentile(0.50):6.2f} ms  p99 {pooled.percentile(0.99):6.2f} ms  "
         f"errors {sum(run.errors for run in runs)}"
     )
+
+
+def report_windows(run: Result, window: float = 5.0) -> None:
+    """p99 and rate per ``window`` seconds of one run: a tail that grows with time, or comes in bursts, shows here."""
+    buckets: dict[int, list[float]] = {}
+    for latency, finished in zip(run.latencies, run.finished, strict=True):
+        buckets.setdefault(int(finished // window), []).append(latency)
+    cells = []
+    p99s = []
+    for index in sorted(buckets):
+        part = Result(run.name, 0, 0, 0.0, buckets[index], [])
+        p99s.append(part.percentile(0.99))
+        cells.append(f"{p99s[-1]:.1f}")
+    print(
+        f"  {run.name} p99 (ms) per {window:.0f} s: {' '.join(cells)}; median of windows {statistics.median(p99s):.1f}"
+    )
+
+
+def receiver_histograms(port: int) -> None:
+    """The receiver's own view from /metrics, one line per histogram: group sync latency and segment rolls
+    (``cdp_webhook_log_seconds``), collection pauses (``cdp_webhook_gc_pause_seconds``)."""
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        text = b""
+        while chunk := sock.recv(65536):
+            text += chunk
+    series: dict[str, list[tuple[str, float]]] = {}
+    sums: dict[str, float] = {}
+    for line in text.decode(errors="replace").splitlines():
+        if not line.startswith(("cdp_webhook_log_seconds", "cdp_webhook_gc_pause_seconds")):
+            continue
+        name, _, value = line.rpartition(" ")
+        metric, _, labels = name.partition("{")
+        label = (
+            metric.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+            + "{"
+            + ",".join(part for part in labels.rstrip("}").split(",") if part and not part.startswith("le="))
+            + "}"
+        )
+        if metric.endswith("_bucket"):
+            series.setdefault(label, []).append((labels.split('le="')[1].split('"')[0], float(value)))
+        elif metric.endswith("_sum"):
+            sums[label] = float(value)
+    for label, buckets in series.items():
+        total = buckets[-1][1]
+        mean = sums.get(label, 0.0) / total * 1000 if total else 0.0
+        shown = " ".join(f"<={float(le) * 1000:g}ms:{count:.0f}" for le, count in buckets if le != "+Inf")
+        print(f"  {label} count {total:.0f} mean {mean:.2f} ms; cumulative {shown}")
 
 
 def durable_acknowledged(folder: str) -> tuple[int, int]:
@@ -212,6 +300,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Turns each server gets.")
     parser.add_argument("--connections", type=int, default=32, help="Concurrent keep-alive connections.")
     parser.add_argument("--warmup", type=int, default=1000, help="Requests sent to each server before measuring.")
+    parser.add_argument(
+        "--sustained", action="store_true", help="60 s per server and round, events signed as they are sent."
+    )
+    parser.add_argument(
+        "--log-dir",
+        help="Where the receiver's log lives (default a temporary folder on /tmp's disk). A tmpfs such as /dev/shm "
+        "takes the disk out of the measurement: what remains is the receiver's own cost (a diagnosis, not the goal).",
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="starlette", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,11 +318,12 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    count = min(args.count, 1_000_000)
-    duration = min(args.duration, 60.0)
-    rounds = max(1, min(args.rounds, 10))
+    sustained = args.sustained
+    count = 5_000_000 if sustained else min(args.count, 1_000_000)
+    duration = 60.0 if sustained else min(args.duration, 60.0)
+    rounds = max(1, min(args.rounds if not sustained or "--rounds" in sys.argv else 1, 10))
     results: dict[str, list[Result]] = {}
-    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(dir=args.log_dir) as folder, contextlib.ExitStack() as stack:
         fsync = fdatasync_p50(folder)
         env = {**os.environ, "CDP_WEBHOOK_SECRET__BENCH__STRIPE": SECRET}
         servers = {
@@ -255,10 +352,13 @@ def main() -> None:
             acknowledged += warmup.requests - warmup.errors if name == DURABLE else 0
         for round_index in range(rounds):
             for name, port in ports.items():
-                requests = signed_requests(count, port, prefix=f"evt_bench_{round_index}")
+                prefix = f"evt_bench_{round_index}"
+                requests = SignedRequests(count, port, prefix) if sustained else signed_requests(count, port, prefix)
                 result = asyncio.run(run_load(name, port, requests, args.connections, duration))
                 results.setdefault(name, []).append(result)
                 acknowledged += result.requests - result.errors if name == DURABLE else 0
+        if sustained:
+            receiver_histograms(ports[DURABLE])
         processes[DURABLE].terminate()
         processes[DURABLE].wait(10)
         stored, distinct = durable_acknowledged(f"{folder}/log")
@@ -268,6 +368,9 @@ def main() -> None:
     )
     for runs in results.values():
         report(runs)
+        if sustained:
+            for run in runs:
+                report_windows(run)
     print(f"fdatasync p50 on the log disk: {fsync * 1000:.2f} ms")
     durable = results[DURABLE]
     for reference in ("bare starlette (body only)", "bare asgi (body only)"):

@@ -3,12 +3,10 @@
 A source plugin hands a :class:`WebhookHandler` to the framework through its ``cdp_sources`` descriptor
 (``SourceDescriptor.webhook_handler``). The receiver (``cdp webhooks serve``) calls ``verify`` on the raw request
 before anything is stored, then ``map`` to turn the body into :class:`WebhookEvent` objects (stream, provider event id,
-topic, received time, payload). Three schemes cover the providers:
-
-- :class:`StripeSignatureScheme`: ``Stripe-Signature: t=TIMESTAMP,v1=HEX[,v1=HEX...]``, HMAC-SHA256 over
-  ``"{t}.{raw body}"``, hex, any ``v1`` may match, timestamp within a tolerance (300 s).
-- :class:`HmacHeaderScheme`: one header holding the HMAC-SHA256 of the raw body, hex or base64 (Shopify's
-  ``X-Shopify-Hmac-Sha256`` is this scheme in base64; Salesforce and custom apps configure header and encoding).
+topic, received time, payload). This module holds only what every provider shares: the handler protocol, the HMAC
+helpers, :class:`HmacHeaderScheme` (one header holding the HMAC-SHA256 of the raw body, hex or base64: Shopify's
+``X-Shopify-Hmac-Sha256`` in base64, Salesforce's and custom apps' in a configured header) and the secrets lookup.
+Each provider's own scheme lives with its connector (Stripe's ``Stripe-Signature`` in ``taps/stripe/webhook.py``).
 
 Every comparison is constant-time (``hmac.compare_digest``); secrets are tried in order, so rotation works by
 configuring the new and the old secret together. Secrets come from ``CDP_WEBHOOK_SECRET__{TENANT}__{PROVIDER}``.
@@ -21,6 +19,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,9 @@ from plugins.errors import CdpError, ConfigError
 from plugins.layout import sanitize_stream_name
 
 SECRET_ENV_PREFIX = "CDP_WEBHOOK_SECRET"  # noqa: S105  # The variable name, not a secret.
-DEFAULT_STRIPE_TOLERANCE_SECONDS = 300
+# The request headers stored with a dead-lettered delivery unless a handler names its own (``dlq_headers``): an
+# allowlist, because any other header may carry a credential (X-Api-Key, X-Auth, ...).
+DEFAULT_DLQ_HEADERS = ("content-type", "content-length", "user-agent")
 
 
 class WebhookSignatureError(CdpError):
@@ -62,14 +63,26 @@ class WebhookEvent:
     topic: str
     received_at: datetime
     payload: dict[str, Any]
+    # The payload's JSON text exactly as the provider sent it, when the payload is the whole body: the log stores
+    # this text, so no value is changed by parsing and encoding it again.
+    payload_json: bytes | None = None
 
 
 @runtime_checkable
 class WebhookHandler(Protocol):
-    """Verifies and maps one provider's webhooks. ``headers`` keys are lower case; ``body`` is the raw request body."""
+    """Verifies and maps one provider's webhooks. ``headers`` keys are lower case; ``body`` is the raw request body.
 
-    provider: str
-    streams: Sequence[str]
+    A handler may also name ``dlq_headers``: the (lower-case) request headers worth keeping with a dead-lettered
+    delivery; without it, :data:`DEFAULT_DLQ_HEADERS`.
+    """
+
+    @property
+    def provider(self) -> str:
+        """The provider's name, as in the receiver's path (``/webhooks/{tenant}/{provider}``)."""
+
+    @property
+    def streams(self) -> Sequence[str]:
+        """Every stream ``map`` can name (tap-webhooks drains each one)."""
 
     def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> None:
         """Return if any of ``secrets`` signed this request; raise WebhookSignatureError otherwise."""
@@ -103,16 +116,37 @@ def _env_part(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+def colliding_tenants(tenants: Sequence[str]) -> dict[str, list[str]]:
+    """Tenant names that would share one secret variable (``acme-x`` and ``acme_x``), by that variable's tenant part."""
+    by_part: dict[str, list[str]] = {}
+    for tenant in dict.fromkeys(tenants):
+        by_part.setdefault(_env_part(tenant), []).append(tenant)
+    return {part: names for part, names in by_part.items() if len(names) > 1}
+
+
 def webhook_secrets(tenant: str, provider: str, environ: Mapping[str, str] | None = None) -> list[str]:
     """The secrets configured for ``tenant``/``provider`` (comma separated, newest first); empty when none are."""
     raw = (os.environ if environ is None else environ).get(secret_env_var(tenant, provider), "")
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+# A run of 19 or more digits may be an integer beyond 64 bits, which orjson would read as a float (a changed value).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+def loads_exact(text: bytes | str) -> Any:
+    """JSON as sent: orjson, or Python's parser (exact integers of any size) when a long number may be present."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _LONG_DIGITS.search(raw) is None:
+        return orjson.loads(raw)
+    orjson.loads(raw)  # Same validation (UTF-8, NaN, depth) as every other body.
+    return json.loads(raw)
+
+
 def json_object(body: bytes) -> dict[str, Any]:
-    """``body`` parsed as a JSON object, or UnmappableWebhookError."""
+    """``body`` parsed as a JSON object (integers exact), or UnmappableWebhookError."""
     try:
-        value = orjson.loads(body)
+        value = loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise UnmappableWebhookError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
@@ -174,62 +208,6 @@ class HmacHeaderScheme:
 
 
 @dataclass(frozen=True)
-class StripeSignatureScheme:
-    """Stripe's ``Stripe-Signature`` scheme (https://docs.stripe.com/webhooks#verify-manually)."""
-
-    tolerance_seconds: int = DEFAULT_STRIPE_TOLERANCE_SECONDS
-    header: str = "stripe-signature"
-    scheme: str = "v1"
-
-    def parse(self, value: str) -> tuple[int, list[str]]:
-        """The timestamp and the ``v1`` signatures of a header; other schemes (``v0``) are ignored."""
-        timestamp: int | None = None
-        signatures: list[str] = []
-        for item in value.split(","):
-            key, sep, part = item.strip().partition("=")
-            if not sep:
-                continue
-            if key == "t":
-                try:
-                    timestamp = int(part)
-                except ValueError as exc:
-                    raise WebhookSignatureError("malformed", f"{self.header} timestamp is not a number") from exc
-            elif key == self.scheme:
-                signatures.append(part)
-        if timestamp is None:
-            raise WebhookSignatureError("malformed", f"{self.header} has no timestamp (t=)")
-        if not signatures:
-            raise WebhookSignatureError("malformed", f"{self.header} has no {self.scheme} signature")
-        return timestamp, signatures
-
-    def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> int:
-        """Verify and return the signed timestamp."""
-        value = headers.get(self.header)
-        if not value:
-            raise WebhookSignatureError("missing", f"no {self.header} header")
-        timestamp, signatures = self.parse(value)
-        signed_payload = str(timestamp).encode() + b"." + body
-        candidates = [signature.encode() for signature in signatures]
-        matched = False
-        for secret in secrets:
-            expected = hmac_sha256(secret, signed_payload).hex().encode()
-            for candidate in candidates:
-                matched |= hmac.compare_digest(expected, candidate)
-        if not matched:
-            raise WebhookSignatureError("mismatch", f"no {self.scheme} signature matches the body under any secret")
-        if self.tolerance_seconds > 0 and abs(now - timestamp) > self.tolerance_seconds:
-            raise WebhookSignatureError(
-                "stale", f"timestamp is {int(now - timestamp)} s from now (tolerance {self.tolerance_seconds} s)"
-            )
-        return timestamp
-
-    def sign(self, body: bytes, secret: str, timestamp: int) -> str:
-        """The header value Stripe would send (tests and the load generator)."""
-        signature = hmac_sha256(secret, str(timestamp).encode() + b"." + body).hex()
-        return f"t={timestamp},{self.scheme}={signature}"
-
-
-@dataclass(frozen=True)
 class JsonHmacWebhookHandler:
     """A generic handler for custom apps: one HMAC header, a JSON object body, one event per request.
 
@@ -243,6 +221,7 @@ class JsonHmacWebhookHandler:
     id_field: str = "id"
     id_header: str | None = None
     topic_field: str = "type"
+    dlq_headers: Sequence[str] = DEFAULT_DLQ_HEADERS
 
     @property
     def streams(self) -> Sequence[str]:
@@ -265,5 +244,6 @@ class JsonHmacWebhookHandler:
                 topic=str(topic) if topic is not None else "",
                 received_at=received_at,
                 payload=document,
+                payload_json=body,
             )
         ]

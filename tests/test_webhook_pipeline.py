@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import stripe
 
 from plugins.cli.app import main
+from plugins.layout import parse_batch_key
 from plugins.project import find_project_root, run_meltano
 from plugins.sandbox import SandboxServer
 from plugins.testing import announced_url, wait_until
@@ -149,7 +151,7 @@ def test_posted_events_land_in_the_raw_zone_once_and_the_bookmark_follows_the_ta
     assert all(record["object"] == "event" and record["_sdc_batched_at"] for record in records)
     assert next(key.parent.name for key in (tmp_path / "raw").rglob("*.ndjson.gz")).startswith("day=")
     assert state is not None
-    bookmark = state["bookmarks"]["events"]["replication_key_value"]
+    bookmark = state["bookmarks"]["webhook_events"]["replication_key_value"]
     assert bookmark == max(record["_webhook_log_position"] for record in records)
 
     with httpx.Client() as client:
@@ -242,9 +244,86 @@ def test_meltano_runs_the_stripe_webhook_drain_into_the_raw_zone(tmp_path: Path,
     assert list((tmp_path / "state").rglob("state.json"))  # Meltano kept the state the target confirmed.
 
 
+def test_a_drain_with_a_bookmark_from_a_recreated_log_fails_in_one_line_and_commits_nothing(
+    tmp_path: Path, receiver_in_thread: str
+) -> None:
+    other_log = "wold000000000000:00000000000000000042"  # A position of a log that no longer exists.
+    stale = {
+        "bookmarks": {
+            "webhook_events": {"replication_key": "_webhook_log_position", "replication_key_value": other_log}
+        }
+    }
+    with httpx.Client() as client:
+        assert post_event(client, receiver_in_thread, "evt_after_recreate") == 200
+    (tmp_path / "tap.json").write_text(
+        json.dumps({"provider": "stripe", "tenant": "acme", "log_url": str(tmp_path / "log")})
+    )
+    (tmp_path / "state.json").write_text(json.dumps(stale))
+    tap = subprocess.run(
+        [str(BIN / "tap-webhooks"), "--config", str(tmp_path / "tap.json"), "--state", str(tmp_path / "state.json")],
+        env=ENV, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert tap.returncode == 1
+    assert b'"type":"RECORD"' not in tap.stdout.replace(b" ", b"")
+    errors = [line for line in tap.stderr.decode().splitlines() if "another webhook log" in line]
+    assert len(errors) == 1
+    assert "reset the extractor's state (docs/webhooks.md)" in errors[0]
+    assert "Traceback" not in tap.stderr.decode()
+    assert FileWebhookLog(tmp_path / "log").consumers() == {}  # The stale position was not recorded as committed.
+
+
+@pytest.mark.meltano
+def test_shipped_meltano_yml_lands_tap_stripe_events_and_drained_webhooks_side_by_side_with_nothing_in_the_dlq(
+    tmp_path: Path, receiver_in_thread: str
+) -> None:
+    from plugins.descriptors import SandboxOptions
+    from taps.stripe.sandbox import create_sandbox
+
+    with httpx.Client() as client:
+        for index in range(3):
+            assert post_event(client, receiver_in_thread, f"evt_pushed_{index}") == 200
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(find_project_root(Path(__file__).parent) / "meltano.yml", project / "meltano.yml")
+    with SandboxServer(create_sandbox(SandboxOptions(records=20))) as sandbox:
+        env = {
+            "CDP_PLUGINS": ENV["CDP_PLUGINS"],
+            "TAP_STRIPE_API_URL": sandbox.url,
+            "TAP_STRIPE__SELECT": '["events.*"]',
+            "TAP_STRIPE_TENANT": "acme",
+            "TAP_WEBHOOKS_TENANT": "acme",
+            "TAP_WEBHOOKS_LOG_URL": str(tmp_path / "log"),
+        }
+        for extractor in ("tap-stripe", "tap-webhooks--stripe"):  # The batch extraction first, as after `make demo`.
+            run_meltano(["run", extractor, "target-s3raw"], project_root=project, extra_env=env, timeout=240)
+    landed: Counter[str] = Counter()
+    for batch in (project / "data" / "raw").rglob("*.ndjson.gz"):
+        landed[parse_batch_key(str(batch.relative_to(project / "data" / "raw"))).stream] += len(
+            zlib.decompress(batch.read_bytes(), 31).splitlines()
+        )
+    assert landed["events"] > 0
+    assert landed["webhook_events"] == 3
+    assert list((project / "data" / "dlq").rglob("*.ndjson.gz")) == []
+    registry = project / "data" / "registry"
+    subjects = {"/".join(path.relative_to(registry / "subjects").parts[:3]) for path in registry.rglob("*.json")}
+    assert {"acme/stripe/events", "acme/stripe/webhook_events"} <= subjects  # One subject each, both compatible.
+
+
 def test_tap_webhooks_names_the_setting_when_the_provider_has_no_webhook_handler(tmp_path: Path) -> None:
     from plugins.errors import ConfigError
     from taps.webhooks.tap import TapWebhooks
 
     with pytest.raises(ConfigError, match="setting 'provider'"):
         TapWebhooks(config={"provider": "paypal", "tenant": "acme", "log_url": str(tmp_path)})
+
+
+@pytest.mark.parametrize("provider", ["stripe", "shopify", "salesforce"])
+def test_drained_streams_never_share_a_name_with_the_providers_batch_tap(tmp_path: Path, provider: str) -> None:
+    from plugins.manager import get_source
+    from taps.webhooks.tap import TapWebhooks
+
+    tap = TapWebhooks(config={"provider": provider, "tenant": "acme", "log_url": str(tmp_path)})
+    drained = {stream.name for stream in tap.discover_streams()}
+    assert drained
+    assert all(name.startswith("webhook_") for name in drained)
+    assert not drained & set(get_source(provider).streams)  # Same provider folder, distinct registry subjects.

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import stripe
 
+from plugins.errors import ConfigError
 from plugins.sandbox import SandboxServer
 from plugins.testing import wait_until
-from plugins.webhook_signing import StripeSignatureScheme
+from plugins.webhook_signing import WebhookHandler
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
-from taps.stripe.webhook import StripeWebhookHandler
+from taps.stripe.webhook import StripeSignatureScheme, StripeWebhookHandler
 from taps.webhooks.file_log import FileWebhookLog
 from taps.webhooks.receiver import (
     UVICORN_OPTIONS,
@@ -39,7 +44,7 @@ SECRETS = {
     "CDP_WEBHOOK_SECRET__ACME__SALESFORCE": "sf_secret",
     "CDP_WEBHOOK_SECRET__BETA__STRIPE": "whsec_beta",
 }
-HANDLERS = {
+HANDLERS: dict[str, WebhookHandler] = {
     "stripe": StripeWebhookHandler(),
     "shopify": ShopifyWebhookHandler(),
     "salesforce": SalesforceWebhookHandler(),
@@ -68,7 +73,7 @@ def _serve(tmp_path: Path, **settings: object) -> Iterator[Receiver]:
         HANDLERS,
         ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS, **settings),  # type: ignore[arg-type]
     )
-    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:  # Its lifespan starts and closes the log.
+    with SandboxServer(receiver.app(), **receiver.uvicorn_options()) as server:  # Its lifespan opens/closes the log.
         yield Receiver(server.url, log, tmp_path / "dlq", receiver)
 
 
@@ -137,16 +142,51 @@ def test_duplicate_delivery_is_acknowledged_but_stored_once(receiver: Receiver) 
     assert receiver.stored("acme", "stripe", "events") == ["evt_dup"]
 
 
-def test_shopify_order_is_stored_in_its_topic_stream_and_redelivery_dropped(receiver: Receiver) -> None:
-    body = json.dumps({"id": 450789469, "total_price": "10.00"}).encode()
-    headers = {
+SHOPIFY_ORDER = json.dumps(
+    {"id": 450789469, "total_price": "10.00", "admin_graphql_api_id": "gid://shopify/Order/450789469"}
+).encode()
+
+
+def shopify_headers(
+    body: bytes, topic: str = "orders/create", webhook_id: str = "wh-1", triggered_at: float | None = None
+) -> dict[str, str]:
+    triggered = datetime.fromtimestamp(time.time() if triggered_at is None else triggered_at, UTC)
+    return {
         "X-Shopify-Hmac-Sha256": base64.b64encode(hmac.new(b"shpss_1", body, hashlib.sha256).digest()).decode(),
-        "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Webhook-Id": "wh-1",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Triggered-At": triggered.isoformat().replace("+00:00", "Z"),
     }
-    assert receiver.post("/webhooks/acme/shopify", body, headers).status_code == 200
-    assert receiver.post("/webhooks/acme/shopify", body, headers).json()["status"] == "duplicate"
-    assert receiver.stored("acme", "shopify", "orders") == ["wh-1"]
+
+
+def dead_letters(receiver: Receiver, tenant: str, provider: str) -> list[dict[str, Any]]:
+    batches = (receiver.dlq / tenant / provider / "webhook_invalid").rglob("*.ndjson.gz")
+    return [json.loads(line) for batch in batches for line in zlib.decompress(batch.read_bytes(), 31).splitlines()]
+
+
+def test_shopify_order_is_stored_in_its_topic_stream_and_redelivery_dropped(receiver: Receiver) -> None:
+    headers = shopify_headers(SHOPIFY_ORDER)
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).status_code == 200
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).json()["status"] == "duplicate"
+    [stored] = list(receiver.log.read("acme", "shopify", "orders"))
+    assert stored.entry.event_id.startswith("sha256:")
+
+
+def test_shopify_capture_replayed_with_new_ids_or_long_after_is_not_stored_again(receiver: Receiver) -> None:
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, shopify_headers(SHOPIFY_ORDER)).status_code == 200
+    replay = shopify_headers(SHOPIFY_ORDER, webhook_id="wh-forged")
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, replay).json()["status"] == "duplicate"
+    old = shopify_headers(SHOPIFY_ORDER, webhook_id="wh-old", triggered_at=time.time() - 7 * 3600)
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, old).status_code == 401
+    assert len(receiver.stored("acme", "shopify", "orders")) == 1
+
+
+def test_shopify_order_body_under_a_customers_topic_goes_to_the_dlq(receiver: Receiver) -> None:
+    headers = shopify_headers(SHOPIFY_ORDER, topic="customers/create")
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).status_code == 202
+    assert receiver.stored("acme", "shopify", "customers") == []
+    [letter] = dead_letters(receiver, "acme", "shopify")
+    assert "gid://shopify/Customer/" in letter["error_message"]
 
 
 def test_shopify_bad_hmac_is_401(receiver: Receiver) -> None:
@@ -225,6 +265,117 @@ def test_signed_body_that_is_not_json_is_202_and_dead_lettered_as_webhook_invali
     assert receiver.stored("acme", "stripe", "events") == []
 
 
+def test_dead_letters_keep_only_the_providers_allowlisted_headers(receiver: Receiver) -> None:
+    body = b"not json"
+    headers = {
+        "Stripe-Signature": StripeSignatureScheme().sign(body, "whsec_new", int(time.time())),
+        "X-Api-Key": "key_live_123",
+        "X-Auth": "Bearer abc",
+        "X-Session": "s3cr3t",
+        "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+    }
+    assert receiver.post("/webhooks/acme/stripe", body, headers).status_code == 202
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert set(letter["context"]["headers"]) <= {"content-type", "content-length", "user-agent"}
+    assert letter["context"]["headers"]["user-agent"].startswith("Stripe/1.0")
+    assert not any(secret in json.dumps(letter) for secret in ("key_live_123", "Bearer abc", "s3cr3t"))
+
+
+def test_signed_body_that_is_not_utf8_is_dead_lettered_with_its_exact_bytes(receiver: Receiver) -> None:
+    body = b'{"id": "evt_\xff\xfe"}'
+    headers = {"Stripe-Signature": StripeSignatureScheme().sign(body, "whsec_new", int(time.time()))}
+    assert receiver.post("/webhooks/acme/stripe", body, headers).status_code == 202
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert base64.b64decode(letter["context"]["body_base64"]) == body
+    assert "\ufffd" not in json.dumps(letter, ensure_ascii=False)
+    assert "not UTF-8" in letter["error_message"]
+
+
+def test_integers_beyond_64_bits_are_stored_exactly_as_sent(receiver: Receiver) -> None:
+    body = b'{"id": "evt_big", "object": "event", "type": "x.y", "data": {"amount": 123456789012345678901234567890}}'
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+    [stored] = list(receiver.log.read("acme", "stripe", "events"))
+    assert stored.entry.payload["data"]["amount"] == 123456789012345678901234567890
+
+
+def nested_stripe_event(event_id: str, depth: int) -> bytes:
+    inner = b'{"x": ' * depth + b"1" + b"}" * depth
+    return b'{"id": "' + event_id.encode() + b'", "object": "event", "type": "deep", "data": ' + inner + b"}"
+
+
+def test_a_body_too_deep_to_store_is_dead_lettered_and_concurrent_events_are_stored(receiver: Receiver) -> None:
+    deep = nested_stripe_event("evt_deep", 400)
+    bodies = [stripe_event(f"evt_beside_{index}") for index in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        deep_answer = pool.submit(receiver.post, "/webhooks/acme/stripe", deep, stripe_headers(deep))
+        answers = list(
+            pool.map(lambda body: receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)), bodies)
+        )
+    assert deep_answer.result().status_code == 202
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert sorted(receiver.stored("acme", "stripe", "events")) == sorted(f"evt_beside_{i}" for i in range(20))
+    [letter] = dead_letters(receiver, "acme", "stripe")
+    assert "254 levels" in letter["error_message"]
+    assert letter["record"] == deep.decode()
+    again = receiver.post("/webhooks/acme/stripe", deep, stripe_headers(deep))  # The provider's retry: same answer.
+    assert again.status_code == 202
+
+
+def test_unsigned_requests_do_not_spend_the_tenants_rate_and_are_limited_per_address(tmp_path: Path) -> None:
+    with _serve(tmp_path, rate_per_second=0.01, burst=2, unverified_rate_per_second=0.01, unverified_burst=3) as server:
+        forged = stripe_event("evt_forged")
+        statuses = [
+            server.post("/webhooks/acme/stripe", forged, stripe_headers(forged, "whsec_attacker")).status_code
+            for _ in range(5)
+        ]
+        assert statuses == [401, 401, 401, 429, 429]  # The address's own budget of failures, then 429.
+        body = stripe_event("evt_same_address")  # That address waits for its bucket to refill, signed or not.
+        assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 429
+    with _serve(tmp_path / "second", rate_per_second=0.01, burst=2, unverified_burst=3) as server:
+        # Failures below the address's limit: the tenant's whole burst is still there for verified deliveries.
+        for _ in range(2):
+            forged = stripe_event("evt_forged")
+            assert server.post("/webhooks/acme/stripe", forged, stripe_headers(forged, "bad")).status_code == 401
+        for index in range(2):
+            body = stripe_event(f"evt_real_{index}")
+            assert server.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+
+
+def test_tenant_names_that_share_a_secret_variable_are_served_under_one_name_only(tmp_path: Path) -> None:
+    environ = {**SECRETS, "CDP_WEBHOOK_SECRET__ACME_X__STRIPE": "whsec_x"}
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    receiver = WebhookReceiver(log, HANDLERS, ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=environ))
+    with SandboxServer(receiver.app(), **UVICORN_OPTIONS) as server:
+        body = stripe_event("evt_x")
+        headers = stripe_headers(body, "whsec_x")
+        assert httpx.post(f"{server.url}/webhooks/acme-x/stripe", content=body, headers=headers).status_code == 200
+        assert httpx.post(f"{server.url}/webhooks/acme_x/stripe", content=body, headers=headers).status_code == 404
+    assert [s.entry.event_id for s in log.read("acme-x", "stripe", "events")] == ["evt_x"]
+    assert list(log.read("acme_x", "stripe", "events")) == []
+    with pytest.raises(ConfigError, match="acme-x / acme_x would share one secret variable"):
+        ReceiverSettings(tenants=["acme", "acme-x", "acme_x"])
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
+    with _serve(tmp_path, body_timeout_seconds=0.3) as server:
+        body = stripe_event("evt_slow")
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "\r\n".join(
+                [
+                    "POST /webhooks/acme/stripe HTTP/1.1",
+                    f"Host: {host}",
+                    f"Content-Length: {len(body)}",
+                    f"Stripe-Signature: {stripe_headers(body)['Stripe-Signature']}",
+                    "",
+                    "",
+                ]
+            )
+            sock.sendall(head.encode() + body[:10])  # The rest never comes.
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408")
+
+
 def test_healthz_and_metrics_report_requests_bytes_latency_and_queue_depth(receiver: Receiver) -> None:
     body = stripe_event("evt_m")
     receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
@@ -236,6 +387,19 @@ def test_healthz_and_metrics_report_requests_bytes_latency_and_queue_depth(recei
     assert f'cdp_webhook_request_bytes_total{{provider="stripe"}} {float(len(body))}' in text
     assert 'cdp_webhook_request_duration_seconds_count{provider="stripe"} 1.0' in text
     assert "cdp_webhook_log_queue_depth 0.0" in text
+
+
+def test_metrics_report_the_logs_sync_waits_and_garbage_collection_pauses(receiver: Receiver) -> None:
+    body = stripe_event("evt_sync_timed")
+    receiver.post("/webhooks/acme/stripe", body, stripe_headers(body))
+    receiver.receiver.metrics.observe_gc_pause(2, 0.003)  # As the gc callback records a full collection.
+    text = httpx.get(receiver.url + "/metrics").text
+    assert 'cdp_webhook_log_seconds_count{kind="sync"} 1.0' in text
+    assert 'cdp_webhook_log_seconds_count{kind="roll"} 0.0' in text
+    # The callback times every collection of this process (the test's too), so at least the one recorded here.
+    full_count = 'cdp_webhook_gc_pause_seconds_count{generation="2"}'
+    [full] = [line for line in text.splitlines() if line.startswith(full_count)]
+    assert float(full.rpartition(" ")[2]) >= 1
 
 
 def test_the_receiver_compacts_its_log_on_a_schedule(tmp_path: Path) -> None:
@@ -305,3 +469,119 @@ def test_latency_histogram_counts_a_value_in_every_bucket_at_or_above_it(tmp_pat
     assert bucket.format("2.5", "2.0") in text
     assert bucket.format("+Inf", "3.0") in text
     assert 'cdp_webhook_request_duration_seconds_sum{provider="stripe"} 3.0021' in text
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_receiver_answers_signed_events_promptly_while_slow_and_oversized_clients_are_connected(
+    tmp_path: Path,
+) -> None:
+    with _serve(tmp_path, header_timeout_seconds=1.0, body_timeout_seconds=1.0, max_header_bytes=8192) as server:
+        slow_headers = [_connect(server.url) for _ in range(10)]
+        for sock in slow_headers:
+            sock.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # ... and never the rest.
+        slow_bodies = [_connect(server.url) for _ in range(10)]
+        for sock in slow_bodies:
+            body = stripe_event("evt_slow_body")
+            head = f"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall((head + f"Stripe-Signature: {stripe_headers(body)['Stripe-Signature']}\r\n\r\n").encode())
+            sock.sendall(body[:5])
+        oversized = _connect(server.url)
+        oversized.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):  # The server may close the connection while this is still sending.
+            for index in range(1000):  # Up to 8 MB of headers, refused after the first 8 KiB.
+                oversized.sendall(f"X-Filler-{index}: {'a' * 8000}\r\n".encode())
+        flood = StripeSignatureScheme().sign(b"{}", "whsec_new", int(time.time()))
+        huge_signature = flood + ",v1=" + ",v1=".join(["0" * 64] * 100)  # Within the header limit, over the entries.
+
+        latencies = []
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for index in range(30):
+                body = stripe_event(f"evt_prompt_{index}")
+                started = time.perf_counter()
+                assert (
+                    client.post("/webhooks/acme/stripe", content=body, headers=stripe_headers(body)).status_code == 200
+                )
+                latencies.append(time.perf_counter() - started)
+            flooded = client.post("/webhooks/acme/stripe", content=b"{}", headers={"Stripe-Signature": huge_signature})
+            assert flooded.status_code == 401  # Refused on the entry count, before any HMAC.
+        assert sorted(latencies)[len(latencies) // 2] < 0.2  # Median: served at once, not behind the slow clients.
+
+        assert _answer(oversized).startswith(b"HTTP/1.1 431")
+        for sock in slow_headers:
+            assert _answer(sock).startswith(b"HTTP/1.1 408")
+        for sock in slow_bodies:
+            assert _answer(sock).startswith(b"HTTP/1.1 408")
+        for sock in [*slow_headers, *slow_bodies, oversized]:
+            sock.close()
+        assert len(server.stored("acme", "stripe", "events")) == 30
+
+
+def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
+    with _serve(tmp_path, max_connections=4, header_timeout_seconds=30.0) as server:
+        idle = [_connect(server.url) for _ in range(4)]
+        over = _connect(server.url)
+        assert _answer(over).startswith(b"HTTP/1.1 503")
+        over.close()
+        idle.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # The server notices the closed connection on its next loop iteration.
+            body = stripe_event("evt_after_idle")
+            try:
+                response = httpx.post(server.url + "/webhooks/acme/stripe", content=body, headers=stripe_headers(body))
+                if response.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "a freed connection slot was never reused"
+        for sock in idle:
+            sock.close()
+
+
+def test_cdp_webhooks_serve_on_a_busy_port_fails_in_one_line_before_making_the_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plugins.cli.app import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["webhooks", "serve", "--port", str(port), "--log-url", str(tmp_path / "log")])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "log").exists()
+
+
+def test_cdp_webhooks_serve_on_a_locked_log_or_a_file_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plugins.cli.app import main
+
+    running = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    running.start_writer()
+    try:
+        assert main(["webhooks", "serve", "--port", "0", "--log-url", str(tmp_path / "log")]) == 1
+    finally:
+        running.close()
+    err = capsys.readouterr().err.strip()
+    assert "another receiver is writing to" in err
+    assert len(err.splitlines()) == 1
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["webhooks", "serve", "--port", "0", "--log-url", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a file" in err
+    assert len(err.splitlines()) == 1

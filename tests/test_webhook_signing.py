@@ -16,7 +16,6 @@ from plugins.webhook_signing import (
     HmacHeaderScheme,
     JsonHmacWebhookHandler,
     SignatureEncoding,
-    StripeSignatureScheme,
     UnmappableWebhookError,
     WebhookHandler,
     WebhookSignatureError,
@@ -25,7 +24,7 @@ from plugins.webhook_signing import (
 )
 from taps.salesforce.webhook import SalesforceWebhookHandler
 from taps.shopify.webhook import ShopifyWebhookHandler
-from taps.stripe.webhook import StripeWebhookHandler
+from taps.stripe.webhook import MAX_SIGNATURE_ENTRIES, StripeSignatureScheme, StripeWebhookHandler
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 STRIPE_BODY = json.dumps(
@@ -69,6 +68,31 @@ def test_stripe_rejects_a_timestamp_older_than_the_tolerance() -> None:
         stripe.WebhookSignature.verify_header(STRIPE_BODY, header, "whsec_test", tolerance=300)
 
 
+def test_stripe_future_timestamp_is_stale_and_said_to_be_in_the_future() -> None:
+    now = int(time.time())
+    header = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now + 400)
+    with pytest.raises(WebhookSignatureError, match="400 s in the future") as caught:
+        StripeWebhookHandler().verify(_stripe_headers(header), STRIPE_BODY, ["whsec_test"], now)
+    assert caught.value.reason == "stale"
+    assert "-" not in str(caught.value)
+
+
+def test_stripe_old_timestamp_is_said_to_be_old() -> None:
+    now = int(time.time())
+    header = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now - 301)
+    with pytest.raises(WebhookSignatureError, match="301 s old"):
+        StripeWebhookHandler().verify(_stripe_headers(header), STRIPE_BODY, ["whsec_test"], now)
+
+
+def test_stripe_header_with_too_many_entries_is_refused_before_any_hmac() -> None:
+    now = int(time.time())
+    good = StripeSignatureScheme().sign(STRIPE_BODY, "whsec_test", now)
+    flood = good + ",v1=" + ",v1=".join(["0" * 64] * MAX_SIGNATURE_ENTRIES)
+    with pytest.raises(WebhookSignatureError, match="more than 16 entries") as caught:
+        StripeWebhookHandler().verify(_stripe_headers(flood), STRIPE_BODY, ["whsec_test"], now)
+    assert caught.value.reason == "malformed"
+
+
 def test_stripe_rejects_a_tampered_body() -> None:
     header = stripe.WebhookSignature.generate_signature_header(STRIPE_BODY.decode(), "whsec_test")
     with pytest.raises(WebhookSignatureError) as caught:
@@ -99,24 +123,35 @@ def _shopify_hmac(body: bytes, secret: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-SHOPIFY_BODY = json.dumps({"id": 820982911946154508, "email": "jon@example.com"}).encode()
+SHOPIFY_BODY = json.dumps(
+    {
+        "id": 820982911946154508,
+        "email": "jon@example.com",
+        "admin_graphql_api_id": "gid://shopify/Order/820982911946154508",
+    }
+).encode()
+SHOPIFY_CUSTOMER = json.dumps({"id": 706405506930370084, "admin_graphql_api_id": "gid://shopify/Customer/7"}).encode()
+TRIGGERED = 1_767_323_045  # 2026-01-02T03:04:05Z
 
 
-def _shopify_headers(body: bytes, secret: str, topic: str = "orders/create") -> dict[str, str]:
+def _shopify_headers(
+    body: bytes, secret: str, topic: str = "orders/create", webhook_id: str = "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"
+) -> dict[str, str]:
     return {
         "x-shopify-hmac-sha256": _shopify_hmac(body, secret),
         "x-shopify-topic": topic,
-        "x-shopify-webhook-id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+        "x-shopify-webhook-id": webhook_id,
+        "x-shopify-triggered-at": "2026-01-02T03:04:05.877041743Z",  # As Shopify sends it: nanoseconds.
     }
 
 
 def test_shopify_accepts_a_base64_hmac_of_the_raw_body() -> None:
-    ShopifyWebhookHandler().verify(_shopify_headers(SHOPIFY_BODY, "shpss_1"), SHOPIFY_BODY, ["shpss_1"], 0)
+    ShopifyWebhookHandler().verify(_shopify_headers(SHOPIFY_BODY, "shpss_1"), SHOPIFY_BODY, ["shpss_1"], TRIGGERED)
 
 
 def test_shopify_accepts_the_old_secret_during_rotation() -> None:
     headers = _shopify_headers(SHOPIFY_BODY, "shpss_old")
-    ShopifyWebhookHandler().verify(headers, SHOPIFY_BODY, ["shpss_new", "shpss_old"], 0)
+    ShopifyWebhookHandler().verify(headers, SHOPIFY_BODY, ["shpss_new", "shpss_old"], TRIGGERED)
 
 
 def test_shopify_rejects_a_wrong_secret_and_a_hex_digest() -> None:
@@ -128,10 +163,34 @@ def test_shopify_rejects_a_wrong_secret_and_a_hex_digest() -> None:
         handler.verify({"x-shopify-hmac-sha256": hex_digest}, SHOPIFY_BODY, ["shpss_1"], 0)
 
 
-def test_shopify_maps_the_topic_resource_to_the_stream_and_dedupes_on_webhook_id() -> None:
-    [event] = ShopifyWebhookHandler().map(_shopify_headers(SHOPIFY_BODY, "s", "customers/update"), SHOPIFY_BODY, NOW)
+def test_shopify_maps_the_topic_resource_to_the_stream() -> None:
+    headers = _shopify_headers(SHOPIFY_CUSTOMER, "s", "customers/update")
+    [event] = ShopifyWebhookHandler().map(headers, SHOPIFY_CUSTOMER, NOW)
     assert (event.stream, event.topic) == ("customers", "customers/update")
-    assert event.event_id == "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"
+    assert event.payload_json == SHOPIFY_CUSTOMER
+
+
+def test_shopify_replay_with_new_ids_has_the_same_dedupe_key() -> None:
+    handler = ShopifyWebhookHandler()
+    [first] = handler.map(_shopify_headers(SHOPIFY_BODY, "s", webhook_id="wh-1"), SHOPIFY_BODY, NOW)
+    [replay] = handler.map(_shopify_headers(SHOPIFY_BODY, "s", webhook_id="wh-forged"), SHOPIFY_BODY, NOW)
+    assert first.event_id == replay.event_id
+
+
+def test_shopify_order_body_under_a_customers_topic_is_unmappable() -> None:
+    with pytest.raises(UnmappableWebhookError, match="gid://shopify/Customer/"):
+        ShopifyWebhookHandler().map(_shopify_headers(SHOPIFY_BODY, "s", "customers/create"), SHOPIFY_BODY, NOW)
+
+
+def test_shopify_delivery_triggered_too_long_ago_or_without_a_trigger_time_is_refused() -> None:
+    handler = ShopifyWebhookHandler()
+    headers = _shopify_headers(SHOPIFY_BODY, "shpss_1")
+    with pytest.raises(WebhookSignatureError, match="triggered") as caught:
+        handler.verify(headers, SHOPIFY_BODY, ["shpss_1"], TRIGGERED + handler.max_age_seconds + 1)
+    assert caught.value.reason == "stale"
+    del headers["x-shopify-triggered-at"]
+    with pytest.raises(WebhookSignatureError, match="X-Shopify-Triggered-At"):
+        handler.verify(headers, SHOPIFY_BODY, ["shpss_1"], TRIGGERED)
 
 
 def test_shopify_topic_without_a_stream_is_unmappable() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from plugins.webhook_signing import (
+    DEFAULT_DLQ_HEADERS,
     HmacHeaderScheme,
     SignatureEncoding,
     UnmappableWebhookError,
@@ -25,6 +26,8 @@ from plugins.webhook_signing import (
 
 SIGNATURE_HEADER = "X-Salesforce-Signature"
 SALESFORCE_WEBHOOK_OBJECTS = ("Account", "Contact", "Lead", "Opportunity", "Campaign", "CampaignMember")
+# Headers kept with a dead-lettered delivery: an Apex callout sends these, and none of them is a secret.
+SALESFORCE_DLQ_HEADERS = (*DEFAULT_DLQ_HEADERS, "sfdc-stack-depth")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SalesforceWebhookHandler:
     scheme: HmacHeaderScheme = field(
         default_factory=lambda: HmacHeaderScheme(SIGNATURE_HEADER, encoding=SignatureEncoding.HEX)
     )
+    dlq_headers: Sequence[str] = SALESFORCE_DLQ_HEADERS
 
     @property
     def streams(self) -> Sequence[str]:
@@ -64,5 +68,6 @@ class SalesforceWebhookHandler:
                 topic=str(header.get("changeType", "")),
                 received_at=received_at,
                 payload=document,
+                payload_json=body,
             )
         ]

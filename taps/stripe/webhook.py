@@ -7,18 +7,91 @@ what retries repeat, so it is the dedupe key. See https://docs.stripe.com/webhoo
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from plugins.webhook_signing import (
-    StripeSignatureScheme,
+    DEFAULT_DLQ_HEADERS,
     UnmappableWebhookError,
     WebhookEvent,
+    WebhookSignatureError,
+    hmac_sha256,
     json_object,
 )
 
 EVENTS_STREAM = "events"
+DEFAULT_STRIPE_TOLERANCE_SECONDS = 300
+# Stripe sends one t= and one v1= per signing secret (two or three during a rotation) and perhaps a v0=: a header
+# with more entries is not Stripe's, and checking each costs an HMAC comparison per secret.
+MAX_SIGNATURE_ENTRIES = 16
+
+
+@dataclass(frozen=True)
+class StripeSignatureScheme:
+    """Stripe's ``Stripe-Signature`` scheme (https://docs.stripe.com/webhooks#verify-manually).
+
+    ``t=TIMESTAMP,v1=HEX[,v1=HEX...]``: hex HMAC-SHA256 over ``"{t}.{raw body}"``; any ``v1`` may match; the
+    timestamp must be within ``tolerance_seconds`` of now (either side).
+    """
+
+    tolerance_seconds: int = DEFAULT_STRIPE_TOLERANCE_SECONDS
+    header: str = "stripe-signature"
+    scheme: str = "v1"
+    max_entries: int = MAX_SIGNATURE_ENTRIES
+
+    def parse(self, value: str) -> tuple[int, list[str]]:
+        """The timestamp and the ``v1`` signatures of a header; other schemes (``v0``) are ignored."""
+        items = value.split(",", self.max_entries)
+        if len(items) > self.max_entries:
+            raise WebhookSignatureError("malformed", f"{self.header} has more than {self.max_entries} entries")
+        timestamp: int | None = None
+        signatures: list[str] = []
+        for item in items:
+            key, sep, part = item.strip().partition("=")
+            if not sep:
+                continue
+            if key == "t":
+                try:
+                    timestamp = int(part)
+                except ValueError as exc:
+                    raise WebhookSignatureError("malformed", f"{self.header} timestamp is not a number") from exc
+            elif key == self.scheme:
+                signatures.append(part)
+        if timestamp is None:
+            raise WebhookSignatureError("malformed", f"{self.header} has no timestamp (t=)")
+        if not signatures:
+            raise WebhookSignatureError("malformed", f"{self.header} has no {self.scheme} signature")
+        return timestamp, signatures
+
+    def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> int:
+        """Verify and return the signed timestamp."""
+        value = headers.get(self.header)
+        if not value:
+            raise WebhookSignatureError("missing", f"no {self.header} header")
+        timestamp, signatures = self.parse(value)
+        signed_payload = str(timestamp).encode() + b"." + body
+        candidates = [signature.encode() for signature in signatures]
+        matched = False
+        for secret in secrets:
+            expected = hmac_sha256(secret, signed_payload).hex().encode()
+            for candidate in candidates:
+                matched |= hmac.compare_digest(expected, candidate)
+        if not matched:
+            raise WebhookSignatureError("mismatch", f"no {self.scheme} signature matches the body under any secret")
+        age = int(now - timestamp)
+        if self.tolerance_seconds > 0 and abs(age) > self.tolerance_seconds:
+            when = f"{age} s old" if age > 0 else f"{-age} s in the future"
+            raise WebhookSignatureError(
+                "stale", f"timestamp is {when} (tolerance {self.tolerance_seconds} s either way)"
+            )
+        return timestamp
+
+    def sign(self, body: bytes, secret: str, timestamp: int) -> str:
+        """The header value Stripe would send (tests and the load generator)."""
+        signature = hmac_sha256(secret, str(timestamp).encode() + b"." + body).hex()
+        return f"t={timestamp},{self.scheme}={signature}"
 
 
 @dataclass(frozen=True)
@@ -28,6 +101,7 @@ class StripeWebhookHandler:
     provider: str = "stripe"
     streams: Sequence[str] = (EVENTS_STREAM,)
     scheme: StripeSignatureScheme = field(default_factory=StripeSignatureScheme)
+    dlq_headers: Sequence[str] = DEFAULT_DLQ_HEADERS  # Stripe sends nothing else worth keeping but its signature.
 
     def verify(self, headers: Mapping[str, str], body: bytes, secrets: Sequence[str], now: float) -> None:
         self.scheme.verify(headers, body, secrets, now)
@@ -44,6 +118,11 @@ class StripeWebhookHandler:
             raise UnmappableWebhookError(f"Stripe event {event_id} has no 'type'")
         return [
             WebhookEvent(
-                stream=EVENTS_STREAM, event_id=event_id, topic=event_type, received_at=received_at, payload=event
+                stream=EVENTS_STREAM,
+                event_id=event_id,
+                topic=event_type,
+                received_at=received_at,
+                payload=event,
+                payload_json=body,
             )
         ]

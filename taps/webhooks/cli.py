@@ -7,12 +7,19 @@ each command, so listing the command costs nothing.
 from __future__ import annotations
 
 import gc
+import socket
 from typing import Annotated
 
 import typer
 
 from plugins.cli.options import DlqUrlOption, JsonOption
 from plugins.cli.output import console, print_json
+from plugins.errors import CdpError
+
+
+class PortBusyError(CdpError):
+    """The receiver's address cannot be bound (in use, or not this host's)."""
+
 
 app = typer.Typer(help="The webhook receiver and its durable log.", no_args_is_help=True)
 
@@ -49,11 +56,36 @@ def serve(
     compact_interval: Annotated[
         float, typer.Option(help="Seconds between automatic log compactions (0: never).")
     ] = 300.0,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="CDP_WEBHOOK_TENANTS",
+            help="Serve only this tenant (repeatable; default any tenant with a secret). Names that would share a "
+            "secret variable (acme-x, acme_x) are refused.",
+        ),
+    ] = None,
+    unverified_rate: Annotated[
+        float,
+        typer.Option(help="Failed signatures per second per source address (0: no limit; else 429)."),
+    ] = 5.0,
+    unverified_burst: Annotated[int, typer.Option(help="Burst of failed signatures per source address.")] = 50,
+    max_header_bytes: Annotated[int, typer.Option(help="Largest request line and headers (else 431).")] = 32 * 1024,
+    header_timeout: Annotated[float, typer.Option(help="Seconds to receive a request's headers (else 408).")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds to receive a request's body (else 408).")] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections; more are answered 503.")] = 1000,
 ) -> None:
     """Receive webhooks on POST /webhooks/{tenant}/{provider} until interrupted."""
-    from plugins.sandbox import serve_forever
+    import uvicorn
+
+    from plugins.sandbox import socket_url
     from taps.webhooks.log import open_log, resolve_log_url
-    from taps.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, create_app, parse_allowlist, parse_networks
+    from taps.webhooks.receiver import (
+        ReceiverSettings,
+        WebhookReceiver,
+        parse_allowlist,
+        parse_networks,
+        registered_handlers,
+    )
 
     settings = ReceiverSettings(
         max_body_bytes=max_body_bytes,
@@ -63,15 +95,50 @@ def serve(
         trusted_proxies=parse_networks("trusted_proxy", trusted_proxy or []),
         compact_interval_seconds=compact_interval,
         dlq_url=dlq_url,
+        tenants=[name.strip() for value in tenant or [] for name in value.split(",") if name.strip()],
+        unverified_rate_per_second=unverified_rate,
+        unverified_burst=unverified_burst,
+        max_header_bytes=max_header_bytes,
+        header_timeout_seconds=header_timeout,
+        body_timeout_seconds=body_timeout,
+        max_connections=max_connections,
     )
+    # The port first: a busy port must not leave a freshly made 32 MiB log behind. Then the log's writer, so a locked
+    # log or a path that is a file fails here, in one line, instead of inside uvicorn's start-up.
+    listener = bind(host, port)
     log = open_log(log_url)
-    web_app = create_app(log, settings=settings)
+    try:
+        log.start_writer()
+        receiver = WebhookReceiver(log, registered_handlers(), settings)
+    except BaseException:
+        listener.close()
+        log.close()
+        raise
+    config = uvicorn.Config(receiver.app(), log_level="warning", **receiver.uvicorn_options())
+    url = socket_url(listener)  # the real port, also with --port 0
+    console.print(f"webhook receiver on {url} (log {resolve_log_url(log_url)})", highlight=False, soft_wrap=True)
+    tune_garbage_collection()  # Last thing before serving: everything built so far is start-up state.
+    uvicorn.Server(config).run(sockets=[listener])
 
-    def announce(url: str) -> None:
-        console.print(f"webhook receiver on {url} (log {resolve_log_url(log_url)})", highlight=False, soft_wrap=True)
-        tune_garbage_collection()  # Last thing before serving: everything built so far is start-up state.
 
-    serve_forever(web_app, host, port, announce, log_level="warning", **UVICORN_OPTIONS)
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or PortBusyError in one line."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        listener = socket.socket(info[0], socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PortBusyError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(info[4])
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        raise PortBusyError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or stop what uses it"
+        ) from exc
+    listener.set_inheritable(True)
+    return listener
 
 
 @app.command("compact")

@@ -25,12 +25,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from plugins.errors import CdpError
+from taps.webhooks.log import DurationHistogram
 
 T = TypeVar("T")
 Outcome = list[bool] | BaseException
@@ -209,6 +211,8 @@ class LoopGroupCommit(Generic[T]):
         self._pending: list[_Request[T]] = []  # Submitted in this loop iteration, not written yet.
         self._written: list[tuple[_Request[T], list[bool]]] = []  # Written, waiting for the next sync request.
         self._in_flight: collections.deque[list[tuple[_Request[T], list[bool]]]] = collections.deque()  # Per request.
+        self._sync_started: collections.deque[float] = collections.deque()  # When each request in flight was sent.
+        self.sync_seconds = DurationHistogram()  # From a sync request to its answer.
         self._sync_path = ""
         self._flush_scheduled = False
         self._failed: BaseException | None = None
@@ -279,6 +283,7 @@ class LoopGroupCommit(Generic[T]):
 
     def _request_sync(self) -> None:
         self._in_flight.append(self._written)
+        self._sync_started.append(time.perf_counter())
         self._written = []
         try:
             # A few short lines at most in the pipe: written whole, without blocking.
@@ -300,6 +305,7 @@ class LoopGroupCommit(Generic[T]):
         while b"\n" in self._answers and self._in_flight:  # After a failure nothing is in flight any more.
             answer, _, self._answers = self._answers.partition(b"\n")
             synced = self._in_flight.popleft()
+            self.sync_seconds.observe(time.perf_counter() - self._sync_started.popleft())
             if answer == b"ok":
                 for request, flags in synced:
                     _settle(request.future, flags)
@@ -316,6 +322,7 @@ class LoopGroupCommit(Generic[T]):
         self._failed = self._failed or error
         waiting = [item for batch in self._in_flight for item in batch] + self._written
         self._in_flight.clear()
+        self._sync_started.clear()
         self._written = []
         for request, _ in waiting:
             _settle(request.future, error)
@@ -327,6 +334,7 @@ class LoopGroupCommit(Generic[T]):
         waiting = [request for batch in self._in_flight for request, _ in batch]
         waiting += [request for request, _ in self._written] + self._pending
         self._in_flight.clear()
+        self._sync_started.clear()
         self._written, self._pending = [], []
         loop = self._loop
         if waiting and loop is not None and not loop.is_closed():

@@ -2,22 +2,55 @@
 
 Two backends behind one interface, chosen by URL: a local folder of append-only segment files (``file://...`` or a
 plain path; one receiver per folder) and a PostgreSQL table (``postgresql://...``; several receivers behind a load
-balancer). Positions are opaque, zero-padded strings that sort in log order; a consumer (one tenant, provider and
+balancer). Positions are opaque strings that sort in log order and name their log (so a bookmark from a recreated
+log is refused instead of silently skipping its events); a consumer (one tenant, provider and
 stream of tap-webhooks) commits the position the target confirmed, and compaction removes only what every consumer of
 that data has committed past.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from plugins.errors import ConfigError
+import orjson
+
+from plugins.errors import CdpError, ConfigError
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
+
+
+# Bounds of every duration histogram the receiver exports (seconds); Prometheus's "le": a bucket counts values <= it.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class DurationHistogram:
+    """Durations counted per bucket of :data:`DURATION_BUCKETS` (the last count is +Inf), and their sum.
+
+    Plain numbers: updated from one thread (the event loop, or the log's writer), read when /metrics is scraped.
+    """
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count)`` pairs as Prometheus wants them."""
+        bounds = [repr(bound) for bound in DURATION_BUCKETS] + ["+Inf"]  # As prometheus_client writes "le".
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+
+class BookmarkError(CdpError):
+    """A consumer's bookmark does not fit this log: it is from another (recreated) log or past its end."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +64,47 @@ class LogEntry:
     topic: str
     received_at: str
     payload: dict[str, Any]
+    # The payload's JSON text as the provider sent it, stored instead of re-encoding ``payload`` (which could change
+    # a value, e.g. an integer beyond 64 bits); None for entries read back or built without one.
+    payload_json: bytes | None = field(default=None, compare=False, repr=False)
+
+
+# Deepest payload the log stores: orjson (which writes and reads every record) refuses to encode deeper values, and
+# no provider's event comes near it (Stripe's nest under ten levels).
+MAX_PAYLOAD_DEPTH = 254
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, counted without recursion (the value may be deep)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def unstorable_reason(entry: LogEntry) -> str | None:
+    """Why the log cannot store ``entry`` (so it must go to the DLQ instead), or None when it can.
+
+    Checked before an event joins a group commit: one event that fails to encode must not fail its whole group.
+    The same rules hold for every backend, so where an event lands never depends on the log's backend.
+    """
+    try:
+        encoded = orjson.dumps(entry.payload)
+    except orjson.JSONEncodeError as exc:
+        if "Integer exceeds" not in str(exc) or entry.payload_json is None:  # Too deep, or nothing exact to store.
+            return f"the event cannot be stored: {exc} (deepest storable nesting: {MAX_PAYLOAD_DEPTH} levels)"
+        if _depth(entry.payload) > MAX_PAYLOAD_DEPTH:
+            return f"the event is nested deeper than {MAX_PAYLOAD_DEPTH} levels and cannot be stored"
+        encoded = entry.payload_json
+    if b"\\u0000" in (entry.payload_json or encoded):
+        return "the event holds a \\u0000 character, which the PostgreSQL log (jsonb) cannot store"
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,6 +163,9 @@ class WebhookLog(Protocol):
     def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
         """Entries of one stream after position ``after`` (from the start if None), in log order."""
 
+    def check_bookmark(self, position: str | None) -> None:
+        """Raise BookmarkError when ``position`` is from another log (logs have an identity) or past this log's end."""
+
     def commit(self, consumer: str, position: str) -> None:
         """Record that ``consumer`` has durably processed everything up to and including ``position``."""
 
@@ -100,6 +177,10 @@ class WebhookLog(Protocol):
 
     def close(self) -> None:
         """Flush pending appends and release resources."""
+
+    def histograms(self) -> dict[str, DurationHistogram]:
+        """The log's own durations for /metrics (``sync``: a group's wait for its fdatasync; ``roll``: the loop's time
+        sealing a segment and starting the next); empty when the backend keeps none."""
 
 
 def resolve_log_url(explicit: str | None = None) -> str:

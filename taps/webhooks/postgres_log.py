@@ -4,13 +4,15 @@ Each group commit is one multi-row ``INSERT ... ON CONFLICT DO NOTHING`` in one 
 ``(tenant, provider, event_id)`` drops duplicates across every receiver. Rows carry the inserting transaction's id
 (``xid8``); readers order by ``(txid, seq)`` and only read rows of transactions older than every one still running
 (``pg_snapshot_xmin``), so a row committed late by a slow receiver can never land behind a reader's bookmark.
-Positions are ``{txid:020d}:{seq:020d}``. Consumer positions live in a small second table.
+Positions are ``{log id}:{txid:020d}:{seq:020d}``; the log id is made with the tables (``cdp_webhook_meta``), so a
+bookmark from a dropped and recreated log is recognised. Consumer positions live in a small second table.
 """
 
 # ruff: noqa: S608  # Table names are module constants; every value is a bound parameter.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,11 +20,13 @@ from typing import Any
 import orjson
 
 from plugins.errors import StorageError
+from plugins.webhook_signing import loads_exact
 from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
-from taps.webhooks.log import CompactionResult, LogEntry, StoredEntry
+from taps.webhooks.log import BookmarkError, CompactionResult, DurationHistogram, LogEntry, StoredEntry
 
 TABLE = "cdp_webhook_log"
 CONSUMERS_TABLE = "cdp_webhook_consumers"
+META_TABLE = "cdp_webhook_meta"
 _ROWS_PER_STATEMENT = 1000
 _READ_PAGE = 5000
 
@@ -45,20 +49,20 @@ CREATE TABLE IF NOT EXISTS {CONSUMERS_TABLE} (
     position text NOT NULL,
     committed_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS {META_TABLE} (key text PRIMARY KEY, value text NOT NULL);
 """
 
 
-def _position(txid: int, seq: int) -> str:
-    return f"{txid:020d}:{seq:020d}"
-
-
-def _parse_position(position: str | None) -> tuple[int, int]:
+def _parse_position(position: str | None) -> tuple[str | None, int, int]:
+    """``(log id, txid, seq)``; the id is None for positions written before logs had one."""
     if not position:
-        return 0, 0
-    txid, sep, seq = position.partition(":")
-    if not sep or not txid.isdigit() or not seq.isdigit():
-        raise ValueError(f"'{position}' is not a position of a PostgreSQL webhook log")
-    return int(txid), int(seq)
+        return None, 0, 0
+    parts = position.split(":")
+    if len(parts) == 2:
+        parts.insert(0, "")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise BookmarkError(f"'{position}' is not a position of a PostgreSQL webhook log")
+    return parts[0] or None, int(parts[1]), int(parts[2])
 
 
 class PostgresWebhookLog:
@@ -69,6 +73,7 @@ class PostgresWebhookLog:
         self._writer: GroupCommitWriter[LogEntry] | None = None
         self._write_conn: Any = None
         self._schema_ready = False
+        self._identity: str | None = None
 
     def _connect(self) -> Any:
         import psycopg
@@ -81,8 +86,23 @@ class PostgresWebhookLog:
             with conn.transaction():
                 conn.execute(f"SELECT pg_advisory_xact_lock(hashtext('{TABLE}'))")
                 conn.execute(_SCHEMA)
+                conn.execute(
+                    f"INSERT INTO {META_TABLE} (key, value) VALUES ('log_id', %s) ON CONFLICT (key) DO NOTHING",
+                    (f"w{uuid.uuid4().hex[:15]}",),  # A letter first: sorts after every older, all-digit position.
+                )
+                row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'log_id'").fetchone()
+            self._identity = str(row[0]) if row else None
             self._schema_ready = True
         return conn
+
+    @property
+    def identity(self) -> str | None:
+        if not self._schema_ready:
+            self._connect().close()
+        return self._identity
+
+    def _position(self, txid: int, seq: int) -> str:
+        return f"{self._identity}:{txid:020d}:{seq:020d}"
 
     # -- writing ----------------------------------------------------------------------------------------------
     def start_writer(self) -> None:
@@ -111,7 +131,7 @@ class PostgresWebhookLog:
                         entry.event_id,
                         entry.topic,
                         datetime.fromisoformat(entry.received_at),
-                        orjson.dumps(entry.payload).decode(),
+                        (entry.payload_json or orjson.dumps(entry.payload)).decode(),
                     ]
                 sql = (
                     f"INSERT INTO {TABLE} (tenant, provider, stream, event_id, topic, received_at, payload) "
@@ -147,6 +167,9 @@ class PostgresWebhookLog:
     def failed(self) -> BaseException | None:
         return self._writer.failed if self._writer is not None else None
 
+    def histograms(self) -> dict[str, DurationHistogram]:
+        return {}  # A group is durable when its transaction commits; there is no separate sync to time.
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -156,8 +179,28 @@ class PostgresWebhookLog:
             self._write_conn = None
 
     # -- reading ----------------------------------------------------------------------------------------------
+    def check_bookmark(self, position: str | None) -> None:
+        log_id, txid, seq = _parse_position(position)
+        own = self.identity
+        if log_id is not None and log_id != own:
+            raise BookmarkError(
+                f"bookmark {position} belongs to another webhook log than this database's (id {own}); the log was "
+                "recreated: reset the extractor's state (docs/webhooks.md)"
+            )
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT pg_current_xact_id()::text::bigint, "
+                f"coalesce((SELECT last_value FROM pg_sequences WHERE sequencename = '{TABLE}_seq_seq'), 0)"
+            ).fetchone()
+        current_txid, last_seq = (int(row[0]), int(row[1])) if row else (0, 0)
+        if txid >= current_txid or seq > last_seq:
+            raise BookmarkError(
+                f"bookmark {position} is past the end of the webhook log (last sequence {last_seq}); the log was "
+                "recreated: reset the extractor's state (docs/webhooks.md)"
+            )
+
     def read(self, tenant: str, provider: str, stream: str, after: str | None = None) -> Iterator[StoredEntry]:
-        txid, seq = _parse_position(after)
+        _, txid, seq = _parse_position(after)
         with self._connect() as conn:
             while True:
                 rows = conn.execute(
@@ -170,9 +213,9 @@ class PostgresWebhookLog:
                 conn.commit()
                 for row_txid, row_seq, event_id, topic, received_at, payload in rows:
                     entry = LogEntry(
-                        tenant, provider, stream, event_id, topic, received_at.isoformat(), orjson.loads(payload)
+                        tenant, provider, stream, event_id, topic, received_at.isoformat(), loads_exact(payload)
                     )
-                    yield StoredEntry(_position(row_txid, row_seq), entry)
+                    yield StoredEntry(self._position(row_txid, row_seq), entry)
                 if len(rows) < _READ_PAGE:
                     return
                 txid, seq = rows[-1][0], rows[-1][1]
@@ -193,12 +236,19 @@ class PostgresWebhookLog:
             )
 
     def compact(self) -> CompactionResult:
+        own = self.identity
+        deleted = 0
         with self._connect() as conn:
-            deleted = conn.execute(
-                f"DELETE FROM {TABLE} AS log USING {CONSUMERS_TABLE} AS c "
-                "WHERE c.consumer = log.tenant || '/' || log.provider || '/' || log.stream "
-                "AND lpad(log.txid::text, 20, '0') || ':' || lpad(log.seq::text, 20, '0') <= c.position"
-            ).rowcount
+            for consumer, position in self.consumers().items():
+                log_id, txid, seq = _parse_position(position)
+                tenant, provider, stream = [*consumer.split("/", 2), "", ""][:3]
+                if (log_id is not None and log_id != own) or not stream:
+                    continue  # Another log's bookmark confirms nothing here.
+                deleted += conn.execute(
+                    f"DELETE FROM {TABLE} WHERE tenant = %s AND provider = %s AND stream = %s "
+                    "AND (txid, seq) <= (%s::text::xid8, %s)",
+                    (tenant, provider, stream, str(txid), seq),
+                ).rowcount
             kept = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         return CompactionResult(
             removed_units=deleted, removed_entries=deleted, kept_units=int(kept[0]) if kept else 0, details=[]

@@ -1,20 +1,21 @@
 """The webhook receiver: verify, rate-limit, store durably, then acknowledge (Starlette on uvicorn).
 
 ``POST /webhooks/{tenant}/{provider}`` answers:
-200 stored (or a duplicate of a stored event); 202 signed but unreadable (the raw body went to the DLQ as
-``webhook_invalid``); 401 bad, missing or stale signature (nothing stored); 403 source address not allowed;
-404 unknown tenant or provider; 413 body over the limit; 429 tenant over its rate (with Retry-After);
+200 stored (or a duplicate of a stored event); 202 signed but unreadable or unstorable (the raw body went to the DLQ
+as ``webhook_invalid``); 401 bad, missing or stale signature (nothing stored); 403 source address not allowed;
+404 unknown tenant or provider; 408 body not received in time; 413 body over the limit; 429 tenant over its rate
+(counted on verified requests only), or the source address over its rate of failed signatures (with Retry-After);
 503 the log or the DLQ could not be written (the provider retries). ``GET /healthz``; ``GET /metrics`` (Prometheus).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import base64
 import collections
 import contextlib
+import gc
 import ipaddress
-import itertools
 import logging
 import os
 import re
@@ -39,9 +40,24 @@ from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.errors import ConfigError
 from plugins.events import log_event
 from plugins.storage import ObjectStore
-from plugins.webhook_signing import UnmappableWebhookError, WebhookHandler, WebhookSignatureError, webhook_secrets
+from plugins.webhook_signing import (
+    DEFAULT_DLQ_HEADERS,
+    UnmappableWebhookError,
+    WebhookHandler,
+    WebhookSignatureError,
+    colliding_tenants,
+    secret_env_var,
+    webhook_secrets,
+)
 from plugins.zones import Zone, resolve_zone_url
-from taps.webhooks.log import LogEntry, WebhookLog
+from taps.webhooks.http_guard import (
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    ConnectionLimits,
+    guarded_protocol,
+)
+from taps.webhooks.log import DURATION_BUCKETS, DurationHistogram, LogEntry, WebhookLog, unstorable_reason
 from taps.webhooks.ratelimit import TokenBucketLimiter
 
 logger = logging.getLogger("cdp.webhooks")
@@ -50,13 +66,16 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_PER_SECOND = 1000.0
 DEFAULT_BURST = 2000
 DEFAULT_COMPACT_INTERVAL_SECONDS = 300.0
+DEFAULT_UNVERIFIED_RATE_PER_SECOND = 5.0
+DEFAULT_UNVERIFIED_BURST = 50
+DEFAULT_BODY_TIMEOUT_SECONDS = 10.0
 DLQ_STREAM = "webhooks"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_PRIVATE_HEADER_WORDS = ("signature", "hmac", "authorization", "cookie", "token", "secret")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How uvicorn must run the receiver: its lifespan starts and stops the log writer, and X-Forwarded-For is judged by
-# the receiver's own trusted_proxies setting, never rewritten by uvicorn.
+# the receiver's own trusted_proxies setting, never rewritten by uvicorn. WebhookReceiver.uvicorn_options() adds the
+# connection limits (header size and time, connections).
 UVICORN_OPTIONS: dict[str, Any] = {"lifespan": "on", "proxy_headers": False, "access_log": False}
 
 
@@ -97,6 +116,16 @@ class ReceiverSettings:
     compact_interval_seconds: float = DEFAULT_COMPACT_INTERVAL_SECONDS
     dlq_url: str | None = None
     environ: Mapping[str, str] | None = None  # Where secrets are read; the process environment by default.
+    # The tenants served; empty: any tenant with a secret. Names that share a secret variable are refused.
+    tenants: Sequence[str] = ()
+    # Failed signatures allowed per source address (token bucket); over it, that address gets 429 before its body
+    # is read. Verified requests never spend from it, and unverified ones never spend from a tenant's rate.
+    unverified_rate_per_second: float = DEFAULT_UNVERIFIED_RATE_PER_SECOND
+    unverified_burst: int = DEFAULT_UNVERIFIED_BURST
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS  # Whole body within this, else 408.
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # Request line and headers, else 431.
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS  # All headers within this, else 408.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # Open connections; a new one over it gets 503.
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -105,9 +134,28 @@ class ReceiverSettings:
             raise ConfigError("rate", f"must be 0 (no limit) or more, got {self.rate_per_second}")
         if self.burst < 1:
             raise ConfigError("burst", f"must be at least 1, got {self.burst}")
+        if self.unverified_rate_per_second < 0:
+            raise ConfigError("unverified_rate", f"must be 0 (no limit) or more, got {self.unverified_rate_per_second}")
+        if self.unverified_burst < 1:
+            raise ConfigError("unverified_burst", f"must be at least 1, got {self.unverified_burst}")
+        if self.body_timeout_seconds <= 0:
+            raise ConfigError("body_timeout", f"must be more than 0 seconds, got {self.body_timeout_seconds}")
+        if self.header_timeout_seconds <= 0:
+            raise ConfigError("header_timeout", f"must be more than 0 seconds, got {self.header_timeout_seconds}")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("max_header_bytes", f"must be at least 1024, got {self.max_header_bytes}")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections", f"must be at least 1, got {self.max_connections}")
+        for tenant in self.tenants:
+            if not _NAME_RE.match(tenant):
+                raise ConfigError("tenant", f"'{tenant}' must be lower-case letters, digits, '_' or '-'")
+        collisions = colliding_tenants(self.tenants)
+        if collisions:
+            names = " and ".join(" / ".join(group) for group in collisions.values())
+            raise ConfigError("tenant", f"{names} would share one secret variable; rename one of them")
 
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = DURATION_BUCKETS
 
 
 class ReceiverMetrics(Collector):
@@ -124,17 +172,22 @@ class ReceiverMetrics(Collector):
         self.bytes: collections.Counter[str] = collections.Counter()  # provider
         self.signature_failures: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, reason)
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (provider, outcome)
-        self._latency_buckets: dict[str, list[int]] = {}  # provider: count per bucket, the last one +Inf
-        self._latency_sums: dict[str, float] = collections.defaultdict(float)
+        self._latencies: dict[str, DurationHistogram] = {}  # By provider.
+        self.gc_pauses: dict[int, DurationHistogram] = {}  # By generation.
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def observe_latency(self, provider: str, seconds: float) -> None:
-        counts = self._latency_buckets.get(provider)
-        if counts is None:
-            counts = self._latency_buckets[provider] = [0] * (len(LATENCY_BUCKETS) + 1)
-        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # A bucket counts values <= its bound.
-        self._latency_sums[provider] += seconds
+        histogram = self._latencies.get(provider)
+        if histogram is None:
+            histogram = self._latencies[provider] = DurationHistogram()
+        histogram.observe(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        histogram = self.gc_pauses.get(generation)
+        if histogram is None:
+            histogram = self.gc_pauses[generation] = DurationHistogram()
+        histogram.observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -150,11 +203,26 @@ class ReceiverMetrics(Collector):
         latency = HistogramMetricFamily(
             "cdp_webhook_request_duration_seconds", "Time from request to response.", labels=["provider"]
         )
-        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]  # As prometheus_client writes "le".
-        for provider, counts in sorted(self._latency_buckets.items()):
-            cumulative = list(itertools.accumulate(counts))
-            latency.add_metric([provider], list(zip(bounds, cumulative, strict=True)), self._latency_sums[provider])
+        for provider, histogram in sorted(self._latencies.items()):
+            latency.add_metric([provider], histogram.cumulative(), histogram.sum)
         yield latency
+        log_durations = HistogramMetricFamily(
+            "cdp_webhook_log_seconds",
+            "The log's own durations: sync (a group's wait for its fdatasync), roll (sealing a segment on the loop).",
+            labels=["kind"],
+        )
+        log_histograms: dict[str, DurationHistogram] = getattr(
+            self._log, "histograms", dict
+        )()  # A log without its own durations has none.
+        for kind, histogram in sorted(log_histograms.items()):
+            log_durations.add_metric([kind], histogram.cumulative(), histogram.sum)
+        yield log_durations
+        pauses = HistogramMetricFamily(
+            "cdp_webhook_gc_pause_seconds", "Garbage-collection pauses of the receiver process.", labels=["generation"]
+        )
+        for generation, histogram in sorted(self.gc_pauses.items()):
+            pauses.add_metric([str(generation)], histogram.cumulative(), histogram.sum)
+        yield pauses
         failures = CounterMetricFamily(
             "cdp_webhook_signature_failures", "Rejected signatures by reason.", labels=["provider", "reason"]
         )
@@ -214,10 +282,16 @@ class WebhookReceiver:
         self.handlers = dict(handlers)
         self.settings = settings or ReceiverSettings()
         self.limiter = TokenBucketLimiter(self.settings.rate_per_second, self.settings.burst)
+        self.unverified_limiter = TokenBucketLimiter(
+            self.settings.unverified_rate_per_second, self.settings.unverified_burst
+        )
         self.metrics = ReceiverMetrics(log)
         self.dlq_store = ObjectStore(resolve_zone_url(Zone.DLQ, self.settings.dlq_url), setting="dlq_url")
         self._environ = self.settings.environ if self.settings.environ is not None else os.environ
         self._secrets: dict[tuple[str, str], list[str]] = {}  # Known tenants only, so unknown names cannot grow it.
+        self._tenants = frozenset(self.settings.tenants)
+        self._variable_of: dict[tuple[str, str], str] = {}  # (tenant, provider): its secret variable.
+        self._variable_tenant: dict[str, str] = {}  # Secret variable: the one tenant name it serves.
 
     # -- checks -----------------------------------------------------------------------------------------------
     def secrets(self, tenant: str, provider: str) -> list[str]:
@@ -227,10 +301,26 @@ class WebhookReceiver:
             return cached
         if provider not in self.handlers or not _NAME_RE.fullmatch(tenant):
             return []
+        if self._tenants and tenant not in self._tenants:
+            return []
         found = webhook_secrets(tenant, provider, self._environ)
         if found:
             self._secrets[(tenant, provider)] = found
+            self._variable_of[(tenant, provider)] = secret_env_var(tenant, provider)
         return found
+
+    def owns_secret(self, tenant: str, provider: str) -> bool:
+        """Whether ``tenant`` is the one name its secret variable serves (the first to verify with it).
+
+        ``acme-x`` and ``acme_x`` map to one variable; a request verified under one name must not be stored under the
+        other too. ``--tenant`` settles it at start-up instead (colliding names are refused there).
+        """
+        variable = self._variable_of[(tenant, provider)]
+        owner = self._variable_tenant.setdefault(variable, tenant)
+        if owner == tenant:
+            return True
+        log_event(logger, "webhook_tenant_collision", logging.WARNING, tenant=tenant, served=owner, variable=variable)
+        return False
 
     def client_address(self, scope: Scope, headers: Mapping[str, str]) -> str | None:
         """The sender's address: the peer, or from X-Forwarded-For when the peer is a trusted proxy."""
@@ -256,11 +346,20 @@ class WebhookReceiver:
         return any(ip in network for network in networks)
 
     async def read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
-        """The whole body, or 413 as soon as it is known to be over the limit (declared or streamed)."""
+        """The whole body; 413 as soon as it is known to be over the limit (declared or streamed); 408 when it takes
+        longer than the body timeout."""
         limit = self.settings.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Rejected(413, f"body is over the limit of {limit} bytes")
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                return await self._read_chunks(receive, limit)
+        except TimeoutError:
+            raise _Rejected(408, "the body did not arrive in time", {"Connection": "close"}) from None
+
+    @staticmethod
+    async def _read_chunks(receive: Receive, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -303,39 +402,58 @@ class WebhookReceiver:
         if handler is None or not secrets:
             raise _Rejected(404, "no webhook endpoint for this tenant and provider")
         headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        address = self.client_address(scope, headers)
         allowed = self.settings.allow.get(provider)
-        if allowed:
-            address = self.client_address(scope, headers)
-            if address is None or not self._in(address, allowed):
-                log_event(logger, "webhook_forbidden", logging.WARNING, tenant=tenant, provider=provider)
-                raise _Rejected(403, "source address is not allowed for this provider")
-        retry_after = self.limiter.acquire(tenant)
-        if retry_after:
-            raise _Rejected(429, "tenant is over its webhook rate", {"Retry-After": str(retry_after)})
+        if allowed and (address is None or not self._in(address, allowed)):
+            log_event(logger, "webhook_forbidden", logging.WARNING, tenant=tenant, provider=provider)
+            raise _Rejected(403, "source address is not allowed for this provider")
+        source = address or "unknown"
+        retry_after = self.unverified_limiter.check(source)
+        if retry_after:  # This address keeps failing verification: refused before its body costs anything.
+            raise _Rejected(429, "too many unverified requests from this address", {"Retry-After": str(retry_after)})
         body = await self.read_body(receive, headers)
         self.metrics.bytes[provider] += len(body)
         try:
             handler.verify(headers, body, secrets, time.time())
         except WebhookSignatureError as exc:
+            self.unverified_limiter.acquire(source)
             self.metrics.signature_failures[provider, exc.reason] += 1
             log_event(
                 logger, "webhook_signature_rejected", logging.WARNING, tenant=tenant, provider=provider,
                 reason=exc.reason, detail=str(exc), bytes=len(body),
             )  # fmt: skip
             raise _Rejected(401, "signature verification failed") from exc
+        if not self.owns_secret(tenant, provider):
+            raise _Rejected(404, "no webhook endpoint for this tenant and provider")
+        retry_after = self.limiter.acquire(tenant)  # Only verified requests spend the tenant's rate.
+        if retry_after:
+            raise _Rejected(429, "tenant is over its webhook rate", {"Retry-After": str(retry_after)})
         received_at = datetime.now(UTC)
         try:
             events = handler.map(headers, body, received_at)
             if not events:
                 raise UnmappableWebhookError("the handler found no event in the body")
+            received = received_at.isoformat()
+            entries = [
+                LogEntry(
+                    tenant,
+                    provider,
+                    event.stream,
+                    event.event_id,
+                    event.topic,
+                    received,
+                    event.payload,
+                    event.payload_json,
+                )
+                for event in events
+            ]
+            for entry in entries:  # Before the group commit: one unstorable event must not fail its whole group.
+                reason = unstorable_reason(entry)
+                if reason is not None:
+                    raise UnmappableWebhookError(reason)
         except UnmappableWebhookError as exc:
-            await self._dead_letter(tenant, provider, headers, body, str(exc), received_at)
+            await self._dead_letter(handler, tenant, provider, headers, body, str(exc), received_at)
             return 202, {"status": "dead_lettered"}
-        received = received_at.isoformat()
-        entries = [
-            LogEntry(tenant, provider, event.stream, event.event_id, event.topic, received, event.payload)
-            for event in events
-        ]
         try:
             flags = await self.log.append(entries)
         except Exception as exc:
@@ -350,17 +468,32 @@ class WebhookReceiver:
         return 200, {"status": "stored" if stored else "duplicate", "stored": stored, "duplicates": duplicates}
 
     async def _dead_letter(
-        self, tenant: str, provider: str, headers: Mapping[str, str], body: bytes, reason: str, received_at: datetime
+        self,
+        handler: WebhookHandler,
+        tenant: str,
+        provider: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        reason: str,
+        received_at: datetime,
     ) -> None:
-        kept_headers = {
-            name: value for name, value in headers.items() if not any(word in name for word in _PRIVATE_HEADER_WORDS)
-        }
+        # An allowlist per provider: any other header may carry a credential, whatever its name.
+        allowed = getattr(handler, "dlq_headers", DEFAULT_DLQ_HEADERS)
+        kept_headers = {name: value for name, value in headers.items() if name in allowed}
+        context: dict[str, Any] = {"headers": kept_headers, "received_at": received_at.isoformat()}
+        try:
+            record: str | None = body.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not text: the exact bytes are kept (no U+FFFD in place of what the provider sent).
+            record = None
+            context["body_base64"] = base64.b64encode(body).decode("ascii")
+            reason = f"{reason} (the body is not UTF-8; its exact bytes are in context.body_base64)"
         letter = DeadLetter(
             error_type=ErrorType.WEBHOOK_INVALID,
             error_message=reason,
             stream=DLQ_STREAM,
-            record=body.decode("utf-8", errors="replace"),
-            context={"headers": kept_headers, "received_at": received_at.isoformat()},
+            record=record,
+            context=context,
             failed_at=received_at,
         )
         try:
@@ -391,18 +524,37 @@ class WebhookReceiver:
             except Exception as exc:
                 log_event(logger, "webhook_log_compaction_failed", logging.ERROR, error=str(exc))
 
+    def _time_collections(self, phase: str, info: dict[str, int]) -> None:
+        """A gc callback: each collection's pause, by generation (a full collection can be a request's whole p99)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.metrics.observe_gc_pause(info["generation"], time.perf_counter() - self._gc_started)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.log.start_writer()
         compactor = None
         if self.settings.compact_interval_seconds > 0:
             compactor = asyncio.create_task(self._compact_periodically())
+        self._gc_started = time.perf_counter()
+        gc.callbacks.append(self._time_collections)
         try:
             yield
         finally:
+            gc.callbacks.remove(self._time_collections)
             if compactor is not None:
                 compactor.cancel()
             self.log.close()
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """How uvicorn must run this receiver: :data:`UVICORN_OPTIONS` and its connection limits."""
+        limits = ConnectionLimits(
+            max_header_bytes=self.settings.max_header_bytes,
+            header_timeout_seconds=self.settings.header_timeout_seconds,
+            max_connections=self.settings.max_connections,
+        )
+        return {**UVICORN_OPTIONS, "http": guarded_protocol(limits)}
 
     def app(self) -> Starlette:
         return Starlette(

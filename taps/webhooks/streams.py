@@ -19,6 +19,14 @@ TOPIC = "_webhook_topic"
 RECEIVED_AT = "_webhook_received_at"
 LOG_POSITION = "_webhook_log_position"
 DRAIN_DEDUPE_CAPACITY = 1_000_000
+# Drained streams are named apart from the batch taps' (tap-stripe's `events`, tap-shopify's `orders`): same
+# provider, so the same raw-zone folder, but their own subjects in the registry, since their records differ in shape.
+STREAM_PREFIX = "webhook_"
+
+
+def drained_stream_name(log_stream: str) -> str:
+    """The Singer stream (and registry subject) the events of a log stream land in: ``events`` → ``webhook_events``."""
+    return f"{STREAM_PREFIX}{log_stream}"
 
 
 def event_schema() -> dict[str, Any]:
@@ -36,26 +44,34 @@ def event_schema() -> dict[str, Any]:
 
 
 class WebhookEventStream(Stream):
-    """The events of one stream of one tenant and provider, after the confirmed bookmark, in log order."""
+    """The events of one log stream of one tenant and provider, after the confirmed bookmark, in log order.
+
+    Named ``webhook_{log stream}`` (see :func:`drained_stream_name`); the log and its consumers keep the handler's
+    stream name.
+    """
 
     replication_key = LOG_POSITION
     is_sorted = True
     primary_keys = (EVENT_ID,)
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE  # Raw: the payload lands exactly as the provider sent it.
 
-    def __init__(self, tap: Tap, name: str, log: WebhookLog) -> None:
+    def __init__(self, tap: Tap, log_stream: str, log: WebhookLog) -> None:
         self.webhook_log = log
-        super().__init__(tap=tap, name=name, schema=event_schema())
+        self.log_stream = log_stream
+        super().__init__(tap=tap, name=drained_stream_name(log_stream), schema=event_schema())
 
     def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         tenant = self.config["tenant"]
         provider = self.config["provider"]
         after = self.get_starting_replication_key_value(context)
+        # A bookmark from a recreated log (or past its end) would skip every new event and be committed as this
+        # consumer's position, letting compaction delete them: refuse it, loudly.
+        self.webhook_log.check_bookmark(after)
         # The state handed to this run is what the target confirmed last run: everything up to it is durable in the
         # raw zone, so compaction may drop it.
-        self.webhook_log.commit(consumer_name(tenant, provider, self.name), after or "")
+        self.webhook_log.commit(consumer_name(tenant, provider, self.log_stream), after or "")
         seen: dict[str, None] = {}
-        for stored in self.webhook_log.read(tenant, provider, self.name, after):
+        for stored in self.webhook_log.read(tenant, provider, self.log_stream, after):
             entry = stored.entry
             if entry.event_id in seen:  # A redelivery the receiver's bounded dedupe window no longer remembered.
                 continue

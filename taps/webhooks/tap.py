@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
+from typing import Any
 
 from singer_sdk import Stream, Tap
 from singer_sdk import typing as th
 
-from plugins.errors import ConfigError
+from plugins.errors import CdpError, ConfigError
 from plugins.layout import validate_name
 from plugins.manager import UnknownPluginError, get_source
 from plugins.webhook_signing import WebhookHandler
@@ -53,6 +55,16 @@ class TapWebhooks(Tap):
     @cached_property
     def webhook_log(self) -> WebhookLog:
         return open_log(self.config.get("log_url"))
+
+    @classmethod
+    def invoke(cls, *args: Any, **kwargs: Any) -> None:
+        """The SDK's command line, but a bad bookmark or setting ends the run with one line and exit 1."""
+        try:
+            super().invoke(*args, **kwargs)
+        except CdpError as exc:
+            cls.logger.error("%s", exc)
+            sys.stderr.flush()
+            sys.exit(1)
 
     def discover_streams(self) -> list[Stream]:
         validate_name("tenant", self.config["tenant"])

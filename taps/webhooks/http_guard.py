@@ -1,0 +1,130 @@
+"""Connection-level limits for the receiver's HTTP server: header size, header read time, number of connections.
+
+uvicorn's default parser (httptools) has no header size limit and no time limit on reading a request's headers, and
+``limit_concurrency`` only answers 503 after a request's headers have arrived. So the receiver runs uvicorn with
+:func:`guarded_protocol`, a subclass of uvicorn's httptools protocol that:
+
+- answers **431** and closes the connection once a request's line and headers exceed ``max_header_bytes`` (counted as
+  they are parsed: an oversized header is never kept whole);
+- answers **408** and closes the connection when a request's headers have not all arrived ``header_timeout_seconds``
+  after its first byte (or after the connection opened);
+- answers **503** and closes a new connection when ``max_connections`` are already open.
+
+The body's read time is limited by the receiver itself (``body_timeout_seconds``, 408), as it reads the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_CONNECTIONS = 1000
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The limits :func:`guarded_protocol` enforces; each has a ``cdp webhooks serve`` option."""
+
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    limits = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0
+        self._refused = False
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    # -- the guard ---------------------------------------------------------------------------------------------
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_seconds, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        self._refuse(408, "request headers did not arrive in time")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with a one-line JSON error and close the connection; ignore whatever else it sends."""
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        self._cancel_header_timer()
+        body = b'{"error":"' + message.encode() + b'"}'
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, _REASONS[status], len(body), body)
+        )
+        self.transport.close()
+
+    def _count_header_bytes(self, size: int) -> bool:
+        """Add ``size`` to this request's header bytes; False (and the request refused) once over the limit."""
+        self._header_bytes += size
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._refuse(431, f"request headers are over {self.limits.max_header_bytes} bytes")
+            return False
+        return not self._refused
+
+    # -- uvicorn's protocol, guarded ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too many connections; retry later")
+            return
+        self._arm_header_timer()  # A connection that never sends a request is closed too.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        if self._count_header_bytes(len(url)):
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._count_header_bytes(len(name) + len(value) + 4):  # ": " and CRLF count as the client sent them.
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with ``limits`` (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("GuardedHttpToolsProtocol", (_GuardedProtocol,), {"limits": limits})

@@ -217,7 +217,7 @@ class RequestRecorder:
 
 def serve_sandbox(provider: str, records: int, control: Connection) -> None:
     """The sandbox process: serve ``provider``'s sandbox (with the recorder) until told to stop."""
-    from plugins.sandbox import SandboxServer
+    from plugins.connectors.sandbox import SandboxServer
 
     app = RequestRecorder(TAPS[provider].build_sandbox(records))
     with SandboxServer(app, host=HOST) as server:

@@ -27,7 +27,7 @@ import orjson
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from plugins.synthetic import object_id, person  # noqa: E402
+from plugins.connectors.synthetic import object_id, person  # noqa: E402
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

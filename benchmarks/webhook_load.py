@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from plugins.testing import announced_url
+from plugins.connectors.testing import announced_url
 
 HOST = "127.0.0.1"
 SECRET = "whsec_benchmark"
@@ -54,8 +54,8 @@ def serve_bare(port: int, kind: str) -> None:
     from starlette.routing import Route
     from starlette.types import Receive, Scope, Send
 
-    from plugins.sandbox import serve_forever
-    from taps.webhooks.cli import tune_garbage_collection
+    from plugins.cli.webhooks_cmd import tune_garbage_collection
+    from plugins.connectors.sandbox import serve_forever
 
     async def receive(request: Request) -> JSONResponse:
         await request.body()
@@ -100,7 +100,7 @@ class SignedRequests:
     not fit in memory). Indexable like the list ``signed_requests`` returns."""
 
     def __init__(self, count: int, port: int, prefix: str) -> None:
-        from plugins.webhook_signing import hmac_sha256
+        from plugins.connectors.webhook_signing import hmac_sha256
 
         self._count = count
         self._sign = hmac_sha256
@@ -287,7 +287,7 @@ def receiver_histograms(port: int) -> None:
 
 def durable_acknowledged(folder: str) -> tuple[int, int]:
     """Events in the receiver's log, and how many distinct ones."""
-    from taps.webhooks.file_log import FileWebhookLog
+    from plugins.webhooks.file_log import FileWebhookLog
 
     ids = [stored.entry.event_id for stored in FileWebhookLog(folder).read("bench", "stripe", "events")]
     return len(ids), len(set(ids))

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import pluggy
 
+from plugins.core.events import log_event
 from plugins.descriptors import Alert, AlertSink, Severity
-from plugins.events import log_event
 from plugins.hookspecs import hookimpl
 
 _LEVELS = {Severity.INFO: logging.INFO, Severity.WARNING: logging.WARNING, Severity.ERROR: logging.ERROR}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from plugins.sandbox import FaultPlan
+from plugins.connectors.sandbox import FaultPlan
 
 if TYPE_CHECKING:
     import typer
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SandboxOptions:
     """How a provider sandbox is built: how much synthetic data, from which seed, which credentials it accepts, and
-    the faults it injects (:class:`plugins.sandbox.FaultPlan`, one vocabulary for every sandbox; each sandbox refuses
+    the faults it injects (:class:`plugins.connectors.sandbox.FaultPlan`, one vocabulary for every sandbox; each sandbox refuses
     the faults it does not offer)."""
 
     records: int = 1000

@@ -12,8 +12,8 @@ from typing import Any
 import pluggy
 
 from plugins import hookspecs
+from plugins.core.errors import CdpError
 from plugins.descriptors import AlertSink, CommandGroup, DestinationDescriptor, SourceDescriptor
-from plugins.errors import CdpError
 
 ENTRY_POINT_GROUP = "cdp"
 PLUGINS_ENV_VAR = "CDP_PLUGINS"

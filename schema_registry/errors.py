@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from schema_registry.compatibility import Violation

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from plugins.schema_dialect import DIALECT, SUBSCHEMA_KEYWORDS, SUBSCHEMA_LIST_KEYWORDS, SUBSCHEMA_MAP_KEYWORDS
+from plugins.core.schema_dialect import DIALECT, SUBSCHEMA_KEYWORDS, SUBSCHEMA_LIST_KEYWORDS, SUBSCHEMA_MAP_KEYWORDS
 
 ANNOTATION_KEYWORDS = frozenset(
     {"title", "description", "examples", "$comment", "default", "deprecated", "readOnly", "writeOnly"}

@@ -21,11 +21,17 @@ from typing import Any
 
 import orjson
 
-from plugins.errors import ConfigError, ObjectNotFoundError
-from plugins.events import log_event
-from plugins.layout import sanitize_stream_name, validate_name
-from plugins.schema_dialect import DIALECT, SchemaDialectError, UnresolvableReferenceError, check_schema, to_dialect
-from plugins.storage import ObjectStore
+from plugins.core.errors import ConfigError, ObjectNotFoundError
+from plugins.core.events import log_event
+from plugins.core.layout import sanitize_stream_name, validate_name
+from plugins.core.schema_dialect import (
+    DIALECT,
+    SchemaDialectError,
+    UnresolvableReferenceError,
+    check_schema,
+    to_dialect,
+)
+from plugins.core.storage import ObjectStore
 from schema_registry.compatibility import Violation, check_against
 from schema_registry.errors import (
     IncompatibleSchemaError,

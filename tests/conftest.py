@@ -10,8 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from plugins.sandbox import SandboxServer
-from plugins.storage import ObjectStore
+from plugins.connectors.sandbox import SandboxServer
+from plugins.core.storage import ObjectStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _S3_ENV = {

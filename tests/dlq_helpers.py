@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError
-from plugins.raw_zone import read_batch
-from plugins.storage import ObjectStore
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType, FieldError
+from plugins.core.raw_zone import read_batch
+from plugins.core.storage import ObjectStore
 
 TENANT = "acme"
 PROVIDER = "stripe"

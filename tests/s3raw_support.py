@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from plugins.storage import ObjectStore
+from plugins.core.storage import ObjectStore
 from targets.s3raw.target import TargetS3Raw
 
 CUSTOMERS_SCHEMA: dict[str, Any] = {
@@ -93,7 +93,7 @@ def counts_by_stream(records: list[dict[str, Any]], key: str = "stream") -> Coun
 
 def raw_by_stream(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Raw records grouped by the stream their batch file names (the layout's sanitised stream name)."""
-    from plugins.layout import parse_batch_key
+    from plugins.core.layout import parse_batch_key
 
     grouped: dict[str, list[dict[str, Any]]] = {}
     for key, lines in read_objects(config["raw_url"]).items():

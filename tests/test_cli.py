@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.testing import announced_url
-from plugins.zones import Zone, resolve_zone_url
+from plugins.connectors.testing import announced_url
+from plugins.core.zones import Zone, resolve_zone_url
 
 CDP = str(Path(sys.executable).parent / "cdp")
 

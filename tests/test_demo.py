@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.raw_zone import read_batch
-from plugins.storage import ObjectStore
+from plugins.core.raw_zone import read_batch
+from plugins.core.storage import ObjectStore
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.meltano

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from plugins.audit import AuditLog
 from plugins.cli.app import main
 from plugins.cli.output import print_error
-from plugins.dlq import FieldError
-from plugins.dlq_ops import list_batches
+from plugins.core.dead_letters import FieldError
+from plugins.dlq.audit import AuditLog
+from plugins.dlq.ops import list_batches
 from schema_registry import SchemaRegistry
 from tests.dlq_helpers import SCHEMA_V2, SUBJECT, Zones, customer, validation_letter, write_letters
 

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from plugins.cli.app import main
-from plugins.dlq import FieldError
-from plugins.raw_zone import RawZoneWriter
-from plugins.storage import ObjectStore
-from plugins.zones import LAKE_ENV_VAR, Zone, resolve_zone_url
+from plugins.core.dead_letters import FieldError
+from plugins.core.raw_zone import RawZoneWriter
+from plugins.core.storage import ObjectStore
+from plugins.core.zones import LAKE_ENV_VAR, Zone, resolve_zone_url
 from schema_registry import SchemaRegistry
 from tests.dlq_helpers import SCHEMA_V2, SUBJECT, Zones, customer, failing_batch, validation_letter, write_letters
 

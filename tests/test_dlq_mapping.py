@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.errors import ConfigError
-from plugins.record_mapping import RecordMappingError, load_mapping
+from plugins.core.errors import ConfigError
+from plugins.dlq.record_mapping import RecordMappingError, load_mapping
 
 
 def _mapping_file(tmp_path: Path, name: str, text: str) -> Path:

@@ -10,14 +10,14 @@ import pluggy
 import pytest
 
 from plugins.cli.app import main
+from plugins.core.dead_letters import DeadLetter, ErrorType, FieldError
+from plugins.core.errors import ConfigError
+from plugins.core.raw_zone import RawZoneWriter
+from plugins.core.redaction import RecordMasker
 from plugins.descriptors import Alert
-from plugins.dlq import DeadLetter, ErrorType, FieldError
-from plugins.dlq_ops import RETIRED_PREFIX, DlqFilter, check_dlq_volume, list_batches, show_batch
-from plugins.errors import ConfigError
+from plugins.dlq.ops import RETIRED_PREFIX, DlqFilter, check_dlq_volume, list_batches, show_batch
 from plugins.hookspecs import hookimpl
 from plugins.manager import create_plugin_manager
-from plugins.pii_masking import RecordMasker
-from plugins.raw_zone import RawZoneWriter
 from tests.dlq_helpers import STREAM, Zones, customer, failing_batch, validation_letter, write_letters
 
 OLD = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
@@ -225,8 +225,8 @@ def test_purge_deletes_only_batches_older_than_the_limit_and_audits(zones: Zones
 
 
 def test_purge_leaves_a_batch_a_running_reprocess_holds(zones: Zones, capsys) -> None:
-    from plugins.dlq_ops import REPROCESS_LEASE_PREFIX
-    from plugins.leases import Lease, LeaseManager
+    from plugins.core.leases import Lease, LeaseManager
+    from plugins.dlq.ops import REPROCESS_LEASE_PREFIX
 
     held_key, free_key = (
         write_letters(zones.dlq, [validation_letter(customer(n), [FieldError("$", "x")])], when=OLD)[0] for n in (1, 2)

@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from plugins.cli.app import main
-from plugins.dlq import FieldError
-from plugins.dlq_ops import RETIRED_PREFIX, list_batches
-from plugins.dlq_reprocess import REPROCESS_JOURNAL_PREFIX, Reprocessor
-from plugins.record_mapping import load_mapping
-from plugins.storage import ObjectStore
+from plugins.core.dead_letters import FieldError
+from plugins.core.storage import ObjectStore
+from plugins.dlq.ops import RETIRED_PREFIX, list_batches
+from plugins.dlq.record_mapping import load_mapping
+from plugins.dlq.reprocess import REPROCESS_JOURNAL_PREFIX, Reprocessor
 from schema_registry import SchemaRegistry
 from tests.dlq_helpers import (
     SCHEMA_V1,
@@ -194,7 +194,7 @@ def test_subject_without_schema_fails_the_batch_and_leaves_it_in_place(store_url
 
 
 def test_extraction_failures_are_refused_with_a_pointer_to_resubmit(zones: Zones) -> None:
-    from plugins.dlq import DeadLetter, ErrorType
+    from plugins.core.dead_letters import DeadLetter, ErrorType
 
     letter = DeadLetter(ErrorType.EXTRACTION_FAILED, "500", STREAM, {"method": "GET"}, context={"stream": STREAM})
     (source,) = write_letters(zones.dlq, [letter])

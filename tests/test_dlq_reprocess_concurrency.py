@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import pytest
 
-from plugins.audit import AuditLog
-from plugins.dlq import FieldError
-from plugins.dlq_ops import RETIRED_PREFIX, list_batches
-from plugins.dlq_reprocess import REPROCESS_JOURNAL_PREFIX
+from plugins.core.dead_letters import FieldError
+from plugins.dlq.audit import AuditLog
+from plugins.dlq.ops import RETIRED_PREFIX, list_batches
+from plugins.dlq.reprocess import REPROCESS_JOURNAL_PREFIX
 from schema_registry import SchemaRegistry
 from tests.dlq_helpers import SCHEMA_V2, SUBJECT, Zones, all_rows, customer, validation_letter, write_letters
 
@@ -52,8 +52,8 @@ def map_record(record, stream):
 # the test lets it go on, or kills it.
 PAUSING_RUN = """
 import os, pathlib, sys, time
-from plugins.dlq_reprocess import Reprocessor
-from plugins.storage import ObjectStore
+from plugins.dlq.reprocess import Reprocessor
+from plugins.core.storage import ObjectStore
 from schema_registry import SchemaRegistry
 
 root, source, control = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])

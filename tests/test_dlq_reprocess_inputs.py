@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from plugins.dlq_ops import list_batches, read_entries
-from plugins.dlq_reprocess import Reprocessor
-from plugins.layout import dlq_batch_key
-from plugins.raw_zone import gzip_bytes
-from plugins.record_mapping import load_mapping
-from plugins.serialization import ndjson
+from plugins.core.layout import dlq_batch_key
+from plugins.core.raw_zone import gzip_bytes
+from plugins.core.serialization import ndjson
+from plugins.dlq.ops import list_batches, read_entries
+from plugins.dlq.record_mapping import load_mapping
+from plugins.dlq.reprocess import Reprocessor
 from schema_registry import SchemaRegistry
 from tests.dlq_helpers import Zones, all_rows
 from tests.s3raw_support import record_message, run_target, schema_message, zone_config
@@ -188,7 +188,7 @@ def test_an_unrepresentable_record_that_still_fails_keeps_its_original_text(stor
     ],
 )
 def test_entries_whose_error_says_a_value_was_not_representable_are_recognised(message: str, expected: bool) -> None:
-    from plugins.dlq_reprocess import unrepresentable
+    from plugins.dlq.reprocess import unrepresentable
 
     entry = {"record": {"id": "c1", "amount": None}, "error_message": message, "errors": []}
     assert unrepresentable(entry) is expected

@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from plugins.cli.app import main
-from plugins.dlq import DeadLetter, ErrorType, FieldError
-from plugins.dlq_ops import RETIRED_PREFIX, list_batches
-from plugins.dlq_resubmit import Resubmitter
-from plugins.sandbox import SandboxServer
-from plugins.storage import ObjectStore
+from plugins.connectors.sandbox import SandboxServer
+from plugins.core.dead_letters import DeadLetter, ErrorType, FieldError
+from plugins.core.storage import ObjectStore
+from plugins.dlq.ops import RETIRED_PREFIX, list_batches
+from plugins.dlq.resubmit import Resubmitter
 from tests.dlq_helpers import all_rows, customer, validation_letter, write_letters
 
 pytestmark = pytest.mark.meltano
@@ -141,8 +141,8 @@ def test_dry_run_prints_the_meltano_command_and_runs_nothing(project: Path, stor
 
 
 def test_a_batch_another_live_run_holds_is_skipped_with_a_note(project: Path, store: ObjectStore) -> None:
-    from plugins.dlq_ops import RESUBMIT_LEASE_PREFIX
-    from plugins.leases import Lease, LeaseManager
+    from plugins.core.leases import Lease, LeaseManager
+    from plugins.dlq.ops import RESUBMIT_LEASE_PREFIX
 
     (source,) = write_letters(store, [_extraction_failure("charges", None)], tenant="acme")
     held = LeaseManager(store, RESUBMIT_LEASE_PREFIX, run_id="run_other").acquire(source)  # a live run (this pid)

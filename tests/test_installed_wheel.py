@@ -57,7 +57,7 @@ def test_the_installed_wheel_runs_cdp_and_opens_the_postgresql_webhook_log(tmp_p
         assert plugin in names
 
     probe = (
-        "import sys, psycopg, taps.webhooks.postgres_log as m; "
+        "import sys, psycopg, plugins.webhooks.postgres_log as m; "
         "assert m.__file__.startswith(sys.prefix), m.__file__; "
         f"m.PostgresWebhookLog({postgres_url!r}).consumers(); print('ok')"
     )

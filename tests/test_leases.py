@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from plugins.leases import Lease, LeaseBusy, LeaseLostError, LeaseManager, LeaseOwner, describe_moment
-from plugins.serialization import dumps
-from plugins.storage import ObjectStore
+from plugins.core.leases import Lease, LeaseBusy, LeaseLostError, LeaseManager, LeaseOwner, describe_moment
+from plugins.core.serialization import dumps
+from plugins.core.storage import ObjectStore
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

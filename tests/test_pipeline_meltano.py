@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from plugins.layout import parse_batch_key
-from plugins.project import MeltanoError, run_meltano
-from plugins.raw_zone import read_batch
-from plugins.sandbox import SandboxServer
-from plugins.storage import ObjectStore
+from plugins.connectors.sandbox import SandboxServer
+from plugins.core.layout import parse_batch_key
+from plugins.core.raw_zone import read_batch
+from plugins.core.storage import ObjectStore
+from plugins.meltano.project import MeltanoError, run_meltano
 from schema_registry import SchemaRegistry
 from tests.conftest import REPO_ROOT
 

@@ -9,11 +9,11 @@ from decimal import Decimal
 
 import pytest
 
-from plugins.errors import ConfigError
-from plugins.layout import dlq_batch_key, parse_batch_key, raw_batch_key, sanitize_stream_name
-from plugins.raw_zone import RawZoneWriter, read_batch
-from plugins.serialization import dumps
-from plugins.storage import ObjectStore
+from plugins.core.errors import ConfigError
+from plugins.core.layout import dlq_batch_key, parse_batch_key, raw_batch_key, sanitize_stream_name
+from plugins.core.raw_zone import RawZoneWriter, read_batch
+from plugins.core.serialization import dumps
+from plugins.core.storage import ObjectStore
 
 LANDED = datetime(2026, 3, 7, 9, 5, 1, 123456, tzinfo=UTC)
 
@@ -104,7 +104,7 @@ def test_writer_lands_one_gzip_ndjson_object_per_batch(store: ObjectStore) -> No
 
 @pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\nacme", "ac\nme"])
 def test_names_with_a_newline_are_refused(name: str) -> None:
-    from plugins.layout import validate_name
+    from plugins.core.layout import validate_name
 
     with pytest.raises(ConfigError, match="lower-case letters"):
         validate_name("tenant", name)
@@ -136,7 +136,7 @@ def test_integers_beyond_64_bits_are_written_and_read_back_exactly(tmp_path) -> 
     ],
 )
 def test_values_json_cannot_carry_are_found_with_their_path(value: object, problem: str | None) -> None:
-    from plugins.serialization import non_json_value
+    from plugins.core.serialization import non_json_value
 
     assert non_json_value(value) == problem
 
@@ -145,7 +145,7 @@ def test_values_json_cannot_carry_are_found_with_their_path(value: object, probl
 def test_exact_loads_raises_orjsons_error_for_text_that_is_not_json(text: bytes | str) -> None:
     import orjson
 
-    from plugins.serialization import loads
+    from plugins.core.serialization import loads
 
     with pytest.raises(orjson.JSONDecodeError):
         loads(text)

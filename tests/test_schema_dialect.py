@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from plugins.dlq_ops import list_batches
-from plugins.dlq_reprocess import Reprocessor
-from plugins.schema_dialect import DIALECT, DRAFT4, source_dialect, to_dialect
-from plugins.storage import ObjectStore
-from plugins.validation import InvalidRecordSchemaError, RecordValidator
+from plugins.core.schema_dialect import DIALECT, DRAFT4, source_dialect, to_dialect
+from plugins.core.storage import ObjectStore
+from plugins.core.validation import InvalidRecordSchemaError, RecordValidator
+from plugins.dlq.ops import list_batches
+from plugins.dlq.reprocess import Reprocessor
 from schema_registry import CompatibilityMode, InvalidSchemaError, SchemaRegistry, subject_name
 from targets.s3raw.target import ProtocolError
 from tests.s3raw_support import dead_letters, raw_records, record_message, run_target, schema_message, zone_config

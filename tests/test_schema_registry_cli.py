@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from plugins.schema_dialect import DIALECT
-from plugins.storage import ObjectStore
+from plugins.core.schema_dialect import DIALECT
+from plugins.core.storage import ObjectStore
 from schema_registry import CompatibilityMode, SchemaRegistry
 from tests.conftest import REPO_ROOT
 

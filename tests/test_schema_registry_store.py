@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from plugins.errors import ConfigError
-from plugins.schema_dialect import DIALECT
-from plugins.storage import ObjectStore
+from plugins.core.errors import ConfigError
+from plugins.core.schema_dialect import DIALECT
+from plugins.core.storage import ObjectStore
 from schema_registry import (
     CompatibilityMode,
     IncompatibleSchemaError,
@@ -262,7 +262,7 @@ def test_a_writer_that_loses_the_race_rechecks_against_the_winner(registry: Sche
 _WORKER = textwrap.dedent(
     """
     import sys
-    from plugins.storage import ObjectStore
+    from plugins.core.storage import ObjectStore
     from schema_registry import SchemaRegistry
     url, worker = sys.argv[1], int(sys.argv[2])
     registry = SchemaRegistry(ObjectStore(url))

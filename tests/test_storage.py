@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.errors import ConfigError, ObjectNotFoundError
-from plugins.storage import ObjectStore
+from plugins.core.errors import ConfigError, ObjectNotFoundError
+from plugins.core.storage import ObjectStore
 
 
 def test_written_bytes_read_back_identically(store: ObjectStore) -> None:

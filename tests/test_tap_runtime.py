@@ -21,10 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugins.dlq import ErrorType
-from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
-from plugins.tap_runtime import (
+from plugins.connectors.sandbox import SandboxServer
+from plugins.connectors.tap_runtime import (
     COMMON_TAP_SETTINGS,
     HTTP_URL_PATTERN,
     REDACTED,
@@ -36,7 +34,9 @@ from plugins.tap_runtime import (
     redact_text,
     redact_url,
 )
-from plugins.testing import FakeClock, dead_letters, run_tap
+from plugins.connectors.testing import FakeClock, dead_letters, run_tap
+from plugins.core.dead_letters import ErrorType
+from plugins.core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk_live_very_secret_token_123"

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from plugins.connectors.sandbox import SandboxServer
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import SandboxServer
 from taps.salesforce.sandbox import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_CLIENT_ID,

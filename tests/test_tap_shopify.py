@@ -8,8 +8,8 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from functools import partial
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ import pytest
 import requests
 from starlette.types import ASGIApp
 
+from plugins.connectors.sandbox import FaultPlan, SandboxServer
+from plugins.connectors.tap_runtime import StreamsFailedError
+from plugins.connectors.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
+from plugins.core.errors import ConfigError
 from plugins.descriptors import SandboxOptions
-from plugins.errors import ConfigError
-from plugins.sandbox import FaultPlan, SandboxServer
-from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from taps.shopify import client as shopify_client
 from taps.shopify import tap as shopify_tap
 from taps.shopify.client import CostBudget, ShopifyStream

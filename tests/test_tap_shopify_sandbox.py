@@ -10,9 +10,9 @@ import orjson
 import pytest
 import requests
 
+from plugins.connectors.sandbox import SandboxServer
 from plugins.descriptors import SandboxOptions
 from plugins.manager import get_source
-from plugins.sandbox import SandboxServer
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import STREAM_TYPES
 from taps.shopify.synthetic_store import SyntheticShop

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import requests
 
+from plugins.connectors.sandbox import FaultPlan, SandboxServer
+from plugins.connectors.tap_runtime import StreamsFailedError
+from plugins.connectors.testing import FakeClock, dead_letters, run_tap, start_tap_process
+from plugins.core.errors import ConfigError
 from plugins.descriptors import SandboxOptions
-from plugins.errors import ConfigError
-from plugins.sandbox import FaultPlan, SandboxServer
-from plugins.tap_runtime import StreamsFailedError
-from plugins.testing import FakeClock, dead_letters, run_tap, start_tap_process
 from taps.stripe.client import StripeStream
 from taps.stripe.sandbox import StripeState, create_sandbox
 from taps.stripe.streams import STREAM_TYPES

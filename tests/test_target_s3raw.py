@@ -13,10 +13,10 @@ import orjson
 import pytest
 from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 
-from plugins.errors import ConfigError
-from plugins.raw_zone import METADATA_COLUMNS
-from plugins.storage import ObjectStore
-from plugins.testing import FakeClock
+from plugins.connectors.testing import FakeClock
+from plugins.core.errors import ConfigError
+from plugins.core.raw_zone import METADATA_COLUMNS
+from plugins.core.storage import ObjectStore
 from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import ProtocolError, TargetS3Raw
 from tests.conftest import REPO_ROOT
@@ -405,8 +405,8 @@ def test_whitespace_only_lines_carry_nothing(tmp_path: Path) -> None:
 
 
 def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Path) -> None:
-    from plugins.dlq_ops import list_batches
-    from plugins.dlq_reprocess import Reprocessor
+    from plugins.dlq.ops import list_batches
+    from plugins.dlq.reprocess import Reprocessor
 
     config = zone_config(str(tmp_path))
     line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","total":NaN}}'
@@ -420,7 +420,7 @@ def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Pa
 
     assert (report.totals()["passed"], report.totals()["failed"]) == (0, 1)
     assert raw_records(config) == []
-    from plugins.raw_zone import read_batch
+    from plugins.core.raw_zone import read_batch
 
     [letter] = [entry for batch in list_batches(dlq) for entry in read_batch(dlq, batch.key)]
     assert (letter["record"], letter["record_text"], letter["retry_count"]) == (None, line.decode(), 1)

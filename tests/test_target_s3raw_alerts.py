@@ -14,8 +14,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from plugins.alerts import SlackWebhookAlertSink, cdp_alert_sinks
+from plugins.connectors.sandbox import SandboxServer
 from plugins.descriptors import Alert, Severity
-from plugins.sandbox import SandboxServer
 from tests.s3raw_support import CUSTOMERS_SCHEMA, dead_letters, record_message, run_target, schema_message, zone_config
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from plugins.storage import ObjectStore
+from plugins.core.storage import ObjectStore
 from targets.s3raw.batch_files import BatchManifestError, sdk_default_batch_root
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from plugins.storage import ObjectStore
-from plugins.testing import wait_until
+from plugins.connectors.testing import wait_until
+from plugins.core.storage import ObjectStore
 from schema_registry import SchemaRegistry, subject_name
 from tests.conftest import REPO_ROOT
 from tests.s3raw_support import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from plugins.storage import ObjectStore
+from plugins.core.storage import ObjectStore
 from schema_registry import SchemaRegistry, subject_name
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,

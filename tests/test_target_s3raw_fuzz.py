@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchemaException
 
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 from targets.s3raw.target import TargetS3Raw
 
 BUDGET_SECONDS = float(os.environ.get("CDP_FUZZ_SECONDS", "20"))

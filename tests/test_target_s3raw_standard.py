@@ -10,8 +10,8 @@ import orjson
 import pytest
 from singer_sdk.testing import TargetTestRunner, get_target_test_class, target_test_streams
 
-from plugins.raw_zone import METADATA_COLUMNS
-from plugins.storage import ObjectStore
+from plugins.core.raw_zone import METADATA_COLUMNS
+from plugins.core.storage import ObjectStore
 from schema_registry import SchemaRegistry, subject_name
 from targets.s3raw.target import TargetS3Raw
 from tests.s3raw_support import dead_letters, raw_by_stream, run_target, zone_config

@@ -1,4 +1,4 @@
-"""plugins/validation.py: the compiled validator agrees with the reference jsonschema and reports every error.
+"""plugins/core/validation.py: the compiled validator agrees with the reference jsonschema and reports every error.
 
 The one known difference: stock python-jsonschema checks ``multipleOf`` in float arithmetic (19.99 is "not a multiple"
 of 0.01 there); the validator keeps jsonschema-rs's exact verdict, on its fast path and on its fallback alike.
@@ -12,8 +12,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from plugins.dlq import FieldError
-from plugins.validation import InvalidRecordSchemaError, RecordValidator, json_path
+from plugins.core.dead_letters import FieldError
+from plugins.core.validation import InvalidRecordSchemaError, RecordValidator, json_path
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,4 +1,4 @@
-"""plugins/testing.py's waiting helpers: they return the evidence, or fail naming what they waited for."""
+"""plugins/connectors/testing.py's waiting helpers: they return the evidence, or fail naming what they waited for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.testing import FakeClock, announced_url, wait_until, wait_until_async
+from plugins.connectors.testing import FakeClock, announced_url, wait_until, wait_until_async
 
 
 def test_wait_until_returns_the_first_truthy_value() -> None:

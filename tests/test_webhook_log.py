@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from plugins.testing import wait_until_async
-from taps.webhooks import fsync_helper
-from taps.webhooks.file_log import DEFAULT_SEGMENT_BYTES, SPARE_NAME, FileWebhookLog, LogLockedError, scan_records
-from taps.webhooks.group_commit import (
+from plugins.connectors.testing import wait_until_async
+from plugins.webhooks import fsync_helper
+from plugins.webhooks.file_log import DEFAULT_SEGMENT_BYTES, SPARE_NAME, FileWebhookLog, LogLockedError, scan_records
+from plugins.webhooks.group_commit import (
     GroupCommitWriter,
     LogClosedError,
     LogFailedError,
@@ -22,8 +22,8 @@ from taps.webhooks.group_commit import (
     LoopWriteResult,
     WriteResult,
 )
-from taps.webhooks.log import BookmarkError, LogEntry, consumer_name, open_log
-from taps.webhooks.postgres_log import PostgresWebhookLog
+from plugins.webhooks.log import BookmarkError, LogEntry, consumer_name, open_log
+from plugins.webhooks.postgres_log import PostgresWebhookLog
 
 
 def entry(event_id: str, stream: str = "events", tenant: str = "acme", provider: str = "stripe") -> LogEntry:

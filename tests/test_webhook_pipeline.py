@@ -22,13 +22,13 @@ import pytest
 import stripe
 
 from plugins.cli.app import main
-from plugins.layout import parse_batch_key
-from plugins.project import find_project_root, run_meltano
-from plugins.sandbox import SandboxServer
-from plugins.testing import announced_url, wait_until
+from plugins.connectors.sandbox import SandboxServer
+from plugins.connectors.testing import announced_url, wait_until
+from plugins.core.layout import parse_batch_key
+from plugins.meltano.project import find_project_root, run_meltano
+from plugins.webhooks.file_log import FileWebhookLog
+from plugins.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, WebhookReceiver
 from taps.stripe.webhook import StripeWebhookHandler
-from taps.webhooks.file_log import FileWebhookLog
-from taps.webhooks.receiver import UVICORN_OPTIONS, ReceiverSettings, WebhookReceiver
 
 BIN = Path(sys.executable).parent
 SECRET = "whsec_pipeline"
@@ -310,7 +310,7 @@ def test_shipped_meltano_yml_lands_tap_stripe_events_and_drained_webhooks_side_b
 
 
 def test_tap_webhooks_names_the_setting_when_the_provider_has_no_webhook_handler(tmp_path: Path) -> None:
-    from plugins.errors import ConfigError
+    from plugins.core.errors import ConfigError
     from taps.webhooks.tap import TapWebhooks
 
     with pytest.raises(ConfigError, match="setting 'provider'"):

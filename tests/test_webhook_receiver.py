@@ -21,15 +21,12 @@ import httpx
 import pytest
 import stripe
 
-from plugins.errors import ConfigError
-from plugins.sandbox import SandboxServer
-from plugins.testing import wait_until
-from plugins.webhook_signing import WebhookHandler
-from taps.salesforce.webhook import SalesforceWebhookHandler
-from taps.shopify.webhook import ShopifyWebhookHandler
-from taps.stripe.webhook import StripeSignatureScheme, StripeWebhookHandler
-from taps.webhooks.file_log import FileWebhookLog
-from taps.webhooks.receiver import (
+from plugins.connectors.sandbox import SandboxServer
+from plugins.connectors.testing import wait_until
+from plugins.connectors.webhook_signing import WebhookHandler
+from plugins.core.errors import ConfigError
+from plugins.webhooks.file_log import FileWebhookLog
+from plugins.webhooks.receiver import (
     UVICORN_OPTIONS,
     ReceiverSettings,
     WebhookReceiver,
@@ -37,6 +34,9 @@ from taps.webhooks.receiver import (
     parse_networks,
     registered_handlers,
 )
+from taps.salesforce.webhook import SalesforceWebhookHandler
+from taps.shopify.webhook import ShopifyWebhookHandler
+from taps.stripe.webhook import StripeSignatureScheme, StripeWebhookHandler
 
 SECRETS = {
     "CDP_WEBHOOK_SECRET__ACME__STRIPE": "whsec_new,whsec_old",

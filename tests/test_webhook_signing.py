@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import stripe
 
-from plugins.webhook_signing import (
+from plugins.connectors.webhook_signing import (
     HmacHeaderScheme,
     JsonHmacWebhookHandler,
     SignatureEncoding,

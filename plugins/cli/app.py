@@ -12,7 +12,7 @@ import typer
 
 from plugins.cli import demo_cmd, dlq_cmd, new_cmd, plugins_cmd, sandbox_cmd, schema_cmd
 from plugins.cli.output import print_error
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 app = typer.Typer(
     name="cdp",

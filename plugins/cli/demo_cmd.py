@@ -11,14 +11,14 @@ import typer
 from rich.table import Table
 
 from plugins.cli.output import console, styled
+from plugins.connectors.sandbox import SandboxServer
+from plugins.core.errors import CdpError
+from plugins.core.layout import BATCH_SUFFIX, parse_batch_key
+from plugins.core.raw_zone import read_batch
+from plugins.core.storage import ObjectStore
 from plugins.descriptors import SandboxOptions
-from plugins.errors import CdpError
-from plugins.layout import BATCH_SUFFIX, parse_batch_key
 from plugins.manager import get_source
-from plugins.project import find_project_root, run_meltano
-from plugins.raw_zone import read_batch
-from plugins.sandbox import SandboxServer
-from plugins.storage import ObjectStore
+from plugins.meltano.project import find_project_root, run_meltano
 
 DEMO_TENANT = "demo"
 DEMO_SOURCE = "stripe"

@@ -13,7 +13,6 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from plugins.audit import AuditLog, current_actor
 from plugins.cli.options import (
     DlqUrlOption,
     JsonOption,
@@ -25,7 +24,14 @@ from plugins.cli.options import (
     resolve_zone_url,
 )
 from plugins.cli.output import console, print_json, styled
-from plugins.dlq_ops import (
+from plugins.core.errors import CdpError, ConfigError
+from plugins.core.leases import DEFAULT_LEASE_TTL
+from plugins.core.redaction import RecordMasker
+from plugins.core.serialization import dumps
+from plugins.core.storage import ObjectStore
+from plugins.core.zones import configured_zone_url
+from plugins.dlq.audit import AuditLog, current_actor
+from plugins.dlq.ops import (
     REQUEST_ERROR_TYPES,
     DlqFilter,
     check_dlq_volume,
@@ -39,16 +45,10 @@ from plugins.dlq_ops import (
     purge_candidates,
     show_batch,
 )
-from plugins.dlq_reprocess import Reprocessor
-from plugins.dlq_resubmit import Resubmitter
-from plugins.errors import CdpError, ConfigError
-from plugins.leases import DEFAULT_LEASE_TTL
-from plugins.pii_masking import RecordMasker
-from plugins.project import find_project_root
-from plugins.record_mapping import load_mapping
-from plugins.serialization import dumps
-from plugins.storage import ObjectStore
-from plugins.zones import configured_zone_url
+from plugins.dlq.record_mapping import load_mapping
+from plugins.dlq.reprocess import Reprocessor
+from plugins.dlq.resubmit import Resubmitter
+from plugins.meltano.project import find_project_root
 
 app = typer.Typer(
     help="The dead letter queue: list, show, stats, reprocess, resubmit, purge, audit.", no_args_is_help=True

@@ -19,8 +19,8 @@ import typer
 
 from plugins.cli.options import JsonOption
 from plugins.cli.output import console, print_json, styled
-from plugins.errors import CdpError, ConfigError
-from plugins.project import find_project_root
+from plugins.core.errors import CdpError, ConfigError
+from plugins.meltano.project import find_project_root
 
 app = typer.Typer(help="Scaffold new connectors.", no_args_is_help=True)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from plugins.zones import LAKE_ENV_VAR, Zone, resolve_zone_url
+from plugins.core.zones import LAKE_ENV_VAR, Zone, resolve_zone_url
 
 LakeUrlOption = Annotated[
     str | None,

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from plugins.cli.output import console
+from plugins.connectors.sandbox import FaultPlan, FaultPlanError, ThrowawayCertificate, serve_forever
+from plugins.core.errors import CdpError
 from plugins.descriptors import SandboxOptions
-from plugins.errors import CdpError
 from plugins.manager import get_source, sources
-from plugins.sandbox import FaultPlan, FaultPlanError, ThrowawayCertificate, serve_forever
 
 app = typer.Typer(help="Local emulators of the providers' APIs.", no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def serve(
         list[str] | None,
         typer.Option(
             help="Inject a fault, NAME=VALUE (repeatable), e.g. rate_limit_every=5 or failing=/v1/charges. "
-            "The names are plugins.sandbox.FaultPlan's (docs/taps.md); each sandbox lists those it offers."
+            "The names are plugins.connectors.sandbox.FaultPlan's (docs/taps.md); each sandbox lists those it offers."
         ),
     ] = None,
     credential: Annotated[

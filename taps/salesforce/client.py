@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk.authenticators import BearerTokenAuthenticator, OAuthAuthenticator
 
-from plugins.dlq import ErrorType
-from plugins.tap_runtime import CdpRESTStream, ExtractionFailure, redact_url
+from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure, redact_url
+from plugins.core.dead_letters import ErrorType
 
 if TYPE_CHECKING:
     from taps.salesforce.tap import TapSalesforce

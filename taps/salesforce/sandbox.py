@@ -19,7 +19,7 @@ It follows Salesforce's documented protocol, not our tap's convenience:
 - Every data response carries ``Sforce-Limit-Info: api-usage=N/M``; past M, 403 ``REQUEST_LIMIT_EXCEEDED``.
 - Errors are ``[{"message": ..., "errorCode": ...}]`` lists, as Salesforce answers them.
 
-Faults (``SandboxOptions.faults``, a :class:`plugins.sandbox.FaultPlan`), counted over data requests:
+Faults (``SandboxOptions.faults``, a :class:`plugins.connectors.sandbox.FaultPlan`), counted over data requests:
 ``rate_limit_every`` (+ ``_burst``: 403 ``REQUEST_LIMIT_EXCEEDED``), ``server_error_every`` (+ ``_burst``,
 ``server_error_status`` default 500: ``UNKNOWN_EXCEPTION``), ``outage_after`` N + ``outage_requests`` M (data calls
 N+1 to N+M answer 503), ``slow_every`` + ``slow_seconds`` (late answers, for client timeouts), ``malformed_every``
@@ -51,9 +51,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
+from plugins.connectors.synthetic import person
 from plugins.descriptors import SandboxOptions
-from plugins.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
-from plugins.synthetic import person
 
 DEFAULT_CLIENT_ID = "cdp-sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "cdp-sandbox-client-secret"  # noqa: S105  # the sandbox's public test credential

@@ -13,8 +13,8 @@ import requests
 from singer_sdk.pagination import BaseAPIPaginator
 from singer_sdk.streams.rest import HTTPRequest, PageContext
 
-from plugins.events import log_event
-from plugins.tap_runtime import ExtractionFailure
+from plugins.connectors.tap_runtime import ExtractionFailure
+from plugins.core.events import log_event
 from taps.salesforce.client import (
     SalesforceStream,
     compound_components,

@@ -10,8 +10,8 @@ from singer_sdk import Stream
 from singer_sdk import typing as th
 from singer_sdk.authenticators import BearerTokenAuthenticator
 
-from plugins.errors import CdpError, ConfigError
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap, ExtractionFailure
+from plugins.connectors.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap, ExtractionFailure
+from plugins.core.errors import CdpError, ConfigError
 from taps.salesforce.client import DiscoveryRequests, SalesforceAuthenticator, SalesforceOAuthAuthenticator
 from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from plugins.synthetic import SyntheticPerson, person
+from plugins.connectors.synthetic import SyntheticPerson, person
 
 Record = dict[str, Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from singer_sdk import Stream
 from singer_sdk import typing as th
 
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
+from plugins.connectors.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
 from taps.shopify.client import DEFAULT_API_VERSION, CostBudget
 from taps.shopify.streams import STREAM_TYPES
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from plugins.webhook_signing import (
+from plugins.connectors.webhook_signing import (
     HmacHeaderScheme,
     SignatureEncoding,
     UnmappableWebhookError,

@@ -21,8 +21,8 @@ from singer_sdk.helpers.types import Context
 from singer_sdk.pagination import BaseAPIPaginator
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 
-from plugins.errors import ConfigError
-from plugins.tap_runtime import CdpRESTStream
+from plugins.connectors.tap_runtime import CdpRESTStream
+from plugins.core.errors import ConfigError
 
 PAGE_SIZE = 100  # Stripe's maximum for list endpoints.
 DEFAULT_START = "2011-01-01T00:00:00Z"  # Before Stripe's public launch: nothing in any account is older.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from singer_sdk import Stream
 from singer_sdk import typing as th
 
-from plugins.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
+from plugins.connectors.tap_runtime import COMMON_TAP_SETTINGS, HTTP_URL_PATTERN, CdpTap
 from taps.stripe.client import DEFAULT_START
 from taps.stripe.streams import STREAM_TYPES
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from plugins.webhook_signing import (
+from plugins.connectors.webhook_signing import (
     DEFAULT_DLQ_HEADERS,
     UnmappableWebhookError,
     WebhookEvent,

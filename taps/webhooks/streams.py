@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
-from taps.webhooks.log import WebhookLog, consumer_name
+from plugins.webhooks.log import WebhookLog, consumer_name
 
 if TYPE_CHECKING:
     from singer_sdk import Tap

@@ -9,11 +9,11 @@ from typing import Any
 from singer_sdk import Stream, Tap
 from singer_sdk import typing as th
 
-from plugins.errors import CdpError, ConfigError
-from plugins.layout import validate_name
+from plugins.connectors.webhook_signing import WebhookHandler
+from plugins.core.errors import CdpError, ConfigError
+from plugins.core.layout import validate_name
 from plugins.manager import UnknownPluginError, get_source
-from plugins.webhook_signing import WebhookHandler
-from taps.webhooks.log import LOG_URL_ENV_VAR, WebhookLog, open_log
+from plugins.webhooks.log import LOG_URL_ENV_VAR, WebhookLog, open_log
 from taps.webhooks.streams import WebhookEventStream
 
 

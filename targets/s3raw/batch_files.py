@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
-from plugins.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
-from plugins.serialization import NotRepresentableError, dumps, non_json_value, parse_json
-from plugins.storage import ObjectStore
+from plugins.core.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
+from plugins.core.serialization import NotRepresentableError, dumps, non_json_value, parse_json
+from plugins.core.storage import ObjectStore
 from targets.s3raw.reader import line_size
 
 

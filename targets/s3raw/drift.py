@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.alerts import raise_alert
+from plugins.core.dead_letters import FieldError
+from plugins.core.events import log_event
 from plugins.descriptors import Alert, AlertSink, Severity
-from plugins.dlq import FieldError
-from plugins.events import log_event
 from schema_registry import IncompatibleSchemaError, SchemaRegistry, diff_schemas, subject_name
 
 logger = logging.getLogger("target_s3raw.drift")

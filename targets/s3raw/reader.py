@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from singer_sdk.io_base import GenericSingerReader
 
-from plugins.serialization import NotRepresentableError, parse_json
+from plugins.core.serialization import NotRepresentableError, parse_json
 
 # Called with (the line as read, why it is not a Singer message, its 1-based line number).
 UnparseableLineHandler = Callable[[str | bytes, str, int], None]

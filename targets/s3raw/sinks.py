@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from plugins.dlq import DeadLetter, DeadLetterQueue
-from plugins.raw_zone import RawZoneWriter, WrittenBatch
-from plugins.validation import RecordValidator
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue
+from plugins.core.raw_zone import RawZoneWriter, WrittenBatch
+from plugins.core.validation import RecordValidator
 from targets.s3raw.drift import SchemaDecision
 
 

@@ -26,16 +26,16 @@ from singer_sdk.exceptions import MissingKeyPropertiesError, RecordsWithoutSchem
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
 from singer_sdk.plugin_base import PluginBase
 
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType, FieldError
+from plugins.core.errors import CdpError, ConfigError
+from plugins.core.events import log_event
+from plugins.core.layout import NAME_PATTERN, validate_name
+from plugins.core.raw_zone import METADATA_COLUMNS, RawZoneWriter
+from plugins.core.schema_dialect import reference_validator
+from plugins.core.serialization import dumps, parse_json
+from plugins.core.storage import ObjectStore
+from plugins.core.validation import InvalidRecordSchemaError, RecordValidator
 from plugins.descriptors import Severity
-from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError
-from plugins.errors import CdpError, ConfigError
-from plugins.events import log_event
-from plugins.layout import NAME_PATTERN, validate_name
-from plugins.raw_zone import METADATA_COLUMNS, RawZoneWriter
-from plugins.schema_dialect import reference_validator
-from plugins.serialization import dumps, parse_json
-from plugins.storage import ObjectStore
-from plugins.validation import InvalidRecordSchemaError, RecordValidator
 from schema_registry import InvalidSchemaError, SchemaRegistry
 from targets.s3raw.batch_files import (
     DEFAULT_MAX_BATCH_DECOMPRESSED_BYTES,

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from plugins.errors import ConfigError, ObjectNotFoundError, ObjectTooLargeError, StorageError
+from plugins.core.errors import ConfigError, ObjectNotFoundError, ObjectTooLargeError, StorageError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from plugins.errors import CdpError, ConfigError
+from plugins.core.errors import CdpError, ConfigError
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
@@ -192,11 +192,11 @@ def open_log(url: str | None = None, *, setting: str = "log_url") -> WebhookLog:
     """The backend for ``url`` (resolved as ``resolve_log_url`` does)."""
     resolved = resolve_log_url(url)
     if resolved.startswith(("postgresql://", "postgres://")):
-        from taps.webhooks.postgres_log import PostgresWebhookLog
+        from plugins.webhooks.postgres_log import PostgresWebhookLog
 
         return PostgresWebhookLog(resolved)
     if "://" in resolved and not resolved.startswith("file://"):
         raise ConfigError(setting, f"'{resolved}' is neither a folder, a file:// URL nor a postgresql:// URL")
-    from taps.webhooks.file_log import FileWebhookLog
+    from plugins.webhooks.file_log import FileWebhookLog
 
     return FileWebhookLog(resolved.removeprefix("file://"))

@@ -1,6 +1,6 @@
 """Reprocessing DLQ batches: validate the records again (optionally after a mapping) and move the ones that pass.
 
-For each source batch, under its lease (``plugins/leases.py``: ``_lease/reprocess/`` in the DLQ store, one live owner
+For each source batch, under its lease (``plugins/core/leases.py``: ``_lease/reprocess/`` in the DLQ store, one live owner
 at a time; a batch another live run holds is skipped with a note naming that run):
 
 1. Read its entries, map each record (``--map``), validate it against the subject's latest schema (or
@@ -39,9 +39,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from plugins.audit import AuditEntry, AuditLog
-from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType, FieldError, new_run_id
-from plugins.dlq_ops import (
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType, FieldError, new_run_id
+from plugins.core.errors import CdpError, ObjectNotFoundError
+from plugins.core.layout import dlq_batch_key, parse_batch_key, raw_batch_key
+from plugins.core.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
+from plugins.core.raw_zone import METADATA_COLUMNS, gzip_bytes, read_batch
+from plugins.core.serialization import dumps, loads, ndjson
+from plugins.core.storage import ObjectStore
+from plugins.core.validation import RecordValidator
+from plugins.dlq.audit import AuditEntry, AuditLog
+from plugins.dlq.ops import (
     JOURNAL_PREFIX,
     REPROCESS_LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
@@ -51,14 +58,7 @@ from plugins.dlq_ops import (
     generic_message,
     get_batch,
 )
-from plugins.errors import CdpError, ObjectNotFoundError
-from plugins.layout import dlq_batch_key, parse_batch_key, raw_batch_key
-from plugins.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
-from plugins.raw_zone import METADATA_COLUMNS, gzip_bytes, read_batch
-from plugins.record_mapping import MappingExitError, RecordMapping, RecordMappingError
-from plugins.serialization import dumps, loads, ndjson
-from plugins.storage import ObjectStore
-from plugins.validation import RecordValidator
+from plugins.dlq.record_mapping import MappingExitError, RecordMapping, RecordMappingError
 
 if TYPE_CHECKING:
     from schema_registry import SchemaRegistry

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 MELTANO_FILE = "meltano.yml"
 

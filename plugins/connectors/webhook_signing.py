@@ -30,8 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from plugins.errors import CdpError, ConfigError
-from plugins.layout import sanitize_stream_name
+from plugins.core.errors import CdpError, ConfigError
+from plugins.core.layout import sanitize_stream_name
 
 SECRET_ENV_PREFIX = "CDP_WEBHOOK_SECRET"  # noqa: S105  # The variable name, not a secret.
 # The request headers stored with a dead-lettered delivery unless a handler names its own (``dlq_headers``): an

@@ -1,7 +1,7 @@
 """Resubmitting failed extractions: re-run the failed stream window through its tap with Meltano.
 
 ``extraction_failed``, ``rate_limit_exhausted`` and ``auth_failed`` entries describe a request that failed, not a
-record. Their ``context`` (written by ``plugins/tap_runtime.py``) names the ``stream`` and the ``bookmark`` the stream
+record. Their ``context`` (written by ``plugins/connectors/tap_runtime.py``) names the ``stream`` and the ``bookmark`` the stream
 had before the failed sync. For each entry, resubmit runs::
 
     meltano --environment ENV el tap-PROVIDER target-s3raw --select STREAM \
@@ -10,7 +10,7 @@ had before the failed sync. For each entry, resubmit runs::
 so the tap starts exactly where the failed sync did, its records go through target-s3raw as usual, and the run's own
 state stays apart from the regular pipeline's (its own state id). A batch is retired (moved to ``_retired/``) once
 every entry in it ran successfully; a failed run leaves the batch as it was (the tap writes a fresh DLQ entry for the
-new failure). Each batch is resubmitted under its lease (``_lease/resubmit/``, see ``plugins/leases.py``), so two
+new failure). Each batch is resubmitted under its lease (``_lease/resubmit/``, see ``plugins/core/leases.py``), so two
 resubmit runs at once never extract the same window twice: a batch another live run holds is skipped with a note.
 Delivery is at least once: a crash after Meltano succeeded but before the batch was retired re-extracts
 the window on the next resubmit; the raw zone's consumers dedupe by primary key, as for any Singer re-sync.
@@ -27,9 +27,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from plugins.audit import AuditEntry, AuditLog
-from plugins.dlq import new_run_id
-from plugins.dlq_ops import (
+from plugins.core.dead_letters import new_run_id
+from plugins.core.errors import CdpError
+from plugins.core.layout import parse_batch_key
+from plugins.core.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
+from plugins.core.serialization import dumps
+from plugins.core.storage import ObjectStore
+from plugins.dlq.audit import AuditEntry, AuditLog
+from plugins.dlq.ops import (
     REQUEST_ERROR_TYPES,
     RESUBMIT_LEASE_PREFIX,
     RETIRED_PREFIX,
@@ -38,12 +43,7 @@ from plugins.dlq_ops import (
     get_batch,
     read_entries,
 )
-from plugins.errors import CdpError
-from plugins.layout import parse_batch_key
-from plugins.leases import DEFAULT_LEASE_TTL, Lease, LeaseBusy, LeaseLostError, LeaseManager
-from plugins.project import MeltanoError, run_meltano
-from plugins.serialization import dumps
-from plugins.storage import ObjectStore
+from plugins.meltano.project import MeltanoError, run_meltano
 
 DEFAULT_LOADER = "target-s3raw"
 _ERROR_LINE_RE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")

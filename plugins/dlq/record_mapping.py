@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import yaml
 
-from plugins.errors import CdpError, ConfigError
+from plugins.core.errors import CdpError, ConfigError
 
 STEPS = ("rename", "drop", "set", "cast")
 CAST_TYPES = ("integer", "number", "string", "boolean")

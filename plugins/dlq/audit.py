@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from plugins.layout import date_partition
-from plugins.serialization import dumps, loads
-from plugins.storage import ObjectStore
+from plugins.core.layout import date_partition
+from plugins.core.serialization import dumps, loads
+from plugins.core.storage import ObjectStore
 
 AUDIT_PREFIX = "_audit"
 

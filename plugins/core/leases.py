@@ -28,9 +28,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from plugins.errors import CdpError, ObjectNotFoundError
-from plugins.serialization import dumps, loads
-from plugins.storage import ObjectStore
+from plugins.core.errors import CdpError, ObjectNotFoundError
+from plugins.core.serialization import dumps, loads
+from plugins.core.storage import ObjectStore
 
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 _GENERATION_DIGITS = 6

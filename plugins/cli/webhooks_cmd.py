@@ -14,7 +14,7 @@ import typer
 
 from plugins.cli.options import DlqUrlOption, JsonOption
 from plugins.cli.output import console, print_json
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 
 class PortBusyError(CdpError):
@@ -77,9 +77,9 @@ def serve(
     """Receive webhooks on POST /webhooks/{tenant}/{provider} until interrupted."""
     import uvicorn
 
-    from plugins.sandbox import socket_url
-    from taps.webhooks.log import open_log, resolve_log_url
-    from taps.webhooks.receiver import (
+    from plugins.connectors.sandbox import socket_url
+    from plugins.webhooks.log import open_log, resolve_log_url
+    from plugins.webhooks.receiver import (
         ReceiverSettings,
         WebhookReceiver,
         parse_allowlist,
@@ -144,7 +144,7 @@ def bind(host: str, port: int) -> socket.socket:
 @app.command("compact")
 def compact(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
     """Remove log segments (or rows) every consumer has committed past."""
-    from taps.webhooks.log import open_log
+    from plugins.webhooks.log import open_log
 
     log = open_log(log_url)
     result = log.compact()
@@ -159,7 +159,7 @@ def compact(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
 @app.command("consumers")
 def consumers(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
     """Each consumer (tenant/provider/stream of tap-webhooks) and the position its target confirmed."""
-    from taps.webhooks.log import open_log
+    from plugins.webhooks.log import open_log
 
     committed = open_log(log_url).consumers()
     if as_json:

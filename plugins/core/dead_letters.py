@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from plugins.layout import dlq_batch_key, validate_name
-from plugins.raw_zone import WrittenBatch, gzip_bytes
-from plugins.serialization import ndjson
-from plugins.storage import ObjectStore
+from plugins.core.layout import dlq_batch_key, validate_name
+from plugins.core.raw_zone import WrittenBatch, gzip_bytes
+from plugins.core.serialization import ndjson
+from plugins.core.storage import ObjectStore
 
 
 class ErrorType(StrEnum):

@@ -36,11 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
-from plugins.errors import ConfigError
-from plugins.events import log_event
-from plugins.storage import ObjectStore
-from plugins.webhook_signing import (
+from plugins.connectors.webhook_signing import (
     DEFAULT_DLQ_HEADERS,
     UnmappableWebhookError,
     WebhookHandler,
@@ -49,16 +45,20 @@ from plugins.webhook_signing import (
     secret_env_var,
     webhook_secrets,
 )
-from plugins.zones import Zone, resolve_zone_url
-from taps.webhooks.http_guard import (
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType
+from plugins.core.errors import ConfigError
+from plugins.core.events import log_event
+from plugins.core.storage import ObjectStore
+from plugins.core.zones import Zone, resolve_zone_url
+from plugins.webhooks.http_guard import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER_BYTES,
     ConnectionLimits,
     guarded_protocol,
 )
-from taps.webhooks.log import DURATION_BUCKETS, DurationHistogram, LogEntry, WebhookLog, unstorable_reason
-from taps.webhooks.ratelimit import TokenBucketLimiter
+from plugins.webhooks.log import DURATION_BUCKETS, DurationHistogram, LogEntry, WebhookLog, unstorable_reason
+from plugins.webhooks.ratelimit import TokenBucketLimiter
 
 logger = logging.getLogger("cdp.webhooks")
 

@@ -33,10 +33,10 @@ from typing import Any
 
 import orjson
 
-from plugins.errors import CdpError, StorageError
-from plugins.webhook_signing import loads_exact
-from taps.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
-from taps.webhooks.log import (
+from plugins.connectors.webhook_signing import loads_exact
+from plugins.core.errors import CdpError, StorageError
+from plugins.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
+from plugins.webhooks.log import (
     BookmarkError,
     CompactionResult,
     DurationHistogram,

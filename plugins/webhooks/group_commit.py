@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from plugins.errors import CdpError
-from taps.webhooks.log import DurationHistogram
+from plugins.core.errors import CdpError
+from plugins.webhooks.log import DurationHistogram
 
 T = TypeVar("T")
 Outcome = list[bool] | BaseException

@@ -42,12 +42,12 @@ from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 from singer_sdk.plugin_base import JSONSchemaValidator
 from singer_sdk.streams import RESTStream
 
-from plugins.dlq import DeadLetter, DeadLetterQueue, ErrorType
-from plugins.errors import CdpError, ConfigError
-from plugins.events import log_event
-from plugins.layout import validate_name
-from plugins.storage import ObjectStore
-from plugins.zones import Zone, resolve_zone_url
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType
+from plugins.core.errors import CdpError, ConfigError
+from plugins.core.events import log_event
+from plugins.core.layout import validate_name
+from plugins.core.storage import ObjectStore
+from plugins.core.zones import Zone, resolve_zone_url
 
 if t.TYPE_CHECKING:
     from jsonschema import ValidationError
@@ -483,7 +483,7 @@ class CdpTap(Tap):
 
     #: The provider name in DLQ keys; default: the tap name without ``tap-``.
     provider: str | None = None
-    #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here (plugins.testing).
+    #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here (plugins.connectors.testing).
     clock: t.ClassVar[staticmethod[[], float]] = staticmethod(time.monotonic)
 
     # Discovery may send requests during the SDK's __init__, before the run starts: no budget yet.

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     import uvicorn

@@ -1,9 +1,9 @@
 """Reading the dead letter queue for support: list, show, stats, purge and the DLQ-volume alert.
 
-Batches are the objects of the DLQ layout (``plugins/dlq.py``). Keys starting with ``_`` are the operations' own
+Batches are the objects of the DLQ layout (``plugins/core/dead_letters.py``). Keys starting with ``_`` are the operations' own
 bookkeeping (``_audit/``, ``_journal/``, ``_lease/``, ``_retired/``) and are never batches: tenant names cannot start
 with ``_``.
-Reprocessing lives in ``plugins/dlq_reprocess.py``, resubmission in ``plugins/dlq_resubmit.py``.
+Reprocessing lives in ``plugins/dlq/reprocess.py``, resubmission in ``plugins/dlq/resubmit.py``.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from typing import Any, Generic, Protocol, TypeVar
 import pluggy
 
 from plugins.alerts import raise_alert
-from plugins.audit import AuditEntry, AuditLog
+from plugins.core.dead_letters import ErrorType, new_run_id
+from plugins.core.errors import ConfigError, ObjectNotFoundError
+from plugins.core.layout import BatchKey, parse_batch_key, sanitize_stream_name
+from plugins.core.leases import Lease, LeaseBusy, LeaseManager
+from plugins.core.raw_zone import read_batch
+from plugins.core.redaction import RecordMasker
+from plugins.core.serialization import dumps
+from plugins.core.storage import ObjectStore
 from plugins.descriptors import Alert, Severity
-from plugins.dlq import ErrorType, new_run_id
-from plugins.errors import ConfigError, ObjectNotFoundError
-from plugins.layout import BatchKey, parse_batch_key, sanitize_stream_name
-from plugins.leases import Lease, LeaseBusy, LeaseManager
-from plugins.pii_masking import RecordMasker
-from plugins.raw_zone import read_batch
-from plugins.serialization import dumps
-from plugins.storage import ObjectStore
+from plugins.dlq.audit import AuditEntry, AuditLog
 
 RETIRED_PREFIX = "_retired"
 JOURNAL_PREFIX = "_journal"
 LEASE_PREFIX = "_lease"
-# The leases of the operations that change a batch (plugins/leases.py); purge takes both before deleting one.
+# The leases of the operations that change a batch (plugins/core/leases.py); purge takes both before deleting one.
 REPROCESS_LEASE_PREFIX = f"{LEASE_PREFIX}/reprocess"
 RESUBMIT_LEASE_PREFIX = f"{LEASE_PREFIX}/resubmit"
 # Entries that describe a failed request rather than a record: they are resubmitted, never reprocessed, and they do

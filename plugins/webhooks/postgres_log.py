@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from plugins.errors import StorageError
-from plugins.webhook_signing import loads_exact
-from taps.webhooks.group_commit import GroupCommitWriter, WriteResult
-from taps.webhooks.log import BookmarkError, CompactionResult, DurationHistogram, LogEntry, StoredEntry
+from plugins.connectors.webhook_signing import loads_exact
+from plugins.core.errors import StorageError
+from plugins.webhooks.group_commit import GroupCommitWriter, WriteResult
+from plugins.webhooks.log import BookmarkError, CompactionResult, DurationHistogram, LogEntry, StoredEntry
 
 TABLE = "cdp_webhook_log"
 CONSUMERS_TABLE = "cdp_webhook_consumers"

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from plugins.layout import raw_batch_key, validate_name
-from plugins.serialization import loads, ndjson
-from plugins.storage import ObjectStore
+from plugins.core.layout import raw_batch_key, validate_name
+from plugins.core.serialization import loads, ndjson
+from plugins.core.storage import ObjectStore
 
 # Metadata every raw record carries beside its own properties (Singer's ``_sdc_`` names where Singer has them).
 METADATA_COLUMNS = ("_sdc_extracted_at", "_sdc_received_at", "_sdc_batched_at", "_sdc_sequence", "_cdp_schema_version")

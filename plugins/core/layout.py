@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from plugins.errors import ConfigError
+from plugins.core.errors import ConfigError
 
 BATCH_SUFFIX = ".ndjson.gz"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # Tenant and provider names; also the settings' JSON Schema pattern.

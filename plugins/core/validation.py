@@ -6,7 +6,7 @@ The fast check is jsonschema-rs (Rust). Values it cannot take (integers beyond 6
 with ``multipleOf`` in exact decimal arithmetic, so both paths give the same verdicts on our test table
 (tests/test_target_s3raw_validation.py). Stock python-jsonschema does not: its float arithmetic refuses 19.99 as a
 multiple of 0.01, which jsonschema-rs (correctly) accepts. Every schema is read in Draft 2020-12 (older drafts are
-converted, see ``plugins.schema_dialect``), ``$ref`` is resolved only inside the schema, and, like singer-sdk's
+converted, see ``plugins.core.schema_dialect``), ``$ref`` is resolved only inside the schema, and, like singer-sdk's
 default validator, string formats are not checked.
 
 ``undeclared(record)`` lists the properties a record carries that its schema does not declare (drift), as JSON paths.
@@ -26,9 +26,9 @@ from typing import Any
 
 import orjson
 
-from plugins.dlq import FieldError
-from plugins.errors import CdpError
-from plugins.schema_dialect import (
+from plugins.core.dead_letters import FieldError
+from plugins.core.errors import CdpError
+from plugins.core.schema_dialect import (
     SchemaDialectError,
     UnresolvableReferenceError,
     check_schema,

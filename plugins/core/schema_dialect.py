@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import jsonschema_rs
 
-from plugins.errors import CdpError
+from plugins.core.errors import CdpError
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 DRAFT4 = "http://json-schema.org/draft-04/schema#"
@@ -161,7 +161,7 @@ def check_schema(schema: Mapping[str, Any]) -> Any:
     """
     import jsonschema
 
-    from plugins.validation import json_path  # Here: plugins.validation imports this module.
+    from plugins.core.validation import json_path  # Here: plugins.core.validation imports this module.
 
     try:
         jsonschema.Draft202012Validator.check_schema(schema)

@@ -282,7 +282,7 @@ def standard_tap_test_class(
     import pytest
     from singer_sdk.testing import TapTestRunner, get_tap_test_class
 
-    from plugins.sandbox import SandboxServer
+    from plugins.connectors.sandbox import SandboxServer
 
     with SandboxServer(create_app()) as discovery, tempfile.TemporaryDirectory(prefix="cdp-discovery-") as folder:
         generated = get_tap_test_class(tap_class, config=config(discovery.url, Path(folder)), suite_config=suite_config)
@@ -308,8 +308,8 @@ def standard_tap_test_class(
 
 def dead_letters(dlq_url: str | Path) -> list[dict[str, Any]]:
     """Every dead letter under a DLQ (local folder or s3://), in key order: what a tap test asserts on."""
-    from plugins.raw_zone import read_batch
-    from plugins.storage import ObjectStore
+    from plugins.core.raw_zone import read_batch
+    from plugins.core.storage import ObjectStore
 
     store = ObjectStore(str(dlq_url))
     return [letter for info in store.list() for letter in read_batch(store, info.key)]

@@ -90,7 +90,7 @@ class TapUnderTest:
 
 
 def _stripe_sandbox(records: int) -> Any:
-    from plugins.descriptors import SandboxOptions
+    from plugins.connectors.sandbox import SandboxOptions
     from taps.stripe.sandbox import create_sandbox
 
     return create_sandbox(SandboxOptions(records=records))
@@ -103,7 +103,7 @@ def _stripe_config(url: str, work: Path, records: int) -> dict[str, Any]:
 
 
 def _shopify_sandbox(records: int) -> Any:
-    from plugins.descriptors import SandboxOptions
+    from plugins.connectors.sandbox import SandboxOptions
     from taps.shopify.sandbox import CostBucket, create_sandbox
 
     # Unlimited cost budget and bulk slots: the benchmark measures the tap, not the plan's restore rate (50-2000
@@ -131,7 +131,7 @@ def _shopify_bulk_config(url: str, work: Path, records: int) -> dict[str, Any]:
 
 
 def _salesforce_sandbox(records: int) -> Any:
-    from plugins.descriptors import SandboxOptions
+    from plugins.connectors.sandbox import SandboxOptions
     from taps.salesforce.sandbox import create_sandbox
 
     # The org's daily API allocation is generous so that repeated runs stay far below the tap's usage ceiling.

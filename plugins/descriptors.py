@@ -1,68 +1,119 @@
-"""What plugins hand to the framework through the hooks: small typed descriptions of what they provide."""
+"""What plugins hand to the framework through the hooks: small typed descriptions of what they provide.
+
+Descriptors are cheap to build: they name their implementation as an import path (``"package.module:attribute"``)
+and the framework imports it only when it runs (dlt's factories work the same way). Listing plugins, ``cdp --help``
+and a tap run therefore import no other provider's sandbox, no Spark and no database driver.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import enum
+import graphlib
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from plugins.connectors.sandbox import FaultPlan
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     import typer
     from singer_sdk import Tap, Target
     from starlette.types import ASGIApp
 
+    from plugins.connectors.sandbox import SandboxOptions
+    from plugins.connectors.webhook_signing import WebhookHandler
 
-@dataclass(frozen=True)
-class SandboxOptions:
-    """How a provider sandbox is built: how much synthetic data, from which seed, which credentials it accepts, and
-    the faults it injects (:class:`plugins.connectors.sandbox.FaultPlan`, one vocabulary for every sandbox; each sandbox refuses
-    the faults it does not offer)."""
 
-    records: int = 1000
-    seed: int = 42
-    credentials: dict[str, str] = field(default_factory=dict)
-    faults: FaultPlan = field(default_factory=FaultPlan)
+class PluginLoadError(CdpError):
+    """A registered plugin, or the implementation a descriptor names, failed to import."""
+
+
+@cache
+def load_object(path: str) -> Any:
+    """The object an import path names: ``"package.module:attribute"`` (the attribute may be dotted).
+
+    Imported once per process; a path that does not resolve is a PluginLoadError naming it.
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise PluginLoadError(f"'{path}' is not an import path like 'package.module:attribute'")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except Exception as exc:
+        raise PluginLoadError(f"cannot import '{path}': {type(exc).__name__}: {exc}") from exc
+    return found
 
 
 @dataclass(frozen=True)
 class SourceDescriptor:
     """A data source: the Singer tap that extracts it and, optionally, its local sandbox and webhook handler.
 
-    ``sandbox`` builds the ASGI app that emulates the provider's API for tests and the demo
-    (``cdp sandbox serve NAME``). ``webhook_handler`` verifies and maps the provider's pushed events.
+    ``tap`` names the tap class; ``sandbox`` a factory ``(SandboxOptions) -> ASGI app`` that emulates the provider's
+    API for tests and the demo (``cdp sandbox serve NAME``); ``webhook_handler`` a class (or factory) whose instance
+    verifies and maps the provider's pushed events. All three are import paths, imported on first use.
     """
 
     name: str
-    tap_class: type[Tap]
+    tap: str
     streams: Sequence[str]
     description: str = ""
-    sandbox: Callable[[SandboxOptions], ASGIApp] | None = None
+    sandbox: str | None = None
     #: The port ``cdp sandbox serve NAME`` listens on by default (the one meltano.yml's dev environment points at).
     sandbox_port: int = 12111
-    webhook_handler: Any | None = None
+    webhook_handler: str | None = None
 
     @property
     def executable(self) -> str:
         """The console script that runs the tap, as Meltano calls it."""
         return f"tap-{self.name}"
 
+    def load_tap(self) -> type[Tap]:
+        """The Singer tap class."""
+        tap: type[Tap] = load_object(self.tap)
+        return tap
+
+    def load_sandbox(self) -> Callable[[SandboxOptions], ASGIApp]:
+        """The sandbox factory; a CdpError when the source has none."""
+        if self.sandbox is None:
+            raise CdpError(f"source '{self.name}' has no sandbox")
+        factory: Callable[[SandboxOptions], ASGIApp] = load_object(self.sandbox)
+        return factory
+
+    def load_webhook_handler(self) -> WebhookHandler:
+        """The webhook handler (one instance per process); a CdpError when the source receives no webhooks."""
+        if self.webhook_handler is None:
+            raise CdpError(f"source '{self.name}' has no webhook handler")
+        return _instance(self.webhook_handler)  # type: ignore[no-any-return]
+
+
+@cache
+def _instance(path: str) -> Any:
+    return load_object(path)()
+
 
 @dataclass(frozen=True)
-class DestinationDescriptor:
-    """A Singer target that receives extracted records."""
+class TargetDescriptor:
+    """A Singer target that receives extracted records (``target`` names its class)."""
 
     name: str
-    target_class: type[Target]
+    target: str
     description: str = ""
 
     @property
     def executable(self) -> str:
         """The console script that runs the target, as Meltano calls it."""
         return f"target-{self.name}"
+
+    def load_target(self) -> type[Target]:
+        """The Singer target class."""
+        target: type[Target] = load_object(self.target)
+        return target
 
 
 @dataclass(frozen=True)
@@ -74,22 +125,228 @@ class CommandGroup:
     help: str = ""
 
 
+# -- transforms ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """A transform input read from the raw zone: every batch of one subject, ``provider/stream``, per tenant."""
+
+    provider: str
+    stream: str
+
+    def __str__(self) -> str:
+        return f"raw:{self.provider}/{self.stream}"
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """A transform input read from another transform's output table in the same tenant's namespace."""
+
+    table: str
+
+    def __str__(self) -> str:
+        return f"table:{self.table}"
+
+
+TransformInput = RawInput | TableInput
+
+
 @dataclass(frozen=True)
 class TransformDescriptor:
-    """A transform from the raw zone to curated data."""
+    """A transform: named inputs in, one keyed, partitioned table out.
+
+    ``function`` names a callable taking the input DataFrames (keyword arguments named after the inputs: the stream
+    for a raw input, the table for a table input) and returning the output DataFrame. The framework does the rest for
+    every transform alike: reading, schemas, state, writing, commits, the quality report and the DLQ.
+    ``partitioning`` holds Iceberg partition transforms, e.g. ``("bucket(16, customer_id)",)`` or
+    ``("month(occurred_at)",)``.
+    """
 
     name: str
-    run: Callable[..., Any]
+    inputs: Sequence[TransformInput]
+    output: str
+    key: Sequence[str]
+    function: str
+    partitioning: Sequence[str] = ()
     description: str = ""
+
+    def load_function(self) -> Callable[..., Any]:
+        """The transform function."""
+        function: Callable[..., Any] = load_object(self.function)
+        return function
+
+
+class TransformGraphError(CdpError):
+    """Transforms whose inputs cannot be ordered: a missing producer, two producers of one table, or a cycle."""
+
+
+def order_transforms(transforms: Iterable[TransformDescriptor]) -> list[TransformDescriptor]:
+    """``transforms`` in an order where each runs after the transforms whose tables it reads (ties by name)."""
+    by_name: dict[str, TransformDescriptor] = {}
+    producers: dict[str, str] = {}
+    for transform in transforms:
+        if transform.output in producers:
+            msg = f"transforms '{producers[transform.output]}' and '{transform.name}' both write '{transform.output}'"
+            raise TransformGraphError(msg)
+        producers[transform.output] = transform.name
+        by_name[transform.name] = transform
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name in sorted(by_name):
+        needs = []
+        for source in by_name[name].inputs:
+            if isinstance(source, TableInput):
+                if source.table not in producers:
+                    raise TransformGraphError(
+                        f"transform '{name}' reads table '{source.table}', which no transform writes"
+                    )
+                needs.append(producers[source.table])
+        sorter.add(name, *needs)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        raise TransformGraphError(
+            f"transforms read each other's tables in a cycle: {' -> '.join(exc.args[1])}"
+        ) from exc
+    ordered: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        ordered.extend(ready)
+        sorter.done(*ready)
+    return [by_name[name] for name in ordered]
+
+
+# -- loaders ------------------------------------------------------------------------------------------------------
+
+
+class LoadMode(StrEnum):
+    """How a loader brings a store up to a table's snapshot."""
+
+    INCREMENTAL = "incremental"  # Only what changed between the last loaded snapshot and this one.
+    FULL_REFRESH = "full-refresh"  # Everything, swapped in atomically.
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the framework hands a loader: one table, the snapshot to load and the one it loaded last."""
+
+    tenant: str
+    table: str
+    snapshot_id: int
+    previous_snapshot_id: int | None
+    mode: LoadMode
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load did."""
+
+    table: str
+    snapshot_id: int
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    seconds: float = 0.0
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """A serving store kept in step with processed tables. It records the snapshot it holds in the store itself."""
+
+    def load(self, request: LoadRequest) -> LoadResult:
+        """Bring ``request.table`` to ``request.snapshot_id``; return the counts."""
+
+    def loaded_snapshot(self, tenant: str, table: str) -> int | None:
+        """The snapshot the store holds for ``table``, or None if it was never loaded."""
 
 
 @dataclass(frozen=True)
 class LoaderDescriptor:
-    """A loader from curated data into a serving store."""
+    """One kind of serving store (PostgreSQL, Elasticsearch, ...): ``loader`` names a factory of a ``Loader``.
+
+    ``settings_schema`` is the JSON Schema of its settings (titles, descriptions, ``secret`` where it holds one).
+    """
 
     name: str
-    run: Callable[..., Any]
+    loader: str
     description: str = ""
+    settings_schema: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_loader(self) -> Callable[..., Loader]:
+        """The loader's factory (a class, usually), called with the resolved settings."""
+        factory: Callable[..., Loader] = load_object(self.loader)
+        return factory
+
+
+# -- activation ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """A destination's documented limits: members per request and requests per second."""
+
+    max_batch_size: int
+    requests_per_second: float
+
+
+class MemberOutcome(enum.Enum):
+    """What a destination did with one audience member."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One member's result at a destination, with the reason when it was rejected."""
+
+    member_id: str
+    outcome: MemberOutcome
+    reason: str = ""
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """Sends audience members to one activation destination."""
+
+    def send(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
+        """Send one batch (at most the channel's ``max_batch_size``); one result per member."""
+
+    def remove(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
+        """Take members out of the destination's audience (those who left a segment)."""
+
+
+@dataclass(frozen=True)
+class ActivatorDescriptor:
+    """An activation destination (email, Facebook Custom Audiences, Google audiences, ...).
+
+    ``sender`` names a factory of a ``Sender`` (called with the resolved settings); ``sandbox`` a factory of the ASGI
+    app that emulates the provider for tests and the demo; ``limits`` the provider's documented limits.
+    """
+
+    name: str
+    sender: str
+    limits: ChannelLimits
+    description: str = ""
+    settings_schema: Mapping[str, Any] = field(default_factory=dict)
+    sandbox: str | None = None
+
+    def load_sender(self) -> Callable[..., Sender]:
+        """The sender's factory."""
+        factory: Callable[..., Sender] = load_object(self.sender)
+        return factory
+
+    def load_sandbox(self) -> Callable[..., Any]:
+        """The sandbox factory; a CdpError when the destination has none."""
+        if self.sandbox is None:
+            raise CdpError(f"activation destination '{self.name}' has no sandbox")
+        factory: Callable[..., Any] = load_object(self.sandbox)
+        return factory
+
+
+# -- alerts -------------------------------------------------------------------------------------------------------
 
 
 class Severity(StrEnum):

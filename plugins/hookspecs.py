@@ -2,8 +2,13 @@
 """Every hook a CDP plugin may implement.
 
 Each hook is a bare function with a one-line summary; docs/plugins.md documents each one with an example, and a test
-keeps the two in step. Implementations may accept any subset of a hook's arguments (pluggy's rule), and they are
-registered by exposing a ``cdp`` entry point that points at the module holding them.
+keeps the two in step. Every hook receives ``context`` (a :class:`plugins.context.CdpContext`: the project and its
+settings); implementations may accept any subset of a hook's arguments (pluggy's rule), so a plugin that needs no
+context leaves it out. Plugins are registered by exposing a ``cdp`` entry point that points at the module holding
+them.
+
+Hooks return descriptors (``plugins.descriptors``) that name their implementation by import path: answering a hook
+must stay cheap, because ``cdp --help`` and ``cdp plugins list`` call them all.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from plugins.context import CdpContext
     from plugins.descriptors import (
+        ActivatorDescriptor,
         AlertSink,
         CommandGroup,
-        DestinationDescriptor,
         LoaderDescriptor,
         SourceDescriptor,
+        TargetDescriptor,
         TransformDescriptor,
     )
 
@@ -29,30 +36,35 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
-def cdp_sources() -> list[SourceDescriptor]:
-    """Return the data sources this plugin provides: name, Singer tap class, streams, sandbox, webhook handler."""
+def cdp_sources(context: CdpContext) -> list[SourceDescriptor]:
+    """Return the data sources this plugin provides: name, Singer tap, streams, sandbox, webhook handler."""
 
 
 @hookspec
-def cdp_alert_sinks() -> list[AlertSink]:
-    """Return alert sinks that receive operational alerts (schema drift, DLQ volume, extraction failures)."""
-
-
-@hookspec
-def cdp_commands() -> list[CommandGroup]:
-    """Return command groups the plugin adds to the ``cdp`` CLI (e.g. ``cdp webhooks``), as typer apps."""
-
-
-@hookspec
-def cdp_destinations() -> list[DestinationDescriptor]:
+def cdp_targets(context: CdpContext) -> list[TargetDescriptor]:
     """Return the Singer targets this plugin provides (where extracted records land)."""
 
 
 @hookspec
-def cdp_transforms() -> list[TransformDescriptor]:
-    """Return the transforms this plugin provides (raw zone to curated Parquet). Declared, not yet used."""
+def cdp_transforms(context: CdpContext) -> list[TransformDescriptor]:
+    """Return the transforms this plugin provides: inputs (raw subjects or tables), output table, key, function."""
 
 
 @hookspec
-def cdp_loaders() -> list[LoaderDescriptor]:
-    """Return the loaders this plugin provides (curated data into a serving store). Declared, not yet used."""
+def cdp_loaders(context: CdpContext) -> list[LoaderDescriptor]:
+    """Return the loaders this plugin provides: serving stores kept in step with the processed tables."""
+
+
+@hookspec
+def cdp_activators(context: CdpContext) -> list[ActivatorDescriptor]:
+    """Return the activation destinations this plugin provides (email, ad audiences): sender, limits, sandbox."""
+
+
+@hookspec
+def cdp_alert_sinks(context: CdpContext) -> list[AlertSink]:
+    """Return alert sinks that receive operational alerts (schema drift, DLQ volume, extraction failures)."""
+
+
+@hookspec
+def cdp_commands(context: CdpContext) -> list[CommandGroup]:
+    """Return command groups the plugin adds to the ``cdp`` CLI (e.g. ``cdp acme ...``), as typer apps."""

@@ -12,28 +12,38 @@ from typing import Any
 import pluggy
 
 from plugins import hookspecs
+from plugins.context import CdpContext
 from plugins.core.errors import CdpError
-from plugins.descriptors import AlertSink, CommandGroup, DestinationDescriptor, SourceDescriptor
+from plugins.descriptors import (
+    ActivatorDescriptor,
+    AlertSink,
+    CommandGroup,
+    LoaderDescriptor,
+    PluginLoadError,
+    SourceDescriptor,
+    TargetDescriptor,
+    TransformDescriptor,
+    order_transforms,
+)
 
 ENTRY_POINT_GROUP = "cdp"
 PLUGINS_ENV_VAR = "CDP_PLUGINS"
 
 HOOK_KINDS = {
     "cdp_sources": "source",
-    "cdp_destinations": "destination",
+    "cdp_targets": "target",
     "cdp_transforms": "transform",
     "cdp_loaders": "loader",
+    "cdp_activators": "activator",
     "cdp_alert_sinks": "alert-sink",
     "cdp_commands": "cli",
 }
 
+__all__ = ["PluginLoadError", "UnknownPluginError", "create_plugin_manager", "plugin_manager"]
+
 
 class UnknownPluginError(CdpError, LookupError):
-    """A plugin, source or destination was asked for by a name nothing registered."""
-
-
-class PluginLoadError(CdpError):
-    """A registered plugin failed to import or register."""
+    """A plugin, source, target, transform, loader or activator was asked for by a name nothing registered."""
 
 
 def _enabled_names() -> list[str] | None:
@@ -71,41 +81,78 @@ def plugin_manager() -> pluggy.PluginManager:
     return create_plugin_manager()
 
 
-def _flatten(results: list[list[Any]]) -> list[Any]:
+def _context(context: CdpContext | None) -> CdpContext:
+    return context if context is not None else CdpContext.discover()
+
+
+def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContext | None) -> list[Any]:
+    """Every item the plugins return from one hook, in registration order."""
+    pm = pm or plugin_manager()
+    results = getattr(pm.hook, hook_name)(context=_context(context))
     return [item for result in results for item in (result or [])]
 
 
-def sources(pm: pluggy.PluginManager | None = None) -> dict[str, SourceDescriptor]:
-    """Every registered source, by name."""
-    pm = pm or plugin_manager()
-    return {source.name: source for source in _flatten(pm.hook.cdp_sources())}
+def _by_name(kind: str, items: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in items:
+        if item.name in found:
+            raise PluginLoadError(f"two plugins register a {kind} named '{item.name}'; uninstall one")
+        found[item.name] = item
+    return found
 
 
-def get_source(name: str, pm: pluggy.PluginManager | None = None) -> SourceDescriptor:
-    """The source called ``name``, or an error listing the ones that exist."""
-    known = sources(pm)
+def _get(kind: str, known: dict[str, Any], name: str) -> Any:
     if name not in known:
-        msg = f"no source plugin named '{name}' (known: {', '.join(sorted(known)) or 'none'})"
+        msg = f"no {kind} plugin named '{name}' (known: {', '.join(sorted(known)) or 'none'})"
         raise UnknownPluginError(msg)
     return known[name]
 
 
-def destinations(pm: pluggy.PluginManager | None = None) -> dict[str, DestinationDescriptor]:
-    """Every registered destination, by name."""
-    pm = pm or plugin_manager()
-    return {dest.name: dest for dest in _flatten(pm.hook.cdp_destinations())}
+def sources(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, SourceDescriptor]:
+    """Every registered source, by name."""
+    return _by_name("source", _collect("cdp_sources", pm, context))
 
 
-def command_groups(pm: pluggy.PluginManager | None = None) -> dict[str, CommandGroup]:
+def get_source(
+    name: str, pm: pluggy.PluginManager | None = None, context: CdpContext | None = None
+) -> SourceDescriptor:
+    """The source called ``name``, or an error listing the ones that exist."""
+    source: SourceDescriptor = _get("source", sources(pm, context), name)
+    return source
+
+
+def targets(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, TargetDescriptor]:
+    """Every registered Singer target, by name."""
+    return _by_name("target", _collect("cdp_targets", pm, context))
+
+
+def transforms(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> list[TransformDescriptor]:
+    """Every registered transform, in the order they must run (each after the producers of the tables it reads)."""
+    return order_transforms(_by_name("transform", _collect("cdp_transforms", pm, context)).values())
+
+
+def loaders(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, LoaderDescriptor]:
+    """Every registered loader (kind of serving store), by name."""
+    return _by_name("loader", _collect("cdp_loaders", pm, context))
+
+
+def activators(
+    pm: pluggy.PluginManager | None = None, context: CdpContext | None = None
+) -> dict[str, ActivatorDescriptor]:
+    """Every registered activation destination, by name."""
+    return _by_name("activation destination", _collect("cdp_activators", pm, context))
+
+
+def command_groups(
+    pm: pluggy.PluginManager | None = None, context: CdpContext | None = None
+) -> dict[str, CommandGroup]:
     """Every CLI command group plugins contribute, by name."""
-    pm = pm or plugin_manager()
-    return {group.name: group for group in _flatten(pm.hook.cdp_commands())}
+    return _by_name("command group", _collect("cdp_commands", pm, context))
 
 
-def alert_sinks(pm: pluggy.PluginManager | None = None) -> list[AlertSink]:
+def alert_sinks(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> list[AlertSink]:
     """Every registered alert sink."""
-    pm = pm or plugin_manager()
-    return list(_flatten(pm.hook.cdp_alert_sinks()))
+    return list(_collect("cdp_alert_sinks", pm, context))
 
 
 @dataclass(frozen=True)

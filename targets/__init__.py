@@ -1,1 +1,1 @@
-"""Singer targets: where extracted records land (registered through the ``cdp_destinations`` hook)."""
+"""Singer targets: where extracted records land (registered through the ``cdp_targets`` hook)."""

@@ -83,7 +83,7 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def stripe_sandbox() -> Iterator[SandboxServer]:
     """The Stripe sandbox with 250 customers, on a free port."""
-    from plugins.descriptors import SandboxOptions
+    from plugins.connectors.sandbox import SandboxOptions
     from taps.stripe.sandbox import create_sandbox
 
     with SandboxServer(create_sandbox(SandboxOptions(records=250))) as server:

@@ -25,7 +25,7 @@ def test_plugins_list_json_shows_the_built_ins() -> None:
     assert result.returncode == 0
     names = {entry["name"]: entry["kinds"] for entry in json.loads(result.stdout)}
     assert names["tap-stripe"] == ["source"]
-    assert names["target-s3raw"] == ["destination"]
+    assert names["target-s3raw"] == ["target"]
 
 
 def test_plugins_list_prints_a_table_for_people() -> None:
@@ -169,3 +169,21 @@ def test_sandbox_serve_tls_serves_https_with_the_ca_it_prints(tmp_path: Path) ->
         server.terminate()
         server.wait(timeout=10)
     assert not Path(ca_file).exists()  # the throwaway certificate goes with the server
+
+
+def test_help_lists_every_built_in_with_its_own_summary_without_importing_it() -> None:
+    code = (
+        "import sys\n"
+        "from plugins.cli.app import main\n"
+        "main(['--help'])\n"
+        "heavy = ('pyarrow', 'plugins.dlq', 'schema_registry', 'plugins.cli.demo_cmd', 'singer_sdk', 'starlette')\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []"
+    from plugins.cli.app import BUILT_IN_COMMANDS, load_built_in
+
+    for name, (_, summary) in BUILT_IN_COMMANDS.items():
+        assert f" {name} " in result.stdout
+        command = load_built_in(name)
+        assert " ".join((command.help or "").split()) == summary, f"cdp {name}: update BUILT_IN_COMMANDS' summary"

@@ -15,7 +15,15 @@ HOOKS = sorted(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunc
 
 
 def test_there_are_hooks() -> None:
-    assert {"cdp_sources", "cdp_alert_sinks", "cdp_destinations", "cdp_transforms", "cdp_loaders"} <= set(HOOKS)
+    assert set(HOOKS) == {
+        "cdp_sources",
+        "cdp_targets",
+        "cdp_transforms",
+        "cdp_loaders",
+        "cdp_activators",
+        "cdp_alert_sinks",
+        "cdp_commands",
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)

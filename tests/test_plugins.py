@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -15,23 +16,35 @@ import pytest
 
 from plugins import hookimpl
 from plugins.alerts import LogAlertSink, raise_alert
+from plugins.context import CdpContext
 from plugins.descriptors import (
     Alert,
-    DestinationDescriptor,
-    LoaderDescriptor,
+    LoadMode,
+    LoadRequest,
+    MemberOutcome,
+    PluginLoadError,
+    RawInput,
     Severity,
     SourceDescriptor,
+    TableInput,
+    TargetDescriptor,
     TransformDescriptor,
+    TransformGraphError,
+    order_transforms,
 )
 from plugins.manager import (
     UnknownPluginError,
+    activators,
     alert_sinks,
     create_plugin_manager,
     describe_plugins,
-    destinations,
     get_source,
+    loaders,
     sources,
+    targets,
+    transforms,
 )
+from tests import plugin_examples
 
 BUILT_INS = {"cdp-alerts-log", "tap-stripe", "target-s3raw"}
 
@@ -66,7 +79,7 @@ def third_party_package(tmp_path: Path) -> Path:
 
             @hookimpl
             def cdp_sources():
-                return [SourceDescriptor(name="acme", tap_class=TapAcme, streams=["contacts"])]
+                return [SourceDescriptor(name="acme", tap="cdp_acme_tap:TapAcme", streams=["contacts"])]
             """
         )
     )
@@ -89,7 +102,7 @@ def test_cdp_plugins_restricts_what_loads(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CDP_PLUGINS", "tap-stripe, cdp-alerts-log")
     pm = create_plugin_manager()
     assert {name for name, _ in pm.list_name_plugin()} == {"tap-stripe", "cdp-alerts-log"}
-    assert destinations(pm) == {}
+    assert targets(pm) == {}
 
 
 def test_cdp_plugins_naming_an_unknown_plugin_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +130,7 @@ def test_describe_plugins_reports_kinds_versions_and_hooks() -> None:
     infos = {info.name: info for info in describe_plugins(create_plugin_manager())}
     assert infos["tap-stripe"].kinds == ["source"]
     assert infos["tap-stripe"].module == "taps.stripe"
-    assert infos["target-s3raw"].hooks == ["cdp_destinations"]
+    assert infos["target-s3raw"].hooks == ["cdp_targets"]
     assert infos["tap-stripe"].version == "0.1.0"
 
 
@@ -138,21 +151,37 @@ def _manager_with(plugin: ModuleType | object) -> pluggy.PluginManager:
 def test_hook_cdp_sources() -> None:
     class Plugin:
         @hookimpl
-        def cdp_sources(self) -> list[SourceDescriptor]:
-            from taps.stripe.tap import TapStripe
-
-            return [SourceDescriptor(name="demo", tap_class=TapStripe, streams=["customers"])]
+        def cdp_sources(self, context: CdpContext) -> list[SourceDescriptor]:
+            assert context.project_root is not None  # the tests run inside the project
+            return [SourceDescriptor(name="demo", tap="taps.stripe.tap:TapStripe", streams=["customers"])]
 
     found = sources(_manager_with(Plugin()))
     assert list(found) == ["demo"]
     assert found["demo"].executable == "tap-demo"
-    assert get_source("stripe", create_plugin_manager()).sandbox is not None
+    assert found["demo"].load_tap().name == "tap-stripe"
+    stripe = get_source("stripe", create_plugin_manager())
+    assert stripe.load_sandbox().__name__ == "create_sandbox"
+    assert stripe.load_webhook_handler().provider == "stripe"
 
 
-def test_hook_cdp_destinations() -> None:
-    found = destinations(create_plugin_manager())
+@pytest.mark.parametrize("provider", ["stripe", "shopify", "salesforce"])
+def test_a_source_descriptor_lists_the_streams_its_tap_discovers(provider: str) -> None:
+    source = get_source(provider, create_plugin_manager())
+    tap_class = source.load_tap()
+    if provider == "salesforce":
+        from taps.salesforce.streams import DEFAULT_OBJECTS
+
+        assert list(source.streams) == DEFAULT_OBJECTS
+    else:
+        stream_types = importlib.import_module(f"taps.{provider}.streams").STREAM_TYPES
+        assert list(source.streams) == [stream.name for stream in stream_types]
+    assert tap_class.name == f"tap-{provider}"
+
+
+def test_hook_cdp_targets() -> None:
+    found = targets(create_plugin_manager())
     assert found["s3raw"].executable == "target-s3raw"
-    assert found["s3raw"].target_class.name == "target-s3raw"
+    assert found["s3raw"].load_target().name == "target-s3raw"
 
 
 def test_hook_cdp_alert_sinks(caplog: pytest.LogCaptureFixture) -> None:
@@ -206,7 +235,6 @@ def test_hook_cdp_commands() -> None:
             return [CommandGroup(name="acme", app=group_app)]
 
     assert command_groups(_manager_with(Plugin()))["acme"].app is group_app
-    assert "webhooks" in command_groups(create_plugin_manager())  # tap-webhooks adds `cdp webhooks`
 
 
 def test_plugin_commands_run_from_the_cli_and_cannot_shadow_built_ins(third_party_package: Path) -> None:
@@ -241,30 +269,91 @@ def test_plugin_commands_run_from_the_cli_and_cannot_shadow_built_ins(third_part
 
 
 def test_hook_cdp_transforms() -> None:
-    class Plugin:
-        @hookimpl
-        def cdp_transforms(self) -> list[TransformDescriptor]:
-            return [TransformDescriptor(name="unify", run=lambda: "ran")]
+    ordered = transforms(_manager_with(plugin_examples))
+    # customer_totals reads the tables of customers and orders, so it runs after both.
+    assert [t.name for t in ordered] == ["customers", "orders", "customer_totals"]
+    assert isinstance(plugin_examples.SEEN_CONTEXTS[-1], CdpContext)
+    tables: dict[str, list[dict[str, object]]] = {}
+    raw = {
+        "contacts": [{"id": "c1", "email": " Ada@Example.COM "}, {"id": "c2", "email": "bo@example.com"}],
+        "orders": [{"id": "o1", "contact_id": "c1", "amount": 5}, {"id": "o2", "contact_id": "c1", "amount": 7}],
+    }
+    for transform in ordered:
+        arguments = {
+            source.stream if isinstance(source, RawInput) else source.table: (
+                raw[source.stream] if isinstance(source, RawInput) else tables[source.table]
+            )
+            for source in transform.inputs
+        }
+        tables[transform.output] = transform.load_function()(**arguments)
+    assert tables["customers"][0] == {"customer_id": "c1", "email": "ada@example.com"}
+    assert tables["customer_totals"] == [{"customer_id": "c1", "total": 12}, {"customer_id": "c2", "total": 0}]
 
-    results = _manager_with(Plugin()).hook.cdp_transforms()
-    assert [t.name for group in results for t in group] == ["unify"]
-    assert results[0][0].run() == "ran"
+
+def _transform(name: str, output: str, *tables: str) -> TransformDescriptor:
+    return TransformDescriptor(
+        name=name, inputs=[TableInput(t) for t in tables], output=output, key=["id"], function="x:y"
+    )
 
 
-def test_hook_cdp_loaders() -> None:
-    class Plugin:
-        @hookimpl
-        def cdp_loaders(self) -> list[LoaderDescriptor]:
-            return [LoaderDescriptor(name="postgres", run=lambda: "loaded")]
+def test_transforms_that_cannot_be_ordered_fail_with_one_line() -> None:
+    with pytest.raises(TransformGraphError, match="reads table 'nowhere', which no transform writes"):
+        order_transforms([_transform("a", "a", "nowhere")])
+    with pytest.raises(TransformGraphError, match="cycle"):
+        order_transforms([_transform("a", "a", "b"), _transform("b", "b", "a")])
+    with pytest.raises(TransformGraphError, match="both write 'same'"):
+        order_transforms([_transform("a", "same"), _transform("b", "same")])
 
-    results = _manager_with(Plugin()).hook.cdp_loaders()
-    assert [loader.name for group in results for loader in group] == ["postgres"]
+
+def test_hook_cdp_loaders(tmp_path: Path) -> None:
+    found = loaders(_manager_with(plugin_examples))
+    snapshots = {7: [{"customer_id": "c1", "email": "ada@example.com"}]}
+    loader = found["sqlite"].load_loader()(str(tmp_path / "store.db"), lambda table, snapshot: snapshots[snapshot])
+    assert loader.loaded_snapshot("acme", "customers") is None
+    result = loader.load(LoadRequest("acme", "customers", 7, None, LoadMode.FULL_REFRESH))
+    assert (result.inserted, result.snapshot_id) == (1, 7)
+    assert loader.loaded_snapshot("acme", "customers") == 7
 
 
-def test_destination_descriptor_names_its_executable() -> None:
-    from targets.s3raw.target import TargetS3Raw
+def test_hook_cdp_activators(tmp_path: Path) -> None:
+    jsonl = activators(_manager_with(plugin_examples))["jsonl"]
+    assert jsonl.limits.max_batch_size == 2
+    sender = jsonl.load_sender()(tmp_path / "audience.jsonl")
+    results = sender.send([{"customer_id": "c1", "email": "ada@example.com"}, {"customer_id": "c2"}])
+    assert [r.outcome for r in results] == [MemberOutcome.ACCEPTED, MemberOutcome.REJECTED]
+    assert results[1].reason == "no email"
+    assert (tmp_path / "audience.jsonl").read_text().count("\n") == 1
 
-    assert DestinationDescriptor(name="x", target_class=TargetS3Raw).executable == "target-x"
+
+def test_descriptors_import_their_implementation_only_when_used() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from plugins.manager import activators, create_plugin_manager, loaders, sources, targets, transforms
+        from tests import plugin_examples
+
+        pm = create_plugin_manager()
+        pm.register(plugin_examples, name="examples")
+        sources(pm), targets(pm), transforms(pm), loaders(pm), activators(pm)
+        heavy = ("singer_sdk", "starlette", "uvicorn", "graphql", "psycopg", "pyspark", "jsonschema", "boto3")
+        implementations = ("sandbox", "tap", "target", "plugin_examples.")
+        print(sorted(m for m in sys.modules if m.startswith(heavy) or m.endswith(implementations)))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_descriptor_naming_a_missing_implementation_fails_with_one_line() -> None:
+    source = SourceDescriptor(name="ghost", tap="ghost_package.tap:TapGhost", streams=[])
+    with pytest.raises(PluginLoadError, match=r"cannot import 'ghost_package\.tap:TapGhost': ModuleNotFoundError"):
+        source.load_tap()
+    with pytest.raises(PluginLoadError, match="not an import path"):
+        TargetDescriptor(name="x", target="no-colon").load_target()
+
+
+def test_target_descriptor_names_its_executable() -> None:
+    assert TargetDescriptor(name="x", target="targets.s3raw.target:TargetS3Raw").executable == "target-x"
 
 
 def test_a_plugin_that_fails_to_import_is_named_in_the_error(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ import pytest
 import requests
 from simple_salesforce import Salesforce
 
-from plugins.connectors.sandbox import Fault, FaultPlan, FaultPlanError, SandboxServer
-from plugins.descriptors import SandboxOptions
+from plugins.connectors.sandbox import Fault, FaultPlan, FaultPlanError, SandboxOptions, SandboxServer
 from taps.salesforce.sandbox import DEFAULT_ACCESS_TOKEN
 from taps.salesforce.sandbox import create_sandbox as salesforce_sandbox
 from taps.shopify.sandbox import create_sandbox as shopify_sandbox

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import requests
 
-from plugins.connectors.sandbox import FaultPlan, SandboxServer
+from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
 from plugins.connectors.tap_runtime import StreamsFailedError
 from plugins.connectors.testing import FakeClock, TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
 from plugins.core.errors import ConfigError
-from plugins.descriptors import SandboxOptions
 from taps.salesforce.client import SalesforceStream, format_datetime
 from taps.salesforce.sandbox import (
     DEFAULT_ACCESS_TOKEN,

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from plugins.connectors.sandbox import SandboxServer
-from plugins.descriptors import SandboxOptions
+from plugins.connectors.sandbox import SandboxOptions, SandboxServer
 from taps.salesforce.sandbox import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_CLIENT_ID,

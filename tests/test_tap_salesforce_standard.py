@@ -7,8 +7,8 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
+from plugins.connectors.sandbox import SandboxOptions
 from plugins.connectors.testing import standard_tap_test_class
-from plugins.descriptors import SandboxOptions
 from taps.salesforce.sandbox import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REFRESH_TOKEN, create_sandbox
 from taps.salesforce.tap import TapSalesforce
 

@@ -17,11 +17,10 @@ import pytest
 import requests
 from starlette.types import ASGIApp
 
-from plugins.connectors.sandbox import FaultPlan, SandboxServer
+from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
 from plugins.connectors.tap_runtime import StreamsFailedError
 from plugins.connectors.testing import FakeClock, run_tap, run_tap_process, standard_tap_test_class, start_tap_process
 from plugins.core.errors import ConfigError
-from plugins.descriptors import SandboxOptions
 from taps.shopify import client as shopify_client
 from taps.shopify import tap as shopify_tap
 from taps.shopify.client import CostBudget, ShopifyStream

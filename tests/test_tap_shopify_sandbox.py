@@ -10,8 +10,7 @@ import orjson
 import pytest
 import requests
 
-from plugins.connectors.sandbox import SandboxServer
-from plugins.descriptors import SandboxOptions
+from plugins.connectors.sandbox import SandboxOptions, SandboxServer
 from plugins.manager import get_source
 from taps.shopify.sandbox import DEFAULT_ACCESS_TOKEN, CostBucket, create_sandbox
 from taps.shopify.streams import STREAM_TYPES
@@ -171,8 +170,8 @@ def test_same_seed_builds_the_same_store_with_unicode_and_nested_shapes() -> Non
 
 def test_shopify_is_registered_as_a_source_with_its_sandbox() -> None:
     source = get_source("shopify")
-    assert source.tap_class is TapShopify
-    assert source.sandbox is create_sandbox
+    assert source.load_tap() is TapShopify
+    assert source.load_sandbox() is create_sandbox
     assert list(source.streams) == ["customers", "orders", "products", "inventory_items", "draft_orders"]
 
 

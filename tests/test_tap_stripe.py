@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import requests
 
-from plugins.connectors.sandbox import FaultPlan, SandboxServer
+from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
 from plugins.connectors.tap_runtime import StreamsFailedError
 from plugins.connectors.testing import FakeClock, dead_letters, run_tap, start_tap_process
 from plugins.core.errors import ConfigError
-from plugins.descriptors import SandboxOptions
 from taps.stripe.client import StripeStream
 from taps.stripe.sandbox import StripeState, create_sandbox
 from taps.stripe.streams import STREAM_TYPES

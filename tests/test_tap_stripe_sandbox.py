@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from plugins.connectors.sandbox import FaultPlan, SandboxServer
-from plugins.descriptors import SandboxOptions
+from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
 from taps.stripe.sandbox import DEFAULT_API_KEY, EVENT_RETENTION_SECONDS, create_sandbox
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}

@@ -8,8 +8,8 @@ from typing import Any
 from singer_sdk.testing import SuiteConfig
 from starlette.types import ASGIApp
 
+from plugins.connectors.sandbox import SandboxOptions
 from plugins.connectors.testing import standard_tap_test_class
-from plugins.descriptors import SandboxOptions
 from taps.stripe.sandbox import DEFAULT_API_KEY, create_sandbox
 from taps.stripe.tap import TapStripe
 

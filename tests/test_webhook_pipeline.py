@@ -276,7 +276,7 @@ def test_a_drain_with_a_bookmark_from_a_recreated_log_fails_in_one_line_and_comm
 def test_shipped_meltano_yml_lands_tap_stripe_events_and_drained_webhooks_side_by_side_with_nothing_in_the_dlq(
     tmp_path: Path, receiver_in_thread: str
 ) -> None:
-    from plugins.descriptors import SandboxOptions
+    from plugins.connectors.sandbox import SandboxOptions
     from taps.stripe.sandbox import create_sandbox
 
     with httpx.Client() as client:

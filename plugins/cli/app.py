@@ -2,38 +2,93 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from plugins.cli import demo_cmd, dlq_cmd, new_cmd, plugins_cmd, sandbox_cmd, schema_cmd
 from plugins.cli.output import print_error
 from plugins.core.errors import CdpError
 
+# The built-in command groups, imported only when one is run: `cdp --help` and `cdp plugins list` stay fast because
+# no other group's modules (pyarrow, the DLQ tools, the registry) load. Each entry: import path, one-line help (the
+# same as the group's own; tests/test_cli.py keeps them equal).
+BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("plugins.cli.plugins_cmd:app", "Inspect the installed plugins."),
+    "sandbox": ("plugins.cli.sandbox_cmd:app", "Local emulators of the providers' APIs."),
+    "schema": (
+        "plugins.cli.schema_cmd:app",
+        "The schema registry: subjects tenant/provider/stream and their versions.",
+    ),
+    "dlq": ("plugins.cli.dlq_cmd:app", "The dead letter queue: list, show, stats, reprocess, resubmit, purge, audit."),
+    "new": ("plugins.cli.new_cmd:app", "Scaffold new connectors."),
+    "webhooks": ("plugins.cli.webhooks_cmd:app", "The webhook receiver and its durable log."),
+    "demo": (
+        "plugins.cli.demo_cmd:demo",
+        "Start the Stripe sandbox, run 'meltano run tap-stripe target-s3raw' and show what landed.",
+    ),
+}
+
+
+def load_built_in(name: str) -> Any:
+    """The click command of a built-in group (or single command), imported now."""
+    path, _ = BUILT_IN_COMMANDS[name]
+    module_name, _, attribute = path.partition(":")
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, typer.Typer):
+        command: Any = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyCommands(TyperGroup):
+    """The root group: built-in groups load on use; help lists them from their one-line summaries."""
+
+    _listing_help = False
+
+    # Typer passes its own (vendored) click types; they are only handed through here, hence Any.
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*BUILT_IN_COMMANDS, *(name for name in super().list_commands(ctx) if name not in BUILT_IN_COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in BUILT_IN_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        if self._listing_help:  # the summary is enough to list it
+            return TyperCommand(cmd_name, help=BUILT_IN_COMMANDS[cmd_name][1])
+        return load_built_in(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing_help = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing_help = False
+
+
 app = typer.Typer(
     name="cdp",
+    cls=LazyCommands,
     help="Customer data platform connectors: plugins, sandboxes, the raw zone and its tools.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(plugins_cmd.app, name="plugins")
-app.add_typer(sandbox_cmd.app, name="sandbox")
-app.add_typer(schema_cmd.app, name="schema")
-app.add_typer(dlq_cmd.app, name="dlq")
-app.add_typer(new_cmd.app, name="new")
-app.command("demo")(demo_cmd.demo)
-BUILT_IN_COMMANDS = frozenset({"plugins", "sandbox", "schema", "dlq", "new", "demo"})
 
 
 def add_plugin_commands(args: list[str]) -> None:
     """Add the command groups plugins contribute (``cdp_commands``), unless ``args`` name a built-in command.
 
-    Loading every plugin takes a second or two, so a built-in command does not pay for it; help and plugin commands do.
+    A built-in command does not load the plugins at all; help and plugin commands load them (cheap: descriptors import
+    their implementations only when used).
     """
     command = next((arg for arg in args if not arg.startswith("-")), None)
     if command in BUILT_IN_COMMANDS:

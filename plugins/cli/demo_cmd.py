@@ -11,12 +11,11 @@ import typer
 from rich.table import Table
 
 from plugins.cli.output import console, styled
-from plugins.connectors.sandbox import SandboxServer
+from plugins.connectors.sandbox import SandboxOptions, SandboxServer
 from plugins.core.errors import CdpError
 from plugins.core.layout import BATCH_SUFFIX, parse_batch_key
 from plugins.core.raw_zone import read_batch
 from plugins.core.storage import ObjectStore
-from plugins.descriptors import SandboxOptions
 from plugins.manager import get_source
 from plugins.meltano.project import find_project_root, run_meltano
 
@@ -30,11 +29,9 @@ def demo(
     """Start the Stripe sandbox, run 'meltano run tap-stripe target-s3raw' and show what landed."""
     root = find_project_root()
     source = get_source(DEMO_SOURCE)
-    if source.sandbox is None:
-        raise CdpError(f"source '{DEMO_SOURCE}' has no sandbox")
     options = SandboxOptions(records=records)
     started = datetime.now(UTC)
-    with SandboxServer(source.sandbox(options)) as sandbox:
+    with SandboxServer(source.load_sandbox()(options)) as sandbox:
         console.print(
             styled(("1/2", "bold"), f" {DEMO_SOURCE} sandbox serving {records} records per resource on {sandbox.url}")
         )

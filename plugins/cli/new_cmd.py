@@ -1,15 +1,20 @@
 """``cdp new tap NAME``: scaffold a tap package with the shape every CDP tap has, registered and tested.
 
-It writes ``taps/NAME/`` (``__init__.py`` registering the source through ``cdp_sources``, ``tap.py``, ``client.py``,
-``streams.py``, ``sandbox.py`` serving a documented example endpoint, ``schemas/items.json``) and
-``tests/test_tap_NAME.py`` (singer-sdk's standard suite against the sandbox), and adds the ``cdp`` entry point and the
-``tap-NAME`` console script to pyproject.toml. The generated tap passes its generated tests as it stands.
+Names follow Meltano's convention: ``cdp new tap acme-crm`` makes the extractor ``tap-acme-crm`` (provider
+``acme-crm``) in the Python package ``taps/acme_crm``. It writes ``taps/acme_crm/`` (``__init__.py`` registering the
+source through ``cdp_sources``, ``tap.py``, ``client.py``, ``streams.py``, ``sandbox.py`` serving a documented example
+endpoint, ``schemas/items.json``) and ``tests/test_tap_acme_crm.py`` (singer-sdk's standard suite against the
+sandbox); adds the ``cdp`` entry point and the ``tap-acme-crm`` console script to pyproject.toml; and adds the
+extractor to meltano.yml with the settings every CDP tap has (tenant, provider, DLQ) and a dev environment pointing at
+its sandbox, so ``meltano run tap-acme-crm target-s3raw`` works once the package is installed. The generated tap
+passes its generated tests as it stands.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -25,7 +30,7 @@ from plugins.meltano.project import find_project_root
 app = typer.Typer(help="Scaffold new connectors.", no_args_is_help=True)
 
 TEMPLATES = Path(__file__).parent / "templates" / "tap"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9]*([-_][a-z0-9]+)*")
 _RESERVED = {"stripe", "shopify", "salesforce", "webhooks", "test", "testing"}
 
 
@@ -37,18 +42,26 @@ class ScaffoldResult:
     package: Path
     files: list[Path]
     pyproject_changes: list[str]
+    meltano_changes: list[str]
 
     def as_dict(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "extractor": f"tap-{self.name}",
             "package": str(self.package),
             "files": [str(path) for path in self.files],
             "pyproject_changes": self.pyproject_changes,
+            "meltano_changes": self.meltano_changes,
         }
 
 
-def _class_name(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
+def _class_name(package: str) -> str:
+    return "".join(part.capitalize() for part in package.split("_"))
+
+
+def default_sandbox_port(name: str) -> int:
+    """A stable port for the scaffolded sandbox, clear of the built-in ones (12111-12113)."""
+    return 12120 + zlib.crc32(name.encode()) % 800
 
 
 def _add_to_section(text: str, section: str, key: str, value: str) -> tuple[str, bool]:
@@ -74,13 +87,13 @@ def _add_to_section(text: str, section: str, key: str, value: str) -> tuple[str,
     return "".join(lines), True
 
 
-def register_in_pyproject(pyproject: Path, name: str, class_name: str) -> list[str]:
+def register_in_pyproject(pyproject: Path, name: str, package: str, class_name: str) -> list[str]:
     """Add the ``cdp`` entry point and the ``tap-NAME`` console script; returns the lines added."""
     text = pyproject.read_text(encoding="utf-8")
     added = []
     entries = [
-        ("project.scripts", f"tap-{name}", f"taps.{name}.tap:Tap{class_name}.cli"),
-        ("project.entry-points.cdp", f"tap-{name}", f"taps.{name}"),
+        ("project.scripts", f"tap-{name}", f"taps.{package}.tap:Tap{class_name}.cli"),
+        ("project.entry-points.cdp", f"tap-{name}", f"taps.{package}"),
     ]
     for section, key, value in entries:
         text, changed = _add_to_section(text, section, key, value)
@@ -92,28 +105,125 @@ def register_in_pyproject(pyproject: Path, name: str, class_name: str) -> list[s
     return added
 
 
+_EXTRACTOR = """\
+    - name: tap-{name}
+      namespace: tap_{package}
+      executable: tap-{name}
+      capabilities: [catalog, discover, state, about, stream-maps]
+      settings:
+        - name: provider
+          kind: string
+          value: {name}
+          description: Provider name in raw-zone and DLQ paths (target-s3raw reads it as $MELTANO_EXTRACT_PROVIDER).
+        - name: api_key
+          kind: string
+          sensitive: true
+          description: The API key (sent as a bearer token).
+        - name: api_url
+          kind: string
+          value: {api_url}
+          description: Base URL of the API (a local sandbox in dev).
+        - name: start_date
+          kind: date_iso8601
+          description: Extract items updated at or after this instant on the first run.
+        - name: tenant
+          kind: string
+          description: Tenant of this extraction (names its DLQ and raw-zone folders).
+        - name: dlq_url
+          kind: string
+          description: Where failed requests go; default CDP_DLQ_URL, else data/dlq.
+        - name: s3_endpoint_url
+          kind: string
+          description: S3-compatible endpoint for an s3:// DLQ; default AWS.
+        - name: max_runtime_seconds
+          kind: integer
+          description: Stop cleanly between pages after this long; the next run resumes from the final state.
+"""
+_DEV_CONFIG = """\
+          - name: tap-{name}
+            config:
+              # The local sandbox's public test key (cdp sandbox serve {name}); real keys: {env_prefix}_API_KEY.
+              api_key: {default_key}
+              api_url: http://127.0.0.1:{sandbox_port}
+              tenant: demo
+"""
+
+
+def _insert_after(lines: list[str], index: int, block: str) -> None:
+    lines[index + 1 : index + 1] = block.splitlines(keepends=True)
+
+
+def register_in_meltano(meltano_yml: Path, values: dict[str, str]) -> list[str]:
+    """Add the extractor (and its dev-environment config) to meltano.yml; returns what was added.
+
+    The text is edited in place so comments and layout survive; the result must still parse and name the extractor.
+    """
+    import yaml
+
+    extractor = f"tap-{values['name']}"
+    text = meltano_yml.read_text(encoding="utf-8")
+    project = yaml.safe_load(text) or {}
+    if any(e.get("name") == extractor for e in project.get("plugins", {}).get("extractors", []) or []):
+        return []
+    lines = text.splitlines(keepends=True)
+    try:
+        plugins_at = lines.index("plugins:\n")
+        extractors_at = lines.index("  extractors:\n", plugins_at)
+        end = next(i for i in range(extractors_at + 1, len(lines)) if re.match(r"^  \S", lines[i]))
+    except (ValueError, StopIteration):
+        raise CdpError(f"{meltano_yml} has no 'plugins: extractors:' list; add {extractor} by hand") from None
+    while not lines[end - 1].strip():
+        end -= 1
+    _insert_after(lines, end - 1, _EXTRACTOR.format(**values))
+    added = [f"plugins.extractors: {extractor}"]
+    dev = next((i for i, line in enumerate(lines) if line == "  - name: dev\n"), None)
+    dev_extractors = next(
+        (i for i in range(dev or 0, len(lines)) if dev is not None and lines[i] == "        extractors:\n"), None
+    )
+    if dev_extractors is not None:
+        _insert_after(lines, dev_extractors, _DEV_CONFIG.format(**values))
+        added.append(f"environments.dev: {extractor} -> sandbox on port {values['sandbox_port']}")
+    text = "".join(lines)
+    parsed = yaml.safe_load(text)  # never leave a broken meltano.yml behind
+    assert any(e.get("name") == extractor for e in parsed["plugins"]["extractors"])
+    meltano_yml.write_text(text, encoding="utf-8")
+    return added
+
+
 def scaffold_tap(root: Path, name: str, *, title: str | None = None, api_url: str | None = None) -> ScaffoldResult:
-    """Write the tap package, its test and its registration under project ``root``."""
+    """Write the tap package, its test and its registration under project ``root``.
+
+    ``name`` is the provider as Meltano names plugins (``acme-crm``; ``acme_crm`` means the same); the Python package
+    is ``taps/acme_crm``.
+    """
+    name = name.removeprefix("tap-")
     if not _NAME_RE.fullmatch(name):
-        raise ConfigError("NAME", f"'{name}' must be lower-case letters and digits, words joined by '_' (acme_crm)")
-    if name in _RESERVED:
+        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' (acme-crm)"
+        raise ConfigError("NAME", msg)
+    name = name.replace("_", "-")
+    package_name = name.replace("-", "_")
+    if package_name in _RESERVED:
         raise ConfigError("NAME", f"'{name}' is taken; choose another name")
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         raise CdpError(f"no pyproject.toml in {root}; run this in the project root or pass --root")
-    package = root / "taps" / name
-    test_file = root / "tests" / f"test_tap_{name}.py"
+    meltano_yml = root / "meltano.yml"
+    package = root / "taps" / package_name
+    test_file = root / "tests" / f"test_tap_{package_name}.py"
     for existing in (package, test_file):
         if existing.exists():
             raise CdpError(f"{existing} already exists; remove it or choose another name")
 
-    class_name = _class_name(name)
+    class_name = _class_name(package_name)
     values = {
         "name": name,
+        "package": package_name,
         "class_name": class_name,
-        "title": title or " ".join(part.capitalize() for part in name.split("_")),
-        "api_url": api_url or f"https://api.{name.replace('_', '')}.example.com",
-        "default_key": f"sk_test_{name}_sandbox",
+        "title": title or " ".join(part.capitalize() for part in package_name.split("_")),
+        "api_url": api_url or f"https://api.{package_name.replace('_', '')}.example.com",
+        "default_key": f"sk_test_{package_name}_sandbox",
+        "sandbox_port": str(default_sandbox_port(name)),
+        "env_prefix": f"TAP_{package_name.upper()}",
     }
     targets = {
         TEMPLATES / "__init__.py.tmpl": package / "__init__.py",
@@ -136,30 +246,37 @@ def scaffold_tap(root: Path, name: str, *, title: str | None = None, api_url: st
     if not taps_init.exists():
         taps_init.write_text('"""Singer taps, one package per source."""\n', encoding="utf-8")
         written.append(taps_init)
-    changes = register_in_pyproject(pyproject, name, class_name)
-    return ScaffoldResult(name=name, package=package, files=written, pyproject_changes=changes)
+    changes = register_in_pyproject(pyproject, name, package_name, class_name)
+    meltano_changes = register_in_meltano(meltano_yml, values) if meltano_yml.is_file() else []
+    return ScaffoldResult(
+        name=name, package=package, files=written, pyproject_changes=changes, meltano_changes=meltano_changes
+    )
 
 
 @app.command("tap")
 def new_tap(
-    name: Annotated[str, typer.Argument(help="Source name, e.g. acme_crm (taps/acme_crm, tap-acme_crm).")],
+    name: Annotated[str, typer.Argument(help="Source name, e.g. acme-crm (extractor tap-acme-crm, taps/acme_crm).")],
     title: Annotated[str | None, typer.Option(help="Human name of the provider, e.g. 'Acme CRM'.")] = None,
     api_url: Annotated[str | None, typer.Option("--api-url", help="The provider's production API base URL.")] = None,
     root: Annotated[Path | None, typer.Option(help="Project root (default: the folder holding meltano.yml).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Scaffold taps/NAME (tap, client, streams, sandbox, schemas), its test, and its pyproject.toml entries."""
+    """Scaffold a tap package (tap, client, streams, sandbox, schemas), its test, pyproject.toml and meltano.yml."""
     result = scaffold_tap((root or find_project_root()).resolve(), name, title=title, api_url=api_url)
     if as_json:
         print_json(result.as_dict())
         return
-    console.print(styled((f"tap-{name}", "bold"), f" scaffolded in {result.package}"))
+    console.print(styled((f"tap-{result.name}", "bold"), f" scaffolded in {result.package}"))
     for path in result.files:
         console.print(f"  wrote {path}")
     for change in result.pyproject_changes:
         console.print(f"  pyproject.toml: {change}")
+    for change in result.meltano_changes:
+        console.print(f"  meltano.yml: {change}")
+    package = result.package.name
     next_steps = (
-        "Next: register the entry points with `.venv/bin/uv pip install --python .venv/bin/python -e '.[dev]'`, run "
-        f"`.venv/bin/pytest tests/test_tap_{name}.py`, then follow docs/writing-a-tap.md."
+        "Next: install it with `.venv/bin/uv pip install --python .venv/bin/python -e '.[dev]'`, run "
+        f"`.venv/bin/pytest tests/test_tap_{package}.py`, try `cdp sandbox serve {result.name}` and, beside it, "
+        f"`meltano run tap-{result.name} target-s3raw`; then follow docs/writing-a-tap.md."
     )
     console.print(next_steps)

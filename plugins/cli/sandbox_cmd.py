@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from plugins.cli.output import console
-from plugins.connectors.sandbox import FaultPlan, FaultPlanError, ThrowawayCertificate, serve_forever
+from plugins.connectors.sandbox import FaultPlan, FaultPlanError, SandboxOptions, ThrowawayCertificate, serve_forever
 from plugins.core.errors import CdpError
-from plugins.descriptors import SandboxOptions
 from plugins.manager import get_source, sources
 
 app = typer.Typer(help="Local emulators of the providers' APIs.", no_args_is_help=True)
@@ -64,7 +63,7 @@ def serve(
             raise typer.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--credential")
         credentials[key] = value
     options = SandboxOptions(records=records, seed=seed, faults=faults, credentials=credentials)
-    app_ = source.sandbox(options)
+    app_ = source.load_sandbox()(options)
     certificate = ThrowawayCertificate.create(host, "localhost") if tls else None
     if certificate is not None:
         console.print(

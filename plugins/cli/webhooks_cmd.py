@@ -1,7 +1,6 @@
 """``cdp webhooks``: serve the webhook receiver, inspect and compact its durable log.
 
-tap-webhooks adds this group to ``cdp`` through the ``cdp_commands`` hook. The receiver's modules are imported inside
-each command, so listing the command costs nothing.
+The receiver's modules are imported inside each command, so listing the command costs nothing.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -179,6 +179,18 @@ COUNTED_FAULT_SETTINGS = (
     "outage_after",
     "outage_requests",
 )
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How a provider sandbox is built: how much synthetic data, from which seed, which credentials it accepts, and
+    the faults it injects (:class:`FaultPlan`, one vocabulary for every sandbox; each sandbox refuses the faults it
+    does not offer)."""
+
+    records: int = 1000
+    seed: int = 42
+    credentials: dict[str, str] = field(default_factory=dict)
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
 
 @dataclass(frozen=True)

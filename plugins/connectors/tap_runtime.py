@@ -483,7 +483,8 @@ class CdpTap(Tap):
 
     #: The provider name in DLQ keys; default: the tap name without ``tap-``.
     provider: str | None = None
-    #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here (plugins.connectors.testing).
+    #: What ``max_runtime_seconds`` is measured on; tests put ``staticmethod(FakeClock())`` here
+    #: (plugins.connectors.testing).
     clock: t.ClassVar[staticmethod[[], float]] = staticmethod(time.monotonic)
 
     # Discovery may send requests during the SDK's __init__, before the run starts: no budget yet.

@@ -1,9 +1,9 @@
 """Reading the dead letter queue for support: list, show, stats, purge and the DLQ-volume alert.
 
-Batches are the objects of the DLQ layout (``plugins/core/dead_letters.py``). Keys starting with ``_`` are the operations' own
-bookkeeping (``_audit/``, ``_journal/``, ``_lease/``, ``_retired/``) and are never batches: tenant names cannot start
-with ``_``.
-Reprocessing lives in ``plugins/dlq/reprocess.py``, resubmission in ``plugins/dlq/resubmit.py``.
+Batches are the objects of the DLQ layout (``plugins/core/dead_letters.py``). Keys starting with ``_`` are the
+operations' own bookkeeping (``_audit/``, ``_journal/``, ``_lease/``, ``_retired/``) and are never batches: tenant
+names cannot start with ``_``. Reprocessing lives in ``plugins/dlq/reprocess.py``, resubmission in
+``plugins/dlq/resubmit.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reprocessing DLQ batches: validate the records again (optionally after a mapping) and move the ones that pass.
 
-For each source batch, under its lease (``plugins/core/leases.py``: ``_lease/reprocess/`` in the DLQ store, one live owner
-at a time; a batch another live run holds is skipped with a note naming that run):
+For each source batch, under its lease (``plugins/core/leases.py``: ``_lease/reprocess/`` in the DLQ store, one live
+owner at a time; a batch another live run holds is skipped with a note naming that run):
 
 1. Read its entries, map each record (``--map``), validate it against the subject's latest schema (or
    ``--schema-version``) and check the stream's key properties recorded with the entry. Passing records become raw

@@ -1,8 +1,8 @@
 """Resubmitting failed extractions: re-run the failed stream window through its tap with Meltano.
 
 ``extraction_failed``, ``rate_limit_exhausted`` and ``auth_failed`` entries describe a request that failed, not a
-record. Their ``context`` (written by ``plugins/connectors/tap_runtime.py``) names the ``stream`` and the ``bookmark`` the stream
-had before the failed sync. For each entry, resubmit runs::
+record. Their ``context`` (written by ``plugins/connectors/tap_runtime.py``) names the ``stream`` and the ``bookmark``
+the stream had before the failed sync. For each entry, resubmit runs::
 
     meltano --environment ENV el tap-PROVIDER target-s3raw --select STREAM \
         --state <file holding {"bookmarks": {STREAM: bookmark}}> --state-id cdp-resubmit-<hash>

@@ -18,13 +18,20 @@ class MeltanoError(CdpError):
     """Meltano is missing or a Meltano command failed."""
 
 
+def locate_project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (the working directory) that holds meltano.yml, or None."""
+    here = (start or Path.cwd()).resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / MELTANO_FILE).is_file()), None)
+
+
 def find_project_root(start: Path | None = None) -> Path:
     """The nearest folder at or above ``start`` (the working directory) that holds meltano.yml."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / MELTANO_FILE).is_file():
-            return folder
-    raise CdpError(f"no {MELTANO_FILE} in {here} or above it; run this inside the project")
+    root = locate_project_root(start)
+    if root is None:
+        raise CdpError(
+            f"no {MELTANO_FILE} in {(start or Path.cwd()).resolve()} or above it; run this inside the project"
+        )
+    return root
 
 
 def environment_bin() -> Path:

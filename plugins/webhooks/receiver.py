@@ -571,7 +571,9 @@ def registered_handlers() -> dict[str, WebhookHandler]:
     """Every webhook handler the ``cdp_sources`` plugins provide, by provider name."""
     from plugins.manager import sources
 
-    return {name: source.webhook_handler for name, source in sources().items() if source.webhook_handler is not None}
+    return {
+        name: source.load_webhook_handler() for name, source in sources().items() if source.webhook_handler is not None
+    }
 
 
 def create_app(

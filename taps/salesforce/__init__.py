@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from plugins import hookimpl
 from plugins.descriptors import SourceDescriptor
-from taps.salesforce.sandbox import create_sandbox
-from taps.salesforce.streams import DEFAULT_OBJECTS
-from taps.salesforce.tap import TapSalesforce
-from taps.salesforce.webhook import SalesforceWebhookHandler
 
 
 @hookimpl
@@ -15,14 +11,15 @@ def cdp_sources() -> list[SourceDescriptor]:
     return [
         SourceDescriptor(
             name="salesforce",
-            tap_class=TapSalesforce,
-            streams=list(DEFAULT_OBJECTS),  # The default; the `objects` setting names any sObject.
+            tap="taps.salesforce.tap:TapSalesforce",
+            # The default objects (the `objects` setting names any sObject); tests keep this equal to DEFAULT_OBJECTS.
+            streams=["Account", "Contact", "Lead", "Opportunity", "Campaign", "CampaignMember"],
             description=(
                 "Salesforce CRM: any sObject (custom fields included) through REST query or Bulk API 2.0, "
                 "incremental on SystemModstamp."
             ),
-            sandbox=create_sandbox,
+            sandbox="taps.salesforce.sandbox:create_sandbox",
             sandbox_port=12112,
-            webhook_handler=SalesforceWebhookHandler(),
+            webhook_handler="taps.salesforce.webhook:SalesforceWebhookHandler",
         )
     ]

@@ -51,9 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
+from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan, SandboxOptions
 from plugins.connectors.synthetic import person
-from plugins.descriptors import SandboxOptions
 
 DEFAULT_CLIENT_ID = "cdp-sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "cdp-sandbox-client-secret"  # noqa: S105  # the sandbox's public test credential

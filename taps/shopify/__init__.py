@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from plugins import hookimpl
 from plugins.descriptors import SourceDescriptor
-from taps.shopify.sandbox import create_sandbox
-from taps.shopify.streams import STREAM_TYPES
-from taps.shopify.tap import TapShopify
-from taps.shopify.webhook import ShopifyWebhookHandler
 
 
 @hookimpl
@@ -15,11 +11,12 @@ def cdp_sources() -> list[SourceDescriptor]:
     return [
         SourceDescriptor(
             name="shopify",
-            tap_class=TapShopify,
-            streams=[stream.name for stream in STREAM_TYPES],  # type: ignore[misc]  # SDK types name per instance
+            tap="taps.shopify.tap:TapShopify",
+            # The tap's streams (tests/test_plugins.py keeps this list equal to the tap's discovered streams).
+            streams=["customers", "orders", "products", "inventory_items", "draft_orders"],
             description="Shopify Admin GraphQL API: cursor pages sorted by UPDATED_AT, cost-budget throttling.",
-            sandbox=create_sandbox,
+            sandbox="taps.shopify.sandbox:create_sandbox",
             sandbox_port=12113,
-            webhook_handler=ShopifyWebhookHandler(),
+            webhook_handler="taps.shopify.webhook:ShopifyWebhookHandler",
         )
     ]

@@ -24,7 +24,8 @@ It follows Shopify's documented protocol, not our tap's convenience:
   ``failing`` root fields). ``url`` is a signed link (no access token) to the JSONL result: one line per node,
   nested connections' nodes on lines of their own after their parent, with ``__parentId``.
 
-Faults (``SandboxOptions.faults``, a :class:`plugins.connectors.sandbox.FaultPlan`), counted over GraphQL requests (1-based):
+Faults (``SandboxOptions.faults``, a :class:`plugins.connectors.sandbox.FaultPlan`), counted over GraphQL requests
+(1-based):
 - ``rate_limit_every`` N (+ ``_burst``): before those requests the bucket is emptied (another client of the same app
   spent it), so they are THROTTLED;
 - ``server_error_every`` N (+ ``_burst``, ``server_error_status`` default 503): those requests answer 5xx;
@@ -64,8 +65,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
-from plugins.descriptors import SandboxOptions
+from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan, SandboxOptions
 from taps.shopify.admin_graphql import (
     RESOURCES,
     SCHEMA_VERSION,

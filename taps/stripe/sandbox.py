@@ -24,8 +24,8 @@ Synthetic data: ``SandboxOptions.records`` customers, payment intents and charge
 products (two prices each) and refunds; half as many subscriptions and invoices; events for recent changes. Same seed,
 same objects. Objects are created one hour apart from 2024-01-01; events fall in the last 30 days.
 
-Faults (``SandboxOptions.faults``, a :class:`plugins.connectors.sandbox.FaultPlan`), counted per path so each list can be
-targeted (``only``: these paths, e.g. ``/v1/charges``):
+Faults (``SandboxOptions.faults``, a :class:`plugins.connectors.sandbox.FaultPlan`), counted per path so each list can
+be targeted (``only``: these paths, e.g. ``/v1/charges``):
 - ``rate_limit_every`` N (+ ``rate_limit_burst`` K, default 1): the last K of every N requests answer 429 with
   ``code: rate_limit``, as Stripe does (Stripe sends no Retry-After);
 - ``server_error_every`` N (+ ``server_error_burst``, ``server_error_status`` default 500): ``api_error``;
@@ -58,9 +58,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan
+from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan, SandboxOptions
 from plugins.connectors.synthetic import SyntheticPerson, object_id, person
-from plugins.descriptors import SandboxOptions
 
 DEFAULT_API_KEY = "sk_test_cdp_sandbox"
 FIRST_CREATED = 1_704_067_200  # 2024-01-01T00:00:00Z

@@ -1,11 +1,9 @@
-"""tap-webhooks: the webhook receiver (``cdp webhooks serve``), its durable log, and the tap that drains it."""
+"""tap-webhooks: drains the durable webhook log that ``cdp webhooks serve`` (``plugins.webhooks``) writes."""
 
 from __future__ import annotations
 
 from plugins import hookimpl
-from plugins.descriptors import CommandGroup, SourceDescriptor
-from taps.webhooks import cli
-from taps.webhooks.tap import TapWebhooks
+from plugins.descriptors import SourceDescriptor
 
 
 @hookimpl
@@ -13,13 +11,8 @@ def cdp_sources() -> list[SourceDescriptor]:
     return [
         SourceDescriptor(
             name="webhooks",
-            tap_class=TapWebhooks,
+            tap="taps.webhooks.tap:TapWebhooks",
             streams=[],  # The provider's handler names them (Stripe: events; Shopify: orders, customers, ...).
             description="Pushed provider events from the durable webhook log (cdp webhooks serve).",
         )
     ]
-
-
-@hookimpl
-def cdp_commands() -> list[CommandGroup]:
-    return [CommandGroup(name="webhooks", app=cli.app, help="The webhook receiver and its durable log.")]

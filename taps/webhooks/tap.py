@@ -49,8 +49,7 @@ class TapWebhooks(Tap):
             raise ConfigError("provider", str(exc)) from exc
         if source.webhook_handler is None:
             raise ConfigError("provider", f"source '{provider}' has no webhook handler")
-        handler: WebhookHandler = source.webhook_handler
-        return handler
+        return source.load_webhook_handler()
 
     @cached_property
     def webhook_log(self) -> WebhookLog:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from plugins import hookimpl
-from plugins.descriptors import DestinationDescriptor
-from targets.s3raw.target import TargetS3Raw
+from plugins.descriptors import TargetDescriptor
 
 
 @hookimpl
-def cdp_destinations() -> list[DestinationDescriptor]:
+def cdp_targets() -> list[TargetDescriptor]:
     return [
-        DestinationDescriptor(
+        TargetDescriptor(
             name="s3raw",
-            target_class=TargetS3Raw,
+            target="targets.s3raw.target:TargetS3Raw",
             description="The raw zone: gzip NDJSON batches on S3 or a local folder, partitioned by tenant and day.",
         )
     ]

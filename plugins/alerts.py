@@ -7,6 +7,7 @@ The webhook sink is registered when ``CDP_SLACK_WEBHOOK_URL`` is set; a writer w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import pluggy
 
 from plugins.core.events import log_event
+from plugins.core.redaction import redact_text
 from plugins.descriptors import Alert, AlertSink, Severity
 from plugins.hookspecs import hookimpl
 
@@ -105,13 +107,22 @@ def cdp_alert_sinks() -> list[AlertSink]:
     return sinks
 
 
+def _redacted(alert: Alert) -> Alert:
+    """``alert`` with credentials taken out of its message and text details, whoever built it."""
+    details = {key: redact_text(value) if isinstance(value, str) else value for key, value in alert.details.items()}
+    return dataclasses.replace(alert, message=redact_text(alert.message), details=details)
+
+
 def raise_alert(alert: Alert, pm: pluggy.PluginManager | None = None, *, extra_sinks: Sequence[AlertSink] = ()) -> None:
     """Deliver ``alert`` to every registered sink and to ``extra_sinks``; a failing sink never stops the others.
+
+    Credentials in the message or in text details are redacted first (``plugins.core.redaction``).
 
     An extra webhook sink whose URL a registered one already posts to is skipped (no duplicate messages).
     """
     from plugins.manager import alert_sinks
 
+    alert = _redacted(alert)
     sinks = list(alert_sinks(pm))
     urls = {getattr(sink, "url", None) for sink in sinks} - {None}
     sinks.extend(sink for sink in extra_sinks if getattr(sink, "url", None) not in urls)

@@ -25,18 +25,15 @@ from plugins.connectors.sandbox import SandboxServer
 from plugins.connectors.tap_runtime import (
     COMMON_TAP_SETTINGS,
     HTTP_URL_PATTERN,
-    REDACTED,
     CdpRESTStream,
     CdpTap,
     StateTenantMismatchError,
     StreamsFailedError,
-    redact_headers,
-    redact_text,
-    redact_url,
 )
 from plugins.connectors.testing import FakeClock, dead_letters, run_tap
 from plugins.core.dead_letters import ErrorType
 from plugins.core.errors import ConfigError
+from plugins.core.redaction import REDACTED, redact_headers, redact_text, redact_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET = "sk_live_very_secret_token_123"

@@ -65,15 +65,18 @@ def serve(
     options = SandboxOptions(records=records, seed=seed, faults=faults, credentials=credentials)
     app_ = source.load_sandbox()(options)
     certificate = ThrowawayCertificate.create(host, "localhost") if tls else None
-    if certificate is not None:
-        console.print(
-            f"CA certificate: {certificate.ca_file} (REQUESTS_CA_BUNDLE={certificate.ca_file})", highlight=False
-        )
     described = f"({records} records per resource, seed {seed})"
+
+    def announce(url: str) -> None:
+        console.print(f"{provider} sandbox on {url} {described}", highlight=False, soft_wrap=True)
+        if certificate is not None:
+            ca_file = certificate.ca_file
+            console.print(f"CA certificate: {ca_file} (REQUESTS_CA_BUNDLE={ca_file})", highlight=False, soft_wrap=True)
+
     serve_forever(
         app_,
         host,
         source.sandbox_port if port is None else port,
-        announce=lambda url: console.print(f"{provider} sandbox on {url} {described}", highlight=False, soft_wrap=True),
+        announce=announce,
         certificate=certificate,
     )

@@ -25,15 +25,14 @@ import contextlib
 import copy
 import logging
 import random
-import re
 import sys
 import time
 import typing as t
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from singer_sdk import Tap
@@ -45,7 +44,8 @@ from singer_sdk.streams import RESTStream
 from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
-from plugins.core.layout import validate_name
+from plugins.core.layout import NAME_PATTERN, validate_name
+from plugins.core.redaction import REDACTED, is_secret_name, redact_params, redact_text, redact_url
 from plugins.core.storage import ObjectStore
 from plugins.core.zones import Zone, resolve_zone_url
 
@@ -55,33 +55,10 @@ if t.TYPE_CHECKING:
 
 _TToken = t.TypeVar("_TToken")
 
-REDACTED = "<redacted>"
-# Names (of query parameters, headers, config keys) whose values are never logged or written to the DLQ.
-SECRET_NAMES = frozenset(
-    {
-        "access_token",
-        "refresh_token",
-        "api_key",
-        "apikey",
-        "key",
-        "token",
-        "client_secret",
-        "password",
-        "secret",
-        "signature",
-        "authorization",
-        "proxy-authorization",
-        "x-shopify-access-token",
-        "x-api-key",
-        "cookie",
-        "set-cookie",
-    }
-)
-
 COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
     th.Property(
         "tenant",
-        th.StringType,
+        th.StringType(pattern=NAME_PATTERN),
         default="default",
         title="Tenant",
         description=(
@@ -91,7 +68,7 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
     ),
     th.Property(
         "provider",
-        th.StringType,
+        th.StringType(pattern=NAME_PATTERN),
         title="Provider",
         description=(
             "The provider name in raw-zone and DLQ paths; default the tap's own (stripe for tap-stripe). "
@@ -126,45 +103,7 @@ COMMON_TAP_SETTINGS: list[th.Property[t.Any]] = [
 
 
 #: The pattern of every base-URL setting (``api_url``, ``instance_url``, ``token_url``): an absolute http(s) URL.
-HTTP_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?$"
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a parameter, header or setting called ``name`` holds a secret."""
-    lowered = name.lower()
-    return lowered in SECRET_NAMES or lowered.endswith(("_token", "_secret", "_key", "password"))
-
-
-def redact_params(params: Mapping[str, t.Any] | Iterable[tuple[str, t.Any]]) -> dict[str, t.Any]:
-    """``params`` with the values of secret-named parameters replaced by ``<redacted>``."""
-    pairs: Iterable[tuple[str, t.Any]] = params.items() if isinstance(params, Mapping) else params
-    return {str(key): (REDACTED if is_secret_name(str(key)) else value) for key, value in pairs}
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user info and with secret query parameters redacted."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = [(key, REDACTED if is_secret_name(key) else value) for key, value in parse_qsl(parts.query, True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="[]<>"), parts.fragment))
-
-
-_SECRET_IN_TEXT_RE = re.compile(
-    r"(?i)(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]+|((?:access_token|refresh_token|api_key|client_secret|password)=)[^&\s]+"
-)
-
-
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` (an error message, a log line) without bearer tokens, ``secret=...`` pairs or the given values."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    return _SECRET_IN_TEXT_RE.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """``headers`` with credentials (Authorization, tokens, cookies) redacted."""
-    return {key: (REDACTED if is_secret_name(key) else value) for key, value in headers.items()}
+HTTP_URL_PATTERN = r"^https?://[^/?#\s]+(/\S*)?(?!\n)$"
 
 
 class ExtractionFailure(CdpError):

@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from plugins.core.errors import ConfigError
 
 BATCH_SUFFIX = ".ndjson.gz"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # Tenant and provider names; also the settings' JSON Schema pattern.
+# Tenant and provider names; also the settings' JSON Schema pattern. ``(?!\n)$``: Python's ``$`` (which jsonschema
+# uses for ``pattern``) also matches before a final newline, so "acme\n" would pass a plain ``...$``.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*(?!\n)$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _UNSAFE_RE = re.compile(r"[^a-z0-9_]+")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"

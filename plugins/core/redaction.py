@@ -1,23 +1,49 @@
-"""Masking of secrets and personal data in records shown to people (``cdp dlq show``).
+"""Redaction: the one place that decides what is a secret and hides it, in logs, DLQ entries, views and alerts.
 
-A value is masked when its property name is a secret (any name containing ``password``, ``secret``, ``token``,
-``api_key``, ``authorization``...), a default PII name (``email``, ``phone``, ``name``, ``address``...), or a configured
-PII field: ``CDP_PII_FIELDS`` (comma-separated) or ``--mask-field``, each a property name (matched at any depth) or a
-dotted path from the record root (``billing.contact.mobile``). Under a masked name every value, however nested, is
-masked. Strings anywhere that look like credentials (``sk_live_...``, ``Bearer ...``, ``access_token=...``) are
-redacted too.
+- **Secret names** (:func:`is_secret_name`): a request parameter, header, setting or record property whose name is a
+  known credential (``authorization``, ``x-api-key``, ``cookie``...), contains a secret word (``password``, ``secret``,
+  ``token``, ``api_key``, ``signature``, ``credential``...) or ends in ``_key``. Taps redact such parameters and
+  headers in their logs and DLQ entries (:func:`redact_params`, :func:`redact_url`, :func:`redact_headers`); ``cdp dlq
+  show`` masks such properties (:class:`RecordMasker`).
+- **Secrets in text** (:func:`redact_text`): bearer and basic credentials, ``access_token=...`` pairs, Stripe and
+  Shopify keys, and any configured secret value, in error messages, log lines and alert messages.
+- **Personal data** shown to people (:class:`RecordMasker`): a default PII name (``email``, ``phone``, ``name``,
+  ``address``...), or a configured PII field: ``CDP_PII_FIELDS`` (comma-separated) or ``--mask-field``, each a property
+  name (matched at any depth) or a dotted path from the record root (``billing.contact.mobile``). Under a masked name
+  every value, however nested, is masked.
+
+Secrets become ``<redacted>`` in what the pipeline stores and logs; values masked for display become ``***``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PII_FIELDS_ENV = "CDP_PII_FIELDS"
+REDACTED = "<redacted>"
 MASK = "***"
+#: Names that are credentials in themselves (headers, parameters, settings).
+SECRET_NAMES = frozenset(
+    {
+        "key",
+        "token",
+        "secret",
+        "signature",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth",
+        "x-shopify-access-token",
+    }
+)
+#: Words that make any name containing them secret (``client_secret``, ``refresh_token``, ``db_password``...).
 SECRET_NAME_PARTS = (
     "password",
     "passwd",
@@ -25,13 +51,18 @@ SECRET_NAME_PARTS = (
     "token",
     "api_key",
     "apikey",
+    "api-key",
     "authorization",
     "private_key",
     "credential",
+    "signature",
+    "cookie",
     "cvc",
     "cvv",
     "card_number",
 )
+#: Endings that make a name secret (``access_key``, ``x-partner-key``).
+SECRET_NAME_SUFFIXES = ("_key", "-key")
 DEFAULT_PII_FIELDS = frozenset(
     {
         "email",
@@ -55,23 +86,54 @@ DEFAULT_PII_FIELDS = frozenset(
         "ip_address",
     }
 )
-_SECRET_VALUE_RE = re.compile(
-    r"(?P<stripe>\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+)"
-    r"|(?P<bearer>\bBearer\s+\S+)"
-    r"|(?P<param>\b(?:access_token|api_key|apikey|token|client_secret|password)=)[^&\s\"']+",
+_SECRET_IN_TEXT_RE = re.compile(
+    r"(?P<scheme>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(?P<param>\b(?:access_token|refresh_token|api_key|apikey|token|client_secret|password)=)[^&\s\"']+"
+    r"|(?P<key>\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+|\bshp(?:at|ca|pa|ss)_[A-Za-z0-9]+)",
     re.IGNORECASE,
 )
 
 
-def _redact_secret_text(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match["param"]:
-            return f"{match['param']}{MASK}"
-        if match["bearer"]:
-            return f"Bearer {MASK}"
-        return MASK
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter, header, setting or property called ``name`` holds a secret."""
+    lowered = name.lower()
+    return (
+        lowered in SECRET_NAMES
+        or any(part in lowered for part in SECRET_NAME_PARTS)
+        or lowered.endswith(SECRET_NAME_SUFFIXES)
+    )
 
-    return _SECRET_VALUE_RE.sub(replace, text)
+
+def redact_text(text: str, secrets: Iterable[str] = (), marker: str = REDACTED) -> str:
+    """``text`` (an error message, a log line, an alert) without credentials or any of the given secret values."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, marker)
+
+    def replace(match: re.Match[str]) -> str:
+        prefix = match["scheme"] or match["param"]
+        return f"{prefix}{marker}" if prefix else marker
+
+    return _SECRET_IN_TEXT_RE.sub(replace, text)
+
+
+def redact_params(params: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``params`` with the values of secret-named parameters replaced by ``<redacted>``."""
+    pairs: Iterable[tuple[str, Any]] = params.items() if isinstance(params, Mapping) else params
+    return {str(key): (REDACTED if is_secret_name(str(key)) else value) for key, value in pairs}
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info and with secret query parameters redacted."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(key, REDACTED if is_secret_name(key) else value) for key, value in parse_qsl(parts.query, True)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="[]<>"), parts.fragment))
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with credentials (Authorization, tokens, keys, cookies, signatures) redacted."""
+    return {key: (REDACTED if is_secret_name(key) else value) for key, value in headers.items()}
 
 
 @dataclass(frozen=True)
@@ -90,7 +152,7 @@ class RecordMasker:
 
     def _is_sensitive(self, name: str, path: str) -> bool:
         lowered = name.lower()
-        if any(part in lowered for part in SECRET_NAME_PARTS):
+        if is_secret_name(lowered):
             return True
         if self.use_defaults and lowered in DEFAULT_PII_FIELDS:
             return True
@@ -107,7 +169,7 @@ class RecordMasker:
         if isinstance(value, list):
             return [self.mask(item, _path) for item in value]
         if isinstance(value, str):
-            return _redact_secret_text(value)
+            return redact_text(value, marker=MASK)
         return value
 
 

@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 import requests
 from singer_sdk.authenticators import BearerTokenAuthenticator, OAuthAuthenticator
 
-from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure, redact_url
+from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure
 from plugins.core.dead_letters import ErrorType
+from plugins.core.redaction import redact_url
 
 if TYPE_CHECKING:
     from taps.salesforce.tap import TapSalesforce

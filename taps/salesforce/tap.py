@@ -17,8 +17,8 @@ from taps.salesforce.streams import DEFAULT_OBJECTS, SObjectStream
 
 DEFAULT_TOKEN_URL = "https://login.salesforce.com/services/oauth2/token"  # noqa: S105  # a URL, not a secret
 DEFAULT_API_VERSION = "62.0"
-API_VERSION_PATTERN = r"^v?(4[7-9]|[5-9]\d|[1-9]\d{2})\.0$"  # 47.0 or later: Bulk API 2.0 query jobs
-SOBJECT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"  # API names: letters, digits, underscores (Invoice__c)
+API_VERSION_PATTERN = r"^v?(4[7-9]|[5-9]\d|[1-9]\d{2})\.0(?!\n)$"  # 47.0 or later: Bulk API 2.0 query jobs
+SOBJECT_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*(?!\n)$"  # API names: letters, digits, underscores (Invoice__c)
 
 
 class DiscoveryError(CdpError):

@@ -36,9 +36,10 @@ from singer_sdk.exceptions import FatalAPIError, RetriableAPIError
 from singer_sdk.pagination import BaseAPIPaginator
 from singer_sdk.schema.source import SchemaDirectory, StreamSchema
 
-from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure, RunBudgetReached, redact_url
+from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure, RunBudgetReached
 from plugins.core.dead_letters import ErrorType
 from plugins.core.events import log_event
+from plugins.core.redaction import redact_url
 
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context

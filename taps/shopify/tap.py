@@ -35,7 +35,7 @@ class TapShopify(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType(pattern=r"^(\d{4}-(0[1-9]|1[0-2])|unstable)$"),
+            th.StringType(pattern=r"^(\d{4}-(0[1-9]|1[0-2])|unstable)(?!\n)$"),
             default=DEFAULT_API_VERSION,
             title="API version",
             description="Admin API version (YYYY-MM). The tap's queries follow 2026-01 (e.g. defaultEmailAddress).",

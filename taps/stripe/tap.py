@@ -49,7 +49,7 @@ class TapStripe(CdpTap):
         ),
         th.Property(
             "api_version",
-            th.StringType(pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"),
+            th.StringType(pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?(?!\n)$"),
             title="API version",
             description="Stripe-Version header to pin object shapes (e.g. 2024-06-20); default: the account's version.",
         ),

@@ -89,12 +89,28 @@ def test_a_map_turns_parse_errors_into_records_and_keyless_ones_go_back_with_a_r
     assert back["record"] == {"type": "RECORD", "stream": "customers", "rec": {"amount": 2}}  # unchanged
 
 
-def test_a_nan_stored_as_null_by_an_older_target_is_not_landed_without_a_map(tmp_path: Path) -> None:
+def test_a_nan_line_is_not_landed_without_a_map(tmp_path: Path) -> None:
     nan_line = b'{"type": "RECORD", "stream": "customers", "record": {"id": "c1", "amount": NaN}}'
     zones = _target_run(str(tmp_path / "zone"), [nan_line])
     (letter,) = [e for b in list_batches(zones.dlq) for e in read_entries(zones.dlq, b.key)]
-    if letter["record"] is not None:  # The target of this branch stores the null; a fixed one keeps record_text.
-        assert letter["record"]["amount"] is None
+    assert (letter["record"], letter["record_text"]) == (None, nan_line.decode())  # the line as the source sent it
+
+    outcomes = _reprocess(zones)
+
+    assert [o["status"] for o in outcomes] == ["skipped"]
+    assert "need a --map" in outcomes[0]["message"]
+    assert not any("_cdp_reprocessed_from" in r for r in all_rows(zones.raw))
+
+
+def test_a_nan_stored_as_null_by_an_older_target_is_not_landed_without_a_map(tmp_path: Path) -> None:
+    zones = _target_run(str(tmp_path / "zone"), [])
+    older = {
+        **_unrepresentable(),
+        "error_message": '$.amount: null is not of types "null", "number"',
+        "errors": [{"path": "$.amount", "message": 'null is not of types "null", "number"'}],
+        "record": {"id": "c1", "amount": None},  # what the old target wrote for {"amount": NaN}
+    }
+    _write_entries(zones, [older])
 
     outcomes = _reprocess(zones)
 

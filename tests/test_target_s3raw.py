@@ -414,9 +414,14 @@ def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Pa
     dlq = ObjectStore(config["dlq_url"])
     registry = SchemaRegistry(ObjectStore(config["registry_url"]))
 
-    report = Reprocessor(dlq, ObjectStore(config["raw_url"]), registry, actor="tester").run(
-        [batch.key for batch in list_batches(dlq)]
-    )
+    # A map that does not fix the value (the text still says NaN): the entry goes back to the DLQ.
+    from plugins.dlq.record_mapping import load_mapping
+
+    map_file = tmp_path / "still_nan.py"
+    map_file.write_text("def map_record(record, stream):\n    return {'id': 'o1', 'total': 'NaN'}\n")
+    report = Reprocessor(
+        dlq, ObjectStore(config["raw_url"]), registry, actor="tester", mapping=load_mapping(map_file)
+    ).run([batch.key for batch in list_batches(dlq)])
 
     assert (report.totals()["passed"], report.totals()["failed"]) == (0, 1)
     assert raw_records(config) == []

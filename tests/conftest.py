@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -88,3 +89,16 @@ def stripe_sandbox() -> Iterator[SandboxServer]:
 
     with SandboxServer(create_sandbox(SandboxOptions(records=250))) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def spark(s3_endpoint: str) -> Iterator[Any]:
+    """One real SparkSession (``local[2]``) for the whole test run, on the Java the framework picks.
+
+    Started after the S3 server, so its Python workers inherit the S3 endpoint and credentials like in production.
+    """
+    from plugins.transforms.spark import spark_session, stop_spark
+
+    session = spark_session("local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+    yield session
+    stop_spark()

@@ -32,6 +32,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "plugins.connectors": ("plugins.core", *HOOK_SYSTEM),
     "plugins.dlq": ("plugins.core", "plugins.meltano", "schema_registry", *HOOK_SYSTEM),
     "plugins.webhooks": ("plugins.core", "plugins.connectors", *HOOK_SYSTEM),
+    "plugins.transforms": ("plugins.core", "schema_registry", *HOOK_SYSTEM),
     "plugins.cli": ("plugins", "schema_registry"),
 }
 

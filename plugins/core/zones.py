@@ -19,6 +19,7 @@ class Zone(StrEnum):
     RAW = "raw"
     DLQ = "dlq"
     REGISTRY = "registry"
+    PROCESSED = "processed"
 
     @property
     def env_var(self) -> str:

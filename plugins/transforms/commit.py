@@ -1,0 +1,316 @@
+"""Spark writes a table's Parquet data files; pyiceberg commits them, with the raw files they came from, atomically.
+
+Two steps, so a crash between them changes nothing a reader sees:
+
+1. :func:`write_data_files` has Spark write Parquet (snappy, microsecond timestamps) under the table's location, one
+   Iceberg partition per file. Local warehouses use Spark's own writer; ``s3://`` warehouses, where Spark has no
+   hadoop-aws, a pyarrow writer that runs on the executors (``mapInArrow``).
+2. :func:`commit_files` commits those files in ONE snapshot: a fast append for new files, or an overwrite that adds the
+   rewritten files and removes the old ones (merges, full refreshes). pyiceberg's own ``upsert``/``delete`` rewrite
+   data on the driver and are not the merge path. The snapshot's summary points at the list of every raw file the
+   table has processed, so that list commits with the output or not at all.
+
+Files written by a run that never committed stay unreferenced: no snapshot sees them (orphan-file cleanup removes them).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from plugins.core.errors import CdpError
+from plugins.core.events import log_event
+from plugins.core.storage import ObjectStore
+from plugins.transforms.catalog import NO_COMMIT_RETRIES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyiceberg.io import FileIO
+    from pyiceberg.manifest import DataFile
+    from pyiceberg.table import Table
+    from pyiceberg.table.metadata import TableMetadata
+    from pyspark.sql import Column, DataFrame
+
+logger = logging.getLogger(__name__)
+
+#: Snapshot summary keys (Iceberg keeps summaries as strings).
+PROCESSED_FILES_PROPERTY = "cdp.processed-raw-files"
+PROCESSED_COUNT_PROPERTY = "cdp.processed-raw-files-count"
+PROCESSED_ADDED_PROPERTY = "cdp.processed-raw-files-added"
+PARTITION_COLUMN_PREFIX = "cdp_partition_"
+MAX_ROWS_PER_FILE = 5_000_000
+
+
+class CommitError(CdpError):
+    """Data files could not be committed (the table changed meanwhile, or a file to replace is not in it)."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """One committed snapshot: its id, what it did and how many raw files the table has now processed."""
+
+    snapshot_id: int
+    operation: str
+    added_files: int
+    removed_files: int
+    processed_raw_files: int
+
+
+# -- writing ------------------------------------------------------------------------------------------------------
+
+
+def write_data_files(df: DataFrame, table: Table, *, run_id: str | None = None) -> list[str]:
+    """Write the table's columns of ``df`` as Parquet data files under ``table``'s location; return their URLs.
+
+    Nothing is committed: the files become part of the table only through :func:`commit_files`.
+    """
+    run = run_id or uuid.uuid4().hex
+    target = f"{table.location().rstrip('/')}/data/run-{run}"
+    names = [field.name for field in table.schema().fields]
+    if missing := [name for name in names if name not in df.columns]:
+        raise CommitError(f"table {'.'.join(table.name())}: the output lacks column(s) {', '.join(missing)}")
+    hidden = _partition_columns(df, table)
+    output = df.select(*[df[name] for name in names], *[expr.alias(name) for name, expr in hidden.items()])
+    if hidden:
+        # One Iceberg partition per file: rows of a partition go to the same task, split into folders by value.
+        output = output.repartition(*hidden).sortWithinPartitions(*hidden)
+    if target.startswith("file:"):
+        writer = output.write.partitionBy(*hidden) if hidden else output.write
+        writer.parquet(target)
+        store = ObjectStore(target, setting="processed_url")
+        files = [f"{target}/{info.key}" for info in store.list() if info.key.endswith(".parquet")]
+    else:
+        files = _write_with_pyarrow(output, target, list(hidden))
+    log_event(logger, "data_files_written", table=".".join(table.name()), files=len(files), run=run)
+    return sorted(files)
+
+
+def _partition_columns(df: DataFrame, table: Table) -> dict[str, Column]:
+    """A Spark column per partition field whose values split rows exactly as the Iceberg transform does."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import LongType
+
+    schema = table.schema()
+    columns: dict[str, Column] = {}
+    for position, field in enumerate(table.spec().fields):
+        source = schema.find_field(field.source_id)
+        value = df[source.name]
+        kind = str(field.transform).split("[")[0]
+        if kind == "identity":
+            expr = value
+        elif kind == "year":
+            expr = F.year(value) - 1970
+        elif kind == "month":
+            expr = (F.year(value) - 1970) * 12 + F.month(value) - 1
+        elif kind == "day":
+            expr = F.datediff(F.to_date(value), F.lit("1970-01-01"))
+        elif kind == "hour":
+            expr = F.floor(F.unix_micros(value) / 3_600_000_000)
+        elif kind == "truncate":
+            width = int(field.transform.width)  # type: ignore[attr-defined]
+            is_string = str(source.field_type) == "string"
+            expr = F.substring(value, 1, width) if is_string else value - F.pmod(value, F.lit(width))
+        elif kind == "bucket":
+            expr = _iceberg_bucket(field.transform, source.field_type)(value)
+        else:
+            raise CommitError(f"table {'.'.join(table.name())}: partition transform {field.transform} is not supported")
+        numbered = kind in ("year", "month", "day", "hour", "bucket")
+        columns[f"{PARTITION_COLUMN_PREFIX}{position}"] = expr.cast(LongType()) if numbered else expr
+    return columns
+
+
+def _iceberg_bucket(transform: Any, source_type: Any) -> Callable[[Column], Column]:
+    """An Arrow-batched UDF computing Iceberg's bucket (murmur3 of the value's bytes), which Spark's hash() is not."""
+    from pyspark.sql.functions import udf
+
+    apply = transform.transform(source_type)
+    return udf(lambda value: None if value is None else apply(value), "long", useArrow=True)  # type: ignore[no-any-return]
+
+
+def _write_with_pyarrow(output: DataFrame, target: str, hidden: list[str]) -> list[str]:
+    """Write to ``s3://`` on the executors with pyarrow (no hadoop-aws needed); each task returns the URLs it wrote."""
+    schema_of_paths = "path string"
+    endpoint = ObjectStore(target, setting="processed_url").s3_endpoint_url  # The driver's, for every executor.
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        task = f"{context.partitionId():05d}-{context.attemptNumber()}" if context else "00000-0"
+        peek = iter(batches)
+        first = next(peek, None)
+        if first is None:
+            return
+        store = ObjectStore(target, s3_endpoint_url=endpoint, setting="processed_url")
+        written: list[str] = []
+
+        def all_batches() -> Iterator[pa.RecordBatch]:
+            yield first
+            yield from peek
+
+        ds.write_dataset(
+            pa.RecordBatchReader.from_batches(first.schema, all_batches()),
+            f"{store.bucket}/{store.prefix}",
+            filesystem=store.fs,
+            format="parquet",
+            partitioning=hidden or None,
+            partitioning_flavor="hive" if hidden else None,
+            basename_template=f"part-{task}-{uuid.uuid4().hex}-{{i}}.parquet",
+            file_options=ds.ParquetFileFormat().make_write_options(compression="snappy", coerce_timestamps="us"),
+            max_rows_per_file=MAX_ROWS_PER_FILE,
+            max_rows_per_group=min(1_000_000, MAX_ROWS_PER_FILE),
+            existing_data_behavior="overwrite_or_ignore",
+            file_visitor=lambda file: written.append(file.path),
+            use_threads=False,
+        )
+        prefix = f"{store.bucket}/{store.prefix}".rstrip("/")
+        urls = [f"{target}{path.removeprefix(prefix)}" for path in written]
+        yield pa.RecordBatch.from_pydict({"path": urls})
+
+    return [row["path"] for row in output.mapInArrow(write, schema_of_paths).collect()]
+
+
+# -- committing ---------------------------------------------------------------------------------------------------
+
+
+def live_data_files(table: Table, snapshot_id: int | None = None) -> dict[str, DataFile]:
+    """The data files of a snapshot (the current one by default), by URL."""
+    if table.current_snapshot() is None and snapshot_id is None:
+        return {}
+    return {task.file.file_path: task.file for task in table.scan(snapshot_id=snapshot_id).plan_files()}
+
+
+def processed_raw_files(table: Table, snapshot_id: int | None = None) -> frozenset[str]:
+    """Every raw-zone key the table had processed as of a snapshot (the current one by default)."""
+    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else table.current_snapshot()
+    while snapshot is not None:
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if PROCESSED_FILES_PROPERTY in summary:
+            with table.io.new_input(summary[PROCESSED_FILES_PROPERTY]).open() as stream:
+                return frozenset(orjson.loads(gzip.decompress(stream.read())))
+        # A snapshot made by another writer (compaction, expiry) carries nothing: its parent's list still holds.
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    return frozenset()
+
+
+def commit_files(
+    table: Table,
+    *,
+    add: Sequence[str],
+    remove: Iterable[str] = (),
+    raw_files: Iterable[str] = (),
+    properties: Mapping[str, str] | None = None,
+) -> CommitResult:
+    """Commit ``add`` (data files written by :func:`write_data_files`) and drop ``remove``, in one snapshot.
+
+    ``raw_files`` are the raw-zone keys this output was computed from; the snapshot records them with every key
+    processed before. Without ``remove`` the snapshot is an append, otherwise an overwrite (a file-level replace).
+    """
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.table import TableProperties
+
+    name = ".".join(table.name())
+    if any(table.properties.get(key) != value for key, value in NO_COMMIT_RETRIES.items()):
+        with table.transaction() as settings:  # A table created elsewhere: no retries before our first commit.
+            settings.set_properties(NO_COMMIT_RETRIES)
+    before = processed_raw_files(table)
+    processed = before | set(raw_files)
+    summary = dict(properties or {})
+    summary[PROCESSED_FILES_PROPERTY] = _write_processed_list(table, processed)
+    summary[PROCESSED_COUNT_PROPERTY] = str(len(processed))
+    summary[PROCESSED_ADDED_PROPERTY] = str(len(processed - before))
+    to_remove = sorted(set(remove))
+    live = live_data_files(table) if to_remove else {}
+    if missing := [path for path in to_remove if path not in live]:
+        raise CommitError(f"table {name}: cannot replace {missing[0]}: it is not in the current snapshot")
+    new_files = [data_file(table.io, table.metadata, path) for path in add]
+    try:
+        with table.transaction() as transaction:
+            if transaction.table_metadata.name_mapping() is None:
+                mapping = transaction.table_metadata.schema().name_mapping.model_dump_json()
+                transaction.set_properties({TableProperties.DEFAULT_NAME_MAPPING: mapping})
+            update = transaction.update_snapshot(snapshot_properties=summary)
+            producer = update.overwrite() if to_remove else update.fast_append()
+            with producer:
+                for path in to_remove:
+                    producer.delete_data_file(live[path])
+                for new in new_files:
+                    producer.append_data_file(new)
+    except CommitFailedException as exc:
+        raise CommitError(f"table {name} changed while committing ({exc}); run the transform again") from exc
+    snapshot = table.current_snapshot()
+    assert snapshot is not None  # We just committed one.
+    result = CommitResult(
+        snapshot_id=snapshot.snapshot_id,
+        operation="overwrite" if to_remove else "append",
+        added_files=len(new_files),
+        removed_files=len(to_remove),
+        processed_raw_files=len(processed),
+    )
+    log_event(logger, "table_committed", table=name, **result.__dict__)
+    return result
+
+
+def _write_processed_list(table: Table, processed: Iterable[str]) -> str:
+    # Named .gzip, not .gz: pyarrow's file IO would gzip a .gz file a second time.
+    location = f"{table.location().rstrip('/')}/metadata/cdp-processed-{uuid.uuid4().hex}.json.gzip"
+    with table.io.new_output(location).create(overwrite=False) as stream:
+        stream.write(gzip.compress(orjson.dumps(sorted(processed)), compresslevel=6))
+    return location
+
+
+def data_file(io: FileIO, metadata: TableMetadata, path: str) -> DataFile:
+    """The Iceberg description of one Parquet file written for the table: statistics and its partition.
+
+    The partition comes from the file's own values (each file holds one partition, see :func:`write_data_files`),
+    through the transform itself: pyiceberg's ``add_files`` cannot infer bucket partitions from min/max.
+    """
+    import pyarrow.parquet as pq
+    from pyiceberg.io.pyarrow import (
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.partitioning import partition_record_value
+    from pyiceberg.typedef import Record
+
+    input_file = io.new_input(path)
+    with input_file.open() as stream:
+        parquet_metadata = pq.read_metadata(stream)
+    schema = metadata.schema()
+    statistics = data_file_statistics_from_parquet_metadata(
+        parquet_metadata=parquet_metadata,
+        stats_columns=compute_statistics_plan(schema, metadata.properties),
+        parquet_column_mapping=parquet_path_to_id_mapping(schema),
+    )
+    values: list[Any] = []
+    for field in metadata.spec().fields:
+        aggregate = statistics.column_aggregates.get(field.source_id)
+        if aggregate is None or aggregate.current_min is None:
+            values.append(None)
+            continue
+        source_type = schema.find_field(field.source_id).field_type
+        value = partition_record_value(field, aggregate.current_min, schema)
+        values.append(field.transform.transform(source_type)(value))
+    return DataFile.from_args(
+        content=DataFileContent.DATA,
+        file_path=path,
+        file_format=FileFormat.PARQUET,
+        partition=Record(*values),
+        file_size_in_bytes=len(input_file),
+        sort_order_id=None,
+        spec_id=metadata.default_spec_id,
+        equality_ids=None,
+        key_metadata=None,
+        **statistics.to_serialized_dict(),
+    )

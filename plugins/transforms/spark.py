@@ -1,0 +1,142 @@
+"""The one SparkSession of a process, configured here and nowhere else.
+
+The master comes from ``--spark-master`` (the ``spark_master`` setting), else ``CDP_SPARK_MASTER``, else ``local[*]``.
+One-machine defaults: adaptive execution, shuffle partitions sized to the cores, UTC session time zone, Parquet with
+snappy and microsecond timestamps, Arrow between the JVM and Python. Java is chosen by :func:`find_java`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from plugins.core.errors import CdpError
+from plugins.core.events import log_event
+from plugins.transforms.java import JavaRuntime, find_java
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+
+SPARK_MASTER_ENV_VAR = "CDP_SPARK_MASTER"
+DEFAULT_SPARK_MASTER = "local[*]"
+_LOCAL_RE = re.compile(r"^local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?$")
+
+_lock = threading.Lock()
+_session: SparkSession | None = None
+_master: str | None = None
+
+
+class SparkSessionError(CdpError):
+    """The Spark session could not start, or was asked for with a different master than the one running."""
+
+
+def resolve_spark_master(explicit: str | None = None) -> str:
+    """``explicit`` (``--spark-master``), else ``CDP_SPARK_MASTER``, else ``local[*]``."""
+    return explicit or os.environ.get(SPARK_MASTER_ENV_VAR) or DEFAULT_SPARK_MASTER
+
+
+def local_cores(master: str) -> int | None:
+    """How many cores a ``local`` master uses (``local[*]``: all of them); None for a cluster master."""
+    match = _LOCAL_RE.match(master.strip())
+    if match is None:
+        return None
+    threads = match["threads"]
+    if threads is None:
+        return 1
+    if threads == "*":
+        return os.cpu_count() or 1
+    return int(threads)
+
+
+def spark_conf(master: str) -> dict[str, str]:
+    """Every setting the session starts with (a cluster's own shuffle partitions are left to Spark and AQE)."""
+    conf = {
+        "spark.master": master,
+        "spark.app.name": "cdp-transforms",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.parquet.compression.codec": "snappy",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Table folders hold only data files: no _SUCCESS markers, no .crc checksum files beside local Parquet.
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    }
+    cores = local_cores(master)
+    if cores is not None:
+        # Two partitions per core keeps every core busy through a skewed stage; AQE merges the small ones.
+        conf["spark.sql.shuffle.partitions"] = str(max(2, 2 * cores))
+        conf["spark.default.parallelism"] = str(max(2, 2 * cores))
+    return conf
+
+
+def spark_session(master: str | None = None, *, conf: Mapping[str, str] | None = None) -> SparkSession:
+    """The process's SparkSession, started on first use with :func:`spark_conf` (plus ``conf``, which wins).
+
+    Later calls return the same session; asking for another master than the running one is a SparkSessionError.
+    """
+    global _session, _master
+    wanted = resolve_spark_master(master)
+    with _lock:
+        if _session is not None:
+            if master is not None and wanted != _master:
+                raise SparkSessionError(
+                    f"Spark already runs on '{_master}' in this process; it cannot switch to '{wanted}'"
+                )
+            return _session
+        java = find_java()
+        _session = _start(wanted, java, {**spark_conf(wanted), **(conf or {})})
+        _master = wanted
+        return _session
+
+
+def _start(master: str, java: JavaRuntime, conf: Mapping[str, str]) -> SparkSession:
+    from pyspark.errors import PySparkException
+    from pyspark.sql import SparkSession
+
+    # Spark's launcher (bin/spark-class) runs $JAVA_HOME/bin/java: point it at the runtime chosen above.
+    os.environ["JAVA_HOME"] = str(java.home)
+    if local_cores(master) is not None:
+        # Local Python workers run this interpreter, so they import this environment's pyarrow and plugins.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    started = time.monotonic()
+    builder = SparkSession.builder
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+    except PySparkException as exc:
+        raise SparkSessionError(
+            f"Spark did not start on '{master}' with Java {java.major} from {java.source} ({java.home}): {exc}"
+        ) from exc
+    session.sparkContext.setLogLevel("WARN")
+    log_event(
+        logger,
+        "spark_started",
+        master=master,
+        java_major=java.major,
+        java_source=java.source,
+        seconds=round(time.monotonic() - started, 2),
+    )
+    return session
+
+
+def stop_spark() -> None:
+    """Stop the process's session (the next :func:`spark_session` starts a new one)."""
+    global _session, _master
+    with _lock:
+        if _session is not None:
+            _session.stop()
+        _session = None
+        _master = None

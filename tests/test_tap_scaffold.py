@@ -136,6 +136,20 @@ def test_pyproject_registration_is_idempotent(project: Path) -> None:
     assert pyproject.read_text() == once
 
 
+def test_pyproject_registration_leaves_the_next_tables_comment_above_that_table(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project.scripts]\ncdp = "plugins.cli.__main__:run"\n\n'
+        '# Every plugin is found through this group.\n[project.entry-points.cdp]\ntap-stripe = "taps.stripe"\n'
+    )
+    register_in_pyproject(pyproject, "acme", "acme", "Acme")
+    assert pyproject.read_text() == (
+        '[project.scripts]\ncdp = "plugins.cli.__main__:run"\ntap-acme = "taps.acme.tap:TapAcme.cli"\n\n'
+        '# Every plugin is found through this group.\n[project.entry-points.cdp]\ntap-stripe = "taps.stripe"\n'
+        'tap-acme = "taps.acme"\n'
+    )
+
+
 def test_meltano_registration_is_idempotent_and_keeps_comments(project: Path) -> None:
     meltano_yml = project / "meltano.yml"
     values = {

@@ -79,7 +79,8 @@ def _add_to_section(text: str, section: str, key: str, value: str) -> tuple[str,
         if line.split("=", 1)[0].strip().strip('"') == key:
             return text, False
     last = end - 1
-    while last > start and not lines[last].strip():
+    # Blank lines and the comments just above the next table belong to that table, not to this one.
+    while last > start and (not lines[last].strip() or lines[last].lstrip().startswith("#")):
         last -= 1
     if not lines[last].endswith("\n"):
         lines[last] += "\n"

@@ -128,6 +128,17 @@ def test_new_tap_will_not_overwrite_an_existing_package(project: Path) -> None:
     assert "already exists" in result.stderr
 
 
+def test_new_tap_prints_each_path_and_registration_on_one_line_to_copy(project: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(project), "COLUMNS": "80"}  # a narrow terminal, or a pipe
+    args = [CDP, "new", "tap", "acme", "--root", str(project)]
+    result = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"  wrote {project / 'taps' / 'acme' / 'sandbox.py'}" in lines
+    assert '  pyproject.toml: [project.scripts] tap-acme = "taps.acme.tap:TapAcme.cli"' in lines
+    assert any("`meltano run tap-acme target-s3raw`" in line for line in lines)
+
+
 def test_pyproject_registration_is_idempotent(project: Path) -> None:
     pyproject = project / "pyproject.toml"
     assert len(register_in_pyproject(pyproject, "acme", "acme", "Acme")) == 2

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.layout import validate_name
+from plugins.core.redaction import redact_url
 from plugins.core.storage import ObjectStore
 from plugins.core.zones import Zone, resolve_zone_url
 
@@ -84,14 +84,6 @@ def sqlalchemy_url(url: str) -> str:
     if scheme.startswith(("postgresql+", "sqlite")):
         return url
     raise ConfigError("catalog_url", f"unsupported catalog '{scheme}://'; use postgresql:// or sqlite:///")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 def _s3_properties() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -39,11 +40,15 @@ HOOK_KINDS = {
     "cdp_commands": "cli",
 }
 
-__all__ = ["PluginLoadError", "UnknownPluginError", "create_plugin_manager", "plugin_manager"]
+__all__ = ["PluginHookError", "PluginLoadError", "UnknownPluginError", "create_plugin_manager", "plugin_manager"]
 
 
 class UnknownPluginError(CdpError, LookupError):
     """A plugin, source, target, transform, loader or activator was asked for by a name nothing registered."""
+
+
+class PluginHookError(CdpError):
+    """A plugin's hook implementation raised: the message names the plugin and the hook."""
 
 
 def _enabled_names() -> list[str] | None:
@@ -88,7 +93,17 @@ def _context(context: CdpContext | None) -> CdpContext:
 def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContext | None) -> list[Any]:
     """Every item the plugins return from one hook, in registration order."""
     pm = pm or plugin_manager()
-    results = getattr(pm.hook, hook_name)(context=_context(context))
+    hook = getattr(pm.hook, hook_name)
+    try:
+        results = hook(context=_context(context))
+    except Exception as exc:
+        # pluggy does not say whose implementation raised: find its frame in the traceback.
+        raised_in = {frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)}
+        culprit = next((impl.plugin_name for impl in hook.get_hookimpls() if impl.function.__code__ in raised_in), None)
+        if culprit is None:
+            raise
+        msg = f"plugin '{culprit}' failed in {hook_name}: {type(exc).__name__}: {exc}; fix or uninstall it"
+        raise PluginHookError(msg) from exc
     return [item for result in results for item in (result or [])]
 
 

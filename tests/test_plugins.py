@@ -33,6 +33,7 @@ from plugins.descriptors import (
     order_transforms,
 )
 from plugins.manager import (
+    PluginHookError,
     UnknownPluginError,
     activators,
     alert_sinks,
@@ -368,3 +369,15 @@ def test_a_plugin_that_fails_to_import_is_named_in_the_error(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "plugin 'tap-broken' (cdp_broken) failed to load: ModuleNotFoundError" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_hook_that_raises_is_named_in_the_one_line_error() -> None:
+    class Broken:
+        @hookimpl
+        def cdp_sources(self) -> list[SourceDescriptor]:
+            raise RuntimeError("acme settings missing")
+
+    pm = create_plugin_manager(only=["tap-stripe"])
+    pm.register(Broken(), name="cdp-acme")
+    with pytest.raises(PluginHookError, match=r"^plugin 'cdp-acme' failed in cdp_sources: RuntimeError: acme settings"):
+        sources(pm)

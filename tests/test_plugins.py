@@ -222,6 +222,30 @@ def test_hook_cdp_alert_sinks(caplog: pytest.LogCaptureFixture) -> None:
     assert '"details":{"tenant":"shadowed?","property":"nickname"}' in caplog.text
 
 
+def test_an_alert_raised_while_a_plugin_is_broken_still_reaches_the_built_in_and_extra_sinks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    delivered: list[Alert] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def send(self, alert: Alert) -> None:
+            delivered.append(alert)
+
+    class BrokenPlugin:
+        @hookimpl
+        def cdp_alert_sinks(self) -> list[object]:
+            raise RuntimeError("pager settings missing")
+
+    alert = Alert(kind="schema_drift", severity=Severity.WARNING, message="new property", tenant="acme")
+    with caplog.at_level("INFO", logger="cdp.alerts"):
+        raise_alert(alert, _manager_with(BrokenPlugin()), extra_sinks=[Recorder()])  # the pipeline goes on
+    assert delivered == [alert]
+    assert "alert.schema_drift" in caplog.text  # the built-in log sink
+    assert "plugin 'test-plugin' failed in cdp_alert_sinks" in caplog.text
+
+
 def test_hook_cdp_commands() -> None:
     import typer
 

@@ -71,13 +71,34 @@ def create_plugin_manager(only: Iterable[str] | None = None) -> pluggy.PluginMan
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except Exception as exc:
+            problem = " ".join(str(exc).split())  # pluggy's messages span lines; errors are one line
             msg = (
-                f"plugin '{name}' ({available[name]}) failed to load: {type(exc).__name__}: {exc}; "
+                f"plugin '{name}' ({available[name]}) failed to load: {type(exc).__name__}: {problem}; "
                 f"fix or uninstall it, or leave it out with {PLUGINS_ENV_VAR}"
             )
             raise PluginLoadError(msg) from exc
-    pm.check_pending()
+    _refuse_unknown_hooks(pm, available)
     return pm
+
+
+# Hooks that were renamed, so a plugin written for the old name is told the new one.
+RENAMED_HOOKS = {"cdp_destinations": "cdp_targets"}
+
+
+def _refuse_unknown_hooks(pm: pluggy.PluginManager, available: dict[str, str]) -> None:
+    """pluggy's ``check_pending``, with the one-line error naming the plugin, its module and the real hooks."""
+    for hook_name, caller in sorted(vars(pm.hook).items()):
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            renamed = f" (it is {RENAMED_HOOKS[hook_name]} now)" if hook_name in RENAMED_HOOKS else ""
+            msg = (
+                f"plugin '{impl.plugin_name}' ({available.get(impl.plugin_name, impl.plugin_name)}) implements "
+                f"'{hook_name}', which is no cdp hook{renamed}; the hooks: {', '.join(sorted(HOOK_KINDS))}"
+            )
+            raise PluginLoadError(msg)
 
 
 @cache

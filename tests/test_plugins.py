@@ -381,6 +381,35 @@ def test_target_descriptor_names_its_executable() -> None:
     assert TargetDescriptor(name="x", target="targets.s3raw.target:TargetS3Raw").executable == "target-x"
 
 
+@pytest.mark.parametrize(
+    ("hook", "expected"),
+    [
+        (
+            "def cdp_destinations():",
+            "plugin 'target-old' (cdp_old) implements 'cdp_destinations', which is no cdp hook "
+            "(it is cdp_targets now); the hooks: cdp_activators, cdp_alert_sinks,",
+        ),
+        (
+            "def cdp_targets(ctx):",
+            "plugin 'target-old' (cdp_old) failed to load: PluginValidationError: Plugin 'target-old' for hook "
+            "'cdp_targets' hookimpl definition: cdp_targets(ctx) Argument(s) {'ctx'} are declared in the hookimpl",
+        ),
+    ],
+)
+def test_a_plugin_with_a_wrong_hook_is_named_in_one_line(tmp_path: Path, hook: str, expected: str) -> None:
+    site = tmp_path / "site"
+    (site / "cdp_old").mkdir(parents=True)
+    (site / "cdp_old" / "__init__.py").write_text(f"from plugins import hookimpl\n\n@hookimpl\n{hook}\n    return []\n")
+    dist = site / "cdp_old-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cdp-old\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[cdp]\ntarget-old = cdp_old\n")
+    result = _cdp("plugins", "list", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+
+
 def test_a_plugin_that_fails_to_import_is_named_in_the_error(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "cdp_broken").mkdir(parents=True)

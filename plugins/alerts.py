@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pluggy
 
+from plugins.core.errors import CdpError
 from plugins.core.events import log_event
 from plugins.core.redaction import redact_text
 from plugins.descriptors import Alert, AlertSink, Severity
@@ -118,12 +119,17 @@ def raise_alert(alert: Alert, pm: pluggy.PluginManager | None = None, *, extra_s
 
     Credentials in the message or in text details are redacted first (``plugins.core.redaction``).
 
-    An extra webhook sink whose URL a registered one already posts to is skipped (no duplicate messages).
+    An extra webhook sink whose URL a registered one already posts to is skipped (no duplicate messages). When the
+    registered sinks cannot be loaded (a plugin fails to import or its hook raises), the built-in sinks get the alert.
     """
     from plugins.manager import alert_sinks
 
     alert = _redacted(alert)
-    sinks = list(alert_sinks(pm))
+    try:
+        sinks = list(alert_sinks(pm))
+    except CdpError as exc:  # A broken plugin must neither lose the alert nor stop the pipeline that raised it.
+        log_event(logger, "alert_sinks_unavailable", logging.ERROR, error=redact_text(str(exc)))
+        sinks = cdp_alert_sinks()
     urls = {getattr(sink, "url", None) for sink in sinks} - {None}
     sinks.extend(sink for sink in extra_sinks if getattr(sink, "url", None) not in urls)
     for sink in sinks:

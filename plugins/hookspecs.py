@@ -7,8 +7,9 @@ settings); implementations may accept any subset of a hook's arguments (pluggy's
 context leaves it out. Plugins are registered by exposing a ``cdp`` entry point that points at the module holding
 them.
 
-Hooks return descriptors (``plugins.descriptors``) that name their implementation by import path: answering a hook
-must stay cheap, because ``cdp --help`` and ``cdp plugins list`` call them all.
+Hooks return descriptors (``plugins.descriptors``) that name their implementation by import path: a plugin's module
+and its hooks must stay cheap, because ``cdp --help`` and ``cdp plugins list`` import every plugin's module and every
+command that needs a plugin of one kind calls that hook on all of them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -39,11 +40,15 @@ HOOK_KINDS = {
     "cdp_commands": "cli",
 }
 
-__all__ = ["PluginLoadError", "UnknownPluginError", "create_plugin_manager", "plugin_manager"]
+__all__ = ["PluginHookError", "PluginLoadError", "UnknownPluginError", "create_plugin_manager", "plugin_manager"]
 
 
 class UnknownPluginError(CdpError, LookupError):
     """A plugin, source, target, transform, loader or activator was asked for by a name nothing registered."""
+
+
+class PluginHookError(CdpError):
+    """A plugin's hook implementation raised: the message names the plugin and the hook."""
 
 
 def _enabled_names() -> list[str] | None:
@@ -66,13 +71,34 @@ def create_plugin_manager(only: Iterable[str] | None = None) -> pluggy.PluginMan
         try:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         except Exception as exc:
+            problem = " ".join(str(exc).split())  # pluggy's messages span lines; errors are one line
             msg = (
-                f"plugin '{name}' ({available[name]}) failed to load: {type(exc).__name__}: {exc}; "
+                f"plugin '{name}' ({available[name]}) failed to load: {type(exc).__name__}: {problem}; "
                 f"fix or uninstall it, or leave it out with {PLUGINS_ENV_VAR}"
             )
             raise PluginLoadError(msg) from exc
-    pm.check_pending()
+    _refuse_unknown_hooks(pm, available)
     return pm
+
+
+# Hooks that were renamed, so a plugin written for the old name is told the new one.
+RENAMED_HOOKS = {"cdp_destinations": "cdp_targets"}
+
+
+def _refuse_unknown_hooks(pm: pluggy.PluginManager, available: dict[str, str]) -> None:
+    """pluggy's ``check_pending``, with the one-line error naming the plugin, its module and the real hooks."""
+    for hook_name, caller in sorted(vars(pm.hook).items()):
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            renamed = f" (it is {RENAMED_HOOKS[hook_name]} now)" if hook_name in RENAMED_HOOKS else ""
+            msg = (
+                f"plugin '{impl.plugin_name}' ({available.get(impl.plugin_name, impl.plugin_name)}) implements "
+                f"'{hook_name}', which is no cdp hook{renamed}; the hooks: {', '.join(sorted(HOOK_KINDS))}"
+            )
+            raise PluginLoadError(msg)
 
 
 @cache
@@ -88,7 +114,17 @@ def _context(context: CdpContext | None) -> CdpContext:
 def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContext | None) -> list[Any]:
     """Every item the plugins return from one hook, in registration order."""
     pm = pm or plugin_manager()
-    results = getattr(pm.hook, hook_name)(context=_context(context))
+    hook = getattr(pm.hook, hook_name)
+    try:
+        results = hook(context=_context(context))
+    except Exception as exc:
+        # pluggy does not say whose implementation raised: find its frame in the traceback.
+        raised_in = {frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)}
+        culprit = next((impl.plugin_name for impl in hook.get_hookimpls() if impl.function.__code__ in raised_in), None)
+        if culprit is None:
+            raise
+        msg = f"plugin '{culprit}' failed in {hook_name}: {type(exc).__name__}: {exc}; fix or uninstall it"
+        raise PluginHookError(msg) from exc
     return [item for result in results for item in (result or [])]
 
 

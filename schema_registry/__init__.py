@@ -1,6 +1,8 @@
 """The versioned schema registry: subjects ``{tenant}/{provider}/{stream}`` with JSON Schema versions and a mode.
 
 See docs/schema-registry.md. ``SchemaRegistry(ObjectStore(registry_url))`` is the entry point.
+
+May import: ``plugins.core`` (storage, errors, the JSON Schema dialect). Nothing else in ``plugins``, never a connector.
 """
 
 from schema_registry.compatibility import Violation, can_read, check_against

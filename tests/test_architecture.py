@@ -7,7 +7,7 @@ Every import in the framework and the connectors is checked, including those ins
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,26 +51,35 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.AST) -> Iterator[str]:
+def _imports(tree: ast.AST, package: str) -> Iterator[str]:
+    """Every module a tree imports, relative imports resolved against ``package`` (the importing module's package)."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and _is_type_checking(node):
-            yield from (name for child in node.orelse for name in _imports(ast.Module(body=[child], type_ignores=[])))
+            for child in node.orelse:
+                yield from _imports(ast.Module(body=[child], type_ignores=[]), package)
             continue
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            yield node.module
-            yield from (f"{node.module}.{alias.name}" for alias in node.names)
-        yield from _imports(node)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x, from ..core import y
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*parts, base] if base else parts)
+            if base:
+                yield base
+                yield from (f"{base}.{alias.name}" for alias in node.names)
+        yield from _imports(node, package)
 
 
 def _project_imports(path: Path) -> set[str]:
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return _in_project(_imports(ast.parse(path.read_text(), str(path)), package))
+
+
+def _in_project(names: Iterable[str]) -> set[str]:
     tops = ("plugins", "schema_registry", *CONNECTOR_PACKAGES)
-    found = set()
-    for name in _imports(ast.parse(path.read_text(), str(path))):
-        if name.split(".")[0] in tops:
-            found.add(name)
-    return found
+    return {name for name in names if name.split(".")[0] in tops}
 
 
 def _within(name: str, prefix: str) -> bool:
@@ -125,6 +134,12 @@ def test_a_connector_imports_the_framework_and_itself_never_a_sibling(path: Path
 
 
 def test_every_framework_subpackage_says_what_it_is_for_and_what_it_may_import() -> None:
-    for init in sorted((ROOT / "plugins").glob("*/__init__.py")):
+    for init in [*sorted((ROOT / "plugins").glob("*/__init__.py")), ROOT / "schema_registry" / "__init__.py"]:
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "May import" in doc, f"{init.relative_to(ROOT)} must open with a docstring saying what it may import"
+
+
+def test_relative_imports_are_checked_like_absolute_ones() -> None:
+    tree = ast.parse("from ..connectors import sandbox\nfrom . import errors\nfrom .layout import Zone\n")
+    found = _in_project(_imports(tree, "plugins.core"))
+    assert found >= {"plugins.connectors.sandbox", "plugins.core.errors", "plugins.core.layout"}

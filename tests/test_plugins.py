@@ -33,6 +33,7 @@ from plugins.descriptors import (
     order_transforms,
 )
 from plugins.manager import (
+    PluginHookError,
     UnknownPluginError,
     activators,
     alert_sinks,
@@ -221,6 +222,30 @@ def test_hook_cdp_alert_sinks(caplog: pytest.LogCaptureFixture) -> None:
     assert '"details":{"tenant":"shadowed?","property":"nickname"}' in caplog.text
 
 
+def test_an_alert_raised_while_a_plugin_is_broken_still_reaches_the_built_in_and_extra_sinks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    delivered: list[Alert] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def send(self, alert: Alert) -> None:
+            delivered.append(alert)
+
+    class BrokenPlugin:
+        @hookimpl
+        def cdp_alert_sinks(self) -> list[object]:
+            raise RuntimeError("pager settings missing")
+
+    alert = Alert(kind="schema_drift", severity=Severity.WARNING, message="new property", tenant="acme")
+    with caplog.at_level("INFO", logger="cdp.alerts"):
+        raise_alert(alert, _manager_with(BrokenPlugin()), extra_sinks=[Recorder()])  # the pipeline goes on
+    assert delivered == [alert]
+    assert "alert.schema_drift" in caplog.text  # the built-in log sink
+    assert "plugin 'test-plugin' failed in cdp_alert_sinks" in caplog.text
+
+
 def test_hook_cdp_commands() -> None:
     import typer
 
@@ -356,6 +381,35 @@ def test_target_descriptor_names_its_executable() -> None:
     assert TargetDescriptor(name="x", target="targets.s3raw.target:TargetS3Raw").executable == "target-x"
 
 
+@pytest.mark.parametrize(
+    ("hook", "expected"),
+    [
+        (
+            "def cdp_destinations():",
+            "plugin 'target-old' (cdp_old) implements 'cdp_destinations', which is no cdp hook "
+            "(it is cdp_targets now); the hooks: cdp_activators, cdp_alert_sinks,",
+        ),
+        (
+            "def cdp_targets(ctx):",
+            "plugin 'target-old' (cdp_old) failed to load: PluginValidationError: Plugin 'target-old' for hook "
+            "'cdp_targets' hookimpl definition: cdp_targets(ctx) Argument(s) {'ctx'} are declared in the hookimpl",
+        ),
+    ],
+)
+def test_a_plugin_with_a_wrong_hook_is_named_in_one_line(tmp_path: Path, hook: str, expected: str) -> None:
+    site = tmp_path / "site"
+    (site / "cdp_old").mkdir(parents=True)
+    (site / "cdp_old" / "__init__.py").write_text(f"from plugins import hookimpl\n\n@hookimpl\n{hook}\n    return []\n")
+    dist = site / "cdp_old-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cdp-old\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[cdp]\ntarget-old = cdp_old\n")
+    result = _cdp("plugins", "list", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+
+
 def test_a_plugin_that_fails_to_import_is_named_in_the_error(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "cdp_broken").mkdir(parents=True)
@@ -368,3 +422,15 @@ def test_a_plugin_that_fails_to_import_is_named_in_the_error(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "plugin 'tap-broken' (cdp_broken) failed to load: ModuleNotFoundError" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_hook_that_raises_is_named_in_the_one_line_error() -> None:
+    class Broken:
+        @hookimpl
+        def cdp_sources(self) -> list[SourceDescriptor]:
+            raise RuntimeError("acme settings missing")
+
+    pm = create_plugin_manager(only=["tap-stripe"])
+    pm.register(Broken(), name="cdp-acme")
+    with pytest.raises(PluginHookError, match=r"^plugin 'cdp-acme' failed in cdp_sources: RuntimeError: acme settings"):
+        sources(pm)

@@ -13,6 +13,7 @@ from plugins.core.redaction import (
     redact_headers,
     redact_params,
     redact_text,
+    redact_url,
 )
 from plugins.descriptors import Alert, Severity
 from plugins.manager import create_plugin_manager
@@ -71,3 +72,22 @@ def test_alerts_reach_every_sink_without_credentials() -> None:
     assert "s3cr3t-value" not in sent.message
     assert "t0k3n" not in sent.details["request"]
     assert sent.details["attempts"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:////var/lib/cdp/catalog.db", "sqlite:////var/lib/cdp/catalog.db"),
+        (
+            "postgresql:///cdp?host=/run/postgresql&password=pw",
+            f"postgresql:///cdp?host=/run/postgresql&password={REDACTED}",
+        ),
+        ("postgresql://cdp:pw@db:5432/cdp?sslmode=require", "postgresql://db:5432/cdp?sslmode=require"),
+        (
+            "https://api.example.com/v1/x?created%5Bgte%5D=1&q=a+b",
+            "https://api.example.com/v1/x?created%5Bgte%5D=1&q=a+b",
+        ),
+    ],
+)
+def test_a_redacted_url_changes_nothing_but_its_credentials(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -128,12 +128,37 @@ def test_new_tap_will_not_overwrite_an_existing_package(project: Path) -> None:
     assert "already exists" in result.stderr
 
 
+def test_new_tap_prints_each_path_and_registration_on_one_line_to_copy(project: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(project), "COLUMNS": "80"}  # a narrow terminal, or a pipe
+    args = [CDP, "new", "tap", "acme", "--root", str(project)]
+    result = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"  wrote {project / 'taps' / 'acme' / 'sandbox.py'}" in lines
+    assert '  pyproject.toml: [project.scripts] tap-acme = "taps.acme.tap:TapAcme.cli"' in lines
+    assert any("`meltano run tap-acme target-s3raw`" in line for line in lines)
+
+
 def test_pyproject_registration_is_idempotent(project: Path) -> None:
     pyproject = project / "pyproject.toml"
     assert len(register_in_pyproject(pyproject, "acme", "acme", "Acme")) == 2
     once = pyproject.read_text()
     assert register_in_pyproject(pyproject, "acme", "acme", "Acme") == []
     assert pyproject.read_text() == once
+
+
+def test_pyproject_registration_leaves_the_next_tables_comment_above_that_table(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project.scripts]\ncdp = "plugins.cli.__main__:run"\n\n'
+        '# Every plugin is found through this group.\n[project.entry-points.cdp]\ntap-stripe = "taps.stripe"\n'
+    )
+    register_in_pyproject(pyproject, "acme", "acme", "Acme")
+    assert pyproject.read_text() == (
+        '[project.scripts]\ncdp = "plugins.cli.__main__:run"\ntap-acme = "taps.acme.tap:TapAcme.cli"\n\n'
+        '# Every plugin is found through this group.\n[project.entry-points.cdp]\ntap-stripe = "taps.stripe"\n'
+        'tap-acme = "taps.acme"\n'
+    )
 
 
 def test_meltano_registration_is_idempotent_and_keeps_comments(project: Path) -> None:

@@ -18,7 +18,14 @@ from pyiceberg.types import StringType
 from pyspark.sql import functions as F
 
 from plugins.core.errors import ConfigError
-from plugins.transforms.catalog import ProcessedZone, create_table, load_table, partition_field, sqlalchemy_url
+from plugins.transforms.catalog import (
+    CatalogError,
+    ProcessedZone,
+    create_table,
+    load_table,
+    partition_field,
+    sqlalchemy_url,
+)
 from plugins.transforms.commit import (
     PROCESSED_ADDED_PROPERTY,
     CommitError,
@@ -166,6 +173,17 @@ def test_the_catalog_url_selects_psycopg_for_postgresql() -> None:
     assert sqlalchemy_url("sqlite:////tmp/c.db") == "sqlite:////tmp/c.db"
     with pytest.raises(ConfigError, match="catalog_url"):
         sqlalchemy_url("mysql://db/cdp")
+
+
+def test_an_unreachable_catalog_is_named_without_its_credentials(tmp_path) -> None:
+    # libpq takes the password in the user info or as a query parameter; neither may reach a message.
+    url = "postgresql://cdp:hunter2@127.0.0.1:1/cdp?sslmode=disable&password=swordfish"
+    with pytest.raises(CatalogError) as failure:
+        ProcessedZone.resolve(str(tmp_path / "processed"), url).open()
+    message = str(failure.value)
+    assert "127.0.0.1:1/cdp" in message
+    assert "hunter2" not in message
+    assert "swordfish" not in message
 
 
 def test_a_postgresql_catalog_commits_and_lists_the_tenant_namespace(spark, tmp_path, postgres_url) -> None:

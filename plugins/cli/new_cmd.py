@@ -79,7 +79,8 @@ def _add_to_section(text: str, section: str, key: str, value: str) -> tuple[str,
         if line.split("=", 1)[0].strip().strip('"') == key:
             return text, False
     last = end - 1
-    while last > start and not lines[last].strip():
+    # Blank lines and the comments just above the next table belong to that table, not to this one.
+    while last > start and (not lines[last].strip() or lines[last].lstrip().startswith("#")):
         last -= 1
     if not lines[last].endswith("\n"):
         lines[last] += "\n"
@@ -266,17 +267,18 @@ def new_tap(
     if as_json:
         print_json(result.as_dict())
         return
-    console.print(styled((f"tap-{result.name}", "bold"), f" scaffolded in {result.package}"))
+    # Paths, TOML lines and commands are meant to be copied: never wrap them at the console's width.
+    console.print(styled((f"tap-{result.name}", "bold"), f" scaffolded in {result.package}"), soft_wrap=True)
     for path in result.files:
-        console.print(f"  wrote {path}")
+        console.print(f"  wrote {path}", soft_wrap=True)
     for change in result.pyproject_changes:
-        console.print(f"  pyproject.toml: {change}")
+        console.print(f"  pyproject.toml: {change}", soft_wrap=True)
     for change in result.meltano_changes:
-        console.print(f"  meltano.yml: {change}")
+        console.print(f"  meltano.yml: {change}", soft_wrap=True)
     package = result.package.name
     next_steps = (
         "Next: install it with `.venv/bin/uv pip install --python .venv/bin/python -e '.[dev]'`, run "
         f"`.venv/bin/pytest tests/test_tap_{package}.py`, try `cdp sandbox serve {result.name}` and, beside it, "
         f"`meltano run tap-{result.name} target-s3raw`; then follow docs/writing-a-tap.md."
     )
-    console.print(next_steps)
+    console.print(next_steps, soft_wrap=True)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 PII_FIELDS_ENV = "CDP_PII_FIELDS"
 REDACTED = "<redacted>"
@@ -124,11 +124,24 @@ def redact_params(params: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict
 
 
 def redact_url(url: str) -> str:
-    """``url`` without user info and with secret query parameters redacted."""
+    """``url`` without user info and with secret query parameters redacted; everything else is kept as written.
+
+    Edited as text, not re-assembled: ``urlunsplit`` drops the empty host of ``sqlite:////path`` or
+    ``postgresql:///db?host=/socket`` and re-encodes the query.
+    """
     parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = [(key, REDACTED if is_secret_name(key) else value) for key, value in parse_qsl(parts.query, True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="[]<>"), parts.fragment))
+    shown = url
+    if "@" in parts.netloc:
+        shown = shown.replace(f"//{parts.netloc}", f"//{parts.netloc.rsplit('@', 1)[-1]}", 1)
+    if parts.query:
+        pieces = parts.query.split("&")
+        kept = [
+            f"{piece.split('=', 1)[0]}={REDACTED}" if is_secret_name(unquote_plus(piece.split("=", 1)[0])) else piece
+            for piece in pieces
+        ]
+        if kept != pieces:
+            shown = shown.replace(f"?{parts.query}", f"?{'&'.join(kept)}", 1)
+    return shown
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:

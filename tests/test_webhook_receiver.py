@@ -528,6 +528,21 @@ def test_the_receiver_answers_signed_events_promptly_while_slow_and_oversized_cl
         assert len(server.stored("acme", "stripe", "events")) == 30
 
 
+def test_one_endless_header_line_is_431_at_the_limit_not_held_until_the_header_timeout(tmp_path: Path) -> None:
+    # httptools keeps an unfinished header whole before it reports it: one line that never ends must still be cut off
+    # at the limit, not buffered (and re-concatenated) for as long as the header timeout allows.
+    with _serve(tmp_path, header_timeout_seconds=60.0, max_header_bytes=8192) as server:
+        endless = _connect(server.url)
+        endless.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        with contextlib.suppress(OSError):  # The server closes the connection while this is still sending.
+            for _ in range(64):  # Up to 4 MiB of one header value, no CRLF.
+                endless.sendall(b"a" * 65536)
+        started = time.monotonic()
+        assert _answer(endless).startswith(b"HTTP/1.1 431")
+        assert time.monotonic() - started < 10  # Answered at the limit, not at the 60 s header timeout.
+        endless.close()
+
+
 def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
     with _serve(tmp_path, max_connections=4, header_timeout_seconds=30.0) as server:
         idle = [_connect(server.url) for _ in range(4)]

@@ -356,6 +356,11 @@ def test_tenant_names_that_share_a_secret_variable_are_served_under_one_name_onl
         ReceiverSettings(tenants=["acme", "acme-x", "acme_x"])
 
 
+def test_a_served_tenant_name_with_a_trailing_newline_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match="must be lower-case letters"):
+        ReceiverSettings(tenants=["acme\n"])
+
+
 def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
     with _serve(tmp_path, body_timeout_seconds=0.3) as server:
         body = stripe_event("evt_slow")

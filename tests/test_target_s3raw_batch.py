@@ -8,6 +8,7 @@ import itertools
 import os
 import re
 import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,13 @@ def test_a_parquet_file_whose_values_decode_past_the_cap_goes_to_the_dlq_unread(
     assert len(items) == 1
     assert items[0].error is not None
     assert "max_batch_decompressed_bytes" in items[0].error
+
+
+def test_a_parquet_decimal_beyond_64_bits_is_read_as_the_exact_integer(tmp_path: Path) -> None:
+    batch = tmp_path / "big.parquet"
+    value = Decimal("123456789012345678901234")
+    pq.write_table(pa.table({"n": pa.array([value], pa.decimal128(38, 0))}), batch)
+    limits = BatchLimits(allowed_prefixes=(str(tmp_path),))
+    items = list(read_batch_manifest(batch.as_uri(), {"format": "parquet"}, limits=limits))
+    assert [item.record for item in items] == [{"n": 123456789012345678901234}]
+    assert isinstance(items[0].record["n"], int)

@@ -181,6 +181,15 @@ def test_shopify_capture_replayed_with_new_ids_or_long_after_is_not_stored_again
     assert len(receiver.stored("acme", "shopify", "orders")) == 1
 
 
+def test_shopify_capture_replayed_under_other_topics_of_its_resource_is_not_stored_again(receiver: Receiver) -> None:
+    # The topic header is not signed: any "orders/..." topic would otherwise make a captured body a new event.
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, shopify_headers(SHOPIFY_ORDER)).status_code == 200
+    for index, topic in enumerate(["orders/updated", "orders/paid", "orders/replay-1", "orders/create/../x"]):
+        replay = shopify_headers(SHOPIFY_ORDER, topic=topic, webhook_id=f"wh-forged-{index}")
+        assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, replay).json()["status"] == "duplicate"
+    assert len(receiver.stored("acme", "shopify", "orders")) == 1
+
+
 def test_shopify_order_body_under_a_customers_topic_goes_to_the_dlq(receiver: Receiver) -> None:
     headers = shopify_headers(SHOPIFY_ORDER, topic="customers/create")
     assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, headers).status_code == 202

@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -576,6 +578,20 @@ def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) 
             assert time.monotonic() < deadline, "a freed connection slot was never reused"
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_cdp_webhooks_serve_refuses_a_port_out_of_range_instead_of_listening_elsewhere(
+    tmp_path: Path, port: str
+) -> None:
+    # 99999 used to reach getaddrinfo, which wrapped it to 34463: the receiver listened on a port nobody asked for.
+    # A subprocess with a deadline, so a receiver that does start fails the test instead of serving forever.
+    command = [sys.executable, "-m", "plugins.cli.app", "webhooks", "serve", "--port", port]
+    result = subprocess.run([*command, "--log-url", str(tmp_path / "log")], capture_output=True, text=True, timeout=30)
+
+    assert result.returncode != 0
+    assert "Invalid value for '--port'" in result.stderr
+    assert not (tmp_path / "log").exists()
 
 
 def test_cdp_webhooks_serve_on_a_busy_port_fails_in_one_line_before_making_the_log(

@@ -21,6 +21,8 @@ def serve(
     port: Annotated[
         int | None,
         typer.Option(
+            min=0,
+            max=65535,
             help="Port to listen on; 0 picks a free one (the URL printed has it) "
             "[default: the source's dev port: stripe 12111, ...]."
         ),

@@ -242,6 +242,24 @@ def test_record_before_its_schema_stops_the_run(tmp_path: Path) -> None:
         run_target(zone_config(str(tmp_path)), [record_message("customers", {"id": "c1"})])
 
 
+def test_two_streams_that_reduce_to_one_raw_zone_name_stop_the_run(tmp_path: Path) -> None:
+    # public-users and public_users would otherwise share one subject and one set of raw files.
+    messages = [
+        schema_message("public-users", CUSTOMERS_SCHEMA),
+        record_message("public-users", {"id": "c1"}),
+        schema_message("public_users", CUSTOMERS_SCHEMA),
+        record_message("public_users", {"id": "c2"}),
+    ]
+    with pytest.raises(ProtocolError, match="'public-users' and 'public_users' would share the raw-zone name"):
+        run_target(zone_config(str(tmp_path)), messages)
+
+
+def test_a_stream_name_too_long_for_a_file_name_is_one_clear_error(tmp_path: Path) -> None:
+    name = "a" * 300
+    with pytest.raises(ProtocolError, match="the name is over 128 characters"):
+        run_target(zone_config(str(tmp_path)), [schema_message(name, CUSTOMERS_SCHEMA), record_message(name, {})])
+
+
 def test_schema_without_properties_stops_the_run(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="properties"):
         run_target(zone_config(str(tmp_path)), [schema_message("customers", {"type": "object"})])

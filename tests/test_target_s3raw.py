@@ -371,6 +371,23 @@ def test_values_json_cannot_carry_go_to_the_dlq_as_the_original_line(
     assert (letter["record"], letter["record_text"], letter["stream"]) == (None, line.decode(), "orders")
 
 
+@pytest.mark.parametrize("depth", [253, 300, 1000])
+def test_a_record_nested_deeper_than_the_zones_can_store_goes_to_the_dlq_and_the_run_goes_on(
+    tmp_path: Path, depth: int
+) -> None:
+    # orjson reads 1024 levels but writes 254: such a record used to stop the run with "Recursion limit reached".
+    config = zone_config(str(tmp_path))
+    deep = b'{"a":' * depth + b"1" + b"}" * depth
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","deep":' + deep + b"}}"
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line, record_message("orders", {"id": "o2"})])
+
+    assert [r["id"] for r in raw_records(config)] == ["o2"]
+    [letter] = dead_letters(config)
+    assert letter["error_type"] == "parse_error"
+    assert "nests deeper than 254 levels" in letter["error_message"]
+    assert (letter["record"], letter["record_text"]) == (None, line.decode())
+
+
 def test_invalid_utf8_goes_to_the_dlq_as_the_original_bytes(tmp_path: Path) -> None:
     import base64
 

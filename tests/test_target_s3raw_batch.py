@@ -305,3 +305,16 @@ def test_a_parquet_decimal_beyond_64_bits_is_read_as_the_exact_integer(tmp_path:
     items = list(read_batch_manifest(batch.as_uri(), {"format": "parquet"}, limits=limits))
     assert [item.record for item in items] == [{"n": 123456789012345678901234}]
     assert isinstance(items[0].record["n"], int)
+
+
+def test_a_batch_line_too_deep_for_its_dead_letter_is_a_parse_error_with_its_text(tmp_path: Path) -> None:
+    # A BATCH line is the record itself: its dead letter wraps it in one more level than orjson writes (254).
+    batch = tmp_path / "deep.jsonl"
+    line = b'{"a":' * 254 + b"1" + b"}" * 254
+    batch.write_bytes(line + b"\n" + b'{"id":"c1"}\n')
+    limits = BatchLimits(allowed_prefixes=(str(tmp_path),))
+    items = list(read_batch_manifest(batch.as_uri(), {"format": "jsonl"}, limits=limits))
+    assert items[0].error is not None
+    assert "nests deeper than 253 levels" in items[0].error
+    assert items[0].raw == line
+    assert items[1].record == {"id": "c1"}

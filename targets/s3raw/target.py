@@ -32,7 +32,7 @@ from plugins.core.events import log_event
 from plugins.core.layout import NAME_PATTERN, sanitize_stream_name, validate_name
 from plugins.core.raw_zone import METADATA_COLUMNS, RawZoneWriter
 from plugins.core.schema_dialect import reference_validator
-from plugins.core.serialization import dumps, parse_json
+from plugins.core.serialization import MAX_WRITABLE_DEPTH, dumps, parse_json
 from plugins.core.storage import ObjectStore
 from plugins.core.validation import InvalidRecordSchemaError, RecordValidator
 from plugins.descriptors import Severity
@@ -551,7 +551,8 @@ class TargetS3Raw(Target):
         raw = raw.rstrip(b"\r\n")
         record: Any = None
         try:
-            record = parse_json(raw.decode("utf-8"))  # JSON that is not a Singer message is kept as the JSON it is.
+            # JSON that is not a Singer message is kept as the JSON it is (if its dead letter can hold it).
+            record = parse_json(raw.decode("utf-8"), max_depth=MAX_WRITABLE_DEPTH - 1)
         except ValueError:
             record = None  # Kept as the original line instead: record_text, else record_base64.
         stream = _stream_named(record if record is not None else raw)

@@ -103,3 +103,23 @@ def test_tables_print_messages_literally(zones: Zones, capsys: pytest.CaptureFix
     assert main(["dlq", "show", key, "--dlq-url", zones.dlq.url]) == 0
 
     assert "[a-z0-9_]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "list", "--dlq-url", "s3://no-such-bucket/dlq"],
+        ["dlq", "stats", "--lake-url", "s3://no-such-bucket"],
+        ["dlq", "purge", "--older-than", "1d", "--yes", "--dlq-url", "s3://no-such-bucket/dlq"],
+        ["dlq", "audit", "--dlq-url", "s3://no-such-bucket/dlq"],
+        ["schema", "list", "--registry-url", "s3://no-such-bucket/registry"],
+    ],
+)
+def test_a_store_in_a_bucket_that_does_not_exist_is_one_clear_line_not_an_empty_report(
+    s3_endpoint: str, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code = main(args)
+
+    assert code == 1
+    err = _one_line_error(capsys)
+    assert "bucket 'no-such-bucket' does not exist" in err

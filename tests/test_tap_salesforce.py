@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
-from plugins.connectors.tap_runtime import StreamsFailedError
+from plugins.connectors.tap_runtime import ExtractionFailure, StreamsFailedError
 from plugins.connectors.testing import FakeClock, TapRun, dead_letters, run_tap, run_tap_process, start_tap_process
 from plugins.core.errors import ConfigError
 from taps.salesforce.client import SalesforceStream, format_datetime
@@ -24,7 +24,7 @@ from taps.salesforce.sandbox import (
     SalesforceState,
     create_sandbox,
 )
-from taps.salesforce.streams import DEFAULT_OBJECTS
+from taps.salesforce.streams import DEFAULT_OBJECTS, QueryPaginator
 from taps.salesforce.tap import TapSalesforce
 
 StartSandbox = Callable[..., SandboxServer]
@@ -378,3 +378,23 @@ def test_discovery_requests_take_the_runtimes_retry_path(
     messages = [record.getMessage() for record in caplog.records]
     retries = [line for line in messages if "tap.retry" in line and "/sobjects/Account/describe" in line]
     assert len(retries) == 3
+
+
+def _query_page(next_url: object) -> requests.Response:
+    response = requests.Response()
+    response._content = json.dumps({"done": False, "records": [], "nextRecordsUrl": next_url}).encode()
+    return response
+
+
+@pytest.mark.parametrize(
+    "next_url", ["@evil.example/steal", "//evil.example/x", "https://evil.example/services/data/v62.0/query/1-2", 7]
+)
+def test_a_next_records_url_that_would_leave_the_instance_is_refused(next_url: object) -> None:
+    # It is appended to instance_url and sent with the access token: https://org.my.salesforce.com@evil.example/...
+    with pytest.raises(ExtractionFailure, match="not a query locator path"):
+        QueryPaginator().get_next(_query_page(next_url))
+
+
+def test_a_next_records_url_that_is_a_query_locator_is_followed() -> None:
+    locator = "/services/data/v62.0/query/01gD0000002HU6KIAW-2000"
+    assert QueryPaginator().get_next(_query_page(locator)) == locator

@@ -242,6 +242,24 @@ def test_record_before_its_schema_stops_the_run(tmp_path: Path) -> None:
         run_target(zone_config(str(tmp_path)), [record_message("customers", {"id": "c1"})])
 
 
+def test_two_streams_that_reduce_to_one_raw_zone_name_stop_the_run(tmp_path: Path) -> None:
+    # public-users and public_users would otherwise share one subject and one set of raw files.
+    messages = [
+        schema_message("public-users", CUSTOMERS_SCHEMA),
+        record_message("public-users", {"id": "c1"}),
+        schema_message("public_users", CUSTOMERS_SCHEMA),
+        record_message("public_users", {"id": "c2"}),
+    ]
+    with pytest.raises(ProtocolError, match="'public-users' and 'public_users' would share the raw-zone name"):
+        run_target(zone_config(str(tmp_path)), messages)
+
+
+def test_a_stream_name_too_long_for_a_file_name_is_one_clear_error(tmp_path: Path) -> None:
+    name = "a" * 300
+    with pytest.raises(ProtocolError, match="the name is over 128 characters"):
+        run_target(zone_config(str(tmp_path)), [schema_message(name, CUSTOMERS_SCHEMA), record_message(name, {})])
+
+
 def test_schema_without_properties_stops_the_run(tmp_path: Path) -> None:
     with pytest.raises(ProtocolError, match="properties"):
         run_target(zone_config(str(tmp_path)), [schema_message("customers", {"type": "object"})])
@@ -351,6 +369,23 @@ def test_values_json_cannot_carry_go_to_the_dlq_as_the_original_line(
     [letter] = dead_letters(config)
     assert letter["error_message"].startswith(message)
     assert (letter["record"], letter["record_text"], letter["stream"]) == (None, line.decode(), "orders")
+
+
+@pytest.mark.parametrize("depth", [253, 300, 1000])
+def test_a_record_nested_deeper_than_the_zones_can_store_goes_to_the_dlq_and_the_run_goes_on(
+    tmp_path: Path, depth: int
+) -> None:
+    # orjson reads 1024 levels but writes 254: such a record used to stop the run with "Recursion limit reached".
+    config = zone_config(str(tmp_path))
+    deep = b'{"a":' * depth + b"1" + b"}" * depth
+    line = b'{"type":"RECORD","stream":"orders","record":{"id":"o1","deep":' + deep + b"}}"
+    run_target(config, [schema_message("orders", ORDERS_SCHEMA), line, record_message("orders", {"id": "o2"})])
+
+    assert [r["id"] for r in raw_records(config)] == ["o2"]
+    [letter] = dead_letters(config)
+    assert letter["error_type"] == "parse_error"
+    assert "nests deeper than 254 levels" in letter["error_message"]
+    assert (letter["record"], letter["record_text"]) == (None, line.decode())
 
 
 def test_invalid_utf8_goes_to_the_dlq_as_the_original_bytes(tmp_path: Path) -> None:

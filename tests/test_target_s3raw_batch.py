@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import os
 import re
+import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plugins.core.storage import ObjectStore
-from targets.s3raw.batch_files import BatchManifestError, sdk_default_batch_root
+from targets.s3raw.batch_files import BatchLimits, BatchManifestError, read_batch_manifest, sdk_default_batch_root
 from tests.s3raw_support import (
     CUSTOMERS_SCHEMA,
     dead_letters,
@@ -250,3 +253,68 @@ def test_an_oversized_or_missing_batch_file_goes_to_the_dlq_on_every_store(store
         big: "batch file is over max_batch_file_bytes (10000)",
         missing: "batch file does not exist",
     }
+
+
+def _peak_bytes_reading_first_records(url: str, encoding: dict[str, Any], folder: Path) -> int:
+    tracemalloc.start()
+    try:
+        items = read_batch_manifest(url, encoding, limits=BatchLimits(allowed_prefixes=(str(folder),)))
+        first = list(itertools.islice(items, 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(first) == 10
+    assert all(item.error is None for item in first)
+    return peak
+
+
+def test_a_gzip_file_of_millions_of_tiny_lines_is_read_a_line_at_a_time(tmp_path: Path) -> None:
+    # 3M lines of "{}" compress to a few KiB and are well under the decompressed cap, but a list of every line
+    # took some 40 bytes per line: memory must stay bounded by the file, not by its count of records.
+    batch = tmp_path / "tiny.jsonl.gz"
+    batch.write_bytes(gzip.compress(b"{}\n" * 3_000_000, 9))
+    peak = _peak_bytes_reading_first_records(batch.as_uri(), {"format": "jsonl", "compression": "gzip"}, tmp_path)
+    assert peak < 20 * 1024 * 1024
+
+
+def test_a_dictionary_encoded_parquet_file_of_a_million_rows_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    # Its metadata declares a few KiB of column data; as Python rows all at once it took hundreds of MB.
+    batch = tmp_path / "rows.parquet"
+    rows = 1_000_000
+    pq.write_table(pa.table({"id": pa.array(["x"] * rows).dictionary_encode()}), batch, compression="zstd")
+    assert batch.stat().st_size < 64 * 1024
+    peak = _peak_bytes_reading_first_records(batch.as_uri(), {"format": "parquet"}, tmp_path)
+    assert peak < 40 * 1024 * 1024
+
+
+def test_a_parquet_file_whose_values_decode_past_the_cap_goes_to_the_dlq_unread(tmp_path: Path) -> None:
+    batch = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": pa.array(["x"] * 200_000).dictionary_encode()}), batch, compression="zstd")
+    limits = BatchLimits(allowed_prefixes=(str(tmp_path),), max_decompressed_bytes=1024 * 1024)
+    items = list(read_batch_manifest(batch.as_uri(), {"format": "parquet"}, limits=limits))
+    assert len(items) == 1
+    assert items[0].error is not None
+    assert "max_batch_decompressed_bytes" in items[0].error
+
+
+def test_a_parquet_decimal_beyond_64_bits_is_read_as_the_exact_integer(tmp_path: Path) -> None:
+    batch = tmp_path / "big.parquet"
+    value = Decimal("123456789012345678901234")
+    pq.write_table(pa.table({"n": pa.array([value], pa.decimal128(38, 0))}), batch)
+    limits = BatchLimits(allowed_prefixes=(str(tmp_path),))
+    items = list(read_batch_manifest(batch.as_uri(), {"format": "parquet"}, limits=limits))
+    assert [item.record for item in items] == [{"n": 123456789012345678901234}]
+    assert isinstance(items[0].record["n"], int)
+
+
+def test_a_batch_line_too_deep_for_its_dead_letter_is_a_parse_error_with_its_text(tmp_path: Path) -> None:
+    # A BATCH line is the record itself: its dead letter wraps it in one more level than orjson writes (254).
+    batch = tmp_path / "deep.jsonl"
+    line = b'{"a":' * 254 + b"1" + b"}" * 254
+    batch.write_bytes(line + b"\n" + b'{"id":"c1"}\n')
+    limits = BatchLimits(allowed_prefixes=(str(tmp_path),))
+    items = list(read_batch_manifest(batch.as_uri(), {"format": "jsonl"}, limits=limits))
+    assert items[0].error is not None
+    assert "nests deeper than 253 levels" in items[0].error
+    assert items[0].raw == line
+    assert items[1].record == {"id": "c1"}

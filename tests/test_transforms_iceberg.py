@@ -25,6 +25,7 @@ from plugins.transforms.catalog import (
     load_table,
     partition_field,
     sqlalchemy_url,
+    table_identifier,
 )
 from plugins.transforms.commit import (
     PROCESSED_ADDED_PROPERTY,
@@ -293,3 +294,8 @@ def test_an_output_without_a_table_column_is_refused_before_writing(spark, tmp_p
     with pytest.raises(CommitError, match=r"lacks column\(s\) email"):
         write_data_files(frame.drop("email"), table)
     assert not list((tmp_path / "processed").rglob("*.parquet"))
+
+
+def test_a_table_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must be lower-case letters"):
+        table_identifier("acme", "customers\n")

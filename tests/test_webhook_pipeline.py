@@ -327,3 +327,17 @@ def test_drained_streams_never_share_a_name_with_the_providers_batch_tap(tmp_pat
     assert drained
     assert all(name.startswith("webhook_") for name in drained)
     assert not drained & set(get_source(provider).streams)  # Same provider folder, distinct registry subjects.
+
+
+def test_tap_webhooks_records_its_tenant_and_refuses_another_tenants_state(tmp_path: Path) -> None:
+    # Positions are shared by every tenant of the log: acme's bookmark would make beta skip its own earlier events.
+    from plugins.connectors.tap_runtime import StateTenantMismatchError
+    from taps.webhooks.tap import TapWebhooks
+
+    config = {"provider": "stripe", "tenant": "acme", "log_url": str(tmp_path)}
+    assert TapWebhooks(config=config).state["tenant"] == "acme"
+    acme_state = {"tenant": "acme", "bookmarks": {"webhook_events": {"replication_key_value": "00000000000000000008"}}}
+    with pytest.raises(
+        StateTenantMismatchError, match="written for tenant 'acme', but this run extracts tenant 'beta'"
+    ):
+        TapWebhooks(config={**config, "tenant": "beta"}, state=acme_state)

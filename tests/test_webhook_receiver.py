@@ -9,6 +9,8 @@ import hashlib
 import hmac
 import json
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -178,6 +180,15 @@ def test_shopify_capture_replayed_with_new_ids_or_long_after_is_not_stored_again
     assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, replay).json()["status"] == "duplicate"
     old = shopify_headers(SHOPIFY_ORDER, webhook_id="wh-old", triggered_at=time.time() - 7 * 3600)
     assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, old).status_code == 401
+    assert len(receiver.stored("acme", "shopify", "orders")) == 1
+
+
+def test_shopify_capture_replayed_under_other_topics_of_its_resource_is_not_stored_again(receiver: Receiver) -> None:
+    # The topic header is not signed: any "orders/..." topic would otherwise make a captured body a new event.
+    assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, shopify_headers(SHOPIFY_ORDER)).status_code == 200
+    for index, topic in enumerate(["orders/updated", "orders/paid", "orders/replay-1", "orders/create/../x"]):
+        replay = shopify_headers(SHOPIFY_ORDER, topic=topic, webhook_id=f"wh-forged-{index}")
+        assert receiver.post("/webhooks/acme/shopify", SHOPIFY_ORDER, replay).json()["status"] == "duplicate"
     assert len(receiver.stored("acme", "shopify", "orders")) == 1
 
 
@@ -356,6 +367,11 @@ def test_tenant_names_that_share_a_secret_variable_are_served_under_one_name_onl
         ReceiverSettings(tenants=["acme", "acme-x", "acme_x"])
 
 
+def test_a_served_tenant_name_with_a_trailing_newline_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match="must be lower-case letters"):
+        ReceiverSettings(tenants=["acme\n"])
+
+
 def test_a_body_that_does_not_arrive_in_time_is_408(tmp_path: Path) -> None:
     with _serve(tmp_path, body_timeout_seconds=0.3) as server:
         body = stripe_event("evt_slow")
@@ -528,6 +544,21 @@ def test_the_receiver_answers_signed_events_promptly_while_slow_and_oversized_cl
         assert len(server.stored("acme", "stripe", "events")) == 30
 
 
+def test_one_endless_header_line_is_431_at_the_limit_not_held_until_the_header_timeout(tmp_path: Path) -> None:
+    # httptools keeps an unfinished header whole before it reports it: one line that never ends must still be cut off
+    # at the limit, not buffered (and re-concatenated) for as long as the header timeout allows.
+    with _serve(tmp_path, header_timeout_seconds=60.0, max_header_bytes=8192) as server:
+        endless = _connect(server.url)
+        endless.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        with contextlib.suppress(OSError):  # The server closes the connection while this is still sending.
+            for _ in range(64):  # Up to 4 MiB of one header value, no CRLF.
+                endless.sendall(b"a" * 65536)
+        started = time.monotonic()
+        assert _answer(endless).startswith(b"HTTP/1.1 431")
+        assert time.monotonic() - started < 10  # Answered at the limit, not at the 60 s header timeout.
+        endless.close()
+
+
 def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) -> None:
     with _serve(tmp_path, max_connections=4, header_timeout_seconds=30.0) as server:
         idle = [_connect(server.url) for _ in range(4)]
@@ -547,6 +578,20 @@ def test_connections_over_the_limit_are_answered_503_and_closed(tmp_path: Path) 
             assert time.monotonic() < deadline, "a freed connection slot was never reused"
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_cdp_webhooks_serve_refuses_a_port_out_of_range_instead_of_listening_elsewhere(
+    tmp_path: Path, port: str
+) -> None:
+    # 99999 used to reach getaddrinfo, which wrapped it to 34463: the receiver listened on a port nobody asked for.
+    # A subprocess with a deadline, so a receiver that does start fails the test instead of serving forever.
+    command = [sys.executable, "-m", "plugins.cli.app", "webhooks", "serve", "--port", port]
+    result = subprocess.run([*command, "--log-url", str(tmp_path / "log")], capture_output=True, text=True, timeout=30)
+
+    assert result.returncode != 0
+    assert "Invalid value for '--port'" in result.stderr
+    assert not (tmp_path / "log").exists()
 
 
 def test_cdp_webhooks_serve_on_a_busy_port_fails_in_one_line_before_making_the_log(

@@ -21,8 +21,10 @@ def serve(
     port: Annotated[
         int | None,
         typer.Option(
+            min=0,
+            max=65535,
             help="Port to listen on; 0 picks a free one (the URL printed has it) "
-            "[default: the source's dev port: stripe 12111, ...]."
+            "[default: the source's dev port: stripe 12111, ...].",
         ),
     ] = None,
     records: Annotated[int, typer.Option(help="How many synthetic records per resource.")] = 1000,

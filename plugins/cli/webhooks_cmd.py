@@ -36,7 +36,9 @@ def serve(
     log_url: LogUrlOption = None,
     dlq_url: DlqUrlOption = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one (the URL printed has it).")] = 8080,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one (the URL printed has it).")
+    ] = 8080,
     max_body_bytes: Annotated[
         int, typer.Option(envvar="CDP_WEBHOOK_MAX_BODY_BYTES", help="Largest body accepted (else 413).")
     ] = 1024 * 1024,

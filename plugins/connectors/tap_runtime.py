@@ -147,6 +147,17 @@ class StateTenantMismatchError(CdpError):
         )
 
 
+def check_state_tenant(state: t.Mapping[str, t.Any], tenant: str, logger: logging.Logger) -> None:
+    """Refuse a STATE written for another tenant (StateTenantMismatchError); a state without a tenant (written before
+    the tenant was recorded) is taken as ``tenant``'s, with a warning. Every tap records its tenant beside its
+    bookmarks (``state["tenant"]``) after loading a state."""
+    written_for = state.get("tenant")
+    if written_for is not None and str(written_for) != tenant:
+        raise StateTenantMismatchError(str(written_for), tenant)
+    if written_for is None and state.get("bookmarks"):
+        log_event(logger, "tap.state_without_tenant", logging.WARNING, tenant=tenant)
+
+
 class RunBudgetReached(Exception):  # A signal, not an error.
     """``max_runtime_seconds`` has passed: stop before the next page."""
 
@@ -484,11 +495,7 @@ class CdpTap(Tap):
         bookmarks would skip the new tenant's history, so such a state is refused. A state without a tenant (written
         before the tenant was recorded) is taken as this tenant's.
         """
-        written_for = state.get("tenant")
-        if written_for is not None and str(written_for) != self.tenant:
-            raise StateTenantMismatchError(str(written_for), self.tenant)
-        if written_for is None and state.get("bookmarks"):
-            log_event(self.logger, "tap.state_without_tenant", logging.WARNING, tenant=self.tenant)
+        check_state_tenant(state, self.tenant, self.logger)
         super().load_state(state)
         t.cast(dict[str, t.Any], self.state)["tenant"] = self.tenant  # STATE's top-level key beside "bookmarks"
 

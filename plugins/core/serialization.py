@@ -53,6 +53,24 @@ def _exact_dumps(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+# orjson, which writes every zone, refuses to encode values nested deeper than this (it reads up to 1024 levels).
+MAX_WRITABLE_DEPTH = 254
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (objects and arrays), counted without recursion (the value may be deep)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def loads(data: bytes | str) -> Any:
     """Parse one JSON document exactly (integers beyond 64 bits stay integers); see ``parse_json``."""
     return parse_json(data)
@@ -88,16 +106,20 @@ def _exact_float(text: str) -> float | _NotJson:
     return value if math.isfinite(value) else _NotJson(text)
 
 
-def parse_json(line: str | bytes) -> Any:
+def parse_json(line: str | bytes, *, max_depth: int | None = None) -> Any:
     """One JSON document, every value exactly as sent, or NotRepresentableError (a ValueError) saying what and where.
 
-    orjson first; the standard library for integers beyond 64 bits (kept exact) and to locate what is refused.
+    orjson first; the standard library for integers beyond 64 bits (kept exact) and to locate what is refused. With
+    ``max_depth``, a document nested deeper is refused too (what will be written again must fit MAX_WRITABLE_DEPTH).
     """
     if not _has_long_digit_run(line):
         try:
-            return orjson.loads(line)
+            value = orjson.loads(line)
         except orjson.JSONDecodeError:
             pass
+        else:
+            _check_depth(line, value, max_depth)
+            return value
     if isinstance(line, bytes):
         try:
             text = line.decode("utf-8")
@@ -114,7 +136,16 @@ def parse_json(line: str | bytes) -> Any:
     problem = non_json_value(value)
     if problem is not None:
         raise NotRepresentableError(problem)
+    _check_depth(line, value, max_depth)
     return value
+
+
+def _check_depth(line: str | bytes, value: Any, max_depth: int | None) -> None:
+    if max_depth is None:
+        return
+    opened = line.count(b"{") + line.count(b"[") if isinstance(line, bytes) else line.count("{") + line.count("[")
+    if opened > max_depth and json_depth(value) > max_depth:  # Counting brackets first: cheap for every usual line.
+        raise NotRepresentableError(f"the line nests deeper than {max_depth} levels, more than the zones can store")
 
 
 def _finite(number: float | decimal.Decimal) -> bool:

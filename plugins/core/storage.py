@@ -234,6 +234,11 @@ class ObjectStore:
             infos = self.fs.get_file_info(selector)
         except OSError as exc:
             raise StorageError(f"could not list {self.url_for(prefix)}: {exc}") from exc
+        if not infos and self.is_s3 and self.fs.get_file_info(self.bucket).type == pafs.FileType.NotFound:
+            # An empty zone and a mistyped bucket must not look alike: "0 batches" from a bucket that is not there.
+            raise StorageError(
+                f"{self.setting}: bucket '{self.bucket}' does not exist; check the URL (and the endpoint) or create it"
+            )
         root_len = len(self._root) + 1
         for info in infos:
             if info.type != pafs.FileType.File or info.base_name.startswith(_TMP_PREFIX):

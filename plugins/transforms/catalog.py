@@ -100,8 +100,8 @@ def _s3_properties() -> dict[str, str]:
 def table_identifier(tenant: str, table: str) -> tuple[str, str]:
     """``(tenant, table)``: the tenant's namespace and the table's name, both checked."""
     validate_name("tenant", tenant)
-    if not _TABLE_RE.match(table):
-        raise ConfigError("table", f"'{table}' must be lower-case letters, digits and '_', starting with a letter")
+    if not _TABLE_RE.fullmatch(table):
+        raise ConfigError("table", f"{table!r} must be lower-case letters, digits and '_', starting with a letter")
     return (tenant, table)
 
 

@@ -43,6 +43,11 @@ class _GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_bytes = 0
+        # Bytes received while a request's line and headers are still being read. httptools keeps a header's name
+        # and value until the header is complete before it calls on_header, so one endless header line would be
+        # held (and re-concatenated) whole: the raw bytes are counted as they arrive instead.
+        self._reading_headers = True
+        self._raw_header_bytes = 0
         self._refused = False
         self._header_timer: asyncio.TimerHandle | None = None
 
@@ -94,8 +99,19 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        limit = self.limits.max_header_bytes
+        while data and not self._refused and not self.transport.is_closing():
+            if not self._reading_headers:
+                super().data_received(data)
+                return
+            # Feed no more than the rest of the header budget (plus one byte, to see it exceeded), so the parser
+            # never holds more than the limit of an unfinished header.
+            budget = max(limit + 1 - self._raw_header_bytes, 1)
+            piece, data = data[:budget], data[budget:]
+            self._raw_header_bytes += len(piece)
+            super().data_received(piece)
+            if self._reading_headers and self._raw_header_bytes > limit:
+                self._refuse(431, f"request headers are over {limit} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -113,6 +129,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
+        self._reading_headers = False
         if not self._refused:
             super().on_headers_complete()
 
@@ -121,6 +138,8 @@ class _GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._reading_headers = True  # What follows on this connection is the next request's line and headers.
+        self._raw_header_bytes = 0
         if not self._refused:
             super().on_message_complete()
 

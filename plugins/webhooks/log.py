@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from plugins.core.errors import CdpError, ConfigError
+from plugins.core.serialization import MAX_WRITABLE_DEPTH, json_depth
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
@@ -71,21 +72,7 @@ class LogEntry:
 
 # Deepest payload the log stores: orjson (which writes and reads every record) refuses to encode deeper values, and
 # no provider's event comes near it (Stripe's nest under ten levels).
-MAX_PAYLOAD_DEPTH = 254
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth of a parsed JSON value, counted without recursion (the value may be deep)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+MAX_PAYLOAD_DEPTH = MAX_WRITABLE_DEPTH
 
 
 def unstorable_reason(entry: LogEntry) -> str | None:
@@ -99,7 +86,7 @@ def unstorable_reason(entry: LogEntry) -> str | None:
     except orjson.JSONEncodeError as exc:
         if "Integer exceeds" not in str(exc) or entry.payload_json is None:  # Too deep, or nothing exact to store.
             return f"the event cannot be stored: {exc} (deepest storable nesting: {MAX_PAYLOAD_DEPTH} levels)"
-        if _depth(entry.payload) > MAX_PAYLOAD_DEPTH:
+        if json_depth(entry.payload) > MAX_PAYLOAD_DEPTH:
             return f"the event is nested deeper than {MAX_PAYLOAD_DEPTH} levels and cannot be stored"
         encoded = entry.payload_json
     if b"\\u0000" in (entry.payload_json or encoded):

@@ -147,8 +147,8 @@ class ReceiverSettings:
         if self.max_connections < 1:
             raise ConfigError("max_connections", f"must be at least 1, got {self.max_connections}")
         for tenant in self.tenants:
-            if not _NAME_RE.match(tenant):
-                raise ConfigError("tenant", f"'{tenant}' must be lower-case letters, digits, '_' or '-'")
+            if not _NAME_RE.fullmatch(tenant):
+                raise ConfigError("tenant", f"{tenant!r} must be lower-case letters, digits, '_' or '-'")
         collisions = colliding_tenants(self.tenants)
         if collisions:
             names = " and ".join(" / ".join(group) for group in collisions.values())

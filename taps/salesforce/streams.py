@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -36,6 +37,10 @@ COMPOUND_TYPES = ("address", "location")
 DEFAULT_OBJECTS = ["Account", "Contact", "Lead", "Opportunity", "Campaign", "CampaignMember"]
 
 
+# What Salesforce answers as nextRecordsUrl: /services/data/v62.0/query/01gD0000002HU6KIAW-2000 (or queryAll).
+_NEXT_RECORDS_URL_RE = re.compile(r"/services/data/v\d+\.\d+/query(?:All)?/[A-Za-z0-9-]+")
+
+
 class QueryPaginator(BaseAPIPaginator[str | None]):
     """REST query paging: while ``done`` is false, ``nextRecordsUrl`` is the next batch (requested without params)."""
 
@@ -47,7 +52,15 @@ class QueryPaginator(BaseAPIPaginator[str | None]):
 
     def get_next(self, response: requests.Response) -> str | None:
         next_url = response.json().get("nextRecordsUrl")
-        return str(next_url) if next_url else None
+        if not next_url:
+            return None
+        # Appended to instance_url and sent with the token: "@evil.example/x" would make the host another one.
+        if not isinstance(next_url, str) or not _NEXT_RECORDS_URL_RE.fullmatch(next_url):
+            raise ExtractionFailure(
+                f"Salesforce answered a nextRecordsUrl that is not a query locator path ({str(next_url)[:80]!r}); "
+                "it is not followed, so the access token is never sent elsewhere"
+            )
+        return next_url
 
 
 class SObjectStream(SalesforceStream):

@@ -121,7 +121,9 @@ class ShopifyWebhookHandler:
                 )
         elif graphql_id is not None or "token" not in payload:
             raise UnmappableWebhookError(f"topic '{topic}' needs a checkout body (a 'token', no admin_graphql_api_id)")
-        digest = hashlib.sha256(topic.encode() + b"\n" + body).hexdigest()
+        # The resource, not the topic: the topic header is not signed, so a captured body re-sent under orders/x1,
+        # orders/x2... must still be one event. (The resource itself is bound to the body by its admin_graphql_api_id.)
+        digest = hashlib.sha256(resource.encode() + b"\n" + body).hexdigest()
         return [
             WebhookEvent(
                 stream=resource,

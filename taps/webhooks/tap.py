@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from singer_sdk import Stream, Tap
 from singer_sdk import typing as th
 
+from plugins.connectors.tap_runtime import check_state_tenant
 from plugins.connectors.webhook_signing import WebhookHandler
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.layout import validate_name
@@ -64,6 +65,14 @@ class TapWebhooks(Tap):
             cls.logger.error("%s", exc)
             sys.stderr.flush()
             sys.exit(1)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Bookmarks are log positions shared by every tenant of the log: a state written for another tenant would
+        skip this tenant's events before its position, so it is refused, and this run's STATE records the tenant."""
+        tenant = validate_name("tenant", self.config["tenant"])
+        check_state_tenant(state, tenant, self.logger)
+        super().load_state(state)
+        cast(dict[str, Any], self.state)["tenant"] = tenant
 
     def discover_streams(self) -> list[Stream]:
         validate_name("tenant", self.config["tenant"])

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import orjson
-
 from plugins.core.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
-from plugins.core.serialization import NotRepresentableError, dumps, non_json_value, parse_json
+from plugins.core.serialization import MAX_WRITABLE_DEPTH, NotRepresentableError, dumps, non_json_value, parse_json
 from plugins.core.storage import ObjectStore
 from targets.s3raw.reader import line_size
 
@@ -128,31 +126,61 @@ def _read_file(url: str, kind: str, where: str, limits: BatchLimits, s3_endpoint
     with os.fdopen(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             raise BatchManifestError(f"BATCH manifest entry '{url}' is not a regular file")
-        data = file.read(limits.max_file_bytes + 1)
-    if len(data) > limits.max_file_bytes:
-        raise BatchFileUnreadableError(f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})")
-    return data
+        # A chunk at a time: read(max_file_bytes + 1) would allocate the whole cap (256 MiB) for every file.
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := file.read(_CHUNK):
+            size += len(chunk)
+            if size > limits.max_file_bytes:
+                raise BatchFileUnreadableError(f"batch file is over max_batch_file_bytes ({limits.max_file_bytes})")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """Every gzip member of ``data`` (as the SDK writes them), refusing more than ``limit`` bytes of output."""
-    out = bytearray()
+def _gunzip_chunks(data: bytes) -> Iterator[bytes]:
+    """The decompressed bytes of every gzip member of ``data`` (as the SDK writes them), a chunk at a time."""
     while data:
         decompressor = zlib.decompressobj(wbits=31)
         chunk = decompressor.decompress(data, _CHUNK)
         while True:
-            out += chunk
-            if len(out) > limit:
-                raise BatchFileUnreadableError(
-                    f"batch file decompresses to over max_batch_decompressed_bytes ({limit})"
-                )
+            yield chunk
             if not decompressor.unconsumed_tail:
                 break
             chunk = decompressor.decompress(decompressor.unconsumed_tail, _CHUNK)
         if not decompressor.eof:
             raise BatchFileUnreadableError("batch file is not a complete gzip stream (truncated or corrupt)")
         data = decompressor.unused_data
-    return bytes(out)
+
+
+def _check_gunzipped_size(data: bytes, limit: int) -> None:
+    """Decompress ``data`` once, keeping nothing, and refuse it when it is corrupt or over ``limit`` bytes."""
+    size = 0
+    try:
+        for chunk in _gunzip_chunks(data):
+            size += len(chunk)
+            if size > limit:
+                raise BatchFileUnreadableError(
+                    f"batch file decompresses to over max_batch_decompressed_bytes ({limit})"
+                )
+    except zlib.error as exc:
+        raise BatchFileUnreadableError(f"batch file is not valid gzip: {exc}") from None
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The newline-separated lines of ``chunks``, one at a time (a list of every line of a file of tiny lines would
+    take some 40 bytes per line, many times the file's size)."""
+    parts: list[bytes] = []  # The line being read, in pieces: joined once, however many chunks it spans.
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            parts.append(chunk[start:end])
+            yield b"".join(parts)
+            parts = []
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)
 
 
 def read_batch_manifest(
@@ -177,13 +205,14 @@ def read_batch_manifest(
     kind, where = _check_allowed(url, limits)
     try:
         data = _read_file(url, kind, where, limits, s3_endpoint_url)
+        # Every check runs before the first record is yielded, so a file over a limit goes to the DLQ whole; the
+        # records are then produced one at a time, so memory stays bounded by the file, not by its count of records.
         if file_format == "jsonl":
             if compression == "gzip":
-                try:
-                    data = _gunzip(data, limits.max_decompressed_bytes)
-                except zlib.error as exc:
-                    raise BatchFileUnreadableError(f"batch file is not valid gzip: {exc}") from None
-            items: Iterator[BatchItem] = _jsonl_items(data)
+                _check_gunzipped_size(data, limits.max_decompressed_bytes)
+                items: Iterator[BatchItem] = _jsonl_items(_lines(_gunzip_chunks(data)))
+            else:
+                items = _jsonl_items(_lines(iter((data,))))
         else:
             items = _parquet_items(_parquet_rows(data, limits.max_decompressed_bytes))
     except BatchFileUnreadableError as exc:
@@ -192,37 +221,53 @@ def read_batch_manifest(
     yield from items
 
 
-def _parquet_rows(data: bytes, limit: int) -> list[dict[str, Any]]:
+_PARQUET_BATCH_ROWS = 10_000
+
+
+def _parquet_rows(data: bytes, limit: int) -> Iterator[dict[str, Any]]:
+    """Checks the file's decoded size (what its metadata declares, and what decoding it really takes: a dictionary
+    or run-length encoded column can declare a few KiB and decode to millions of values), then its rows a batch at a
+    time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
         size = sum(parquet.metadata.row_group(i).total_byte_size for i in range(parquet.metadata.num_row_groups))
-        if size > limit:
-            raise BatchFileUnreadableError(f"batch file decompresses to over max_batch_decompressed_bytes ({limit})")
-        rows: list[dict[str, Any]] = parquet.read().to_pylist()
+        decoded = 0
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            decoded += batch.nbytes + batch.num_rows * max(batch.num_columns, 1) * 8  # Each value costs at least 8.
+            if max(size, decoded) > limit:
+                raise BatchFileUnreadableError(
+                    f"batch file decompresses to over max_batch_decompressed_bytes ({limit})"
+                )
     except (pa.ArrowException, OSError) as exc:
         raise BatchFileUnreadableError(f"batch file is not valid Parquet: {exc}") from None
-    return rows
+    return _parquet_batches(parquet)
 
 
-def _parquet_items(rows: list[dict[str, Any]]) -> Iterator[BatchItem]:
+def _parquet_batches(parquet: Any) -> Iterator[dict[str, Any]]:
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+        rows: list[dict[str, Any]] = batch.to_pylist()
+        yield from rows
+
+
+def _parquet_items(rows: Iterator[dict[str, Any]]) -> Iterator[BatchItem]:
     for number, row in enumerate(rows, start=1):
         problem = non_json_value(row)
         if problem is not None:
             yield BatchItem(line=number, error=f"{problem} (Parquet row {number})")
             continue
         line = dumps(row)  # Parquet values (timestamps, decimals) become their JSON form, as a tap would send.
-        yield BatchItem(line=number, record=orjson.loads(line), size=len(line))
+        yield BatchItem(line=number, record=parse_json(line), size=len(line))
 
 
-def _jsonl_items(data: bytes) -> Iterator[BatchItem]:
-    for number, line in enumerate(data.splitlines(), start=1):
+def _jsonl_items(lines: Iterator[bytes]) -> Iterator[BatchItem]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = parse_json(line)
+            record = parse_json(line, max_depth=MAX_WRITABLE_DEPTH - 1)  # Its dead letter wraps it in one more level.
         except ValueError as exc:
             reason = str(exc) if isinstance(exc, NotRepresentableError) else f"batch file line is not JSON: {exc}"
             yield BatchItem(line=number, error=reason, raw=line, size=len(line))

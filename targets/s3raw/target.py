@@ -29,10 +29,10 @@ from singer_sdk.plugin_base import PluginBase
 from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType, FieldError
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
-from plugins.core.layout import NAME_PATTERN, validate_name
+from plugins.core.layout import NAME_PATTERN, sanitize_stream_name, validate_name
 from plugins.core.raw_zone import METADATA_COLUMNS, RawZoneWriter
 from plugins.core.schema_dialect import reference_validator
-from plugins.core.serialization import dumps, parse_json
+from plugins.core.serialization import MAX_WRITABLE_DEPTH, dumps, parse_json
 from plugins.core.storage import ObjectStore
 from plugins.core.validation import InvalidRecordSchemaError, RecordValidator
 from plugins.descriptors import Severity
@@ -57,6 +57,10 @@ DEFAULT_DLQ_ALERT_THRESHOLD = 1000
 UNPARSED_STREAM = "unparsed"  # The DLQ stream name of lines that name no stream.
 _METADATA = frozenset(METADATA_COLUMNS)
 _CLOCK_RESOLUTION_SECONDS = 0.01
+
+
+# A raw-zone file is named {stream}_{timestamp}_{unique}.ndjson.gz: 54 more characters, within a file name's 255.
+MAX_STREAM_NAME_CHARS = 128
 
 
 class ProtocolError(CdpError):
@@ -361,11 +365,29 @@ class TargetS3Raw(Target):
 
     # -- messages -------------------------------------------------------------------------------------------------
 
+    def _check_stream_name(self, stream: str) -> None:
+        """A new stream's name must fit in a file name and keep its own raw-zone name and registry subject once
+        reduced to ``[a-z0-9_]`` (``public-users`` and ``public_users`` would otherwise share them)."""
+        stored_as = sanitize_stream_name(stream)
+        if len(stored_as) > MAX_STREAM_NAME_CHARS:
+            raise ProtocolError(
+                f"stream {stream[:40]!r}...: the name is over {MAX_STREAM_NAME_CHARS} characters; shorten it "
+                "(a Meltano stream map can rename it)"
+            )
+        for other in self.streams:
+            if sanitize_stream_name(other) == stored_as:
+                raise ProtocolError(
+                    f"streams {other!r} and {stream!r} would share the raw-zone name '{stored_as}' (names are reduced "
+                    "to [a-z0-9_]); rename one (a Meltano stream map can)"
+                )
+
     def _process_schema_message(self, message_dict: dict[str, Any]) -> None:
         stream = message_dict.get("stream")
         schema = message_dict.get("schema")
         if not isinstance(stream, str) or not stream:
             raise ProtocolError(f"a SCHEMA message needs a non-empty 'stream' name, got {stream!r}")
+        if stream not in self.streams:
+            self._check_stream_name(stream)
         if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
             raise ProtocolError(
                 f"stream '{stream}': the SCHEMA message's schema must be a JSON Schema object with 'properties'"
@@ -529,7 +551,8 @@ class TargetS3Raw(Target):
         raw = raw.rstrip(b"\r\n")
         record: Any = None
         try:
-            record = parse_json(raw.decode("utf-8"))  # JSON that is not a Singer message is kept as the JSON it is.
+            # JSON that is not a Singer message is kept as the JSON it is (if its dead letter can hold it).
+            record = parse_json(raw.decode("utf-8"), max_depth=MAX_WRITABLE_DEPTH - 1)
         except ValueError:
             record = None  # Kept as the original line instead: record_text, else record_base64.
         stream = _stream_named(record if record is not None else raw)

@@ -117,13 +117,13 @@ class IdentitySettings:
 
 @dataclass(frozen=True)
 class IdentityResolution:
-    """What one resolution computed (DataFrames, checkpointed: using them does not run the graph again).
+    """What one resolution computed, as DataFrames over one checkpoint (using them does not run the graph again).
 
     ``identity_map``: one row per (identifier, record): ``id_type, id_value, record_id, source, customer_id,
-    first_seen, last_seen, linked`` (``linked`` is false where a guard cut the identifier; every linked identifier has
-    one customer_id). ``records``: ``record_id, source, customer_id``. ``merges``: ``survivor_id, merged_id, run_id,
-    merged_at``, the earlier ids this run merged away. ``audit``: ``rule, id_type, id_value, records_affected,
-    run_id``, one row per identifier a guard cut.
+    first_seen, last_seen, linked, cut_rule`` (``linked`` is false where a guard cut the identifier, ``cut_rule`` says
+    which; every linked identifier has one customer_id). ``records``: ``record_id, source, customer_id``.
+    ``merges``: ``survivor_id, merged_id, run_id, merged_at``, the earlier ids this run merged away. ``audit``:
+    ``rule, id_type, id_value, records_affected, run_id``, one row per identifier a guard cut.
     """
 
     identity_map: DataFrame
@@ -165,7 +165,7 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
 
     nodes = edges.select(F.col("src").alias("node")).union(edges.select(F.col("dst").alias("node"))).distinct()
     links = edges.filter(F.col("src") != F.col("dst")).select(F.col("src").alias("u"), F.col("dst").alias("v"))
-    current = _materialise(_canonical(links), reliable=True)
+    current = _canonical(links).cache()
     rounds, previous = 0, None
     while not _is_star_forest(current):  # This action also computes the cached edges of the round.
         if previous is not None:
@@ -182,7 +182,8 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
         previous.unpersist()
     log_event(logger, "identity_components_converged", rounds=rounds)
     parents = current.select(F.col("u").alias("node"), F.col("v").alias("parent"))
-    return nodes.join(parents, "node", "left").select("node", F.coalesce("parent", "node").alias("component"))
+    labels = nodes.join(parents, "node", "left").select("node", F.coalesce("parent", "node").alias("component"))
+    return _materialise(labels, reliable=True, eager=False)
 
 
 def _is_star_forest(edges: DataFrame) -> bool:
@@ -290,72 +291,57 @@ def resolve_identities(
         F.max("last_seen").alias("last_seen"),
         F.max("previous_id").alias("previous_id"),
     )
-    links = links.withColumn("node", F.concat_ws(":", "id_type", "id_value"))
+    usable = ~_blocked(chosen)
+    per_value = links.filter(usable).groupBy("id_type", "id_value").agg(F.countDistinct("record_id").alias("records"))
+    limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
+    shared = per_value.filter(limit.isNotNull() & (F.col("records") > limit)).select(
+        "id_type", "id_value", F.lit(RULE_SHARED).alias("rule")
+    )
+    # ``cut``: the guard that keeps an identifier from linking (null: it links).
+    links = (
+        links.withColumn("node", F.concat_ws(":", "id_type", "id_value"))
+        .join(shared, ["id_type", "id_value"], "left")
+        .withColumn("cut", F.when(~usable, F.lit(RULE_BLOCKED)).otherwise(F.col("rule")))
+        .drop("rule")
+    )
     links = _materialise(links, reliable=True)
 
-    blocked = links.filter(_blocked(chosen))
-    usable = links.join(blocked.select(*keys), keys, "left_anti")
-    per_value = usable.groupBy("id_type", "id_value").agg(F.countDistinct("record_id").alias("records"))
-    limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
-    shared = per_value.filter(limit.isNotNull() & (F.col("records") > limit))
-    linking = usable.join(shared.select("id_type", "id_value"), ["id_type", "id_value"], "left_anti")
-
-    labels = _components(linking, chosen)
-    capped = _over_cap(linking, labels, chosen)
-    capped = _materialise(capped, reliable=True)
+    labels = _components(links, chosen)
+    capped = _over_cap(links.filter(F.col("cut").isNull()), labels, chosen).cache()
     if not capped.isEmpty():
-        linking = linking.join(capped.select("id_type", "id_value"), ["id_type", "id_value"], "left_anti")
-        labels = _components(linking, chosen)
+        links = links.join(capped.withColumn("rule", F.lit(RULE_PROFILE_CAP)), ["id_type", "id_value"], "left")
+        links = links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule")
+        labels = _components(links, chosen)
+    capped.unpersist()
 
-    anchors = linking.groupBy("record_id").agg(F.min("node").alias("anchor"))
-    records = (
-        links.select("record_id", "source")
-        .distinct()
-        .join(anchors, "record_id", "left")
+    anchors = links.filter(F.col("cut").isNull()).groupBy("record_id").agg(F.min("node").alias("anchor"))
+    placed = (
+        links.join(anchors, "record_id", "left")
         .withColumn("anchor", F.coalesce("anchor", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id")))
         .join(labels.withColumnRenamed("node", "anchor"), "anchor", "left")
-        .select("record_id", "source", F.coalesce("component", "anchor").alias("component"))
+        .withColumn("component", F.coalesce("component", "anchor"))
     )
-    ids, merges = _customer_ids(links, records, run_id, resolved_at)
-    records = _materialise(records.join(ids, "component").drop("component"), reliable=True)
-    linked = linking.select(*keys).withColumn("linked", F.lit(True))
-    identity_map = (
-        links.join(records.select("record_id", "source", "customer_id"), ["record_id", "source"])
-        .join(linked, keys, "left")
-        .select(
-            "id_type",
-            "id_value",
-            "record_id",
-            "source",
-            "customer_id",
-            "first_seen",
-            "last_seen",
-            F.coalesce("linked", F.lit(False)).alias("linked"),
-        )
+    resolved = _materialise(placed.join(_customer_ids(placed), "component"), reliable=True)
+    identity_map = resolved.select(
+        *keys,
+        "customer_id",
+        "first_seen",
+        "last_seen",
+        F.col("cut").isNull().alias("linked"),
+        F.col("cut").alias("cut_rule"),
     )
     audit = (
-        _audit_rows(blocked, RULE_BLOCKED)
-        .unionByName(
-            shared.select(
-                F.lit(RULE_SHARED).alias("rule"), "id_type", "id_value", F.col("records").alias("records_affected")
-            )
-        )
-        .unionByName(
-            capped.select(
-                F.lit(RULE_PROFILE_CAP).alias("rule"), "id_type", "id_value", F.col("records").alias("records_affected")
-            )
-        )
-        .withColumn("records_affected", F.col("records_affected").cast("long"))
+        resolved.filter(F.col("cut").isNotNull())
+        .groupBy(F.col("cut").alias("rule"), "id_type", "id_value")
+        .agg(F.countDistinct("record_id").cast("long").alias("records_affected"))
         .withColumn("run_id", F.lit(run_id))
     )
-    resolution = IdentityResolution(
-        identity_map=_materialise(identity_map, reliable=True),
-        records=records,
-        merges=_materialise(merges, reliable=True),
-        audit=_materialise(audit, reliable=True),
+    return IdentityResolution(
+        identity_map=identity_map,
+        records=resolved.select("record_id", "source", "customer_id").distinct(),
+        merges=_merges(resolved, run_id, resolved_at),
+        audit=audit,
     )
-    links.unpersist()
-    return resolution
 
 
 def _blocked(settings: IdentitySettings) -> Column:
@@ -391,10 +377,11 @@ def _per_type(settings: IdentitySettings, limit_of: Callable[[IdTypeRules], int 
     return expression
 
 
-def _components(linking: DataFrame, settings: IdentitySettings) -> DataFrame:
+def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
     """The components of the identifiers that link: within a record each one is linked to the record's smallest."""
     from pyspark.sql import functions as F
 
+    linking = links.filter(F.col("cut").isNull())
     anchors = linking.groupBy("record_id").agg(F.min("node").alias("anchor"))
     edges = linking.join(anchors, "record_id").select(F.col("node").alias("src"), F.col("anchor").alias("dst"))
     return connected_components(edges, checkpoint_every=settings.checkpoint_every, max_rounds=settings.max_rounds)
@@ -418,39 +405,43 @@ def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings)
     return ranked.filter(cap.isNotNull() & (F.col("rank") > cap)).select("id_type", "id_value", "records")
 
 
-def _customer_ids(
-    links: DataFrame, records: DataFrame, run_id: str, resolved_at: datetime
-) -> tuple[DataFrame, DataFrame]:
-    """``component, customer_id`` for every component, and the merges this run makes."""
+def _customer_ids(placed: DataFrame) -> DataFrame:
+    """``component, customer_id``: the oldest earlier id the component holds, else ``cus_`` + a hash of the
+    component's smallest identifier."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    earlier = links.filter(F.col("previous_id").isNotNull())
-    born = earlier.groupBy(F.col("previous_id")).agg(F.min("first_seen").alias("born"))
-    held = (
-        earlier.select("record_id", "source", "previous_id")
-        .join(records, ["record_id", "source"])
-        .select("component", "previous_id")
-        .distinct()
-        .join(born, "previous_id")
-    )
+    earlier = placed.filter(F.col("previous_id").isNotNull())
+    born = earlier.groupBy("previous_id").agg(F.min("first_seen").alias("born"))
+    held = earlier.select("component", "previous_id").distinct().join(born, "previous_id")
     oldest = Window.partitionBy("component").orderBy(F.col("born").asc_nulls_last(), "previous_id")
     candidates = held.withColumn("rank", F.row_number().over(oldest)).filter("rank = 1")
     # A guard may now split an earlier profile: its id stays with one part only (the smallest component).
     once = Window.partitionBy("previous_id").orderBy("component")
     survivors = candidates.withColumn("rank", F.row_number().over(once)).filter("rank = 1")
-    survivors = survivors.select("component", F.col("previous_id").alias("survivor_id"))
     hashed = F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(F.sha2(F.col("component"), 256), 1, 24))
-    ids = (
-        records.select("component")
+    return (
+        placed.select("component")
         .distinct()
-        .join(survivors, "component", "left")
-        .select("component", F.coalesce("survivor_id", hashed).alias("customer_id"))
+        .join(survivors.select("component", "previous_id"), "component", "left")
+        .select("component", F.coalesce("previous_id", hashed).alias("customer_id"))
     )
-    kept = survivors.select(F.col("survivor_id").alias("previous_id"))
-    gone = held.join(kept, "previous_id", "left_anti").join(ids, "component")
+
+
+def _merges(resolved: DataFrame, run_id: str, resolved_at: datetime) -> DataFrame:
+    """The earlier ids that no longer name a profile, each with the profile that absorbed it."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    current = resolved.select(F.col("customer_id").alias("previous_id")).distinct()
+    gone = (
+        resolved.filter(F.col("previous_id").isNotNull())
+        .select("previous_id", "component", "customer_id")
+        .distinct()
+        .join(current, "previous_id", "left_anti")
+    )
     first = Window.partitionBy("previous_id").orderBy("component")
-    merges = (
+    return (
         gone.withColumn("rank", F.row_number().over(first))
         .filter("rank = 1")
         .select(
@@ -459,17 +450,6 @@ def _customer_ids(
             F.lit(run_id).alias("run_id"),
             F.lit(resolved_at).cast("timestamp").alias("merged_at"),
         )
-    )
-    return ids, merges
-
-
-def _audit_rows(cut: DataFrame, rule: str) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    return (
-        cut.groupBy("id_type", "id_value")
-        .agg(F.countDistinct("record_id").alias("records_affected"))
-        .select(F.lit(rule).alias("rule"), "id_type", "id_value", "records_affected")
     )
 
 

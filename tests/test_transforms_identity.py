@@ -1,0 +1,269 @@
+"""Identity resolution on real Spark: the components against a union-find, links across providers, the over-merging
+guards and their audit, stable ids through the persisted identity map, merges, incremental runs and survivorship."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from plugins.core.errors import ConfigError
+from plugins.transforms.catalog import ProcessedZone, load_table
+from plugins.transforms.identity import (
+    IDENTITY_MERGES_TABLE,
+    RULE_BLOCKED,
+    RULE_PROFILE_CAP,
+    RULE_SHARED,
+    IdentityError,
+    IdentityResolution,
+    IdentitySettings,
+    IdTypeRules,
+    SurvivorshipSettings,
+    commit_identity,
+    connected_components,
+    load_identity_map,
+    resolve_identities,
+    survive_fields,
+)
+from plugins.transforms.table_reader import read_table
+
+OBSERVATION_DDL = "source string, record_id string, id_type string, id_value string, observed_at timestamp"
+RESOLVED_AT = datetime(2026, 2, 1, tzinfo=UTC)
+
+Row = tuple[str, str, str, str | None, int]
+
+
+def day(number: int) -> datetime:
+    return datetime(2026, 1, number, 12, tzinfo=UTC)
+
+
+def observations(spark, rows: Iterable[Row]):
+    return spark.createDataFrame([(*row[:4], day(row[4])) for row in rows], OBSERVATION_DDL)
+
+
+def record(source: str, record_id: str, identifiers: dict[str, str | list[str | None] | None], when: int) -> list[Row]:
+    rows: list[Row] = []
+    for id_type, values in identifiers.items():
+        for value in values if isinstance(values, list) else [values]:
+            rows.append((source, record_id, id_type, value, when))
+    return rows
+
+
+FRONT_DESK = "+15559990000"
+EXPECTED_PEOPLE = [
+    # Ann: the same email in Stripe and Shopify; a webhook event carries her Stripe id.
+    {"stripe:cus_ann", "shopify:101", "webhook:evt_1"},
+    # Bob: only a phone in common.
+    {"shopify:102", "salesforce:003B"},
+    # Cat: Stripe and Shopify share an email, Shopify and a Salesforce lead a phone.
+    {"stripe:cus_cat", "shopify:103", "salesforce:00QC"},
+]
+
+
+def scenario_rows() -> list[Row]:
+    return [
+        *record("stripe", "stripe:cus_ann", {"stripe_customer": "cus_ann", "email": "ann@x.io"}, 1),
+        *record("shopify", "shopify:101", {"shopify_customer": "101", "email": "ann@x.io"}, 2),
+        *record("webhook", "webhook:evt_1", {"webhook_subject": "evt_1", "stripe_customer": "cus_ann"}, 3),
+        *record("shopify", "shopify:102", {"shopify_customer": "102", "phone": "+15551230002", "email": "bob@a.io"}, 2),
+        *record("salesforce", "salesforce:003B", {"salesforce_contact": "003B", "phone": "+15551230002"}, 4),
+        *record("stripe", "stripe:cus_cat", {"stripe_customer": "cus_cat", "email": "cat@x.io"}, 3),
+        *record("shopify", "shopify:103", {"shopify_customer": "103", "email": "cat@x.io", "phone": "+15551230003"}, 2),
+        *record("salesforce", "salesforce:00QC", {"salesforce_lead": "00QC", "phone": "+15551230003"}, 1),
+        # Eleven customers of one shop give its front-desk phone: more than the phone limit of 10 records.
+        *[
+            row
+            for i in range(11)
+            for row in record(
+                "shopify",
+                f"shopify:2{i:02d}",
+                {"shopify_customer": f"2{i:02d}", "email": f"d{i}@x.io", "phone": FRONT_DESK},
+                5,
+            )
+        ],
+        # Placeholders never link.
+        *record("stripe", "stripe:cus_n1", {"stripe_customer": "cus_n1", "email": "n/a"}, 6),
+        *record("stripe", "stripe:cus_n2", {"stripe_customer": "cus_n2", "email": "n/a"}, 6),
+        *record("stripe", "stripe:cus_t1", {"stripe_customer": "cus_t1", "email": "test@example.com"}, 6),
+        *record("stripe", "stripe:cus_t2", {"stripe_customer": "cus_t2", "email": "test@example.com"}, 6),
+        *record("shopify", "shopify:301", {"phone": "+10000000000"}, 6),
+        *record("salesforce", "salesforce:003Z", {"salesforce_contact": "003Z", "phone": ["+10000000000", None]}, 6),
+        # A contact with six addresses: the profile keeps the five most recent, the oldest stops linking.
+        *[row for i in range(1, 7) for row in record("salesforce", "salesforce:003E", {"email": f"e{i}@x.io"}, i)],
+        *record("salesforce", "salesforce:003E", {"salesforce_contact": "003E"}, 6),
+        *record("shopify", "shopify:401", {"shopify_customer": "401", "email": "e1@x.io"}, 1),
+    ]
+
+
+def people(resolution: IdentityResolution) -> set[frozenset[str]]:
+    by_customer: dict[str, set[str]] = {}
+    for row in resolution.records.collect():
+        by_customer.setdefault(row["customer_id"], set()).add(row["record_id"])
+    return {frozenset(members) for members in by_customer.values()}
+
+
+def expected_people(rows: Iterable[Row]) -> set[frozenset[str]]:
+    grouped = [frozenset(group) for group in EXPECTED_PEOPLE]
+    grouped_records = set().union(*grouped)
+    alone = {frozenset({row[1]}) for row in rows if row[1] not in grouped_records}
+    return {*grouped, *alone}
+
+
+@pytest.fixture(scope="module")
+def resolved(spark) -> IdentityResolution:
+    return resolve_identities(observations(spark, scenario_rows()), run_id="run-1", resolved_at=RESOLVED_AT)
+
+
+def union_find(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for left, right in edges:
+        a, b = root(left), root(right)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {node: root(node) for node in parent}
+
+
+def test_large_star_small_star_matches_a_union_find_on_a_chain_of_50_and_a_star(spark) -> None:
+    shuffled = random.Random(7).sample(range(100, 150), 50)  # The chain's smallest node sits anywhere along it.
+    chain = [(f"c{shuffled[i]}", f"c{shuffled[i + 1]}") for i in range(49)]
+    star = [("s99", f"s{i:02d}") for i in range(50)]
+    lonely = [("z1", "z1")]
+    edges = chain + star + lonely
+
+    found = connected_components(spark.createDataFrame(edges, "src string, dst string"), checkpoint_every=2)
+
+    result = {row["node"]: row["component"] for row in found.collect()}
+    assert result == union_find(edges)
+    assert set(result.values()) == {"c100", "s00", "z1"}
+
+
+def test_a_shared_email_a_shared_phone_and_a_chain_across_three_providers_link_records_into_people(
+    resolved,
+) -> None:
+    assert people(resolved) == expected_people(scenario_rows())
+    ann = {row["record_id"]: row["customer_id"] for row in resolved.records.collect()}
+    assert ann["stripe:cus_ann"].startswith("cus_")
+    assert resolved.merges.isEmpty()  # Nothing existed before: nothing merged away.
+
+
+def test_every_identifier_of_a_linked_profile_maps_to_its_one_customer_id(resolved) -> None:
+    linked = resolved.identity_map.filter("linked").groupBy("id_type", "id_value")
+    assert {row["ids"] for row in linked.agg(F.countDistinct("customer_id").alias("ids")).collect()} == {1}
+    cut = {(row["id_type"], row["id_value"]) for row in resolved.identity_map.filter("not linked").collect()}
+    assert ("phone", FRONT_DESK) in cut
+    assert ("email", "e1@x.io") in cut
+    assert ("email", "e2@x.io") not in cut
+
+
+def test_the_guards_cut_a_shared_phone_placeholders_and_values_beyond_the_cap_and_audit_them(resolved) -> None:
+    audit = {
+        (row["rule"], row["id_type"], row["id_value"]): row["records_affected"] for row in resolved.audit.collect()
+    }
+    assert audit == {
+        (RULE_SHARED, "phone", FRONT_DESK): 11,
+        (RULE_BLOCKED, "email", "n/a"): 2,
+        (RULE_BLOCKED, "email", "test@example.com"): 2,
+        (RULE_BLOCKED, "phone", "+10000000000"): 2,
+        (RULE_BLOCKED, "phone", None): 1,
+        (RULE_PROFILE_CAP, "email", "e1@x.io"): 2,
+    }
+    assert resolved.guard_counts() == {RULE_BLOCKED: 4, RULE_SHARED: 1, RULE_PROFILE_CAP: 1}
+    assert {row["run_id"] for row in resolved.audit.collect()} == {"run-1"}
+
+
+def test_the_same_input_twice_gives_the_same_ids(spark, resolved) -> None:
+    again = resolve_identities(observations(spark, scenario_rows()), run_id="run-2", resolved_at=RESOLVED_AT)
+
+    assert set(again.identity_map.collect()) == set(resolved.identity_map.collect())
+
+
+def test_a_second_run_through_the_persisted_map_gives_the_people_of_one_run_and_the_older_id_survives_a_merge(
+    spark, tmp_path, resolved
+) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog = zone.open()
+    rows = scenario_rows()
+    # Run 2 brings Cat's Shopify record, which joins her Stripe record and her older Salesforce lead, and the
+    # second half of the front desk: the first six records under its phone still link, all eleven may not.
+    later = {"shopify:103", *(f"shopify:2{i:02d}" for i in range(6, 11))}
+    first = [row for row in rows if row[1] not in later]
+    rest = [row for row in rows if row[1] in later]
+
+    run1 = resolve_identities(observations(spark, first), run_id="r1", resolved_at=RESOLVED_AT)
+    commit_identity(catalog, "acme", run1, run_id="r1", raw_files=["acme/stripe/k1"])
+    ids = {row["record_id"]: row["customer_id"] for row in run1.records.collect()}
+    assert len({ids[f"shopify:2{i:02d}"] for i in range(6)}) == 1
+    older, newer = ids["salesforce:00QC"], ids["stripe:cus_cat"]
+    assert older != newer
+
+    previous = load_identity_map(spark, catalog, "acme")
+    run2 = resolve_identities(observations(spark, rest), run_id="r2", resolved_at=RESOLVED_AT, previous=previous)
+    commit_identity(catalog, "acme", run2, run_id="r2", raw_files=["acme/shopify/k2"])
+
+    assert people(run2) == people(resolved)
+    after = {row["record_id"]: row["customer_id"] for row in run2.records.collect()}
+    # The lead was seen first (day 1): its id survives, though a fresh id would hash Cat's email, the smallest node.
+    assert {after["stripe:cus_cat"], after["shopify:103"], after["salesforce:00QC"]} == {older}
+    assert after["stripe:cus_ann"] == ids["stripe:cus_ann"]
+    recorded = read_table(spark, load_table(catalog, "acme", IDENTITY_MERGES_TABLE)).collect()
+    assert [(row["survivor_id"], row["merged_id"], row["run_id"]) for row in recorded] == [(older, newer, "r2")]
+    persisted = load_identity_map(spark, catalog, "acme")
+    assert persisted is not None
+    assert newer not in {row["customer_id"] for row in persisted.collect()}
+
+
+def test_survivorship_takes_the_most_recent_non_null_or_the_first_source_of_a_priority_list(spark) -> None:
+    candidates = spark.createDataFrame(
+        [
+            ("c1", "stripe", day(5), "Ann", None, "FR"),
+            ("c1", "shopify", day(3), "Anne", "+33100000001", "DE"),
+            ("c1", "salesforce", day(9), None, "+33100000002", None),
+            ("c2", "shopify", day(1), "Bob", None, "US"),
+            ("c2", "stripe", day(1), "Robert", None, "US"),
+        ],
+        "customer_id string, source string, updated_at timestamp, first_name string, phone string, country string",
+    )
+    settings = SurvivorshipSettings(source_priority={"country": ["shopify", "salesforce"]})
+
+    picked = survive_fields(candidates, ["first_name", "phone", "country"], settings)
+
+    assert {row["customer_id"]: row.asDict() for row in picked.collect()} == {
+        "c1": {"customer_id": "c1", "first_name": "Ann", "phone": "+33100000002", "country": "DE"},
+        # Same time: the smallest source wins the tie.
+        "c2": {"customer_id": "c2", "first_name": "Bob", "phone": None, "country": "US"},
+    }
+
+
+def test_bad_input_and_bad_settings_say_what_is_wrong(spark) -> None:
+    with pytest.raises(IdentityError, match="observed_at"):
+        resolve_identities(
+            spark.createDataFrame([], "source string, record_id string, id_type string, id_value string"),
+            run_id="x",
+            resolved_at=RESOLVED_AT,
+        )
+    with pytest.raises(ConfigError, match="max_values_per_profile"):
+        IdTypeRules(max_values_per_profile=0)
+    with pytest.raises(ConfigError, match="source_priority"):
+        survive_fields(
+            spark.createDataFrame([], "customer_id string, source string, updated_at timestamp, a string"),
+            ["a"],
+            SurvivorshipSettings(source_priority={"b": ["stripe"]}),
+        )
+    assert IdentitySettings().rules("stripe_customer") == IdTypeRules()
+
+
+def test_load_identity_map_is_none_before_the_first_commit(spark, tmp_path: Path) -> None:
+    zone = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert load_identity_map(spark, zone.open(), "acme") is None

@@ -178,8 +178,9 @@ class TransformDescriptor:
     """A transform: named inputs in, one keyed, partitioned table out.
 
     ``function`` names a callable taking the input DataFrames (keyword arguments named after the inputs: the stream,
-    or its ``argument`` when set, for a raw input, the table for a table input) and returning the output DataFrame. The framework does the rest for
-    every transform alike: reading, schemas, state, writing, commits, the quality report and the DLQ.
+    or its ``argument`` when set, for a raw input, the table for a table input) and returning the output DataFrame.
+    The framework does the rest for every transform alike: reading, schemas, state, writing, commits, the quality
+    report and the DLQ.
     ``partitioning`` holds Iceberg partition transforms, e.g. ``("bucket(16, customer_id)",)`` or
     ``("month(occurred_at)",)``.
     """

@@ -70,7 +70,7 @@ NAMES = [
     ("Ame\u0301lie", "Amélie"),  # e + combining acute -> é
     ("  Zoe\u0308 ", "Zoë"),
     ("Amélie", "Amélie"),
-    ("Ｊｏｈｎ", "Ｊｏｈｎ"),  # NFC, not NFKC: full-width letters are kept.
+    ("\uff2a\uff4f\uff48\uff4e", "\uff2a\uff4f\uff48\uff4e"),  # NFC, not NFKC: full-width letters are kept.
     ("", None),
     (None, None),
 ]

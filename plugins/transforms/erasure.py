@@ -71,7 +71,9 @@ def erasure_table(catalog: SqlCatalog, tenant: str) -> Table:
 
     from plugins.transforms.catalog import create_table
 
-    return create_table(catalog, tenant, ERASURES_TABLE, StructType.fromDDL(TOMBSTONE_SCHEMA))
+    schema = StructType.fromDDL(TOMBSTONE_SCHEMA)
+    assert isinstance(schema, StructType)  # A DDL column list always parses to a struct.
+    return create_table(catalog, tenant, ERASURES_TABLE, schema)
 
 
 def add_tombstones(spark: SparkSession, table: Table, tombstones: Iterable[Tombstone]) -> int:
@@ -108,7 +110,11 @@ def drop_erased(df: DataFrame, tombstones: DataFrame, keys: Sequence[ErasureKey]
     marked = df
     markers = []
     for index, key in enumerate(keys):
-        type_name, value_name, marker = f"_cdp_erased_type_{index}", f"_cdp_erased_value_{index}", f"_cdp_erased_{index}"
+        type_name, value_name, marker = (
+            f"_cdp_erased_type_{index}",
+            f"_cdp_erased_value_{index}",
+            f"_cdp_erased_{index}",
+        )
         own_type = F.lit(key.id_type) if key.id_type is not None else F.col(str(key.type_column))
         found = distinct.select(
             F.col("id_type").alias(type_name), F.col("id_value").alias(value_name), F.lit(True).alias(marker)

@@ -34,9 +34,7 @@ def stripe_minor_to_major(amount: Column, currency: Column) -> Column:
     from pyspark.sql import functions as F
 
     code = currency_code(currency)
-    exponent = (
-        F.when(code.isin(*STRIPE_ZERO_DECIMAL), 0).when(code.isin(*STRIPE_THREE_DECIMAL), 3).otherwise(2)
-    )
+    exponent = F.when(code.isin(*STRIPE_ZERO_DECIMAL), 0).when(code.isin(*STRIPE_THREE_DECIMAL), 3).otherwise(2)
     return (amount.cast(MONEY_TYPE) / F.pow(F.lit(10), exponent).cast(MONEY_TYPE)).cast(MONEY_TYPE)
 
 

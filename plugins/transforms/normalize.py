@@ -78,9 +78,11 @@ def _email_batches(values: pd.Series) -> pd.DataFrame:
 def email(column: Column | str) -> Column:
     """An email address trimmed, lower-cased and syntax-checked (RFC 5322/6531 via email-validator, no DNS)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.functions import pandas_udf
 
-    check = F.pandas_udf(_email_batches, NORMALIZED_TYPE)  # type: ignore[call-overload]
-    return check(F.lower(_blank_to_null(F.col(column) if isinstance(column, str) else column)))
+    check = pandas_udf(_email_batches, NORMALIZED_TYPE)  # type: ignore[call-overload]
+    checked: Column = check(F.lower(_blank_to_null(F.col(column) if isinstance(column, str) else column)))
+    return checked
 
 
 # -- phones -------------------------------------------------------------------------------------------------------
@@ -123,10 +125,12 @@ def phone(column: Column | str, default_region: Column | str | None) -> Column:
     tenant's) is the region of numbers written without a ``+`` country code; numbers with one ignore it.
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.functions import pandas_udf
 
     region = default_region if not isinstance(default_region, str | None) else F.lit(default_region)
-    check = F.pandas_udf(_phone_batches, NORMALIZED_TYPE)  # type: ignore[call-overload]
-    return check(_blank_to_null(F.col(column) if isinstance(column, str) else column), F.upper(region))
+    check = pandas_udf(_phone_batches, NORMALIZED_TYPE)  # type: ignore[call-overload]
+    checked: Column = check(_blank_to_null(F.col(column) if isinstance(column, str) else column), F.upper(region))
+    return checked
 
 
 # -- countries ----------------------------------------------------------------------------------------------------
@@ -197,8 +201,9 @@ def _nfc_batches(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
 def person_name(column: Column | str) -> Column:
     """A name in Unicode NFC (composed: ``e`` + combining acute becomes ``é``), trimmed; blank is null."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.functions import pandas_udf
 
-    compose = F.pandas_udf(_nfc_batches, "string")  # type: ignore[call-overload]
+    compose = pandas_udf(_nfc_batches, "string")  # type: ignore[call-overload]
     value = compose(F.col(column) if isinstance(column, str) else column)
     return F.when(value != "", value)
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType
-from plugins.core.raw_zone import WrittenBatch
+from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType, FieldError
 from plugins.core.errors import CdpError
 from plugins.core.layout import parse_batch_key
+from plugins.core.raw_zone import WrittenBatch
 from plugins.core.storage import ObjectStore
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
 
@@ -159,6 +159,7 @@ def rejected_letters(rows: Iterable[Any], table: str) -> Iterable[tuple[str, Dea
             error_message=f"table {table}: column {column} breaks the rule {rule}",
             stream=table,
             record=orjson.loads(values[ROW_COLUMN]),
+            errors=[FieldError(f"$.{column}", f"breaks the rule {rule}")],
             context={"rule": rule, "column": column, "source_file": source_file, "table": table},
         )
         yield provider, letter

@@ -23,6 +23,9 @@ def cdp_transforms() -> list[TransformDescriptor]:
             function="transforms.orders.transform:orders",
             partitioning=["month(ordered_at)"],
             description="Shopify orders, Stripe charges, invoices and payment intents, Salesforce opportunities.",
-            erasure_keys=[ErasureKey("email", id_type="email"), ErasureKey("customer_id_value", type_column="customer_id_type")],
+            erasure_keys=[
+                ErasureKey("email", id_type="email"),
+                ErasureKey("customer_id_value", type_column="customer_id_type"),
+            ],
         )
     ]

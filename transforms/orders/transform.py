@@ -83,11 +83,11 @@ def _stripe(df: DataFrame, source_object: str, amount: str, refunded: str | None
 
     currency = field_or_null(df, "currency")
     email_address = F.coalesce(
-        field_or_null(df, "receipt_email"), field_or_null(df, "customer_email"), field_or_null(df, "billing_details.email")
+        field_or_null(df, "receipt_email"),
+        field_or_null(df, "customer_email"),
+        field_or_null(df, "billing_details.email"),
     )
-    refunded_amount = (
-        stripe_minor_to_major(field_or_null(df, refunded, "long"), currency) if refunded else F.lit(None)
-    )
+    refunded_amount = stripe_minor_to_major(field_or_null(df, refunded, "long"), currency) if refunded else F.lit(None)
     return _rows(
         df,
         provider="stripe",

@@ -195,11 +195,21 @@ class TransformDescriptor:
     # The output's columns that identify people: the framework drops the rows an erasure tombstone matches
     # (plugins.transforms.erasure.drop_erased), so reprocessing raw data never brings an erased person back.
     erasure_keys: Sequence[ErasureKey] = ()
+    # Import path of the output's quality rules (a sequence of plugins.transforms.quality rules), loaded when the
+    # transform runs: rows breaking one go to the DLQ as transform_rejected.
+    quality_rules: str | None = None
 
     def load_function(self) -> Callable[..., Any]:
         """The transform function."""
         function: Callable[..., Any] = load_object(self.function)
         return function
+
+    def load_quality_rules(self) -> Sequence[Any]:
+        """The output's quality rules (none when the descriptor names none)."""
+        if self.quality_rules is None:
+            return ()
+        rules: Sequence[Any] = load_object(self.quality_rules)
+        return rules
 
 
 class TransformGraphError(CdpError):

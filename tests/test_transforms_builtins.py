@@ -39,9 +39,13 @@ from plugins.transforms.raw_reader import list_raw_files, read_raw
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN, subject_struct
 from schema_registry import SchemaRegistry
 from tests.s3raw_support import record_message, run_target, schema_message, zone_config
+from transforms.customer_metrics.transform import OUTPUT_COLUMNS as METRIC_COLUMNS
 from transforms.customer_metrics.transform import customer_metrics
+from transforms.events.transform import OUTPUT_COLUMNS as EVENT_COLUMNS
 from transforms.events.transform import events
+from transforms.orders.transform import OUTPUT_COLUMNS as ORDER_COLUMNS
 from transforms.orders.transform import orders
+from transforms.products.transform import OUTPUT_COLUMNS as PRODUCT_COLUMNS
 from transforms.products.transform import products
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +112,14 @@ class RawZone:
 @pytest.fixture
 def zone(spark, tmp_path) -> RawZone:
     return RawZone(spark, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def orders_zone(spark, tmp_path_factory) -> RawZone:
+    """The orders' raw batches, landed once for the tests that only read them."""
+    zone = RawZone(spark, tmp_path_factory.mktemp("orders"))
+    land_orders(zone)
+    return zone
 
 
 def money(shop: str, code: str) -> dict[str, Any]:
@@ -193,11 +205,11 @@ def read_orders(zone: RawZone) -> Any:
     )
 
 
-def test_orders_from_every_source_with_money_in_major_units_and_the_latest_version(zone) -> None:
-    land_orders(zone)
-
-    frame = read_orders(zone)
+def test_orders_from_every_source_with_money_in_major_units_and_the_latest_version(orders_zone) -> None:
+    frame = read_orders(orders_zone)
     rows = {row["order_id"]: row.asDict() for row in frame.collect()}
+
+    assert [name for name in frame.columns if not name.startswith("_cdp_")] == list(ORDER_COLUMNS)
 
     assert set(rows) == {
         "shopify:order:gid://shopify/Order/1",
@@ -280,6 +292,8 @@ def test_products_and_prices_with_prices_in_major_units(zone) -> None:
     )
     rows = {row["product_id"]: row.asDict() for row in frame.collect()}
 
+    assert [name for name in frame.columns if not name.startswith("_cdp_")] == list(PRODUCT_COLUMNS)
+
     shop = rows["shopify:product:gid://shopify/Product/1"]
     assert (shop["name"], shop["unit_price"], shop["active"]) == ("Café mug", Decimal("9.5"), True)
     assert rows["stripe:product:prod_1"]["created_at"] == datetime(2026, 1, 2, 3, 4, 5)
@@ -335,6 +349,8 @@ def test_events_from_the_api_and_webhooks_once_each(zone) -> None:
         salesforce_webhook_contact=None,  # A subject with nothing landed yet.
     )
     rows = {row["event_id"]: row.asDict() for row in frame.collect()}
+
+    assert [name for name in frame.columns if not name.startswith("_cdp_")] == list(EVENT_COLUMNS)
 
     assert set(rows) == {"stripe:evt_1", "stripe:evt_2", "shopify:wh_9"}
     first = rows["stripe:evt_1"]
@@ -392,6 +408,8 @@ def test_customer_metrics_per_unified_customer_and_currency(spark) -> None:
         orders=orders_table, events=events_table, identity_map=identity_map, as_of=datetime(2026, 1, 31)
     )
     rows = {(row["customer_id"], row["currency"]): row.asDict() for row in frame.collect()}
+
+    assert frame.columns == list(METRIC_COLUMNS)
 
     assert set(rows) == {("cust_A", "USD"), ("cust_A", "JPY"), ("stripe_customer:cus_9", "USD"), ("cust_E", None)}
     usd = rows[("cust_A", "USD")]
@@ -483,8 +501,8 @@ def test_a_refusal_wins_a_tie_and_a_later_grant_overrides_an_unsubscribe(spark) 
     assert rows["c2"]["consent_sms_at"] == datetime(2026, 2, 1)
 
 
-def test_erased_people_never_come_back_when_raw_data_is_reprocessed(zone, spark, tmp_path) -> None:
-    land_orders(zone)
+def test_erased_people_never_come_back_when_raw_data_is_reprocessed(orders_zone, spark, tmp_path) -> None:
+    zone = orders_zone
     processed = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}")
     table = erasure_table(processed.open(), "acme")
     added = add_tombstones(
@@ -494,11 +512,14 @@ def test_erased_people_never_come_back_when_raw_data_is_reprocessed(zone, spark,
     )
     descriptor = orders_descriptor()
 
-    for _ in range(2):  # A full reprocessing of the raw zone, twice: the tombstones hold every time.
-        kept, erased = drop_erased(read_orders(zone), read_tombstones(spark, table), descriptor.erasure_keys)
-        kept_ids = {row["order_id"] for row in kept.collect()}
-        assert erased.count() == 6
-        assert kept_ids == {"shopify:order:gid://shopify/Order/2", "salesforce:opportunity:006A"}
+    # A full reprocessing of the raw zone, as a --full-refresh does: the tombstones hold.
+    kept, erased = drop_erased(read_orders(zone), read_tombstones(spark, table), descriptor.erasure_keys)
+
+    assert {row["order_id"] for row in kept.collect()} == {
+        "shopify:order:gid://shopify/Order/2",
+        "salesforce:opportunity:006A",
+    }
+    assert erased.count() == 6  # Ada's Shopify order; Bob's (cus_1) four charges and invoice.
     assert added == 2
 
 
@@ -514,8 +535,8 @@ def test_tombstones_are_normalised_like_the_transforms_normalise() -> None:
     assert Tombstone.phone("06 12 34 56 78", "FR").id_value == "+33612345678"
 
 
-def test_rejected_rows_carry_their_rule_column_file_and_row_and_land_in_the_dlq(zone, tmp_path, capsys) -> None:
-    land_orders(zone)
+def test_rejected_rows_carry_their_rule_column_file_and_row_and_land_in_the_dlq(orders_zone, tmp_path, capsys) -> None:
+    zone = orders_zone
     rules = [
         Required("customer_id_type"),
         Format("currency", "^[A-Z]{3}$"),
@@ -584,6 +605,22 @@ def test_the_built_ins_register_through_the_cdp_entry_points() -> None:
     assert list(ordered).index("customer_metrics") > list(ordered).index("orders")
     keywords = [source.keyword for source in ordered["products"].inputs if isinstance(source, RawInput)]
     assert keywords == ["shopify_products", "stripe_products", "stripe_prices"]  # No two inputs share a name.
+
+
+def test_every_built_in_declares_quality_rules_and_erasure_keys_on_its_own_columns() -> None:
+    from plugins.manager import create_plugin_manager, transforms
+
+    columns = {"orders": ORDER_COLUMNS, "products": PRODUCT_COLUMNS, "events": EVENT_COLUMNS}
+    columns["customer_metrics"] = METRIC_COLUMNS
+    for descriptor in transforms(create_plugin_manager()):
+        if descriptor.name not in columns:
+            continue
+        rules = descriptor.load_quality_rules()
+        assert rules, descriptor.name
+        assert {rule.column for rule in rules} <= set(columns[descriptor.name]), descriptor.name
+        assert set(descriptor.key) <= set(columns[descriptor.name])
+        for key in descriptor.erasure_keys:
+            assert {key.value_column, key.type_column or key.value_column} <= set(columns[descriptor.name])
 
 
 def test_the_events_transform_reads_every_stream_the_webhook_handlers_feed() -> None:

@@ -15,6 +15,7 @@ def cdp_transforms() -> list[TransformDescriptor]:
             output="customer_metrics",
             key=["customer_id", "currency"],
             function="transforms.customer_metrics.transform:customer_metrics",
+            quality_rules="transforms.customer_metrics.transform:QUALITY_RULES",
             partitioning=["bucket(16, customer_id)"],
             description="Lifetime value, orders, average order value, recency and engagement per customer.",
             # Computed from orders and events, which the erasure list has already filtered.

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from plugins.transforms.money import MONEY_TYPE
+from plugins.transforms.quality import Format, QualityRule, Range, Required
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -35,6 +36,12 @@ OUTPUT_COLUMNS = (
     "events_90d",
     "engagement_score",
     "computed_at",
+)
+QUALITY_RULES: tuple[QualityRule, ...] = (
+    Required("customer_id"),
+    Format("currency", "^[A-Z]{3}$"),
+    Range("order_count", minimum=0),
+    Range("engagement_score", minimum=0, maximum=100),
 )
 
 

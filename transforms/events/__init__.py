@@ -46,6 +46,7 @@ def cdp_transforms() -> list[TransformDescriptor]:
             output="events",
             key=["event_id"],
             function="transforms.events.transform:events",
+            quality_rules="transforms.events.transform:QUALITY_RULES",
             partitioning=["month(occurred_at)"],
             description="Stripe events and every webhook event.",
             erasure_keys=[

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from plugins.transforms.frames import field_or_null, latest_per_key, union_all
 from plugins.transforms.normalize import email, reason_column, timestamp_utc
+from plugins.transforms.quality import Allowed, QualityRule, Required
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
 
 if TYPE_CHECKING:
@@ -33,6 +34,12 @@ OUTPUT_COLUMNS = (
     "occurred_at",
     "received_at",
     "payload",
+)
+QUALITY_RULES: tuple[QualityRule, ...] = (
+    Required("event_id"),
+    Required("type"),
+    Required("occurred_at"),
+    Allowed("channel", ("api", "webhook")),
 )
 
 

@@ -21,6 +21,7 @@ def cdp_transforms() -> list[TransformDescriptor]:
             output="orders",
             key=["order_id"],
             function="transforms.orders.transform:orders",
+            quality_rules="transforms.orders.transform:QUALITY_RULES",
             partitioning=["month(ordered_at)"],
             description="Shopify orders, Stripe charges, invoices and payment intents, Salesforce opportunities.",
             erasure_keys=[

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from plugins.transforms.frames import field_or_null, latest_per_key, union_all
 from plugins.transforms.money import currency_code, major_amount, stripe_minor_to_major
 from plugins.transforms.normalize import email, reason_column, timestamp_utc
+from plugins.transforms.quality import Allowed, Format, QualityRule, Range, Required
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
 
 if TYPE_CHECKING:
@@ -34,6 +35,15 @@ OUTPUT_COLUMNS = (
     "is_revenue",
     "ordered_at",
     "updated_at",
+)
+# Rows breaking one go to the DLQ as transform_rejected (docs/transforms.md, "Quality rules").
+QUALITY_RULES: tuple[QualityRule, ...] = (
+    Required("order_id"),
+    Required("ordered_at"),
+    Allowed("source_object", ("order", "charge", "invoice", "payment_intent", "opportunity")),
+    Format("currency", "^[A-Z]{3}$"),
+    Range("amount", minimum=0),
+    Range("refunded_amount", minimum=0),
 )
 
 

@@ -19,6 +19,7 @@ def cdp_transforms() -> list[TransformDescriptor]:
             output="products",
             key=["product_id"],
             function="transforms.products.transform:products",
+            quality_rules="transforms.products.transform:QUALITY_RULES",
             description="Shopify products, Stripe products and prices.",
             # Products identify no person: nothing for an erasure to match.
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from plugins.transforms.frames import field_or_null, latest_per_key, union_all
 from plugins.transforms.money import MONEY_TYPE, currency_code, major_amount, stripe_minor_to_major
 from plugins.transforms.normalize import person_name, timestamp_utc
+from plugins.transforms.quality import Allowed, Format, QualityRule, Range, Required
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
 
 if TYPE_CHECKING:
@@ -31,6 +32,12 @@ OUTPUT_COLUMNS = (
     "currency",
     "created_at",
     "updated_at",
+)
+QUALITY_RULES: tuple[QualityRule, ...] = (
+    Required("product_id"),
+    Allowed("kind", ("product", "price")),
+    Format("currency", "^[A-Z]{3}$"),
+    Range("unit_price", minimum=0),
 )
 
 

@@ -32,6 +32,7 @@ from plugins.transforms.quality import (
     QualityRuleError,
     Range,
     Required,
+    reason_counts,
     split_by_rules,
     write_rejected,
 )
@@ -544,7 +545,8 @@ def test_rejected_rows_carry_their_rule_column_file_and_row_and_land_in_the_dlq(
         Allowed("provider", ("shopify", "stripe", "salesforce")),
     ]
 
-    valid, rejected = split_by_rules(read_orders(zone), rules)
+    frame = read_orders(zone)
+    valid, rejected = split_by_rules(frame, rules)
     rejected_rows = rejected.collect()
     by_row = {json.loads(row[ROW_COLUMN])["order_id"]: row.asDict() for row in rejected_rows}
 
@@ -558,6 +560,9 @@ def test_rejected_rows_carry_their_rule_column_file_and_row_and_land_in_the_dlq(
     row = json.loads(by_row["stripe:charge:ch_jpy"][ROW_COLUMN])
     assert row["currency"] == "JPY"
     assert not any(name.startswith("_cdp_") for name in row)
+
+    # The quality report's count of values normalisation nulled: Order/2's "not-an-email".
+    assert [tuple(row) for row in reason_counts(frame).collect()] == [("email", "invalid email", 1)]
 
     dlq = ObjectStore(str(tmp_path / "dlq"))
     written = write_rejected(dlq, "acme", "orders", rejected_rows)

@@ -61,7 +61,7 @@ def shopify_statements(customers: DataFrame) -> DataFrame:
         return F.when(state.isNotNull(), state == "SUBSCRIBED")
 
     who, at = F.lit("shopify_customer"), field_or_null(customers, "updatedAt")
-    ads = F.when(field_or_null(customers, "dataSaleOptOut") == F.lit(True), F.lit(False))
+    ads = F.when(field_or_null(customers, "dataSaleOptOut", "boolean"), F.lit(False))
     return _explode(
         customers,
         [
@@ -77,7 +77,7 @@ def salesforce_statements(records: DataFrame, id_type: str) -> DataFrame:
     from pyspark.sql import functions as F
 
     def opted_out(name: str) -> Column:
-        return F.when(field_or_null(records, name) == F.lit(True), F.lit(False))
+        return F.when(field_or_null(records, name, "boolean"), F.lit(False))
 
     who, at = F.lit(id_type), field_or_null(records, "SystemModstamp")
     return _explode(

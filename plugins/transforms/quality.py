@@ -139,6 +139,30 @@ def split_by_rules(df: DataFrame, rules: Sequence[QualityRule]) -> tuple[DataFra
     return valid, rejected
 
 
+def reason_counts(df: DataFrame) -> DataFrame:
+    """How many values normalisation nulled, per column and kind of reason: ``column``, ``reason``, ``rows``.
+
+    Reads the ``_cdp_reason_<column>`` companions (plugins.transforms.normalize.with_normalized); the reason's kind is
+    its text before the first colon (``invalid email``), so the per-value details do not split the counts.
+    """
+    from pyspark.sql import functions as F
+
+    from plugins.transforms.normalize import REASON_PREFIX
+
+    reasons = [name for name in df.columns if name.startswith(REASON_PREFIX)]
+    if not reasons:
+        return df.sparkSession.createDataFrame([], "column string, reason string, rows long")
+    pairs = F.array(
+        *[
+            F.struct(F.lit(name.removeprefix(REASON_PREFIX)).alias("column"), F.col(name).alias("reason"))
+            for name in reasons
+        ]
+    )
+    found = df.select(F.explode(pairs).alias("pair")).select("pair.*").where(F.col("reason").isNotNull())
+    kinds = found.withColumn("reason", F.substring_index(F.col("reason"), ":", 1))
+    return kinds.groupBy("column", "reason").agg(F.count(F.lit(1)).alias("rows")).orderBy("column", "reason")
+
+
 def rejected_letters(rows: Iterable[Any], table: str) -> Iterable[tuple[str, DeadLetter]]:
     """``(provider, dead letter)`` for each row of :func:`split_by_rules`' ``rejected`` (Spark Rows or dicts).
 

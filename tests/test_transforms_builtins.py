@@ -22,6 +22,7 @@ from plugins.transforms.consent import (
     shopify_statements,
 )
 from plugins.transforms.erasure import Tombstone, add_tombstones, drop_erased, erasure_table, read_tombstones
+from plugins.transforms.frames import TransformInputError
 from plugins.transforms.normalize import reason_column
 from plugins.transforms.quality import (
     ROW_COLUMN,
@@ -368,7 +369,7 @@ def test_events_from_the_api_and_webhooks_once_each(zone) -> None:
 
 
 def test_an_input_named_unlike_a_webhook_stream_is_refused() -> None:
-    with pytest.raises(TypeError, match="<provider>_webhook_<stream>"):
+    with pytest.raises(TransformInputError, match="<provider>_webhook_<stream>"):
         events(stripe_charges=None)
 
 

@@ -80,7 +80,7 @@ def add_tombstones(spark: SparkSession, table: Table, tombstones: Iterable[Tombs
     """Append ``tombstones`` to the erasure table in one snapshot; returns how many were added."""
     from plugins.transforms.commit import commit_files, write_data_files
 
-    rows = [(t.id_type, t.id_value, t.erased_at.astimezone(UTC).replace(tzinfo=None)) for t in tombstones]
+    rows = [(t.id_type, t.id_value, t.erased_at.astimezone(UTC)) for t in tombstones]  # Aware: no local-time shift.
     if not rows:
         return 0
     frame = spark.createDataFrame(rows, TOMBSTONE_SCHEMA)

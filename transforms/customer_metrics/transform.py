@@ -12,7 +12,7 @@ unified ``customer_id``. Without the map, a customer is their typed identifier (
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from plugins.transforms.money import MONEY_TYPE
@@ -91,6 +91,8 @@ def customer_metrics(
     """The metrics of every customer with a revenue order or an event, as of ``as_of`` (now by default, UTC)."""
     from pyspark.sql import functions as F
 
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)  # Naive means UTC, whatever the machine's local zone.
     now = F.lit(as_of).cast("timestamp") if as_of is not None else F.current_timestamp()
     revenue = with_customer_id(orders.where(F.col("is_revenue")), identity_map).where(F.col("customer_id").isNotNull())
     net = (F.col("amount") - F.coalesce(F.col("refunded_amount"), F.lit(0).cast(MONEY_TYPE))).cast(MONEY_TYPE)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from plugins.transforms.frames import field_or_null, latest_per_key, union_all
+from plugins.transforms.frames import TransformInputError, field_or_null, latest_per_key, union_all
 from plugins.transforms.normalize import email, reason_column, timestamp_utc
 from plugins.transforms.quality import Allowed, QualityRule, Required
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
@@ -139,7 +139,7 @@ def events(*, stripe_events: DataFrame | None = None, **webhooks: DataFrame | No
     for argument, frame in sorted(webhooks.items()):
         provider, separator, stream = argument.partition(WEBHOOK_ARGUMENT)
         if not separator or not provider or not stream:
-            raise TypeError(
+            raise TransformInputError(
                 f"events() got '{argument}', which is not a webhook input named <provider>_webhook_<stream>"
             )
         if frame is not None:

@@ -62,15 +62,16 @@ def _rows(
     is_revenue: Column,
     ordered_at: Column,
     updated_at: Column,
+    id_column: str = "id",
 ) -> DataFrame:
     from pyspark.sql import functions as F
 
     normalized_email = email(email_address)
     return df.select(
-        F.concat_ws(":", F.lit(provider), F.lit(source_object), F.col("id")).alias("order_id"),
+        F.concat_ws(":", F.lit(provider), F.lit(source_object), F.col(id_column)).alias("order_id"),
         F.lit(provider).alias("provider"),
         F.lit(source_object).alias("source_object"),
-        F.col("id").cast("string").alias("source_id"),
+        F.col(id_column).cast("string").alias("source_id"),
         F.when(customer_id_value.isNotNull(), customer_id_type)
         .otherwise(F.when(normalized_email["value"].isNotNull(), F.lit("email")))
         .alias("customer_id_type"),
@@ -179,6 +180,7 @@ def orders(
                 is_revenue=F.coalesce(field_or_null(df, "IsWon", "boolean"), F.lit(False)),
                 ordered_at=field_or_null(df, "CloseDate", "date").cast("timestamp"),
                 updated_at=field_or_null(df, "SystemModstamp", "timestamp"),
+                id_column="Id",
             )
         )
     everything = union_all(frames, "orders")

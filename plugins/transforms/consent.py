@@ -117,7 +117,8 @@ def latest_consent(statements: DataFrame, key: Sequence[str]) -> DataFrame:
     aggregates = []
     for channel in CHANNELS:
         mine = F.col("channel") == channel
-        # Ordering: latest first, then a refusal (granted false sorts first when negated), then source for a tie.
+        # The largest wins: the latest statement, then a refusal (~granted is true), then the source, so ties are
+        # decided the same way on every run.
         order = F.when(mine, F.struct(F.col("stated_at"), ~F.col("granted"), F.col("source")))
         winner = F.max_by(F.when(mine, F.struct(F.col("granted"), F.col("stated_at"))), order)
         aggregates.append(winner.alias(f"_w_{channel}"))

@@ -134,9 +134,17 @@ class RawInput:
 
     provider: str
     stream: str
+    # The keyword argument the transform function receives this input as; the stream's name by default. Set it when
+    # two inputs share a stream name (Shopify's and Stripe's ``products``).
+    argument: str = ""
 
     def __str__(self) -> str:
         return f"raw:{self.provider}/{self.stream}"
+
+    @property
+    def keyword(self) -> str:
+        """The transform function's keyword argument for this input."""
+        return self.argument or self.stream
 
 
 @dataclass(frozen=True)
@@ -153,12 +161,26 @@ TransformInput = RawInput | TableInput
 
 
 @dataclass(frozen=True)
+class ErasureKey:
+    """A column of a transform's output that identifies a person: rows whose value has a tombstone are erased.
+
+    The identifier's type is fixed (``id_type="email"``) or read per row from ``type_column`` (an output holding
+    Stripe and Shopify customer ids side by side).
+    """
+
+    value_column: str
+    id_type: str | None = None
+    type_column: str | None = None
+
+
+@dataclass(frozen=True)
 class TransformDescriptor:
     """A transform: named inputs in, one keyed, partitioned table out.
 
-    ``function`` names a callable taking the input DataFrames (keyword arguments named after the inputs: the stream
-    for a raw input, the table for a table input) and returning the output DataFrame. The framework does the rest for
-    every transform alike: reading, schemas, state, writing, commits, the quality report and the DLQ.
+    ``function`` names a callable taking the input DataFrames (keyword arguments named after the inputs: the stream,
+    or its ``argument`` when set, for a raw input, the table for a table input) and returning the output DataFrame.
+    The framework does the rest for every transform alike: reading, schemas, state, writing, commits, the quality
+    report and the DLQ.
     ``partitioning`` holds Iceberg partition transforms, e.g. ``("bucket(16, customer_id)",)`` or
     ``("month(occurred_at)",)``.
     """
@@ -170,11 +192,24 @@ class TransformDescriptor:
     function: str
     partitioning: Sequence[str] = ()
     description: str = ""
+    # The output's columns that identify people: the framework drops the rows an erasure tombstone matches
+    # (plugins.transforms.erasure.drop_erased), so reprocessing raw data never brings an erased person back.
+    erasure_keys: Sequence[ErasureKey] = ()
+    # Import path of the output's quality rules (a sequence of plugins.transforms.quality rules), loaded when the
+    # transform runs: rows breaking one go to the DLQ as transform_rejected.
+    quality_rules: str | None = None
 
     def load_function(self) -> Callable[..., Any]:
         """The transform function."""
         function: Callable[..., Any] = load_object(self.function)
         return function
+
+    def load_quality_rules(self) -> Sequence[Any]:
+        """The output's quality rules (none when the descriptor names none)."""
+        if self.quality_rules is None:
+            return ()
+        rules: Sequence[Any] = load_object(self.quality_rules)
+        return rules
 
 
 class TransformGraphError(CdpError):

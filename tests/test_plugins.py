@@ -295,8 +295,8 @@ def test_plugin_commands_run_from_the_cli_and_cannot_shadow_built_ins(third_part
 
 def test_hook_cdp_transforms() -> None:
     ordered = transforms(_manager_with(plugin_examples))
-    # customer_totals reads the tables of customers and orders, so it runs after both.
-    assert [t.name for t in ordered] == ["customers", "orders", "customer_totals"]
+    # customer_totals reads the tables of shop_customers and shop_orders, so it runs after both.
+    assert [t.name for t in ordered] == ["shop_customers", "shop_orders", "customer_totals"]
     assert isinstance(plugin_examples.SEEN_CONTEXTS[-1], CdpContext)
     tables: dict[str, list[dict[str, object]]] = {}
     raw = {
@@ -305,13 +305,13 @@ def test_hook_cdp_transforms() -> None:
     }
     for transform in ordered:
         arguments = {
-            source.stream if isinstance(source, RawInput) else source.table: (
+            source.keyword if isinstance(source, RawInput) else source.table: (
                 raw[source.stream] if isinstance(source, RawInput) else tables[source.table]
             )
             for source in transform.inputs
         }
         tables[transform.output] = transform.load_function()(**arguments)
-    assert tables["customers"][0] == {"customer_id": "c1", "email": "ada@example.com"}
+    assert tables["shop_customers"][0] == {"customer_id": "c1", "email": "ada@example.com"}
     assert tables["customer_totals"] == [{"customer_id": "c1", "total": 12}, {"customer_id": "c2", "total": 0}]
 
 

@@ -35,6 +35,9 @@ class ErrorType(StrEnum):
     RATE_LIMIT_EXHAUSTED = "rate_limit_exhausted"  # A tap was throttled past its retries.
     AUTH_FAILED = "auth_failed"  # The provider rejected the credentials.
     WEBHOOK_INVALID = "webhook_invalid"  # A correctly signed webhook whose body cannot be read or mapped.
+    TRANSFORM_REJECTED = (
+        "transform_rejected"  # A row a transform's quality rule rejected (the rule, the row, its file).
+    )
 
 
 @dataclass(frozen=True)

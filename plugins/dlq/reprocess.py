@@ -53,6 +53,7 @@ from plugins.dlq.ops import (
     REPROCESS_LEASE_PREFIX,
     REQUEST_ERROR_TYPES,
     RETIRED_PREFIX,
+    TRANSFORM_ERROR_TYPES,
     BatchNotFoundError,
     BatchRunReport,
     generic_message,
@@ -285,6 +286,11 @@ class Reprocessor:
         if key.error_type in REQUEST_ERROR_TYPES:
             raise ReprocessError(
                 f"{source} holds {key.error_type} entries (failed requests, not records); use 'cdp dlq resubmit'"
+            )
+        if key.error_type in TRANSFORM_ERROR_TYPES:
+            raise ReprocessError(
+                f"{source} holds {key.error_type} rows (of a processed table, not raw records); fix the source data "
+                "or the table's quality rule and run the transform again"
             )
         entries = read_batch(self.dlq_store, source)
         plan = _Plan(source=source, tenant=key.tenant, provider=key.provider, records=len(entries))

@@ -24,27 +24,28 @@ SEEN_CONTEXTS: list[CdpContext] = []
 def cdp_transforms(context: CdpContext) -> list[TransformDescriptor]:
     SEEN_CONTEXTS.append(context)
     functions = "tests.plugin_examples.transforms"
+    # Named apart from the built-in transforms' tables (orders, customers...): two writers of one table are refused.
     return [
         # Listed out of order on purpose: the framework orders them by the tables they read.
         TransformDescriptor(
             name="customer_totals",
-            inputs=[TableInput("customers"), TableInput("orders")],
+            inputs=[TableInput("shop_customers"), TableInput("shop_orders")],
             output="customer_totals",
             key=["customer_id"],
             function=f"{functions}:customer_totals",
         ),
         TransformDescriptor(
-            name="customers",
+            name="shop_customers",
             inputs=[RawInput("acme", "contacts")],
-            output="customers",
+            output="shop_customers",
             key=["customer_id"],
             function=f"{functions}:customers",
             partitioning=["bucket(16, customer_id)"],
         ),
         TransformDescriptor(
-            name="orders",
+            name="shop_orders",
             inputs=[RawInput("acme", "orders")],
-            output="orders",
+            output="shop_orders",
             key=["order_id"],
             function=f"{functions}:orders",
         ),

@@ -15,8 +15,8 @@ def orders(orders: Rows) -> Rows:
     return [{"order_id": row["id"], "customer_id": row["contact_id"], "amount": row["amount"]} for row in orders]
 
 
-def customer_totals(customers: Rows, orders: Rows) -> Rows:
-    totals = {row["customer_id"]: 0 for row in customers}
-    for order in orders:
+def customer_totals(shop_customers: Rows, shop_orders: Rows) -> Rows:
+    totals = {row["customer_id"]: 0 for row in shop_customers}
+    for order in shop_orders:
         totals[order["customer_id"]] = totals.get(order["customer_id"], 0) + order["amount"]
     return [{"customer_id": key, "total": value} for key, value in sorted(totals.items())]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -464,3 +465,20 @@ def test_a_reprocessed_unrepresentable_line_keeps_its_original_text(tmp_path: Pa
 
     [letter] = [entry for batch in list_batches(dlq) for entry in read_batch(dlq, batch.key)]
     assert (letter["record"], letter["record_text"], letter["retry_count"]) == (None, line.decode(), 1)
+
+
+def test_decimals_beyond_a_float64_land_digit_for_digit(tmp_path: Path) -> None:
+    config = zone_config(str(tmp_path))
+    schema = {"type": "object", "properties": {"id": {"type": "string"}, "n": {"type": "number", "minimum": 0}}}
+    lines = [
+        b'{"type":"RECORD","stream":"c","record":{"id":"a","n":1.0000000000000000001}}',
+        b'{"type":"RECORD","stream":"c","record":{"id":"b","n":12345678.123456789}}',
+        b'{"type":"RECORD","stream":"c","record":{"id":"c","n":0.1}}',
+    ]
+    run_target(config, [schema_message("c", schema), *lines])
+
+    assert dead_letters(config) == []
+    raw = b"".join(zlib.decompress(path.read_bytes(), 31) for path in sorted((tmp_path / "raw").rglob("*.ndjson.gz")))
+    assert b'"n":1.0000000000000000001' in raw
+    assert b'"n":12345678.123456789' in raw
+    assert b'"n":0.1' in raw

@@ -246,3 +246,16 @@ def test_secrets_come_from_the_tenant_and_provider_variable_comma_separated() ->
     environ = {"CDP_WEBHOOK_SECRET__ACME__STRIPE": " whsec_new , whsec_old ,"}
     assert webhook_secrets("acme", "stripe", environ) == ["whsec_new", "whsec_old"]
     assert webhook_secrets("other", "stripe", environ) == []
+
+
+@pytest.mark.parametrize("topic", ["orders/delete", "products/delete", "customers/delete"])
+def test_shopify_delete_payloads_with_only_an_id_are_events(topic: str) -> None:
+    body = b'{"id":450789469}'
+    [event] = ShopifyWebhookHandler().map(_shopify_headers(body, "s", topic), body, NOW)
+    assert (event.stream, event.topic, event.payload) == (topic.partition("/")[0], topic, {"id": 450789469})
+
+
+def test_shopify_delete_payload_without_an_integer_id_is_unmappable() -> None:
+    body = b'{"id":"not-a-number"}'
+    with pytest.raises(UnmappableWebhookError, match="integer 'id'"):
+        ShopifyWebhookHandler().map(_shopify_headers(body, "s", "orders/delete"), body, NOW)

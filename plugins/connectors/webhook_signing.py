@@ -19,7 +19,6 @@ import binascii
 import functools
 import hashlib
 import hmac
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,10 +27,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-import orjson
-
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.layout import sanitize_stream_name
+from plugins.core.serialization import loads
 
 SECRET_ENV_PREFIX = "CDP_WEBHOOK_SECRET"  # noqa: S105  # The variable name, not a secret.
 # The request headers stored with a dead-lettered delivery unless a handler names its own (``dlq_headers``): an
@@ -130,24 +128,12 @@ def webhook_secrets(tenant: str, provider: str, environ: Mapping[str, str] | Non
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-# A run of 19 or more digits may be an integer beyond 64 bits, which orjson would read as a float (a changed value).
-_LONG_DIGITS = re.compile(rb"\d{19,}")
-
-
-def loads_exact(text: bytes | str) -> Any:
-    """JSON as sent: orjson, or Python's parser (exact integers of any size) when a long number may be present."""
-    raw = text.encode() if isinstance(text, str) else text
-    if _LONG_DIGITS.search(raw) is None:
-        return orjson.loads(raw)
-    orjson.loads(raw)  # Same validation (UTF-8, NaN, depth) as every other body.
-    return json.loads(raw)
-
-
 def json_object(body: bytes) -> dict[str, Any]:
-    """``body`` parsed as a JSON object (integers exact), or UnmappableWebhookError."""
+    """``body`` parsed as a JSON object (numbers exact: see ``plugins.core.serialization.loads``), or
+    UnmappableWebhookError."""
     try:
-        value = loads_exact(body)
-    except orjson.JSONDecodeError as exc:
+        value = loads(body)
+    except ValueError as exc:  # Not JSON, or a value JSON cannot carry (NaN, 1e999, invalid UTF-8).
         raise UnmappableWebhookError(f"body is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise UnmappableWebhookError(f"body is a JSON {type(value).__name__}, not an object")

@@ -139,7 +139,7 @@ class ObjectStore:
                 target = Path(path)
                 tmp = self._local_tmp(target, data)
                 os.replace(tmp, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         except OSError as exc:
             raise StorageError(f"could not write {self.url_for(key)}: {exc}") from exc
         return self.url_for(key)
@@ -166,7 +166,7 @@ class ObjectStore:
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return True
 
     def _local_tmp(self, target: Path, data: bytes) -> Path:
@@ -213,7 +213,7 @@ class ObjectStore:
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
         except OSError as exc:
-            if "NoSuchKey" in str(exc) or "does not exist" in str(exc):
+            if _is_not_found(exc):
                 raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
             raise StorageError(f"could not read {self.url_for(key)}: {exc}") from exc
 
@@ -246,7 +246,13 @@ class ObjectStore:
             yield ObjectInfo(key=info.path[root_len:], size=info.size or 0, modified_at=info.mtime)
 
 
-def _fsync_dir(directory: Path) -> None:
+def _is_not_found(exc: OSError) -> bool:
+    """Whether pyarrow's error says the object is not there (also when it went between its HEAD and its GET)."""
+    text = str(exc)
+    return any(sign in text for sign in ("NoSuchKey", "NO_SUCH_KEY", "does not exist", "HTTP status 404"))
+
+
+def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -33,8 +33,9 @@ from typing import Any
 
 import orjson
 
-from plugins.connectors.webhook_signing import loads_exact
 from plugins.core.errors import CdpError, StorageError
+from plugins.core.serialization import loads
+from plugins.core.storage import fsync_dir
 from plugins.webhooks.group_commit import GroupCommitWriter, LoopGroupCommit, LoopWriteResult, WriteResult
 from plugins.webhooks.log import (
     BookmarkError,
@@ -118,7 +119,7 @@ def scan_records(data: bytes) -> Iterator[tuple[int, int, list[Any]]]:
         body = data[start:end]
         if zlib.crc32(body) != crc:
             return
-        yield sequence, end, loads_exact(body)
+        yield sequence, end, loads(body)
         offset = end
 
 
@@ -177,14 +178,6 @@ def _prepare_spare(path: Path, size: int, pause: float = _SPARE_PAUSE_SECONDS) -
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileWebhookLog:
     """Segment files in a local folder. ``start_writer`` before appending; reading works from any process."""
 
@@ -237,7 +230,7 @@ class FileWebhookLog:
             tmp = id_path.with_suffix(".tmp")
             tmp.write_text(f"w{uuid.uuid4().hex[:15]}")  # A letter first: sorts after every older, all-digit position.
             os.replace(tmp, id_path)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         self._spare_maker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webhook-log-spare")
         self._recover()
         self._writer = GroupCommitWriter(self._write_batch)
@@ -286,7 +279,7 @@ class FileWebhookLog:
             # Raises if the disk really cannot take it; no pauses, since the loop waits for it.
             _prepare_spare(self._spare_path, self.segment_bytes, pause=0)
         os.replace(self._spare_path, path)
-        _fsync_dir(self._segments_dir)
+        fsync_dir(self._segments_dir)
         self._use_segment(os.open(path, os.O_WRONLY), path, 0)
         self._next_sequence = base
         self._start_spare()
@@ -507,7 +500,7 @@ class FileWebhookLog:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from plugins.core.errors import CdpError, ConfigError
-from plugins.core.serialization import MAX_WRITABLE_DEPTH, json_depth
+from plugins.core.serialization import MAX_RECORD_DEPTH, json_depth
 
 LOG_URL_ENV_VAR = "CDP_WEBHOOK_LOG_URL"
 DEFAULT_LOG_URL = "data/webhooks"
@@ -72,7 +72,8 @@ class LogEntry:
 
 # Deepest payload the log stores: orjson (which writes and reads every record) refuses to encode deeper values, and
 # no provider's event comes near it (Stripe's nest under ten levels).
-MAX_PAYLOAD_DEPTH = MAX_WRITABLE_DEPTH
+# What is stored must also pass target-s3raw when drained (its records are at most MAX_RECORD_DEPTH deep).
+MAX_PAYLOAD_DEPTH = MAX_RECORD_DEPTH
 
 
 def unstorable_reason(entry: LogEntry) -> str | None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from plugins.connectors.webhook_signing import loads_exact
 from plugins.core.errors import StorageError
+from plugins.core.serialization import loads
 from plugins.webhooks.group_commit import GroupCommitWriter, WriteResult
 from plugins.webhooks.log import BookmarkError, CompactionResult, DurationHistogram, LogEntry, StoredEntry
 
@@ -212,9 +212,7 @@ class PostgresWebhookLog:
                 ).fetchall()
                 conn.commit()
                 for row_txid, row_seq, event_id, topic, received_at, payload in rows:
-                    entry = LogEntry(
-                        tenant, provider, stream, event_id, topic, received_at.isoformat(), loads_exact(payload)
-                    )
+                    entry = LogEntry(tenant, provider, stream, event_id, topic, received_at.isoformat(), loads(payload))
                     yield StoredEntry(self._position(row_txid, row_seq), entry)
                 if len(rows) < _READ_PAGE:
                     return

@@ -40,6 +40,7 @@ from plugins.connectors.tap_runtime import CdpRESTStream, ExtractionFailure, Run
 from plugins.core.dead_letters import ErrorType
 from plugins.core.events import log_event
 from plugins.core.redaction import redact_url
+from plugins.core.serialization import loads
 
 if TYPE_CHECKING:
     from singer_sdk.helpers.types import Context
@@ -550,14 +551,14 @@ class ShopifyStream(CdpRESTStream[str | None]):
                 database.execute("CREATE INDEX line_parent ON line (parent)")
                 parents = database.execute("SELECT body FROM line WHERE parent IS NULL ORDER BY seq")
                 for (body,) in parents:
-                    record = dict(orjson.loads(body))
+                    record = dict(loads(body))  # exact: long integers and decimals as sent
                     for connection in self.connections:
                         record[connection.field] = {"nodes": []}
                     children = database.execute(
                         "SELECT body FROM line WHERE parent = ? ORDER BY seq", (str(record["id"]),)
                     )
                     for (child_body,) in children:
-                        child = dict(orjson.loads(child_body))
+                        child = dict(loads(child_body))
                         child.pop("__parentId", None)
                         field = fields.get(str(child.pop("__typename", "")))
                         if field is not None:

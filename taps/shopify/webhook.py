@@ -112,7 +112,11 @@ class ShopifyWebhookHandler:
             raise UnmappableWebhookError(f"topic '{topic}' feeds no stream (known: {', '.join(self.streams)})")
         payload = json_object(body)
         graphql_id = payload.get("admin_graphql_api_id")
-        if resource in _GRAPHQL_TYPES:
+        if topic.endswith("/delete") and graphql_id is None:
+            # Delete payloads carry only the resource's id (Shopify's webhook reference: {"id": 450789469}).
+            if not isinstance(payload.get("id"), int) or isinstance(payload.get("id"), bool):
+                raise UnmappableWebhookError(f"topic '{topic}' needs a body with the deleted resource's integer 'id'")
+        elif resource in _GRAPHQL_TYPES:
             expected = f"gid://shopify/{_GRAPHQL_TYPES[resource]}/"
             if not (isinstance(graphql_id, str) and graphql_id.startswith(expected)):
                 raise UnmappableWebhookError(

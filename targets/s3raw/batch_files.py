@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from plugins.core.errors import CdpError, ObjectNotFoundError, ObjectTooLargeError
-from plugins.core.serialization import MAX_WRITABLE_DEPTH, NotRepresentableError, dumps, non_json_value, parse_json
+from plugins.core.serialization import MAX_RECORD_DEPTH, NotRepresentableError, dumps, non_json_value, parse_json
 from plugins.core.storage import ObjectStore
 from targets.s3raw.reader import line_size
 
@@ -267,7 +267,7 @@ def _jsonl_items(lines: Iterator[bytes]) -> Iterator[BatchItem]:
         if not line.strip():
             continue
         try:
-            record = parse_json(line, max_depth=MAX_WRITABLE_DEPTH - 1)  # Its dead letter wraps it in one more level.
+            record = parse_json(line, max_depth=MAX_RECORD_DEPTH)
         except ValueError as exc:
             reason = str(exc) if isinstance(exc, NotRepresentableError) else f"batch file line is not JSON: {exc}"
             yield BatchItem(line=number, error=reason, raw=line, size=len(line))

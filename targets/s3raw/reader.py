@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from singer_sdk.io_base import GenericSingerReader
 
-from plugins.core.serialization import MAX_WRITABLE_DEPTH, NotRepresentableError, parse_json
+from plugins.core.serialization import MAX_RECORD_DEPTH, NotRepresentableError, parse_json
 
 # Called with (the line as read, why it is not a Singer message, its 1-based line number).
 UnparseableLineHandler = Callable[[str | bytes, str, int], None]
@@ -45,8 +45,7 @@ class RawMessageReader(GenericSingerReader[Any]):
         return sys.stdin.buffer  # Bytes: no text decoding pass, orjson parses UTF-8 directly.
 
     def deserialize_json(self, line: Any) -> dict[Any, Any]:
-        # A record one level inside its message, and a dead letter one level around the record: both writable.
-        parsed = parse_json(line, max_depth=MAX_WRITABLE_DEPTH)
+        parsed = parse_json(line, max_depth=MAX_RECORD_DEPTH + 1)  # A RECORD message wraps its record in one level.
         if not isinstance(parsed, dict):
             raise ValueError(f"a Singer message is a JSON object, not {type(parsed).__name__}")
         return parsed

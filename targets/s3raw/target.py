@@ -32,7 +32,7 @@ from plugins.core.events import log_event
 from plugins.core.layout import NAME_PATTERN, sanitize_stream_name, validate_name
 from plugins.core.raw_zone import METADATA_COLUMNS, RawZoneWriter
 from plugins.core.schema_dialect import reference_validator
-from plugins.core.serialization import MAX_WRITABLE_DEPTH, dumps, parse_json
+from plugins.core.serialization import MAX_RECORD_DEPTH, dumps, parse_json
 from plugins.core.storage import ObjectStore
 from plugins.core.validation import InvalidRecordSchemaError, RecordValidator
 from plugins.descriptors import Severity
@@ -552,7 +552,7 @@ class TargetS3Raw(Target):
         record: Any = None
         try:
             # JSON that is not a Singer message is kept as the JSON it is (if its dead letter can hold it).
-            record = parse_json(raw.decode("utf-8"), max_depth=MAX_WRITABLE_DEPTH - 1)
+            record = parse_json(raw.decode("utf-8"), max_depth=MAX_RECORD_DEPTH)
         except ValueError:
             record = None  # Kept as the original line instead: record_text, else record_base64.
         stream = _stream_named(record if record is not None else raw)

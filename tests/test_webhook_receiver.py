@@ -630,3 +630,13 @@ def test_cdp_webhooks_serve_on_a_locked_log_or_a_file_fails_in_one_line(
     err = capsys.readouterr().err.strip()
     assert "is a file" in err
     assert len(err.splitlines()) == 1
+
+
+def test_an_event_one_level_deeper_than_a_record_may_be_goes_to_the_dlq_and_one_at_the_limit_is_stored(
+    receiver: Receiver,
+) -> None:
+    at_limit = nested_stripe_event("evt_253", 252)  # the event object plus 252 levels: 253, what a record may hold
+    too_deep = nested_stripe_event("evt_254", 253)
+    assert receiver.post("/webhooks/acme/stripe", at_limit, stripe_headers(at_limit)).status_code == 200
+    assert receiver.post("/webhooks/acme/stripe", too_deep, stripe_headers(too_deep)).status_code == 202
+    assert receiver.stored("acme", "stripe", "events") == ["evt_253"]

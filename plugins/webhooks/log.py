@@ -83,7 +83,8 @@ def unstorable_reason(entry: LogEntry) -> str | None:
     The same rules hold for every backend, so where an event lands never depends on the log's backend.
     """
     try:
-        encoded = orjson.dumps(entry.payload)
+        # Wrapped in one more level: orjson encodes 254 levels, and a record must leave room for its dead letter.
+        encoded = orjson.dumps([entry.payload])[1:-1]
     except orjson.JSONEncodeError as exc:
         if "Integer exceeds" not in str(exc) or entry.payload_json is None:  # Too deep, or nothing exact to store.
             return f"the event cannot be stored: {exc} (deepest storable nesting: {MAX_PAYLOAD_DEPTH} levels)"

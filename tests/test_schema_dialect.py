@@ -190,7 +190,7 @@ class _CountingHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass
+        """Quiet: the test counts requests, it does not print them."""
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ surrogates) is refused with ``NotRepresentableError`` naming what and where, nev
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import json
 import math
@@ -122,11 +123,9 @@ def parse_json(line: str | bytes, *, max_depth: int | None = None) -> Any:
     ``max_depth``, a document nested deeper is refused too (what will be written again must fit MAX_WRITABLE_DEPTH).
     """
     if not _has_long_digit_run(line):
-        try:
+        # Not JSON to orjson: the standard library below reads it again and says what is wrong, and where.
+        with contextlib.suppress(orjson.JSONDecodeError):
             value = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            pass
-        else:
             _check_depth(line, value, max_depth)
             return value
     if isinstance(line, bytes):

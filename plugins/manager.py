@@ -111,12 +111,13 @@ def _context(context: CdpContext | None) -> CdpContext:
     return context if context is not None else CdpContext.discover()
 
 
-def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContext | None) -> list[Any]:
-    """Every item the plugins return from one hook, in registration order."""
+def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContext | None, expected: type) -> list[Any]:
+    """Every item the plugins return from one hook, in registration order; each must be an ``expected``."""
     pm = pm or plugin_manager()
     hook = getattr(pm.hook, hook_name)
+    resolved = _context(context)
     try:
-        results = hook(context=_context(context))
+        results = hook(context=resolved)
     except Exception as exc:
         # pluggy does not say whose implementation raised: find its frame in the traceback.
         raised_in = {frame.f_code for frame, _ in traceback.walk_tb(exc.__traceback__)}
@@ -125,7 +126,32 @@ def _collect(hook_name: str, pm: pluggy.PluginManager | None, context: CdpContex
             raise
         msg = f"plugin '{culprit}' failed in {hook_name}: {type(exc).__name__}: {exc}; fix or uninstall it"
         raise PluginHookError(msg) from exc
-    return [item for result in results for item in (result or [])]
+    if all(isinstance(result, list | tuple) and all(isinstance(i, expected) for i in result) for result in results):
+        return [item for result in results for item in result]
+    raise PluginHookError(_wrong_return(hook, resolved, expected))
+
+
+def _wrong_return(hook: Any, context: CdpContext, expected: type) -> str:
+    """The one-line error for a hook implementation that returned something other than a list of ``expected``.
+
+    Only on this error path is each implementation called again, alone, to find which plugin it was.
+    """
+    for impl in hook.get_hookimpls():
+        arguments = {"context": context} if "context" in impl.argnames else {}
+        result = impl.function(**arguments)
+        if result is None:
+            continue
+        if not isinstance(result, list | tuple):
+            got = f"a {type(result).__name__}"
+        elif bad := next((item for item in result if not isinstance(item, expected)), None):
+            got = f"a list holding a {type(bad).__name__}"
+        else:
+            continue
+        return (
+            f"plugin '{impl.plugin_name}' returned {got} from {hook.name}, which must return a list of "
+            f"{expected.__name__}; fix or uninstall it"
+        )
+    return f"a plugin returned something other than a list of {expected.__name__} from {hook.name}"
 
 
 def _by_name(kind: str, items: list[Any]) -> dict[str, Any]:
@@ -146,7 +172,7 @@ def _get(kind: str, known: dict[str, Any], name: str) -> Any:
 
 def sources(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, SourceDescriptor]:
     """Every registered source, by name."""
-    return _by_name("source", _collect("cdp_sources", pm, context))
+    return _by_name("source", _collect("cdp_sources", pm, context, SourceDescriptor))
 
 
 def get_source(
@@ -159,36 +185,37 @@ def get_source(
 
 def targets(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, TargetDescriptor]:
     """Every registered Singer target, by name."""
-    return _by_name("target", _collect("cdp_targets", pm, context))
+    return _by_name("target", _collect("cdp_targets", pm, context, TargetDescriptor))
 
 
 def transforms(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> list[TransformDescriptor]:
     """Every registered transform, in the order they must run (each after the producers of the tables it reads)."""
-    return order_transforms(_by_name("transform", _collect("cdp_transforms", pm, context)).values())
+    registered = _by_name("transform", _collect("cdp_transforms", pm, context, TransformDescriptor))
+    return order_transforms(registered.values())
 
 
 def loaders(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> dict[str, LoaderDescriptor]:
     """Every registered loader (kind of serving store), by name."""
-    return _by_name("loader", _collect("cdp_loaders", pm, context))
+    return _by_name("loader", _collect("cdp_loaders", pm, context, LoaderDescriptor))
 
 
 def activators(
     pm: pluggy.PluginManager | None = None, context: CdpContext | None = None
 ) -> dict[str, ActivatorDescriptor]:
     """Every registered activation destination, by name."""
-    return _by_name("activation destination", _collect("cdp_activators", pm, context))
+    return _by_name("activation destination", _collect("cdp_activators", pm, context, ActivatorDescriptor))
 
 
 def command_groups(
     pm: pluggy.PluginManager | None = None, context: CdpContext | None = None
 ) -> dict[str, CommandGroup]:
     """Every CLI command group plugins contribute, by name."""
-    return _by_name("command group", _collect("cdp_commands", pm, context))
+    return _by_name("command group", _collect("cdp_commands", pm, context, CommandGroup))
 
 
 def alert_sinks(pm: pluggy.PluginManager | None = None, context: CdpContext | None = None) -> list[AlertSink]:
     """Every registered alert sink."""
-    return list(_collect("cdp_alert_sinks", pm, context))
+    return list(_collect("cdp_alert_sinks", pm, context, AlertSink))
 
 
 @dataclass(frozen=True)

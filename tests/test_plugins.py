@@ -290,6 +290,7 @@ def test_plugin_commands_run_from_the_cli_and_cannot_shadow_built_ins(third_part
     env = {"PYTHONPATH": str(third_party_package)}
     result = _cdp("acme", "ping", env=env)
     assert (result.returncode, result.stdout.strip()) == (0, "pong")
+    assert "command group 'plugins' is ignored: a built-in command has that name" in result.stderr
     assert _cdp("plugins", "list", "--json", env=env).returncode == 0  # still the built-in `plugins`
 
 
@@ -434,3 +435,25 @@ def test_a_hook_that_raises_is_named_in_the_one_line_error() -> None:
     pm.register(Broken(), name="cdp-acme")
     with pytest.raises(PluginHookError, match=r"^plugin 'cdp-acme' failed in cdp_sources: RuntimeError: acme settings"):
         sources(pm)
+
+
+def test_a_hook_returning_the_wrong_type_is_named_in_the_one_line_error() -> None:
+    """A descriptor returned bare (not in a list), or a list holding something else, names the plugin that did it."""
+
+    class Bare:
+        @hookimpl
+        def cdp_sources(self) -> SourceDescriptor:
+            return SourceDescriptor(name="acme", tap="taps.stripe.tap:TapStripe", streams=["customers"])
+
+    class Wrong:
+        @hookimpl
+        def cdp_transforms(self) -> list[str]:
+            return ["transforms.acme:run"]
+
+    pm = create_plugin_manager(only=["tap-stripe", "transform-orders"])
+    pm.register(Bare(), name="cdp-bare")
+    pm.register(Wrong(), name="cdp-wrong")
+    with pytest.raises(PluginHookError, match=r"^plugin 'cdp-bare' returned a SourceDescriptor from cdp_sources"):
+        sources(pm)
+    with pytest.raises(PluginHookError, match=r"^plugin 'cdp-wrong' returned a list holding a str from cdp_transforms"):
+        transforms(pm)

@@ -438,3 +438,30 @@ def test_remembering_event_ids_leaves_no_objects_for_the_garbage_collector(tmp_p
         gc.enable()
         log.close()
     assert grown < 500  # One tracked key per event was 4990.
+
+
+def test_consumers_marks_a_position_the_log_cannot_have_written_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recreated log leaves consumers pointing past its end; listing them must say so, not print them as fine."""
+    from plugins.cli.app import main
+
+    log = FileWebhookLog(tmp_path)
+    log.start_writer()
+    log.append_sync([entry("e0"), entry("e1")])
+    stored = list(log.read("acme", "stripe", "events"))
+    log.commit(consumer_name("acme", "stripe", "events"), stored[-1].position)
+    assert main(["webhooks", "consumers", "--log-url", str(tmp_path)]) == 0
+    capsys.readouterr()
+    log_id, _, sequence = stored[-1].position.rpartition(":")
+    stale = f"{log_id}:{int(sequence) + 1000}"
+    log.commit(consumer_name("acme", "stripe", "orders"), stale)
+    log.close()
+
+    assert main(["webhooks", "consumers", "--log-url", str(tmp_path), "--json"]) == 1
+    listed = {row["consumer"]: row for row in json.loads(capsys.readouterr().out)["consumers"]}
+    assert listed["acme/stripe/events"]["valid"] is True
+    assert listed["acme/stripe/orders"]["valid"] is False
+    assert "past the end" in listed["acme/stripe/orders"]["problem"]
+    assert main(["webhooks", "consumers", "--log-url", str(tmp_path)]) == 1
+    assert "invalid: bookmark" in capsys.readouterr().out

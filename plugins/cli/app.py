@@ -96,8 +96,16 @@ def add_plugin_commands(args: list[str]) -> None:
     from plugins.manager import command_groups
 
     for name, group in sorted(command_groups().items()):
-        if name in BUILT_IN_COMMANDS:
-            continue  # A plugin may not shadow a built-in command.
+        if name in BUILT_IN_COMMANDS:  # A plugin may not shadow a built-in command: say so, and go on without it.
+            from plugins.cli.output import err_console
+
+            err_console.print(
+                f"warning: a plugin's command group '{name}' is ignored: a built-in command has that name; "
+                "rename the group (cdp plugins list shows which plugin adds commands)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            continue
         app.add_typer(group.app, name=name, help=group.help or None)
 
 

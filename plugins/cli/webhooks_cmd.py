@@ -159,17 +159,32 @@ def compact(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
 
 @app.command("consumers")
 def consumers(log_url: LogUrlOption = None, as_json: JsonOption = False) -> None:
-    """Each consumer (tenant/provider/stream of tap-webhooks) and the position its target confirmed."""
-    from plugins.webhooks.log import open_log
+    """Each consumer (tenant/provider/stream of tap-webhooks) and the position its target confirmed.
 
-    committed = open_log(log_url).consumers()
+    A position this log cannot have written (past its end, or from another log) is marked, and the exit status is 1:
+    that consumer's next drain fails until its state is reset (docs/webhooks.md).
+    """
+    from plugins.webhooks.log import BookmarkError, open_log
+
+    log = open_log(log_url)
+    rows = []
+    for name, position in sorted(log.consumers().items()):
+        try:
+            log.check_bookmark(position)
+            problem = None
+        except BookmarkError as exc:
+            problem = str(exc)
+        rows.append({"consumer": name, "position": position, "valid": problem is None, "problem": problem})
     if as_json:
-        print_json({"consumers": [{"consumer": name, "position": pos} for name, pos in sorted(committed.items())]})
-        return
-    if not committed:
-        console.print("no consumer has committed a position yet")
-    for name, position in sorted(committed.items()):
-        console.print(f"{name}  {position}", highlight=False)
+        print_json({"consumers": rows})
+    else:
+        if not rows:
+            console.print("no consumer has committed a position yet")
+        for row in rows:
+            mark = "" if row["valid"] else f"  invalid: {row['problem']}"
+            console.print(f"{row['consumer']}  {row['position']}{mark}", highlight=False)
+    if any(not row["valid"] for row in rows):
+        raise typer.Exit(1)
 
 
 # Young-generation threshold for the receiver process: collections every 50k allocations instead of 700.

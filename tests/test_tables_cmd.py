@@ -207,9 +207,18 @@ def test_a_rollback_racing_a_commit_is_refused_and_changes_nothing(spark, zone) 
 # -- compact ------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["local", "s3"])
+def any_zone(request: pytest.FixtureRequest, tmp_path: Path) -> ProcessedZone:
+    """A processed zone on a local folder, then on S3 (moto)."""
+    warehouse = str(tmp_path / "processed") if request.param == "local" else request.getfixturevalue("s3_url")
+    return ProcessedZone.resolve(warehouse, f"sqlite:///{tmp_path / 'catalog.db'}")
+
+
 def test_compaction_packs_small_files_per_partition_in_one_snapshot_keeping_rows_and_processed_files(
-    spark, zone, zone_args, capsys
+    spark, any_zone, capsys
 ) -> None:
+    zone = any_zone
+    zone_args = ["--processed-url", zone.warehouse, "--catalog-url", zone.catalog_url]
     table = create_table(zone.open(), "acme", "customers", frame(spark, range(1)).schema, ["bucket(2, customer_id)"])
     for batch in range(4):
         rows = frame(spark, range(batch * 10, batch * 10 + 10))

@@ -44,6 +44,10 @@ CatalogUrlOption = Annotated[
         help="Iceberg catalog: postgresql://... or sqlite:///path [env CDP_CATALOG_URL; default SQLite in the zone]",
     ),
 ]
+SparkMasterOption = Annotated[
+    str | None,
+    typer.Option("--spark-master", help="Spark master URL [env CDP_SPARK_MASTER; default local[*]]"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON with stable keys.")]
 S3EndpointOption = Annotated[
     str | None,
@@ -59,6 +63,7 @@ __all__ = [
     "RawUrlOption",
     "RegistryUrlOption",
     "S3EndpointOption",
+    "SparkMasterOption",
     "Zone",
     "resolve_zone_url",
 ]

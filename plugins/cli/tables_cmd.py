@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from plugins.cli.options import CatalogUrlOption, JsonOption, ProcessedUrlOption
+from plugins.cli.options import CatalogUrlOption, JsonOption, ProcessedUrlOption, SparkMasterOption
 from plugins.cli.output import console, print_json, styled
 from plugins.dlq.ops import format_duration, parse_duration
 
@@ -185,9 +185,7 @@ def compact_command(
     target_file_size: Annotated[
         str, typer.Option("--target-file-size", help="Size to pack small files up to, 128MB..512MB (MB = 2^20 bytes).")
     ] = "256MB",
-    spark_master: Annotated[
-        str | None, typer.Option("--spark-master", help="Spark master URL [env CDP_SPARK_MASTER; default local[*]]")
-    ] = None,
+    spark_master: SparkMasterOption = None,
     processed_url: ProcessedUrlOption = None,
     catalog_url: CatalogUrlOption = None,
     as_json: JsonOption = False,

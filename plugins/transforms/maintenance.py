@@ -30,8 +30,9 @@ import orjson
 
 from plugins.core.errors import ConfigError
 from plugins.core.events import log_event
+from plugins.core.layout import validate_name
 from plugins.core.storage import ObjectStore
-from plugins.transforms.catalog import CatalogError, load_table, table_identifier
+from plugins.transforms.catalog import CatalogError, load_table
 from plugins.transforms.commit import (
     PROCESSED_COUNT_PROPERTY,
     PROCESSED_FILES_PROPERTY,
@@ -101,13 +102,11 @@ def _committed_at(snapshot: Snapshot) -> datetime:
 
 def list_tables(catalog: SqlCatalog, tenant: str | None = None) -> list[TableInfo]:
     """Every table of every tenant (or of ``tenant``), sorted by tenant and table."""
-    namespaces = [(tenant,)] if tenant is not None else sorted(catalog.list_namespaces())
+    namespaces = sorted(catalog.list_namespaces())
     if tenant is not None:
-        table_identifier(tenant, "checked")
+        namespaces = [namespace for namespace in namespaces if namespace == (validate_name("tenant", tenant),)]
     found = []
     for namespace in namespaces:
-        if tenant is not None and (tenant,) not in catalog.list_namespaces():
-            break
         for identifier in sorted(catalog.list_tables(namespace)):
             table = catalog.load_table(identifier)
             snapshot = table.current_snapshot()

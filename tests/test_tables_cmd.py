@@ -23,6 +23,7 @@ from plugins.transforms.maintenance import (
     compact,
     expire,
     parse_file_size,
+    plan_compaction,
     rollback,
 )
 from plugins.transforms.raw_reader import pending_raw_files
@@ -276,6 +277,38 @@ def test_compaction_racing_a_commit_is_refused_with_the_commit_error_line(spark,
     current = load_table(zone.open(), "acme", "customers")
     assert current.current_snapshot().snapshot_id == winner.snapshot_id
     assert current.scan().count() == 3
+
+
+def _data_file(path: str, size: int, bucket: int) -> Any:
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.typedef import Record
+
+    found = DataFile.from_args(
+        content=DataFileContent.DATA,
+        file_path=path,
+        file_format=FileFormat.PARQUET,
+        partition=Record(bucket),
+        file_size_in_bytes=size,
+        record_count=1,
+    )
+    found.spec_id = 0
+    return found
+
+
+def test_compaction_packs_first_fit_by_decreasing_size_per_partition_and_leaves_big_and_lone_files() -> None:
+    files = [
+        _data_file("a", 100, 0),
+        _data_file("b", 60, 0),
+        _data_file("c", 50, 0),
+        _data_file("d", 30, 0),
+        _data_file("big", 128, 0),  # Not smaller than the target: never rewritten.
+        _data_file("e", 10, 1),  # Alone in its partition: nothing to pack it with.
+        _data_file("f", 20, 2),
+        _data_file("g", 20, 2),
+    ]
+    groups = plan_compaction(files, target_size=128)
+    # Partition 0: 100 | 60 + 50 | 30 (no room left beside 100 or 110): only 60 + 50 is a group worth writing.
+    assert sorted(sorted(file.file_path for file in group) for group in groups) == [["b", "c"], ["f", "g"]]
 
 
 @pytest.mark.parametrize(

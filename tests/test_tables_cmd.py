@@ -421,3 +421,22 @@ def test_expire_on_the_command_line_keeps_recent_snapshots(spark, zone, zone_arg
     code, _, err = cdp(capsys, "tables", "expire", "acme.customers", "--older-than", "soon", *zone_args)
     assert code == 1
     assert "older_than" in err
+
+
+def test_an_expiry_racing_a_rollback_is_refused_and_keeps_the_table_whole(spark, zone) -> None:
+    table = create_table(zone.open(), "acme", "customers", frame(spark, range(1)).schema)
+    first = commit_files(table, add=write_data_files(frame(spark, range(1)), table), raw_files=["k0"])
+    for number in range(1, 3):
+        commit_files(
+            table, add=write_data_files(frame(spark, range(number, number + 1)), table), raw_files=[f"k{number}"]
+        )
+    stale = load_table(zone.open(), "acme", "customers")
+    rollback(table, first.snapshot_id)  # Meanwhile, an operator makes the oldest snapshot current.
+
+    with pytest.raises(CommitError, match="changed while expiring"):
+        expire(stale, timedelta(days=7), retain_last=1, now=datetime.now(UTC) + timedelta(days=8))
+
+    current = load_table(zone.open(), "acme", "customers")
+    assert current.current_snapshot().snapshot_id == first.snapshot_id
+    assert len(current.snapshots()) == 3
+    assert current.scan().count() == 1

@@ -421,6 +421,8 @@ def expire(
     """Expire the snapshots older than ``older_than`` and delete the files nothing references any more (see the
     module doc). Files a kept snapshot references are never deleted."""
     from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.table.refs import MAIN_BRANCH
+    from pyiceberg.table.update import AssertRefSnapshotId
 
     if retain_last < 1:
         raise ConfigError("retain_last", f"{retain_last} must be at least 1: the current snapshot always stays")
@@ -432,8 +434,14 @@ def expire(
         table, [s for s in table.snapshots() if s.snapshot_id in set(to_expire)], manifests_seen
     )
     if to_expire:
+        expiry = table.maintenance.expire_snapshots().by_ids(to_expire)
+        # pyiceberg's expiry asserts nothing about the table: a rollback or commit since we chose the snapshots (the
+        # current one among them, say) must refuse it instead, like every other change here.
+        current = table.current_snapshot()
+        unchanged = {"snapshot-id": current.snapshot_id if current else None, "ref": MAIN_BRANCH}
+        expiry._requirements += (AssertRefSnapshotId.model_validate(unchanged),)
         try:
-            table.maintenance.expire_snapshots().by_ids(to_expire).commit()
+            expiry.commit()
         except CommitFailedException as exc:
             raise CommitError(f"table {name} changed while expiring ({exc}); run the expiry again") from exc
     # Whatever the table holds now (a writer may have committed since): every kept snapshot's files stay.

@@ -27,6 +27,10 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dlq": ("plugins.cli.dlq_cmd:app", "The dead letter queue: list, show, stats, reprocess, resubmit, purge, audit."),
     "new": ("plugins.cli.new_cmd:app", "Scaffold new connectors."),
+    "tables": (
+        "plugins.cli.tables_cmd:app",
+        "The processed zone's Iceberg tables: list, show, history, rollback, compact, expire.",
+    ),
     "webhooks": ("plugins.cli.webhooks_cmd:app", "The webhook receiver and its durable log."),
     "demo": (
         "plugins.cli.demo_cmd:demo",

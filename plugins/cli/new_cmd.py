@@ -12,6 +12,7 @@ passes its generated tests as it stands.
 
 from __future__ import annotations
 
+import keyword
 import re
 import tomllib
 import zlib
@@ -30,8 +31,23 @@ from plugins.meltano.project import find_project_root
 app = typer.Typer(help="Scaffold new connectors.", no_args_is_help=True)
 
 TEMPLATES = Path(__file__).parent / "templates" / "tap"
+TRANSFORM_TEMPLATES = Path(__file__).parent / "templates" / "transform"
 _NAME_RE = re.compile(r"[a-z][a-z0-9]*([-_][a-z0-9]+)*")
 _RESERVED = {"stripe", "shopify", "salesforce", "webhooks", "test", "testing"}
+# Table names longer than this make unwieldy identifiers (tenant.table, the package cdp_transform_NAME).
+MAX_TRANSFORM_NAME = 30
+# The built-in transforms' tables and the framework's own: a plugin writing one would fight over it.
+_RESERVED_TABLES = {
+    "customers",
+    "orders",
+    "products",
+    "events",
+    "customer_metrics",
+    "identity_map",
+    "identity_audit",
+    "identity_merges",
+    "erasures",
+}
 
 
 @dataclass(frozen=True)
@@ -280,5 +296,96 @@ def new_tap(
         "Next: install it with `.venv/bin/uv pip install --python .venv/bin/python -e '.[dev]'`, run "
         f"`.venv/bin/pytest tests/test_tap_{package}.py`, try `cdp sandbox serve {result.name}` and, beside it, "
         f"`meltano run tap-{result.name} target-s3raw`; then follow docs/writing-a-tap.md."
+    )
+    console.print(next_steps, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class TransformScaffold:
+    """What ``cdp new transform`` wrote."""
+
+    name: str
+    table: str
+    package: str
+    directory: Path
+    files: list[Path]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "table": self.table,
+            "package": self.package,
+            "directory": str(self.directory),
+            "entry_point": f"transform-{self.name}",
+            "files": [str(path) for path in self.files],
+        }
+
+
+def scaffold_transform(parent: Path, name: str, *, title: str | None = None) -> TransformScaffold:
+    """Write the distribution ``cdp-transform-NAME`` under ``parent``: the package ``cdp_transform_NAME`` (its
+    ``__init__.py`` registering the descriptor, ``transform.py``), ``pyproject.toml`` with the ``cdp`` entry point,
+    a README and a test. ``name`` is the table's name; ``-`` and ``_`` both join words (``loyalty-points`` writes the
+    table ``loyalty_points``)."""
+    name = name.removeprefix("transform-")
+    if not _NAME_RE.fullmatch(name):
+        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' or '_' (loyalty-points)"
+        raise ConfigError("NAME", msg)
+    table = name.replace("-", "_")
+    if len(table) > MAX_TRANSFORM_NAME:
+        raise ConfigError("NAME", f"'{name}' is longer than {MAX_TRANSFORM_NAME} characters; choose a shorter name")
+    if table in _RESERVED_TABLES or keyword.iskeyword(table):
+        raise ConfigError("NAME", f"'{name}' is taken (a built-in table or a Python keyword); choose another name")
+    name = table.replace("_", "-")
+    package = f"cdp_transform_{table}"
+    directory = parent / f"cdp-transform-{name}"
+    if directory.exists():
+        raise CdpError(f"{directory} already exists; remove it or choose another name")
+    values = {
+        "name": name,
+        "table": table,
+        "package": package,
+        "title": title or " ".join(part.capitalize() for part in table.split("_")),
+    }
+    targets = {
+        TRANSFORM_TEMPLATES / "__init__.py.tmpl": directory / package / "__init__.py",
+        TRANSFORM_TEMPLATES / "transform.py.tmpl": directory / package / "transform.py",
+        TRANSFORM_TEMPLATES / "tests" / "test_transform.py.tmpl": directory / "tests" / "test_transform.py",
+        TRANSFORM_TEMPLATES / "pyproject.toml.tmpl": directory / "pyproject.toml",
+        TRANSFORM_TEMPLATES / "README.md.tmpl": directory / "README.md",
+    }
+    rendered = {
+        target: Template(source.read_text(encoding="utf-8")).substitute(values) for source, target in targets.items()
+    }
+    tomllib.loads(rendered[directory / "pyproject.toml"])  # never write a broken pyproject.toml
+    for target, content in rendered.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+    return TransformScaffold(name=name, table=table, package=package, directory=directory, files=list(rendered))
+
+
+@app.command("transform")
+def new_transform(
+    name: Annotated[str, typer.Argument(help="The output table, e.g. loyalty-points (table loyalty_points).")],
+    title: Annotated[str | None, typer.Option(help="Human name of the transform, e.g. 'Loyalty points'.")] = None,
+    directory: Annotated[
+        Path | None, typer.Option(help="Where to create cdp-transform-NAME/ (default: the current folder).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Scaffold a transform package (descriptor, function, quality rules), its test, pyproject.toml and README."""
+    result = scaffold_transform((directory or Path.cwd()).resolve(), name, title=title)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(
+        styled((f"transform-{result.name}", "bold"), f" (table {result.table}) scaffolded in {result.directory}"),
+        soft_wrap=True,
+    )
+    for path in result.files:
+        console.print(f"  wrote {path}", soft_wrap=True)
+    next_steps = (
+        f"Next: `cd {result.directory}`, install it into the environment that runs cdp with "
+        "`pip install -e '.[test]'`, run `pytest`, check `cdp plugins list`, then `cdp transform run --table "
+        f"{result.table}`; docs/writing-a-transform.md explains each part."
     )
     console.print(next_steps, soft_wrap=True)

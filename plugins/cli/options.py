@@ -29,6 +29,25 @@ RegistryUrlOption = Annotated[
         "--registry-url", help=f"Schema registry URL [env {Zone.REGISTRY.env_var}; default {Zone.REGISTRY.default_url}]"
     ),
 ]
+ProcessedUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--processed-url",
+        help=f"Processed zone URL (the Iceberg warehouse) [env {Zone.PROCESSED.env_var}; default "
+        f"{Zone.PROCESSED.default_url}]",
+    ),
+]
+CatalogUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog-url",
+        help="Iceberg catalog: postgresql://... or sqlite:///path [env CDP_CATALOG_URL; default SQLite in the zone]",
+    ),
+]
+SparkMasterOption = Annotated[
+    str | None,
+    typer.Option("--spark-master", help="Spark master URL [env CDP_SPARK_MASTER; default local[*]]"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON with stable keys.")]
 S3EndpointOption = Annotated[
     str | None,
@@ -36,12 +55,15 @@ S3EndpointOption = Annotated[
 ]
 
 __all__ = [
+    "CatalogUrlOption",
     "DlqUrlOption",
     "JsonOption",
     "LakeUrlOption",
+    "ProcessedUrlOption",
     "RawUrlOption",
     "RegistryUrlOption",
     "S3EndpointOption",
+    "SparkMasterOption",
     "Zone",
     "resolve_zone_url",
 ]

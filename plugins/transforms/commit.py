@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Snapshot summary keys (Iceberg keeps summaries as strings).
+#: The quality report of the run that made a snapshot (JSON, written by the runner, read by ``cdp tables show``).
+QUALITY_PROPERTY = "cdp.quality"
 PROCESSED_FILES_PROPERTY = "cdp.processed-raw-files"
 PROCESSED_COUNT_PROPERTY = "cdp.processed-raw-files-count"
 PROCESSED_ADDED_PROPERTY = "cdp.processed-raw-files-added"

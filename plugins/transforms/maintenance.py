@@ -36,6 +36,7 @@ from plugins.transforms.catalog import CatalogError, load_table
 from plugins.transforms.commit import (
     PROCESSED_COUNT_PROPERTY,
     PROCESSED_FILES_PROPERTY,
+    QUALITY_PROPERTY,
     CommitError,
     commit_files,
     data_file,
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The per-run quality report the transform runner puts in each snapshot's summary (JSON).
-QUALITY_PROPERTY = "cdp.quality"
 #: Marks the snapshots maintenance commits, so history tells them from a transform's.
 MAINTENANCE_PROPERTY = "cdp.maintenance"
 MEGABYTE = 1024 * 1024

@@ -1,8 +1,8 @@
 """The PostgreSQL loader: processed tables as typed tables, one PostgreSQL schema per tenant (``"acme"."customers"``).
 
 Incremental (the default): the rows of the files added since the loaded snapshot go by binary COPY into a temporary
-staging table, then ONE ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE`` the row's content hash differs (an
-unchanged row is neither written nor re-indexed), the deleted keys are deleted, and the loaded snapshot is recorded in
+staging table, then ONE ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE`` the row's content differs (an unchanged
+row is neither written nor re-indexed), the deleted keys are deleted, and the loaded snapshot is recorded in
 ``cdp_loader.loaded_snapshots``: all in one transaction, so a crash leaves the table and its state as they were.
 
 Full refresh (historic): binary COPY into ``<table>__new``, the primary key and the workload's indexes built after the
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from loaders.postgres.embedded import resolve_url
-from loaders.postgres.schema import HASH_COLUMN, Column, check_compatible, columns_for
+from loaders.postgres.schema import Column, check_compatible, columns_for
 from loaders.postgres.workloads import TableWorkload, workload
 from plugins.core.errors import CdpError
 from plugins.core.events import log_event
@@ -243,19 +243,20 @@ class PostgresLoader:
                 )
                 log_event(logger, "postgres_column_added", table=f"{target.schema}.{target.table}", column=column.name)
             connection.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, table))
-            staged = _copy(connection, stage, target.columns, changes.upserts(), with_hash=True)[0]
+            staged = _copy(connection, stage, target.columns, changes.upserts())[0]
             plan = workload(target.table, {c.name: c.type for c in target.columns}, target.key, trigram=False)
             if plan.partition_by_month and staged:
                 self._ensure_partitions_from(connection, target, stage, plan.partition_by_month)
             conflict = [*target.key]
             if plan.partition_by_month and plan.partition_by_month not in conflict:
                 conflict.append(plan.partition_by_month)
-            all_columns = sql.SQL(", ").join(sql.Identifier(name) for name in [*names, HASH_COLUMN])
-            updates = sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
-                for name in [*names, HASH_COLUMN]
-                if name not in conflict
-            )
+            all_columns = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+            changing = [sql.Identifier(name) for name in names if name not in conflict]
+            updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(name) for name in changing)
+            # The content check: PostgreSQL compares the stored row with the staged one column by column (in C), so
+            # an unchanged row costs neither a new row version nor index entries, and COPY computes no hash.
+            stored = sql.SQL(", ").join(sql.SQL("t.{}").format(name) for name in changing)
+            staged_values = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(name) for name in changing)
             # Staged keys the table has already: the rest are inserts (xmax = 0 would tell, but not on partitions).
             existing_keys = connection.execute(
                 sql.SQL("SELECT count(*) FROM {} JOIN {} USING ({})").format(
@@ -265,14 +266,15 @@ class PostgresLoader:
             inserted = staged - int(existing_keys[0] if existing_keys else 0)
             upsert = sql.SQL(
                 "INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM {stage} "
-                "ON CONFLICT ({conflict}) DO UPDATE SET {updates} WHERE t.{hash} IS DISTINCT FROM EXCLUDED.{hash}"
+                "ON CONFLICT ({conflict}) DO UPDATE SET {updates} WHERE ({stored}) IS DISTINCT FROM ({staged})"
             ).format(
                 table=table,
                 columns=all_columns,
                 stage=stage,
                 conflict=sql.SQL(", ").join(sql.Identifier(name) for name in conflict),
                 updates=updates,
-                hash=sql.Identifier(HASH_COLUMN),
+                stored=stored,
+                staged=staged_values,
             )
             updated = connection.execute(upsert).rowcount - inserted
             key_columns = [column for column in target.columns if column.name in target.key]
@@ -281,7 +283,7 @@ class PostgresLoader:
                     gone, sql.SQL(", ").join(sql.Identifier(name) for name in target.key), table
                 )
             )
-            deleted_keys = _copy(connection, gone, key_columns, changes.deleted_keys(), with_hash=False)[0]
+            deleted_keys = _copy(connection, gone, key_columns, changes.deleted_keys())[0]
             deleted = 0
             if deleted_keys:
                 matches = sql.SQL(" AND ").join(
@@ -313,10 +315,7 @@ class PostgresLoader:
         types = {column.name: column.type for column in target.columns}
         plan = workload(target.table, types, target.key, trigram=self._has_trigram(connection))
         definition = sql.SQL(", ").join(
-            [
-                *(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in target.columns),
-                sql.SQL("{} bytea").format(sql.Identifier(HASH_COLUMN)),
-            ]
+            sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in target.columns
         )
         partitioned = plan.partition_by_month
         connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new))
@@ -327,9 +326,7 @@ class PostgresLoader:
         if partitioned:
             self._ensure_partitions(connection, target.schema, target.new, generation, _months_of(changes, partitioned))
         with connection.transaction():
-            copied, checksum = _copy(
-                connection, new, target.columns, changes.all_rows(), with_hash=True, checksum_of=target.key
-            )
+            copied, checksum = _copy(connection, new, target.columns, changes.all_rows(), checksum_of=target.key)
         primary = [*target.key, *([partitioned] if partitioned and partitioned not in target.key else [])]
         try:
             connection.execute(
@@ -525,17 +522,13 @@ def _copy(
     columns: Sequence[Column],
     batches: Iterable[pa.RecordBatch],
     *,
-    with_hash: bool,
     checksum_of: Sequence[str] = (),
 ) -> tuple[int, int]:
-    """Binary COPY of ``batches`` into ``table``; the rows copied and the checksum of ``checksum_of``'s values.
-
-    With ``with_hash`` each row gets ``_cdp_row_hash``, the MD5 of its values' representation.
-    """
+    """Binary COPY of ``batches`` into ``table``; the rows copied and the checksum of ``checksum_of``'s values."""
     from psycopg import sql
 
-    names = [column.name for column in columns] + ([HASH_COLUMN] if with_hash else [])
-    types = [column.copy_type for column in columns] + (["bytea"] if with_hash else [])
+    names = [column.name for column in columns]
+    types = [column.copy_type for column in columns]
     positions = [i for i, column in enumerate(columns) if column.name in checksum_of]
     maps = [i for i, column in enumerate(columns) if column.copy_type == "jsonb"]
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -549,11 +542,7 @@ def _copy(
             for i in maps:
                 values[i] = [_jsonable(value) for value in values[i]]
             for row in zip(*values, strict=True):
-                if with_hash:
-                    digest = hashlib.md5(repr(row).encode(), usedforsecurity=False).digest()
-                    copy.write_row((*row, digest))
-                else:
-                    copy.write_row(row)
+                copy.write_row(row)
                 if positions:
                     text = "\x1f".join(str(row[i]) for i in positions)
                     checksum += int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:15], 16)

@@ -2,8 +2,8 @@
 
 Typed columns for scalars, ``jsonb`` for structs, maps and lists of them (nested and custom fields), arrays for lists
 of scalars (tags). The type names are PostgreSQL's own ``format_type`` spellings, so an existing table's columns
-compare with the wanted ones as strings. Each table has one column of the loader's own, ``_cdp_row_hash``: the
-content hash that lets an upsert skip unchanged rows.
+compare with the wanted ones as strings. Every type used has an equality operator, which the upsert's content check
+needs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from plugins.core.errors import CdpError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-HASH_COLUMN = "_cdp_row_hash"
 JSONB = "jsonb"
 
 
@@ -85,8 +84,6 @@ def check_compatible(table: str, existing: Mapping[str, str], wanted: Sequence[C
     """The columns to add to ``existing`` (name -> type); a SchemaChangeError for any other change."""
     wanted_by_name = {column.name: column for column in wanted}
     for name, current in existing.items():
-        if name == HASH_COLUMN:
-            continue
         if name not in wanted_by_name:
             raise SchemaChangeError(
                 f"table {table}: column '{name}' is no longer in the processed table; "

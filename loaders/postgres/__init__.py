@@ -15,7 +15,7 @@ def cdp_loaders() -> list[LoaderDescriptor]:
         LoaderDescriptor(
             name="postgres",
             loader="loaders.postgres.loader:PostgresLoader",
-            description="Processed tables into PostgreSQL: upserts that skip unchanged rows, atomic swap on a full refresh.",
+            description="Processed tables into PostgreSQL: upserts skip unchanged rows; full refresh swaps atomically.",
             settings_schema={
                 "type": "object",
                 "properties": {

@@ -30,7 +30,7 @@ from loaders.postgres.loader import PostgresLoader
 from loaders.postgres.schema import SchemaChangeError
 from plugins.cli.app import main
 from plugins.descriptors import LoadMode
-from plugins.loaders.runner import load_one, load_tables, rollback
+from plugins.loaders.runner import load_one, load_status, load_tables, rollback
 from plugins.transforms.catalog import ProcessedZone, create_table
 from plugins.transforms.commit import commit_files
 
@@ -183,6 +183,9 @@ def test_a_rerun_loads_nothing(catalog: Any, loader: PostgresLoader, postgres_ur
     assert again.result.snapshot_id == snapshot
     assert (again.result.inserted, again.result.updated, again.result.deleted) == (0, 0, 0)
     assert xmins(postgres_url, tenant, "customers") == before
+    commit(table, [customer(99)])
+    (status,) = load_status(catalog, {"postgres": loader}, KEYS, tenants=[tenant])
+    assert (status.loaded_snapshot_id, status.snapshots_behind, status.up_to_date) == (snapshot, 1, False)
 
 
 def test_unchanged_rows_cost_no_write(catalog: Any, loader: PostgresLoader, postgres_url: str, tenant: str) -> None:

@@ -550,11 +550,13 @@ def _copy(
             values = [batch.column(column.name).to_pylist() for column in columns]
             for i in maps:
                 values[i] = [_jsonable(value) for value in values[i]]
+            write = copy.write_row
             for row in zip(*values, strict=True):
-                copy.write_row(row)
-                if positions:
-                    text = "\x1f".join(str(row[i]) for i in positions)
-                    checksum += int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:15], 16)
+                write(row)
+            if positions:
+                for key in zip(*(values[i] for i in positions), strict=True):
+                    text = "\x1f".join(map(str, key)).encode()
+                    checksum += int(hashlib.md5(text, usedforsecurity=False).hexdigest()[:15], 16)
             copied += batch.num_rows
     return copied, checksum
 

@@ -445,3 +445,32 @@ def test_cdp_db_starts_reports_and_stops_the_embedded_server(
     finally:
         main(["db", "stop", "--data-dir", data_dir])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_incremental_load_planned_from_another_snapshot_than_the_store_holds_is_refused(
+    catalog: Any, loader: PostgresLoader, postgres_url: str, tenant: str
+) -> None:
+    from loaders.postgres.loader import PostgresLoadError
+    from plugins.descriptors import LoadRequest
+    from plugins.loaders.changes import plan_changes
+
+    table = create_table(catalog, tenant, "customers", customers_schema())
+    stale, _ = commit(table, [customer(1)])
+    load(loader, catalog, tenant)
+    held, _ = commit(table, [customer(2)])
+    load(loader, catalog, tenant)
+    latest, _ = commit(table, [customer(3)])
+
+    # Planned from `stale` (as a second process that read the state before the first load committed would).
+    request = LoadRequest(
+        tenant,
+        "customers",
+        latest,
+        stale,
+        LoadMode.INCREMENTAL,
+        changes=plan_changes(table, ["customer_id"], latest, stale),
+    )
+    with pytest.raises(PostgresLoadError, match=f"holds snapshot {held}, not {stale} as planned"):
+        loader.load(request)
+    assert loader.loaded_snapshot(tenant, "customers") == held
+    assert len(rows_in(postgres_url, tenant, "customers")) == 2

@@ -208,15 +208,17 @@ class PostgresLoader:
         ).fetchall()
         return {name: kind for name, kind in rows} or None
 
-    def _check_state(self, connection: Connection[Any], request: LoadRequest) -> tuple[int | None, int]:
-        """The snapshot and row count the state records, locked; for an incremental load, the one it planned from."""
+    def _check_state(
+        self, connection: Connection[Any], request: LoadRequest, *, planned: bool = False
+    ) -> tuple[int | None, int]:
+        """The snapshot and row count the state records, locked; ``planned``: it must be the one planned from."""
         row = connection.execute(
             "SELECT snapshot_id, row_count FROM cdp_loader.loaded_snapshots WHERE tenant = %s AND table_name = %s "
             "FOR UPDATE",
             (request.tenant, request.table),
         ).fetchone()
         held = None if row is None else int(row[0])
-        if request.mode is LoadMode.INCREMENTAL and held != request.previous_snapshot_id:
+        if planned and held != request.previous_snapshot_id:
             raise PostgresLoadError(
                 f"{request.tenant}.{request.table} holds snapshot {held}, not {request.previous_snapshot_id} as "
                 "planned: another load ran meanwhile; run the load again"
@@ -232,7 +234,7 @@ class PostgresLoader:
         names = [column.name for column in target.columns]
         stage, gone = sql.Identifier("_cdp_stage"), sql.Identifier("_cdp_deleted")
         with connection.transaction():
-            _, held_rows = self._check_state(connection, request)
+            _, held_rows = self._check_state(connection, request, planned=True)
             existing = self._columns(connection, target.schema, target.table) or {}
             for column in check_compatible(f"{target.schema}.{target.table}", existing, target.columns):
                 # A new column: nullable, no default, so PostgreSQL adds it without rewriting the table.

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pyarrow as pa
     import typer
     from singer_sdk import Tap, Target
     from starlette.types import ASGIApp
@@ -273,9 +276,43 @@ class LoadMode(StrEnum):
     FULL_REFRESH = "full-refresh"  # Everything, swapped in atomically.
 
 
+@runtime_checkable
+class TableChanges(Protocol):
+    """The rows a load needs, read from the table's data files as Arrow record batches, one data file at a time.
+
+    Incremental: ``upserts()`` are the rows of the data files added since the snapshot loaded last (the loader skips
+    the unchanged ones) and ``deleted_keys()`` the keys of the files removed that no added file holds any more.
+    ``all_rows()`` is the whole snapshot, for a full refresh.
+    """
+
+    @property
+    def key(self) -> Sequence[str]:
+        """The table's key columns."""
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The table's Arrow schema (every batch has it)."""
+
+    @property
+    def row_count(self) -> int:
+        """Rows in the snapshot to load."""
+
+    def upserts(self) -> Iterator[pa.RecordBatch]:
+        """Rows to insert or update."""
+
+    def deleted_keys(self) -> Iterator[pa.RecordBatch]:
+        """Key columns of rows to delete."""
+
+    def all_rows(self) -> Iterator[pa.RecordBatch]:
+        """Every row of the snapshot."""
+
+
 @dataclass(frozen=True)
 class LoadRequest:
-    """What the framework hands a loader: one table, the snapshot to load and the one it loaded last."""
+    """What the framework hands a loader: one table, the snapshot to load and the one it loaded last.
+
+    ``changes`` reads the rows (None only for a loader called outside the framework, which reads them itself).
+    """
 
     tenant: str
     table: str
@@ -283,6 +320,7 @@ class LoadRequest:
     previous_snapshot_id: int | None
     mode: LoadMode
     settings: Mapping[str, Any] = field(default_factory=dict)
+    changes: TableChanges | None = None
 
 
 @dataclass(frozen=True)
@@ -307,6 +345,14 @@ class Loader(Protocol):
 
     def loaded_snapshot(self, tenant: str, table: str) -> int | None:
         """The snapshot the store holds for ``table``, or None if it was never loaded."""
+
+
+@runtime_checkable
+class RollbackLoader(Loader, Protocol):
+    """A loader that keeps the table it replaced on a full refresh and can put it back (``cdp load rollback``)."""
+
+    def rollback(self, tenant: str, table: str) -> int | None:
+        """Put the previous table back; return the snapshot it holds (None: it holds no recorded snapshot)."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "plugins.dlq": ("plugins.core", "plugins.meltano", "schema_registry", *HOOK_SYSTEM),
     "plugins.webhooks": ("plugins.core", "plugins.connectors", *HOOK_SYSTEM),
     "plugins.transforms": ("plugins.core", "schema_registry", *HOOK_SYSTEM),
+    "plugins.loaders": ("plugins.core", "plugins.transforms", *HOOK_SYSTEM),
     "plugins.cli": ("plugins", "schema_registry"),
 }
 

@@ -36,6 +36,7 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
         "The processed zone's Iceberg tables: list, show, history, rollback, compact, expire.",
     ),
     "webhooks": ("plugins.cli.webhooks_cmd:app", "The webhook receiver and its durable log."),
+    "load": ("plugins.cli.load_cmd:app", "Load processed tables into the serving stores: run, status, rollback."),
     "demo": (
         "plugins.cli.demo_cmd:demo",
         "Start the Stripe sandbox, run 'meltano run tap-stripe target-s3raw' and show what landed.",

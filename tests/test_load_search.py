@@ -8,13 +8,12 @@ a fresh cluster). Tables are Iceberg tables committed the way the transforms com
 
 from __future__ import annotations
 
+import http.server
 import os
-import socket
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +22,7 @@ import orjson
 import pytest
 import requests
 
+from loaders.elasticsearch.emulator import _free_port, noida_elasticsearch
 from loaders.elasticsearch.loader import SearchLoader
 from plugins.cli.app import main
 from plugins.connectors.testing import wait_until
@@ -34,47 +34,11 @@ from tests.test_load_postgres import KEYS, commit, customer, customers_schema
 REAL_CLUSTER_ENV = "CDP_TEST_ES_URL"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def noida_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """noida-db serving only its Elasticsearch API on a free port, for the whole session."""
-    port = _free_port()
-    data_dir = tmp_path_factory.mktemp("noida")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "noida-db"),
-            "start",
-            "--data-dir",
-            str(data_dir),
-            "--only",
-            "elasticsearch",
-            "--elasticsearch-port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"noida-db exited with {process.returncode}")
-        try:
-            return requests.get(url, timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(ready, 30, "noida-db's Elasticsearch API")
+    with noida_elasticsearch(tmp_path_factory.mktemp("noida")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(params=["elasticsearch", "opensearch"])
@@ -315,3 +279,89 @@ def test_on_a_real_cluster(catalog: Any, tenant: str, dlq_dir: Path) -> None:
         for index in loader.client.indices.get(index=f"{alias}_v*"):
             loader.client.indices.delete(index=index)
         loader.client.indices.delete_index_template(name=f"cdp_{alias}")
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """A real HTTP hop in front of the emulator that answers ``_bulk`` with 429 while ``server.throttle`` > 0."""
+
+    server: _ThrottlingServer
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.split("?")[0].endswith("/_bulk"):
+            self.server.bulk_requests += 1
+            if self.server.throttle > 0:
+                self.server.throttle -= 1
+                payload = orjson.dumps({"error": {"type": "es_rejected_execution_exception"}, "status": 429})
+                self.send_response(429)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+        skip = {"host", "content-length", "connection"}
+        headers = {name: value for name, value in self.headers.items() if name.lower() not in skip}
+        answer = requests.request(
+            self.command, self.server.upstream + self.path, data=body, headers=headers, timeout=30
+        )
+        self.send_response(answer.status_code)
+        for name in ("Content-Type", "X-Elastic-Product"):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test asserts on counts, not on the access log."""
+
+
+class _ThrottlingServer(http.server.ThreadingHTTPServer):
+    def __init__(self, upstream: str, throttle: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Throttling)
+        self.upstream, self.throttle, self.bulk_requests = upstream, throttle, 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@contextmanager
+def throttling(upstream: str, throttle: int) -> Iterator[_ThrottlingServer]:
+    server = _ThrottlingServer(upstream, throttle)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bulk_backs_off_and_retries_on_429_and_fails_the_load_when_it_persists(
+    catalog: Any, noida_url: str, tenant: str, dlq_dir: Path
+) -> None:
+    from loaders.elasticsearch.loader import SearchLoadError
+
+    table = create_table(catalog, tenant, "customers", customers_schema())
+    snapshot, _ = commit(table, [customer(n) for n in range(30)])
+    with throttling(noida_url, throttle=2) as proxy:
+        with SearchLoader(proxy.url, initial_backoff=0.01, max_retries=3, dlq_url=str(dlq_dir)) as loader:
+            assert load(loader, catalog, tenant).result.inserted == 30
+            assert loader.loaded_snapshot(tenant, "customers") == snapshot
+        assert (proxy.throttle, proxy.bulk_requests) == (0, 3)  # Two refused, the third went through.
+        assert not dlq_dir.exists()  # A throttled document is retried, never dead-lettered.
+
+    other = f"{tenant}x"
+    table = create_table(catalog, other, "customers", customers_schema())
+    commit(table, [customer(n) for n in range(30)])
+    with (
+        throttling(noida_url, throttle=100) as proxy,
+        SearchLoader(proxy.url, initial_backoff=0.01, max_retries=2) as loader,
+    ):
+        with pytest.raises(SearchLoadError, match="429"):
+            load(loader, catalog, other)
+        assert proxy.bulk_requests == 3  # The first try and two retries.
+        assert loader.live_index(other, "customers") is None  # Nothing swapped in, nothing recorded.

@@ -150,6 +150,8 @@ class SearchLoader:
                 request_timeout=request_timeout,
                 max_retries=3,
                 retry_on_timeout=True,
+                # Not 429: the transport would retry it at once; streaming_bulk retries it with back-off.
+                retry_on_status=(502, 503, 504),
             )
         self._streaming_bulk: Callable[..., Iterator[tuple[bool, dict[str, Any]]]] = helpers.streaming_bulk
 

@@ -242,6 +242,14 @@ def test_cli_loads_into_the_search_cluster_by_es_url(
         assert main(["load", "status", *common, "--es-url", noida_url, "--json"]) == 0
         (status,) = orjson.loads(capsys.readouterr().out)
         assert status["up_to_date"] is True
+        # A full refresh of the snapshot already live builds beside it; rollback moves the alias back.
+        assert main(["load", "run", *common, "--es-url", noida_url, "--full-refresh"]) == 0
+        assert "orders -> elasticsearch: full-refresh" in capsys.readouterr().err
+        rolled = ["load", "rollback", "orders", "--tenant", tenant, "--destination", "elasticsearch"]
+        assert main([*rolled, "--es-url", noida_url]) == 0
+        assert " ".join(capsys.readouterr().out.split()).endswith(f"holds snapshot {status['latest_snapshot_id']}")
+        with SearchLoader(noida_url) as loader:
+            assert loader.live_index(tenant, "orders") == f"{tenant}_orders_v{status['latest_snapshot_id']}"
     finally:
         del os.environ["CDP_CATALOG_URL"]
 

@@ -223,6 +223,10 @@ def test_a_rejected_document_goes_to_the_dlq_as_load_rejected_and_the_rest_loads
     assert (row["error_type"], row["records"]) == ("load_rejected", 1)
     # A store's rejection is not a validation failure of a source: no provider's success rate counts it.
     assert all(provider["dlq_records"] == 0 for provider in stats["providers"])
+    # Not a raw record: reprocessing into the raw zone is refused, saying what to do instead.
+    zones = ["--raw-url", str(dlq_dir.parent / "raw"), "--registry-url", str(dlq_dir.parent / "registry")]
+    assert main(["dlq", "reprocess", batch["key"], "--dlq-url", str(dlq_dir), *zones, "--json"]) == 1
+    assert "cdp load run --full-refresh" in capsys.readouterr().out
 
 
 def test_cli_loads_into_the_search_cluster_by_es_url(

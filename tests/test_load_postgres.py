@@ -1,8 +1,5 @@
-"""The PostgreSQL loader against the embedded PostgreSQL, on Iceberg tables committed the way the transforms commit.
-
-Data files are written with pyarrow (no Spark needed: ``commit_files`` takes any Parquet file written under the
-table) and committed as appends or file-level replaces, exactly as a merge commits them.
-"""
+"""The PostgreSQL loader against the embedded PostgreSQL, on Iceberg tables committed the way the transforms commit
+(tests/loading_support.py)."""
 
 from __future__ import annotations
 
@@ -22,60 +19,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 import psycopg
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from loaders.postgres.loader import PostgresLoader
 from loaders.postgres.schema import SchemaChangeError
 from plugins.cli.app import main
 from plugins.descriptors import LoadMode
-from plugins.loaders.runner import load_one, load_tables, rollback
+from plugins.loaders.runner import load_one, load_status, load_tables, rollback
 from plugins.transforms.catalog import ProcessedZone, create_table
-from plugins.transforms.commit import commit_files
+from tests.loading_support import START, commit, customer, customers_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"customers": ("customer_id",), "orders": ("order_id",), "events": ("event_id",)}
-START = datetime(2026, 1, 15, tzinfo=UTC)
-
-
-def customers_schema() -> Any:
-    from pyspark.sql.types import (
-        ArrayType,
-        DecimalType,
-        LongType,
-        StringType,
-        StructField,
-        StructType,
-        TimestampType,
-    )
-
-    custom = StructType([StructField("plan", StringType()), StructField("seats", LongType())])
-    return StructType(
-        [
-            StructField("customer_id", StringType()),
-            StructField("email", StringType()),
-            StructField("phone", StringType()),
-            StructField("first_name", StringType()),
-            StructField("lifetime_value", DecimalType(38, 9)),
-            StructField("tags", ArrayType(StringType())),
-            StructField("custom_fields", custom),
-            StructField("updated_at", TimestampType()),
-        ]
-    )
-
-
-def customer(n: int, *, version: int = 0) -> dict[str, Any]:
-    return {
-        "customer_id": f"cus_{n:05d}",
-        "email": f"person{n}@example.org",
-        "phone": f"+1555{n:07d}",
-        "first_name": f"Name{n}" if not version else f"Name{n}v{version}",
-        "lifetime_value": Decimal(n) / 4,
-        "tags": ["vip", f"t{n % 3}"] if n % 2 else [],
-        "custom_fields": {"plan": "pro" if n % 2 else "free", "seats": n},
-        "updated_at": START + timedelta(hours=n + version),
-    }
 
 
 @pytest.fixture
@@ -94,24 +49,6 @@ def tenant() -> str:
 def loader(postgres_url: str) -> Any:
     with PostgresLoader(postgres_url) as built:
         yield built
-
-
-def write_file(table: Any, rows: list[dict[str, Any]]) -> str:
-    """One Parquet data file of ``rows`` under the table's location (committed separately)."""
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-
-    url = f"{table.location().rstrip('/')}/data/test-{uuid.uuid4().hex}.parquet"
-    path = Path(urlparse(url).path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema_to_pyarrow(table.schema(), include_field_ids=False)), path)
-    return url
-
-
-def commit(table: Any, rows: list[dict[str, Any]], remove: list[str] = ()) -> tuple[int, str]:  # type: ignore[assignment]
-    path = write_file(table, rows)
-    result = commit_files(table, add=[path], remove=remove)
-    table.refresh()
-    return result.snapshot_id, path
 
 
 def rows_in(url: str, tenant: str, table: str, order: str = "customer_id") -> list[tuple[Any, ...]]:
@@ -183,6 +120,9 @@ def test_a_rerun_loads_nothing(catalog: Any, loader: PostgresLoader, postgres_ur
     assert again.result.snapshot_id == snapshot
     assert (again.result.inserted, again.result.updated, again.result.deleted) == (0, 0, 0)
     assert xmins(postgres_url, tenant, "customers") == before
+    commit(table, [customer(99)])
+    (status,) = load_status(catalog, {"postgres": loader}, KEYS, tenants=[tenant])
+    assert (status.loaded_snapshot_id, status.snapshots_behind, status.up_to_date) == (snapshot, 1, False)
 
 
 def test_unchanged_rows_cost_no_write(catalog: Any, loader: PostgresLoader, postgres_url: str, tenant: str) -> None:
@@ -505,3 +445,32 @@ def test_cdp_db_starts_reports_and_stops_the_embedded_server(
     finally:
         main(["db", "stop", "--data-dir", data_dir])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_incremental_load_planned_from_another_snapshot_than_the_store_holds_is_refused(
+    catalog: Any, loader: PostgresLoader, postgres_url: str, tenant: str
+) -> None:
+    from loaders.postgres.loader import PostgresLoadError
+    from plugins.descriptors import LoadRequest
+    from plugins.loaders.changes import plan_changes
+
+    table = create_table(catalog, tenant, "customers", customers_schema())
+    stale, _ = commit(table, [customer(1)])
+    load(loader, catalog, tenant)
+    held, _ = commit(table, [customer(2)])
+    load(loader, catalog, tenant)
+    latest, _ = commit(table, [customer(3)])
+
+    # Planned from `stale` (as a second process that read the state before the first load committed would).
+    request = LoadRequest(
+        tenant,
+        "customers",
+        latest,
+        stale,
+        LoadMode.INCREMENTAL,
+        changes=plan_changes(table, ["customer_id"], latest, stale),
+    )
+    with pytest.raises(PostgresLoadError, match=f"holds snapshot {held}, not {stale} as planned"):
+        loader.load(request)
+    assert loader.loaded_snapshot(tenant, "customers") == held
+    assert len(rows_in(postgres_url, tenant, "customers")) == 2

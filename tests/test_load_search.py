@@ -29,9 +29,10 @@ from plugins.connectors.testing import wait_until
 from plugins.descriptors import LoadMode
 from plugins.loaders.runner import load_tables, rollback
 from plugins.transforms.catalog import ProcessedZone, create_table
-from tests.test_load_postgres import KEYS, commit, customer, customers_schema
+from tests.loading_support import commit, customer, customers_schema
 
 REAL_CLUSTER_ENV = "CDP_TEST_ES_URL"
+KEYS = {"customers": ("customer_id",), "orders": ("order_id",)}
 
 
 @pytest.fixture(scope="session")

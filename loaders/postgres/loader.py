@@ -208,15 +208,17 @@ class PostgresLoader:
         ).fetchall()
         return {name: kind for name, kind in rows} or None
 
-    def _check_state(self, connection: Connection[Any], request: LoadRequest) -> tuple[int | None, int]:
-        """The snapshot and row count the state records, locked; for an incremental load, the one it planned from."""
+    def _check_state(
+        self, connection: Connection[Any], request: LoadRequest, *, planned: bool = False
+    ) -> tuple[int | None, int]:
+        """The snapshot and row count the state records, locked; ``planned``: it must be the one planned from."""
         row = connection.execute(
             "SELECT snapshot_id, row_count FROM cdp_loader.loaded_snapshots WHERE tenant = %s AND table_name = %s "
             "FOR UPDATE",
             (request.tenant, request.table),
         ).fetchone()
         held = None if row is None else int(row[0])
-        if request.mode is LoadMode.INCREMENTAL and held != request.previous_snapshot_id:
+        if planned and held != request.previous_snapshot_id:
             raise PostgresLoadError(
                 f"{request.tenant}.{request.table} holds snapshot {held}, not {request.previous_snapshot_id} as "
                 "planned: another load ran meanwhile; run the load again"
@@ -232,7 +234,7 @@ class PostgresLoader:
         names = [column.name for column in target.columns]
         stage, gone = sql.Identifier("_cdp_stage"), sql.Identifier("_cdp_deleted")
         with connection.transaction():
-            _, held_rows = self._check_state(connection, request)
+            _, held_rows = self._check_state(connection, request, planned=True)
             existing = self._columns(connection, target.schema, target.table) or {}
             for column in check_compatible(f"{target.schema}.{target.table}", existing, target.columns):
                 # A new column: nullable, no default, so PostgreSQL adds it without rewriting the table.
@@ -244,6 +246,7 @@ class PostgresLoader:
                 log_event(logger, "postgres_column_added", table=f"{target.schema}.{target.table}", column=column.name)
             connection.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DROP").format(stage, table))
             staged = _copy(connection, stage, target.columns, changes.upserts())[0]
+            connection.execute(sql.SQL("ANALYZE {}").format(stage))  # Temporary tables have no statistics otherwise.
             plan = workload(target.table, {c.name: c.type for c in target.columns}, target.key, trigram=False)
             if plan.partition_by_month and staged:
                 self._ensure_partitions_from(connection, target, stage, plan.partition_by_month)
@@ -326,7 +329,7 @@ class PostgresLoader:
         if partitioned:
             self._ensure_partitions(connection, target.schema, target.new, generation, _months_of(changes, partitioned))
         with connection.transaction():
-            copied, checksum = _copy(connection, new, target.columns, changes.all_rows(), checksum_of=target.key)
+            copied, checksum = _copy(connection, new, target.columns, changes.all_rows(), checksum_of=_summable(target))
         primary = [*target.key, *([partitioned] if partitioned and partitioned not in target.key else [])]
         try:
             connection.execute(
@@ -380,7 +383,7 @@ class PostgresLoader:
             raise PostgresLoadError(
                 f"{name}: {count} rows loaded but the snapshot has {expected}; the live table is unchanged"
             )
-        if stored != checksum:
+        if _summable(target) and stored != checksum:
             raise PostgresLoadError(f"{name}: the key checksum differs from the rows sent; the live table is unchanged")
 
     def _swap(self, connection: Connection[Any], target: _Target, request: LoadRequest, row_count: int) -> None:
@@ -495,6 +498,14 @@ class PostgresLoader:
             )
 
 
+def _summable(target: _Target) -> tuple[str, ...]:
+    """The key, when Python's ``str`` of its values is PostgreSQL's ``::text`` (text and integers): the checksum's
+    columns. Other key types (timestamps print differently) are checked by count and uniqueness only."""
+    types = {column.name: column.type for column in target.columns}
+    exact = ("text", "smallint", "integer", "bigint")
+    return target.key if all(types.get(name) in exact for name in target.key) else ()
+
+
 def _index_name(table: str, generation: str, purpose: str) -> str:
     """Unique per build (the generation), so a new table's index never collides with the live table's."""
     name = f"{table}_{generation}_{purpose}"
@@ -541,11 +552,13 @@ def _copy(
             values = [batch.column(column.name).to_pylist() for column in columns]
             for i in maps:
                 values[i] = [_jsonable(value) for value in values[i]]
+            write = copy.write_row
             for row in zip(*values, strict=True):
-                copy.write_row(row)
-                if positions:
-                    text = "\x1f".join(str(row[i]) for i in positions)
-                    checksum += int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:15], 16)
+                write(row)
+            if positions:
+                for key in zip(*(values[i] for i in positions), strict=True):
+                    text = "\x1f".join(map(str, key)).encode()
+                    checksum += int(hashlib.md5(text, usedforsecurity=False).hexdigest()[:15], 16)
             copied += batch.num_rows
     return copied, checksum
 

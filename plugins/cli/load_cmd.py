@@ -142,6 +142,8 @@ def run(
             full_refresh=full_refresh,
             on_loaded=None if json_output else _progress,
         )
+    if not loads and not json_output:
+        err_console.print("nothing to load: no table a transform writes exists for these tenants", highlight=False)
     if json_output:
         totals = {
             name: sum(getattr(item.result, name) for item in loads)

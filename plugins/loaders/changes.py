@@ -45,6 +45,8 @@ class SnapshotChanges:
     snapshot_files: Sequence[DataFile] = field(repr=False)
     complete: bool
     reason: str = ""
+    # The key columns of the added files, kept once upserts() has read them all (a list, so the frozen object can).
+    _added_keys: list[list[pa.RecordBatch]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def schema(self) -> pa.Schema:
@@ -62,7 +64,15 @@ class SnapshotChanges:
         return not self.complete and not self.added_files and not self.removed_files
 
     def upserts(self) -> Iterator[pa.RecordBatch]:
-        return read_batches(self.table, self.snapshot_files if self.complete else self.added_files)
+        if self.complete:
+            yield from read_batches(self.table, self.snapshot_files)
+            return
+        keys = []
+        for batch in read_batches(self.table, self.added_files):
+            keys.append(batch.select(list(self.key)))
+            yield batch
+        # Read to the end: deleted_keys() needs these keys and need not read the added files again.
+        self._added_keys[:] = [keys]
 
     def all_rows(self) -> Iterator[pa.RecordBatch]:
         return read_batches(self.table, self.snapshot_files)
@@ -74,7 +84,12 @@ class SnapshotChanges:
 
         keys = list(self.key)
         removed = _key_table(self.table, self.removed_files, keys)
-        kept = _key_table(self.table, self.added_files, keys)
+        if not self._added_keys:
+            kept = _key_table(self.table, self.added_files, keys)
+        elif self._added_keys[0]:
+            kept = pa.Table.from_batches(self._added_keys[0]).cast(removed.schema)
+        else:
+            kept = removed.schema.empty_table()
         gone = removed.join(kept, keys=keys, join_type="left anti") if kept.num_rows else removed
         gone = gone.group_by(keys).aggregate([]).select(keys)  # One row per key.
         return iter(gone.to_batches()) if gone.num_rows else iter([pa.RecordBatch.from_pylist([], gone.schema)])

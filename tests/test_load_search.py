@@ -178,12 +178,22 @@ def test_full_refresh_moves_the_alias_atomically_and_rollback_moves_it_back(
     assert loader.client.count(index=alias)["count"] == 50
     assert rollback(loader, "search", tenant, "customers") == second_snapshot  # A second rollback undoes the first.
 
+    # Another table whose name extends this one's: its own template wins for its indexes, and swaps leave ours alone.
+    vip = create_table(catalog, tenant, "customers_vip", customers_schema())
+    commit(vip, [customer(n) for n in range(7)])
+    keys = {**KEYS, "customers_vip": ("customer_id",)}
+    load_tables(catalog, {"search": loader}, keys, tenants=[tenant], tables=["customers_vip"])
+    vip_index = loader.live_index(tenant, "customers_vip")
+    assert vip_index is not None
+    assert loader.client.count(index=f"{tenant}_customers_vip")["count"] == 7
+
     # The next swap deletes the index before the previous one; the replaced one is kept.
     third_snapshot, _ = commit(table, [customer(n, version=3) for n in range(200, 210)])
     load(loader, catalog, tenant, full_refresh=True)
     assert loader.live_index(tenant, "customers") == f"{alias}_v{third_snapshot}"
     assert loader.client.indices.exists(index=f"{alias}_v{second_snapshot}")
     assert not loader.client.indices.exists(index=f"{alias}_v{first_snapshot}")
+    assert loader.client.indices.exists(index=vip_index)
 
 
 def test_a_rejected_document_goes_to_the_dlq_as_load_rejected_and_the_rest_loads(

@@ -50,6 +50,7 @@ FLAVOUR_ENV_VAR = "CDP_ES_FLAVOUR"
 DEFAULT_URL = "http://127.0.0.1:9200"
 FLAVOURS = ("elasticsearch", "opensearch")
 META_KEY = "cdp"
+TEMPLATE_PRIORITY = 200  # Above the built-in templates' 100.
 DLQ_FLUSH = 5000  # Rejected documents held before they are written to the DLQ.
 
 
@@ -311,7 +312,10 @@ class SearchLoader:
                 name=f"cdp_{alias}",
                 body={
                     "index_patterns": [f"{alias}_v*"],
-                    "priority": 200,
+                    # acme_customers_v* also matches acme_customers_vip_v1, and Elasticsearch refuses overlapping
+                    # templates of equal priority: the longer (more specific) alias wins, and equal lengths never
+                    # overlap.
+                    "priority": TEMPLATE_PRIORITY + len(alias),
                     "_meta": {"managed_by": "cdp-connectors", "table": request.table, "tenant": request.tenant},
                     "template": {
                         "settings": {"number_of_shards": self.number_of_shards},

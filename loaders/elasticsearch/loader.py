@@ -283,11 +283,13 @@ class SearchLoader:
                     ) from exc
                 raise
         convert_maps = has_maps(changes.schema)
-        operations = [
-            self._index_operations(live, changes.key, changes.upserts(), convert_maps),
-            self._delete_operations(live, changes.key, changes.deleted_keys()),
-        ]
-        counts = self._bulk(request, (op for ops in operations for op in ops))
+
+        def operations() -> Iterator[tuple[dict[str, Any], bytes | str | None]]:
+            yield from self._index_operations(live, changes.key, changes.upserts(), convert_maps)
+            # Asked only now, after upserts() was read to the end: the deleted keys reuse the keys it read.
+            yield from self._delete_operations(live, changes.key, changes.deleted_keys())
+
+        counts = self._bulk(request, operations())
         with self._talking(f"refreshing {live}"):
             self.client.indices.refresh(index=live)
             row_count = int(self.client.count(index=live)["count"])

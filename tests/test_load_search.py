@@ -388,3 +388,19 @@ def test_bulk_backs_off_and_retries_on_429_and_fails_the_load_when_it_persists(
             load(loader, catalog, other)
         assert proxy.bulk_requests == 3  # The first try and two retries.
         assert loader.live_index(other, "customers") is None  # Nothing swapped in, nothing recorded.
+
+
+def test_a_full_refresh_that_fails_verification_leaves_the_alias_where_it_was(
+    catalog: Any, noida_url: str, tenant: str, dlq_dir: Path
+) -> None:
+    from loaders.elasticsearch.loader import SearchLoadError
+
+    table = create_table(catalog, tenant, "customers", customers_schema())
+    first_snapshot, _ = commit(table, [customer(n) for n in range(5)])
+    with SearchLoader(noida_url, dlq_url=str(dlq_dir)) as loader:
+        load(loader, catalog, tenant)
+        commit(table, [customer(1, version=1)])  # The key cus_00001 twice in one snapshot: 6 rows, 5 documents.
+        with pytest.raises(SearchLoadError, match="5 documents but 6 expected"):
+            load(loader, catalog, tenant, full_refresh=True)
+        assert loader.live_index(tenant, "customers") == f"{tenant}_customers_v{first_snapshot}"
+        assert loader.loaded_snapshot(tenant, "customers") == first_snapshot

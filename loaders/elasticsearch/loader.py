@@ -358,7 +358,8 @@ class SearchLoader:
             found = self.client.mget(index=index, body={"ids": list(sample)}, _source=False)["docs"] if sample else []
         if count != expected:
             raise SearchLoadError(
-                f"{index}: {count} documents but {expected} expected; the alias still points at the previous index"
+                f"{index}: {count} documents but {expected} expected (keys repeated in the snapshot share one _id); "
+                "the alias still points at the previous index"
             )
         missing = [doc["_id"] for doc in found if not doc.get("found")]
         if missing:

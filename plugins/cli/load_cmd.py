@@ -36,6 +36,24 @@ PostgresUrlOption = Annotated[
         show_envvar=True,
     ),
 ]
+EsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-url",
+        envvar="CDP_ES_URL",
+        help="Elasticsearch / OpenSearch URL (default: http://127.0.0.1:9200).",
+        show_envvar=True,
+    ),
+]
+EsFlavourOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-flavour",
+        envvar="CDP_ES_FLAVOUR",
+        help="The search cluster's kind: elasticsearch (default) or opensearch.",
+        show_envvar=True,
+    ),
+]
 
 
 @contextmanager
@@ -49,7 +67,10 @@ def _loaders(destinations: Sequence[str], settings: dict[str, dict[str, Any]]) -
         raise typer.BadParameter(f"no loader '{unknown[0]}'; registered: {', '.join(sorted(registered)) or 'none'}")
     with ExitStack() as stack:
         built: dict[str, Loader] = {}
-        for name in destinations or sorted(registered):
+        # By default every registered store; the search cluster only when a URL says where it is (it has no local
+        # default to start, as PostgreSQL's embedded server is).
+        default = [name for name in sorted(registered) if name != "elasticsearch" or "elasticsearch" in settings]
+        for name in destinations or default:
             loader = registered[name].load_loader()(**settings.get(name, {}))
             if hasattr(loader, "close"):
                 stack.callback(loader.close)
@@ -65,8 +86,14 @@ def _context(processed_url: str | None) -> tuple[Any, dict[str, Sequence[str]]]:
     return ProcessedZone.resolve(processed_url).open(), table_keys(transforms())
 
 
-def _settings(postgres_url: str | None) -> dict[str, dict[str, Any]]:
-    return {"postgres": {"postgres_url": postgres_url}} if postgres_url else {}
+def _settings(
+    postgres_url: str | None, es_url: str | None = None, es_flavour: str | None = None
+) -> dict[str, dict[str, Any]]:
+    settings: dict[str, dict[str, Any]] = {"postgres": {"postgres_url": postgres_url}} if postgres_url else {}
+    search = {name: value for name, value in (("es_url", es_url), ("flavour", es_flavour)) if value}
+    if search:
+        settings["elasticsearch"] = search
+    return settings
 
 
 def _progress(loaded: TableLoad) -> None:
@@ -94,6 +121,8 @@ def run(
     ] = False,
     processed_url: ProcessedUrlOption = None,
     postgres_url: PostgresUrlOption = None,
+    es_url: EsUrlOption = None,
+    es_flavour: EsFlavourOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Bring every asked store to each table's current snapshot (incremental unless --full-refresh)."""
@@ -103,7 +132,7 @@ def run(
 
     started = time.monotonic()
     catalog, keys = _context(processed_url)
-    with _loaders(destination or [], _settings(postgres_url)) as built:
+    with _loaders(destination or [], _settings(postgres_url, es_url, es_flavour)) as built:
         loads = load_tables(
             catalog,
             built,
@@ -130,6 +159,8 @@ def status(
     destination: DestinationOption = None,
     processed_url: ProcessedUrlOption = None,
     postgres_url: PostgresUrlOption = None,
+    es_url: EsUrlOption = None,
+    es_flavour: EsFlavourOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Per table and store: the snapshot loaded, the latest, and how far behind."""
@@ -138,7 +169,7 @@ def status(
     from plugins.loaders.runner import load_status
 
     catalog, keys = _context(processed_url)
-    with _loaders(destination or [], _settings(postgres_url)) as built:
+    with _loaders(destination or [], _settings(postgres_url, es_url, es_flavour)) as built:
         statuses = load_status(catalog, built, keys, tenants=tenant or [], tables=table or [])
     if json_output:
         print_json([{**item.__dict__, "up_to_date": item.up_to_date} for item in statuses])
@@ -165,10 +196,12 @@ def rollback(
     tenant: Annotated[str, typer.Option("--tenant", help="Tenant.")],
     destination: Annotated[str, typer.Option("--destination", help="Store.")] = "postgres",
     postgres_url: PostgresUrlOption = None,
+    es_url: EsUrlOption = None,
+    es_flavour: EsFlavourOption = None,
 ) -> None:
     """Swap the previous table back in (the one the last full refresh replaced)."""
     from plugins.loaders.runner import rollback as roll_back
 
-    with _loaders([destination], _settings(postgres_url)) as built:
+    with _loaders([destination], _settings(postgres_url, es_url, es_flavour)) as built:
         snapshot = roll_back(built[destination], destination, tenant, table)
     console.print(f"{tenant}.{table} -> {destination}: rolled back; it holds snapshot {snapshot}", highlight=False)

@@ -38,6 +38,7 @@ class ErrorType(StrEnum):
     TRANSFORM_REJECTED = (
         "transform_rejected"  # A row a transform's quality rule rejected (the rule, the row, its file).
     )
+    LOAD_REJECTED = "load_rejected"  # A row a serving store refused (the document, the store's error for it).
 
 
 @dataclass(frozen=True)

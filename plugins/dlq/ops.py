@@ -38,9 +38,9 @@ RESUBMIT_LEASE_PREFIX = f"{LEASE_PREFIX}/resubmit"
 # Entries that describe a failed request rather than a record: they are resubmitted, never reprocessed, and they do
 # not count against a provider's validation success rate.
 REQUEST_ERROR_TYPES = frozenset({ErrorType.EXTRACTION_FAILED, ErrorType.RATE_LIMIT_EXHAUSTED, ErrorType.AUTH_FAILED})
-# Rows of a processed table that a quality rule rejected: their raw records are in the raw zone already, so they do
-# not lower a provider's validation success rate, and they are not reprocessed into the raw zone.
-TRANSFORM_ERROR_TYPES = frozenset({ErrorType.TRANSFORM_REJECTED})
+# Rows of a processed table that a quality rule or a serving store rejected: their raw records are in the raw zone
+# already, so they do not lower a provider's validation success rate, and they are not reprocessed into the raw zone.
+TRANSFORM_ERROR_TYPES = frozenset({ErrorType.TRANSFORM_REJECTED, ErrorType.LOAD_REJECTED})
 _DURATION_RE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[smhdw])")  # Always fullmatch: "7d\n" is no duration.
 # Longer spans are typos, and would overflow the date arithmetic (``now - 9999999d``) into a traceback.
 MAX_DURATION = timedelta(days=36525)

@@ -287,6 +287,11 @@ class Reprocessor:
             raise ReprocessError(
                 f"{source} holds {key.error_type} entries (failed requests, not records); use 'cdp dlq resubmit'"
             )
+        if key.error_type == ErrorType.LOAD_REJECTED:
+            raise ReprocessError(
+                f"{source} holds {key.error_type} rows (documents a serving store refused, not raw records); fix the "
+                "data or the index mapping and run 'cdp load run --full-refresh'"
+            )
         if key.error_type in TRANSFORM_ERROR_TYPES:
             raise ReprocessError(
                 f"{source} holds {key.error_type} rows (of a processed table, not raw records); fix the source data "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
@@ -349,6 +351,44 @@ def test_the_fsync_helper_answers_every_queued_request_with_one_sync_per_file(
     assert lines[:4] == [b"ok"] * 4  # A compacted (already sealed and synced) segment needs nothing.
     assert lines[4].startswith(b"error fdatasync of /dev/null failed")
     assert len(synced) == 2  # One for the three requests of the segment, one refused for /dev/null.
+
+
+def test_the_fsync_helper_starts_a_sync_while_an_earlier_one_runs_and_answers_in_request_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segment = tmp_path / "segment.seg"
+    segment.write_bytes(b"x")
+    first_started = threading.Event()
+    second_started = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def first_waits_for_the_second(fd: int) -> None:
+        if not first_started.is_set():
+            first_started.set()
+            second_started.wait(5)  # Ends only after the second began (or after 5 s when syncs run one at a time).
+            real_fdatasync(fd)
+            return
+        second_started.set()
+        raise OSError(errno.EIO, "the second sync fails, and first")
+
+    monkeypatch.setattr(os, "fdatasync", first_waits_for_the_second)
+    requests_read, requests_write = os.pipe()
+    answers_read, answers_write = os.pipe()
+    helper = threading.Thread(target=fsync_helper.serve, args=(requests_read, answers_write))
+    helper.start()
+    os.write(requests_write, str(segment).encode() + b"\n")
+    assert first_started.wait(5)
+    os.write(requests_write, str(segment).encode() + b"\n")  # Arrives while the first sync runs.
+    overlapped = second_started.wait(5)
+    os.close(requests_write)
+    helper.join(15)
+    os.close(answers_write)
+    with os.fdopen(answers_read, "rb") as answers:
+        lines = answers.read().splitlines()
+    assert overlapped  # The second sync began while the first was still running.
+    assert lines[0] == b"ok"  # In the order of the requests, though the second sync ended first.
+    assert lines[1].startswith(b"error fdatasync of")
+    assert b"the second sync fails" in lines[1]
 
 
 def test_a_bookmark_from_a_recreated_log_or_past_its_end_is_refused_with_a_way_to_reset(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -459,6 +460,33 @@ def test_a_corrupt_consumers_file_fails_in_one_line_saying_what_to_do(
     assert "consumers.json is corrupt" in err
     assert "delete it" in err
     assert len(err.splitlines()) == 1
+
+
+def test_remembering_event_ids_past_the_dedupe_capacity_costs_no_more_per_event(tmp_path: Path) -> None:
+    """A plain dict dropped its oldest key by skipping the slots of all keys deleted before it: past the capacity each
+    new event cost more, up to hundreds of µs at the default 200k (about 100x the cost within the capacity here).
+    Compared within the test, not against a clock."""
+    capacity = 50_000
+    log = FileWebhookLog(tmp_path, dedupe_capacity=capacity)
+    started = time.perf_counter()
+    for index in range(capacity):
+        log._remember(f"first_{index}")
+    within = time.perf_counter() - started
+    started = time.perf_counter()
+    for index in range(capacity):
+        log._remember(f"second_{index}")
+    past = time.perf_counter() - started
+    assert past < 5 * within, f"{capacity} events past the capacity took {past:.2f} s, within it {within:.2f} s"
+
+
+def test_the_log_forgets_the_oldest_event_ids_past_its_dedupe_capacity(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path, dedupe_capacity=3)
+    log.start_writer()
+    try:
+        assert log.append_sync([entry(name) for name in "abcd"]) == [True] * 4
+        assert log.append_sync([entry("d"), entry("a")]) == [False, True]  # "a" was the oldest, so forgotten.
+    finally:
+        log.close()
 
 
 def test_remembering_event_ids_leaves_no_objects_for_the_garbage_collector(tmp_path: Path) -> None:

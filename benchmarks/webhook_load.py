@@ -155,6 +155,13 @@ class Result:
     seconds: float
     latencies: list[float]
     finished: list[float]  # When each request was answered, seconds from the start of the run.
+    server_cpu: float = float("nan")  # CPU seconds the server process and its children spent during the run.
+
+    @property
+    def cpu_per_request(self) -> float:
+        """Microseconds of server CPU per answered request: the server's own cost, which a busy machine disturbs far
+        less than the rate (it does not count time spent waiting for the CPU or the disk)."""
+        return self.server_cpu / self.requests * 1e6 if self.requests else float("nan")
 
     @property
     def rate(self) -> float:
@@ -209,6 +216,22 @@ async def run_load(
     return Result(name, len(latencies), errors, time.perf_counter() - run_started, latencies, finished)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` and its child processes (the receiver's fsync helper), from
+    /proc; NaN where there is no /proc."""
+    total = 0.0
+    try:
+        pids = [pid]
+        for task in os.listdir(f"/proc/{pid}/task"):
+            pids += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        for each in pids:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime and stime, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def fdatasync_p50(folder: str, samples: int = 50) -> float:
     """Median seconds of one append + fdatasync in ``folder``: the floor of a durable acknowledgement."""
     path = os.path.join(folder, "fsync-probe")
@@ -233,6 +256,7 @@ def report(runs: list[Result]) -> None:
     print(
         f"{runs[0].name:<28} {statistics.median(run.rate for run in runs):8.0f} req/s (rounds: {rates})  "
         f"p50 {pooled.percentile(0.50):6.2f} ms  p99 {pooled.percentile(0.99):6.2f} ms  "
+        f"server CPU {statistics.median(run.cpu_per_request for run in runs):4.0f} us/req  "
         f"errors {sum(run.errors for run in runs)}"
     )
 
@@ -354,7 +378,9 @@ def main() -> None:
             for name, port in ports.items():
                 prefix = f"evt_bench_{round_index}"
                 requests = SignedRequests(count, port, prefix) if sustained else signed_requests(count, port, prefix)
+                cpu_before = process_cpu_seconds(processes[name].pid)
                 result = asyncio.run(run_load(name, port, requests, args.connections, duration))
+                result.server_cpu = process_cpu_seconds(processes[name].pid) - cpu_before
                 results.setdefault(name, []).append(result)
                 acknowledged += result.requests - result.errors if name == DURABLE else 0
         if sustained:

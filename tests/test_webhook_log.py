@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -351,6 +354,44 @@ def test_the_fsync_helper_answers_every_queued_request_with_one_sync_per_file(
     assert len(synced) == 2  # One for the three requests of the segment, one refused for /dev/null.
 
 
+def test_the_fsync_helper_starts_a_sync_while_an_earlier_one_runs_and_answers_in_request_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segment = tmp_path / "segment.seg"
+    segment.write_bytes(b"x")
+    first_started = threading.Event()
+    second_started = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def first_waits_for_the_second(fd: int) -> None:
+        if not first_started.is_set():
+            first_started.set()
+            second_started.wait(5)  # Ends only after the second began (or after 5 s when syncs run one at a time).
+            real_fdatasync(fd)
+            return
+        second_started.set()
+        raise OSError(errno.EIO, "the second sync fails, and first")
+
+    monkeypatch.setattr(os, "fdatasync", first_waits_for_the_second)
+    requests_read, requests_write = os.pipe()
+    answers_read, answers_write = os.pipe()
+    helper = threading.Thread(target=fsync_helper.serve, args=(requests_read, answers_write))
+    helper.start()
+    os.write(requests_write, str(segment).encode() + b"\n")
+    assert first_started.wait(5)
+    os.write(requests_write, str(segment).encode() + b"\n")  # Arrives while the first sync runs.
+    overlapped = second_started.wait(5)
+    os.close(requests_write)
+    helper.join(15)
+    os.close(answers_write)
+    with os.fdopen(answers_read, "rb") as answers:
+        lines = answers.read().splitlines()
+    assert overlapped  # The second sync began while the first was still running.
+    assert lines[0] == b"ok"  # In the order of the requests, though the second sync ended first.
+    assert lines[1].startswith(b"error fdatasync of")
+    assert b"the second sync fails" in lines[1]
+
+
 def test_a_bookmark_from_a_recreated_log_or_past_its_end_is_refused_with_a_way_to_reset(tmp_path: Path) -> None:
     old = FileWebhookLog(tmp_path / "old")
     old.start_writer()
@@ -419,6 +460,33 @@ def test_a_corrupt_consumers_file_fails_in_one_line_saying_what_to_do(
     assert "consumers.json is corrupt" in err
     assert "delete it" in err
     assert len(err.splitlines()) == 1
+
+
+def test_remembering_event_ids_past_the_dedupe_capacity_costs_no_more_per_event(tmp_path: Path) -> None:
+    """A plain dict dropped its oldest key by skipping the slots of all keys deleted before it: past the capacity each
+    new event cost more, up to hundreds of µs at the default 200k (about 100x the cost within the capacity here).
+    Compared within the test, not against a clock."""
+    capacity = 50_000
+    log = FileWebhookLog(tmp_path, dedupe_capacity=capacity)
+    started = time.perf_counter()
+    for index in range(capacity):
+        log._remember(f"first_{index}")
+    within = time.perf_counter() - started
+    started = time.perf_counter()
+    for index in range(capacity):
+        log._remember(f"second_{index}")
+    past = time.perf_counter() - started
+    assert past < 5 * within, f"{capacity} events past the capacity took {past:.2f} s, within it {within:.2f} s"
+
+
+def test_the_log_forgets_the_oldest_event_ids_past_its_dedupe_capacity(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path, dedupe_capacity=3)
+    log.start_writer()
+    try:
+        assert log.append_sync([entry(name) for name in "abcd"]) == [True] * 4
+        assert log.append_sync([entry("d"), entry("a")]) == [False, True]  # "a" was the oldest, so forgotten.
+    finally:
+        log.close()
 
 
 def test_remembering_event_ids_leaves_no_objects_for_the_garbage_collector(tmp_path: Path) -> None:

@@ -471,6 +471,51 @@ def test_only_post_is_accepted_on_the_webhook_path(receiver: Receiver) -> None:
     assert response.headers["Allow"] == "POST"
 
 
+def test_paths_beside_the_webhook_pattern_are_not_served_as_webhooks(receiver: Receiver) -> None:
+    body = stripe_event("evt_beside")
+    for path in ["/webhooks/acme/stripe/extra", "/webhooks/acme", "/webhooks//stripe", "/hooks/acme/stripe"]:
+        assert receiver.post(path, body, stripe_headers(body)).status_code == 404, path
+    assert receiver.stored("acme", "stripe", "events") == []
+
+
+@dataclass(frozen=True)
+class _FailingStripeHandler(StripeWebhookHandler):
+    def map(self, headers: Any, body: bytes, received_at: datetime) -> Any:
+        raise RuntimeError("a handler bug")
+
+
+def test_an_unexpected_error_in_a_handler_answers_500_and_the_receiver_goes_on_serving(tmp_path: Path) -> None:
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS)
+    receiver = WebhookReceiver(log, {"stripe": _FailingStripeHandler(), "shopify": ShopifyWebhookHandler()}, settings)
+    with SandboxServer(receiver.app(), **receiver.uvicorn_options()) as server:
+        body = stripe_event("evt_bug")
+        failed = httpx.post(f"{server.url}/webhooks/acme/stripe", content=body, headers=stripe_headers(body))
+        assert failed.status_code == 500
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        headers = shopify_headers(SHOPIFY_ORDER)
+        shopify = httpx.post(f"{server.url}/webhooks/acme/shopify", content=SHOPIFY_ORDER, headers=headers)
+        assert shopify.status_code == 200
+    assert list(log.read("acme", "stripe", "events")) == []
+
+
+def test_a_later_request_whose_headers_stall_on_a_kept_alive_connection_is_408(tmp_path: Path) -> None:
+    with _serve(tmp_path, header_timeout_seconds=0.5) as server:
+        sock = _connect(server.url)
+        body = stripe_event("evt_kept_alive")
+        signature = stripe_headers(body)["Stripe-Signature"]
+        head = f"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(f"{head}Stripe-Signature: {signature}\r\n\r\n".encode() + body)
+        first = b""
+        while b'"stored"' not in first:
+            first += sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"POST /webhooks/acme/stripe HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest.
+        assert _answer(sock).startswith(b"HTTP/1.1 408")  # Not the keep-alive close (5 s), which answers nothing.
+        sock.close()
+    assert server.stored("acme", "stripe", "events") == ["evt_kept_alive"]
+
+
 def test_latency_histogram_counts_a_value_in_every_bucket_at_or_above_it(tmp_path: Path) -> None:
     metrics = WebhookReceiver(
         FileWebhookLog(tmp_path / "log"), HANDLERS, ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS)

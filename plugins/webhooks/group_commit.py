@@ -187,10 +187,11 @@ class GroupCommitWriter(Generic[T]):
 
 HELPER_SCRIPT = str(Path(__file__).with_name("fsync_helper.py"))
 LoopWriteResult = tuple[list[bool], str]  # Flags, and the path of the file whose sync makes them durable.
-# Sync requests the loop may have sent and not had answered. One is not enough: while the helper syncs, the next request
-# waits in the pipe and the helper starts on it at once, instead of after the loop has read the answer (which on a busy
-# loop may take a while). More do not help: the helper answers every request that has arrived with one sync. With wrk,
-# 32 connections, medians of 4 interleaved rounds: 1 in flight 9.3k req/s; 2: 10.8-12.8k; 4: 10.4-13.3k; 8: 9.7-12.4k.
+# Sync requests the loop may have sent and not had answered. One is not enough: the next group would wait for the
+# answer, and for the loop to read it. The helper starts a sync for each request as it arrives, while earlier ones
+# still run (fsync_helper.MAX_PARALLEL_SYNCS, the same number). With wrk, 32 connections, medians of 4 interleaved
+# rounds, when the helper synced one request at a time: 1 in flight 9.3k req/s; 2: 10.8-12.8k; 4: 10.4-13.3k;
+# 8: 9.7-12.4k.
 MAX_SYNCS_IN_FLIGHT = 4
 
 
@@ -198,9 +199,9 @@ class LoopGroupCommit(Generic[T]):
     """Group commit on the receiver's event loop; the fdatasync runs in a helper process (``fsync_helper.py``).
 
     Requests that arrive in one loop iteration form a group, which the loop writes at once (a page-cache write), then
-    asks the helper to sync; while it syncs, the loop goes on serving requests, and the requests for the groups it
-    writes meanwhile queue in the pipe: the helper's next sync covers all of them (fdatasync flushes every write made
-    before it starts). The answers wake the loop through a pipe, so nothing waits for the GIL and the loop never
+    asks the helper to sync; while it syncs, the loop goes on serving requests, and the helper starts a sync for each
+    group written meanwhile at once, beside the one running (fdatasync flushes every write made before it starts).
+    The answers wake the loop through a pipe, so nothing waits for the GIL and the loop never
     blocks on the disk. At most ``MAX_SYNCS_IN_FLIGHT`` requests are unanswered (groups written beyond that wait for
     an answer), so the pipe never fills. A failed sync, or a helper that dies, fails the log for good: nothing more
     is acknowledged until a restart recovers it from what is really on disk.

@@ -67,7 +67,7 @@ class TokenBucketLimiter:
 
     def check(self, key: str) -> int:
         """What ``acquire`` would answer, without spending a token."""
-        if not self.enabled:
+        if not self.enabled or key not in self._buckets:  # A new bucket is full: no need to make one to know it.
             return 0
         bucket = self._refilled(key)
         return 0 if bucket.tokens >= 1 else self._wait(bucket)

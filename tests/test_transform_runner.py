@@ -41,6 +41,7 @@ from tests.test_transforms_builtins import WEBHOOK_EVENT, RawZone, shopify_order
 
 RAW_TABLES = ("orders", "products", "events")
 ALL_TABLES = (*RAW_TABLES, "customer_metrics")
+CUSTOMER_TABLES = ("customer_records", "customers")  # Built-ins too; these tests land no person-records.
 # customer_metrics is as of the run: its computed_at differs between two runs by design.
 AS_OF_COLUMNS = {"computed_at"}
 ERASED_CUSTOMER = "cus_erased"
@@ -223,7 +224,9 @@ def test_incremental_runs_give_the_same_tables_as_a_full_refresh_row_for_row(spa
 def test_a_rerun_with_nothing_new_commits_nothing(spark, stepwise) -> None:
     rerun = by_table(stepwise["rerun"])
     last = by_table(stepwise["runs"][-1])
-    assert {name: table.status for name, table in rerun.items()} == dict.fromkeys(ALL_TABLES, "up to date")
+    assert {name: rerun[name].status for name in ALL_TABLES} == dict.fromkeys(ALL_TABLES, "up to date")
+    # No person-records landed here: the customer tables have nothing to do either.
+    assert {name: rerun[name].status for name in CUSTOMER_TABLES} == dict.fromkeys(CUSTOMER_TABLES, "no input")
     catalog = ProcessedZone.resolve(str(stepwise["processed"])).open()
     for name in ALL_TABLES:
         snapshot = load_table(catalog, "acme", name).current_snapshot()
@@ -420,6 +423,8 @@ def test_meltano_runs_the_transforms_as_the_cdp_utility_with_its_settings(spark,
         "orders": "no input",
         "products": "committed",
         "customer_metrics": "no input",
+        "customer_records": "no input",
+        "customers": "no input",
     }
 
 
@@ -438,13 +443,15 @@ def test_the_cli_prints_the_summary_lists_the_tables_and_refuses_a_busy_tenant(s
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] is True
     assert {(t["table"], t["status"], t["skipped"]) for t in summary["tables"]} == {
-        (name, "up to date", True) for name in ALL_TABLES
+        *((name, "up to date", True) for name in ALL_TABLES),
+        *((name, "no input", True) for name in CUSTOMER_TABLES),
     }
     assert summary["reports"]["acme"].endswith(f"_reports/acme/{summary['run_id']}.json")
 
     assert main(["transform", "list", "--tenant", "acme", *zones, "--json"]) == 0
     listed = {row["output"]: row for row in json.loads(capsys.readouterr().out)["transforms"]}
-    assert list(listed)[-1] == "customer_metrics"  # Run order: after the tables it reads.
+    assert list(listed).index("customer_metrics") > list(listed).index("orders")  # Run order: after what it reads.
+    assert list(listed).index("customers") > list(listed).index("customer_records")
     assert listed["orders"]["key"] == ["order_id"]
     assert listed["orders"]["pending_raw_files"] == 0
     assert listed["customer_metrics"]["inputs"] == ["table:orders", "table:events"]

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,15 @@ def test_integers_beyond_64_bits_are_stored_exactly_as_sent(receiver: Receiver) 
     assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
     [stored] = list(receiver.log.read("acme", "stripe", "events"))
     assert stored.entry.payload["data"]["amount"] == 123456789012345678901234567890
+
+
+def test_decimals_a_float_cannot_hold_are_stored_exactly_as_sent(receiver: Receiver) -> None:
+    """The exact parser keeps 0.12345678901234567890123 as a Decimal; it must be stored, not dead-lettered."""
+    body = b'{"id": "evt_dec", "object": "event", "type": "x.y", "data": {"rate": 0.12345678901234567890123}}'
+    assert receiver.post("/webhooks/acme/stripe", body, stripe_headers(body)).status_code == 200
+    [stored] = list(receiver.log.read("acme", "stripe", "events"))
+    assert stored.entry.payload["data"]["rate"] == Decimal("0.12345678901234567890123")
+    assert not dead_letters(receiver, "acme", "stripe")
 
 
 def nested_stripe_event(event_id: str, depth: int) -> bytes:

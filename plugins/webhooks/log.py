@@ -86,7 +86,10 @@ def unstorable_reason(entry: LogEntry) -> str | None:
         # Wrapped in one more level: orjson encodes 254 levels, and a record must leave room for its dead letter.
         encoded = orjson.dumps([entry.payload])[1:-1]
     except orjson.JSONEncodeError as exc:
-        if "Integer exceeds" not in str(exc) or entry.payload_json is None:  # Too deep, or nothing exact to store.
+        # The exact parser keeps what a float64 cannot hold (integers beyond 64 bits, decimals with 16+ digits) as
+        # int or Decimal, which orjson will not encode: the provider's own text is stored instead, as sent.
+        exact_number = "Integer exceeds" in str(exc) or "decimal.Decimal" in str(exc)
+        if not exact_number or entry.payload_json is None:  # Too deep, or nothing exact to store.
             return f"the event cannot be stored: {exc} (deepest storable nesting: {MAX_PAYLOAD_DEPTH} levels)"
         if json_depth(entry.payload) > MAX_PAYLOAD_DEPTH:
             return f"the event is nested deeper than {MAX_PAYLOAD_DEPTH} levels and cannot be stored"

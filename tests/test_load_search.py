@@ -404,3 +404,10 @@ def test_a_full_refresh_that_fails_verification_leaves_the_alias_where_it_was(
             load(loader, catalog, tenant, full_refresh=True)
         assert loader.live_index(tenant, "customers") == f"{tenant}_customers_v{first_snapshot}"
         assert loader.loaded_snapshot(tenant, "customers") == first_snapshot
+
+
+def test_the_emulator_stops_with_its_block(tmp_path: Path) -> None:
+    with noida_elasticsearch(tmp_path / "noida") as url:
+        assert requests.get(url, timeout=5).json()["version"]["number"].startswith("8.")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=5)  # The server process itself ended, not only a wrapper around it.

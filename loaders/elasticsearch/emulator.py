@@ -6,9 +6,9 @@ on a free loopback port, its data in ``data_dir``, and stops it on exit.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,14 +25,27 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _binary() -> Path:
+    """The server binary itself: the ``noida-db`` script is a Python wrapper, whose child outlives it when stopped."""
+    from importlib.resources import files
+
+    try:
+        binary = Path(str(files("noida_db").joinpath("noida-db")))
+    except ModuleNotFoundError:
+        binary = Path("/nonexistent")
+    if not binary.is_file():
+        raise CdpError("noida-db is not installed: pip install 'cdp-connectors[dev]'")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)  # As the wrapper does: wheels do not always keep the mode.
+    return binary
+
+
 @contextmanager
 def noida_elasticsearch(data_dir: Path) -> Iterator[str]:
     """The URL of a noida-db serving the Elasticsearch API until the block ends."""
     import requests
 
-    binary = Path(sys.executable).parent / "noida-db"
-    if not binary.exists():
-        raise CdpError("noida-db is not installed: pip install 'cdp-connectors[dev]'")
+    binary = _binary()
     port = _free_port()
     command = [str(binary), "start", "--data-dir", str(data_dir), "--only", "elasticsearch"]
     process = subprocess.Popen(

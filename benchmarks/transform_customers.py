@@ -507,10 +507,16 @@ def spark_stages(top: int) -> list[str]:
     with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/stages?status=complete") as response:
         stages = orjson.loads(response.read())
     stages.sort(key=lambda s: -int(s.get("executorRunTime", 0)))
+    total = sum(int(s.get("executorRunTime", 0)) for s in stages) / 1000
+    tasks = sum(int(s.get("numTasks", 0)) for s in stages)
+    head = f"  Spark so far: {len(stages)} stages, {tasks} tasks, {total:.1f} s of task time; the slowest:"
     return [
-        f"  stage {s['stageId']:>4}  {s['executorRunTime'] / 1000:7.1f} s task time  {s['numTasks']:>4} tasks  "
-        f"{s['name'][:80]}"
-        for s in stages[:top]
+        head,
+        *[
+            f"  stage {s['stageId']:>4}  {s['executorRunTime'] / 1000:7.1f} s task time  {s['numTasks']:>4} tasks  "
+            f"{s['name'][:80]}"
+            for s in stages[:top]
+        ],
     ]
 
 

@@ -399,7 +399,9 @@ def resolve_identities(
         .select(F.col("cut").alias("rule"), "id_type", "id_value")
         .distinct()
         .transform(lambda cut: _join_identifiers(cut, counts, "left"))
-        .select("rule", "id_type", "id_value", F.col("records").alias("records_affected"), F.lit(run_id).alias("run_id"))
+        .select(
+            "rule", "id_type", "id_value", F.col("records").alias("records_affected"), F.lit(run_id).alias("run_id")
+        )
     )
     return IdentityResolution(
         identity_map=identity_map,

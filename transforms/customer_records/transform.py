@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 PROVIDER_ID_TYPES = ("stripe_customer", "shopify_customer", "salesforce_contact", "salesforce_lead")
 CONSENT_STATES = ("granted", "denied")
+#: Column groups the customers table shares: a profile takes each group from one record.
+NAME_COLUMNS = ("first_name", "last_name", "full_name")
+ADDRESS_COLUMNS = ("address_line1", "address_line2", "city", "region", "postal_code", "country")
+CONSENT_COLUMNS = tuple(name for channel in CHANNELS for name in (f"consent_{channel}", f"consent_{channel}_at"))
 OUTPUT_COLUMNS = (
     "record_id",
     "source",
@@ -41,16 +45,9 @@ OUTPUT_COLUMNS = (
     "provider_id",
     "email",
     "phone",
-    "first_name",
-    "last_name",
-    "full_name",
-    "address_line1",
-    "address_line2",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-    *(name for channel in CHANNELS for name in (f"consent_{channel}", f"consent_{channel}_at")),
+    *NAME_COLUMNS,
+    *ADDRESS_COLUMNS,
+    *CONSENT_COLUMNS,
     "custom_fields",
     "created_at",
     "updated_at",

@@ -33,14 +33,13 @@ from plugins.transforms.identity import (
 )
 from plugins.transforms.quality import Allowed, Format, QualityRule, Range, Required
 from plugins.transforms.run import TransformOutput
+from transforms.customer_records.transform import ADDRESS_COLUMNS, CONSENT_COLUMNS, NAME_COLUMNS, PROVIDER_ID_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
     from plugins.transforms.run import TransformRun
 
-#: The provider ids a profile lists, one array column each (``stripe_customer_ids``...).
-PROVIDER_ID_TYPES = ("stripe_customer", "shopify_customer", "salesforce_contact", "salesforce_lead")
 CONSENT_STATES = ("granted", "denied", "unknown")
 #: The fields survivorship picks; ``run.settings.survivorship.source_priority`` may name any of them.
 SURVIVING_FIELDS = ("email", "phone", "name", "address", "country")
@@ -51,19 +50,12 @@ OUTPUT_COLUMNS = (
     "emails",
     "phone",
     "phones",
-    "first_name",
-    "last_name",
-    "full_name",
-    "address_line1",
-    "address_line2",
-    "city",
-    "region",
-    "postal_code",
-    "country",
+    *NAME_COLUMNS,
+    *ADDRESS_COLUMNS,
     *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
     "sources",
     "record_count",
-    *(name for channel in CHANNELS for name in (f"consent_{channel}", f"consent_{channel}_at")),
+    *CONSENT_COLUMNS,
     "first_seen",
     "updated_at",
 )
@@ -168,8 +160,8 @@ def _profiles(
             "updated_at",
             "email",
             "phone",
-            unit(("first_name", "last_name", "full_name")).alias("name"),
-            unit(("address_line1", "address_line2", "city", "region", "postal_code", "country")).alias("address"),
+            unit(NAME_COLUMNS).alias("name"),
+            unit(ADDRESS_COLUMNS).alias("address"),
             "country",
         )
         counts = mine.groupBy("customer_id").agg(F.countDistinct("record_id").alias("record_count"))
@@ -205,15 +197,12 @@ def _profiles(
         consent_columns += [state.alias(f"consent_{channel}"), F.col(f"consent_{channel}_at")]
     return profile.select(
         "customer_id",
-        F.coalesce(F.col("email"), F.col("emails")[0]).alias("email"),
+        F.coalesce(F.col("email"), F.get(F.col("emails"), 0)).alias("email"),
         "emails",
-        F.coalesce(F.col("phone"), F.col("phones")[0]).alias("phone"),
+        F.coalesce(F.col("phone"), F.get(F.col("phones"), 0)).alias("phone"),
         "phones",
-        *(F.col(f"name.{part}").alias(part) for part in ("first_name", "last_name", "full_name")),
-        *(
-            F.col(f"address.{part}").alias(part)
-            for part in ("address_line1", "address_line2", "city", "region", "postal_code")
-        ),
+        *(F.col(f"name.{part}").alias(part) for part in NAME_COLUMNS),
+        *(F.col(f"address.{part}").alias(part) for part in ADDRESS_COLUMNS if part != "country"),
         F.coalesce(F.col("address.country"), F.col("country")).alias("country"),
         *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
         "sources",

@@ -1,8 +1,8 @@
 """The customers transforms on Spark against the same logic in DuckDB SQL, then a 1 % incremental run.
 
-    .venv/bin/python benchmarks/transform_customers.py                    # 1,000,000 raw records (several minutes)
-    .venv/bin/python benchmarks/transform_customers.py --records 50000    # a quick run
-    .venv/bin/python benchmarks/transform_customers.py --records 50000 --stages   # plus the slowest Spark stages
+    .venv/bin/python benchmarks/transform_customers.py                  # 1,000,000 raw records: Spark takes long
+    .venv/bin/python benchmarks/transform_customers.py --records 50000  # about 30 minutes on a busy 2-CPU VM
+    .venv/bin/python benchmarks/transform_customers.py --records 50000 --stages 15 --profile 30  # where time goes
 
 1. Data: ``--records`` raw customer records (seeded, so every run lands the same) across Stripe customers, Shopify
    customers and Salesforce Contacts and Leads, in the providers' shapes (the taps' schemas; Salesforce's from the
@@ -13,17 +13,18 @@
    in-process (registry schemas registered, gzip NDJSON in the raw layout).
 2. Spark: ``run_transforms(tables=["customer_records", "customers"], full_refresh=True)`` on a fresh processed zone
    (``local[*]``); the session's start-up is timed apart from the transform.
-3. DuckDB, in the same process, on the same raw files: the same steps in SQL (read the gzip NDJSON with explicit
-   columns; emails trimmed, lower-cased and syntax-checked; phones to E.164 by the transforms' own phonenumbers
-   function through a vectorised Arrow UDF; names NFC; countries alpha-2 from the transforms' own lookup; the latest
-   version per record; identity resolution as connected components by min-label propagation until no label
-   changes, with the same guards; survivorship by most recent non-null; consent; one row per customer; Parquet
-   out). The two must agree on the customers, the grouping of records into customers and the customer ids: any
-   difference is printed.
+3. DuckDB, in the same process (before Spark, so its figure stands if a long Spark run is stopped), on the same raw
+   files: the same steps in SQL (read the gzip NDJSON with explicit columns; emails trimmed, lower-cased and
+   syntax-checked; phones to E.164 by the transforms' own phonenumbers function through a vectorised Arrow UDF;
+   names NFC; countries alpha-2 from the transforms' own lookup; the latest version per record; identity resolution
+   as connected components by min-label propagation until no label changes, with the same guards; survivorship by
+   most recent non-null; consent; one row per customer; Parquet out). The two must agree on the customers, the
+   grouping of records into customers and the customer ids: any difference is printed.
 4. Incremental: 1 % more records land (new people, new versions of existing records, records that join two existing
    profiles) and ``run_transforms`` runs incrementally; the grouping is checked again against DuckDB over all files.
 
-Prints the seconds of each step and the ratios Spark/DuckDB (goal <= 3x) and incremental/full (goal < 10 %).
+Prints the wall and CPU seconds of each step and the ratios Spark/DuckDB (goal <= 3x) and incremental/full (goal
+< 10 %).
 """
 
 from __future__ import annotations

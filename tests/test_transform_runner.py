@@ -19,7 +19,7 @@ from plugins.cli.app import main
 from plugins.core.errors import ConfigError
 from plugins.core.leases import Lease, LeaseManager
 from plugins.core.storage import ObjectStore
-from plugins.descriptors import RawInput, TransformDescriptor
+from plugins.descriptors import RawInput, TableInput, TransformDescriptor
 from plugins.meltano.project import MeltanoError, run_meltano
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.commit import live_data_files, processed_raw_files
@@ -35,7 +35,7 @@ from plugins.transforms.runner import (
     run_transforms,
 )
 from plugins.transforms.settings import TenantSettings
-from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
+from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 from tests.conftest import REPO_ROOT
 from tests.test_transforms_builtins import WEBHOOK_EVENT, RawZone, shopify_order, stripe_charge, tap_schema
 
@@ -566,3 +566,42 @@ def test_a_bad_setting_is_one_clear_line(region, tenants, message) -> None:
         TenantSettings.resolve(default_region=region, tenant_settings=tenants)
     assert message in str(failure.value)
     assert "\n" not in str(failure.value)
+
+
+def changed_charges(*, charge_view: Any, run: TransformRun) -> TransformOutput:
+    run.counters["changed"] = run.changed("charge_view").count()
+    return TransformOutput(rows=charge_view.select("charge_id", "amount"), complete=True)
+
+
+def test_changed_rows_of_an_input_table_are_those_of_its_new_raw_batches_not_whole_rewritten_files(
+    spark, tmp_path
+) -> None:
+    """A merge rewrites every file holding a changed key, unchanged neighbours included; a downstream transform that
+    recomputed from all of them would redo everything on a 1% increment."""
+    zone = RawZone(spark, tmp_path)
+    processed = tmp_path / "processed"
+    schema = tap_schema("stripe", "charges")
+    downstream = TransformDescriptor(
+        name="changed_charges",
+        inputs=[TableInput("charge_view")],
+        output="changed_charges",
+        key=["charge_id"],
+        function="tests.test_transform_runner:changed_charges",
+    )
+    transforms = [charges_transform("v1"), downstream]
+    zone.land("stripe", "charges", schema, [stripe_charge(f"ch_{index}", 100 + index, "usd") for index in range(200)])
+    first = by_table(run(zone, processed, transforms=transforms))
+    assert first["changed_charges"].quality.counters == {"changed": 200}
+    catalog = ProcessedZone.resolve(str(processed)).open()
+    before = set(live_data_files(load_table(catalog, "acme", "charge_view")))
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_0", 999, "usd"), stripe_charge("ch_new", 7, "usd")])
+    second = by_table(run(zone, processed, transforms=transforms))
+    assert second["charge_view"].status == "committed"
+    view = load_table(catalog, "acme", "charge_view")
+    added = sorted(set(live_data_files(view)) - before)
+    assert read_data_files(spark, view, added).count() > 2  # The merge rewrote ch_0's neighbours too.
+    assert second["changed_charges"].quality.counters == {"changed": 2}  # ch_0's new version and ch_new only.
+    rows = {row["charge_id"]: row["amount"] for row in table_rows(spark, processed, "changed_charges")}
+    assert len(rows) == 201
+    assert (rows["ch_0"], rows["ch_1"], rows["ch_new"]) == (999, 101, 7)

@@ -6,7 +6,8 @@ keyword parameter ``run``; the runner then passes the :class:`TransformRun` of t
 
 Inputs, incremental mode: a raw input is the rows of the subject's pending raw files (not yet processed by this
 output table); a table input is the upstream table's current snapshot, whole (Spark reads it lazily), and
-``run.changed(table)`` the rows of the files added to it since this output last read it. On a full refresh every raw
+``run.changed(table)`` the rows that changed since this output last read it: the rows of the data files added to it
+that came from raw batches it processed since (a merge rewrites whole files, unchanged neighbours included). On a full refresh every raw
 file is read and ``run.changed`` gives the whole upstream table.
 
 Output: a DataFrame of rows keyed by the descriptor's ``key``, merged into the table (the latest ``updated_at`` wins,
@@ -43,7 +44,8 @@ class TransformRun:
     """One transform's run for one tenant.
 
     ``table(name)``: a processed table of this tenant as committed now (None before its first commit).
-    ``changed(name)``: for a table input, the rows of the data files added to it since this output last read it
+    ``changed(name)``: for a table input, the rows of the data files added to it since this output last read it,
+    restricted to rows from raw batches it processed since when the table keeps its lineage column
     (on a full refresh or the first run: all of it; None if the table does not exist).
     """
 

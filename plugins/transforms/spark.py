@@ -69,6 +69,8 @@ def spark_conf(master: str) -> dict[str, str]:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.parquet.compression.codec": "snappy",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # cdp transform prints its own progress per table; Spark's stage bars would interleave with it.
+        "spark.ui.showConsoleProgress": "false",
         # Table folders hold only data files: no _SUCCESS markers, no .crc checksum files beside local Parquet.
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",

@@ -30,7 +30,7 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
     "webhooks": ("plugins.cli.webhooks_cmd:app", "The webhook receiver and its durable log."),
     "demo": (
         "plugins.cli.demo_cmd:demo",
-        "Start the Stripe sandbox, run 'meltano run tap-stripe target-s3raw' and show what landed.",
+        "Sandboxes to unified customers: Stripe, Shopify and Salesforce through meltano run, then the transforms.",
     ),
 }
 

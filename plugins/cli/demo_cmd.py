@@ -51,8 +51,7 @@ class UnifiedCustomers:
 def demo(
     records: Annotated[int, typer.Option(help="Synthetic records per sandbox resource.")] = 500,
 ) -> None:
-    """Start the Stripe, Shopify and Salesforce sandboxes, land their data with 'meltano run', transform it, and show
-    the unified customers."""
+    """Sandboxes to unified customers: Stripe, Shopify and Salesforce through meltano run, then the transforms."""
     root = find_project_root()
     zones = _zone_env(root)
     with_utility = has_transform_utility(root)

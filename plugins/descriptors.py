@@ -198,6 +198,11 @@ class TransformDescriptor:
     # Import path of the output's quality rules (a sequence of plugins.transforms.quality rules), loaded when the
     # transform runs: rows breaking one go to the DLQ as transform_rejected.
     quality_rules: str | None = None
+    # Import path of a callable returning the Spark sort order (a list of Columns) that decides which version of a key
+    # survives when the runner merges new rows into the table, the first winning. It must be the order the function
+    # itself keeps the latest version by, so incremental runs equal a full refresh. Default: ``updated_at``
+    # descending where the output has it, then the later raw file (``_cdp_source_file`` descending).
+    merge_order: str | None = None
 
     def load_function(self) -> Callable[..., Any]:
         """The transform function."""
@@ -210,6 +215,13 @@ class TransformDescriptor:
             return ()
         rules: Sequence[Any] = load_object(self.quality_rules)
         return rules
+
+    def load_merge_order(self) -> Callable[[], Sequence[Any]] | None:
+        """The callable giving the output's merge order (None: the runner's default)."""
+        if self.merge_order is None:
+            return None
+        order: Callable[[], Sequence[Any]] = load_object(self.merge_order)
+        return order
 
 
 class TransformGraphError(CdpError):

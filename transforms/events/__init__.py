@@ -47,6 +47,7 @@ def cdp_transforms() -> list[TransformDescriptor]:
             key=["event_id"],
             function="transforms.events.transform:events",
             quality_rules="transforms.events.transform:QUALITY_RULES",
+            merge_order="transforms.events.transform:merge_order",
             partitioning=["month(occurred_at)"],
             description="Stripe events and every webhook event.",
             erasure_keys=[

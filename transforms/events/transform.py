@@ -133,7 +133,6 @@ def events(*, stripe_events: DataFrame | None = None, **webhooks: DataFrame | No
     ``webhooks`` are the drained webhook streams, each as ``<provider>_webhook_<stream>`` (``stripe_webhook_events``,
     ``shopify_webhook_orders``, ``salesforce_webhook_contact``...).
     """
-    from pyspark.sql import functions as F
 
     frames: list[DataFrame | None] = [_stripe_api(stripe_events)] if stripe_events is not None else []
     for argument, frame in sorted(webhooks.items()):
@@ -145,12 +144,16 @@ def events(*, stripe_events: DataFrame | None = None, **webhooks: DataFrame | No
         if frame is not None:
             frames.append(_webhook(frame, provider, stream))
     everything = union_all(frames, "events")
-    return latest_per_key(
-        everything,
-        ["event_id"],
-        [
-            (F.col("channel") == "api").desc(),  # The API's copy carries the payload.
-            F.col("received_at").asc_nulls_last(),
-            F.col(SOURCE_FILE_COLUMN).asc_nulls_last(),
-        ],
-    )
+    return latest_per_key(everything, ["event_id"], merge_order())
+
+
+def merge_order() -> list[Column]:
+    """Which copy of an event is kept: the API's (it carries the payload), then the first received, then the earlier
+    raw file. The runner merges new events into the table by the same order (the descriptor's ``merge_order``)."""
+    from pyspark.sql import functions as F
+
+    return [
+        (F.col("channel") == "api").desc(),
+        F.col("received_at").asc_nulls_last(),
+        F.col(SOURCE_FILE_COLUMN).asc_nulls_last(),
+    ]

@@ -21,13 +21,14 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
 from plugins.transforms.catalog import create_table
 from plugins.transforms.commit import CommitResult, commit_files, live_data_files, write_data_files
-from plugins.transforms.table_reader import read_table
+from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -42,6 +43,8 @@ IDENTITY_MAP_TABLE = "identity_map"
 IDENTITY_MERGES_TABLE = "identity_merges"
 IDENTITY_AUDIT_TABLE = "identity_audit"
 CUSTOMER_ID_PREFIX = "cus_"
+#: The identity map is bucketed by customer_id, so an incremental run rewrites the few files its profiles live in.
+IDENTITY_MAP_PARTITIONING = ("bucket(16, customer_id)",)
 #: A record none of whose identifiers may link is a person of its own, under this node.
 RECORD_NODE_PREFIX = "record:"
 
@@ -115,6 +118,19 @@ class IdentitySettings:
             raise ConfigError("identity.checkpoint_every", "checkpoint_every and max_rounds must be 1 or more")
 
 
+class IdentityScope(StrEnum):
+    """Which rows of the previous identity map a resolution takes in, and so which rows its map replaces.
+
+    ``ALL``: every previous row (the whole map is rewritten). ``TOUCHED`` (incremental runs): only the previous
+    profiles the observations touch, whole; the rest of the map stays as it is. ``REBUILD`` (full refreshes): the
+    observations alone, the previous map lending the ids (and first sightings) of the identifiers it shares with them.
+    """
+
+    ALL = "all"
+    TOUCHED = "touched"
+    REBUILD = "rebuild"
+
+
 @dataclass(frozen=True)
 class IdentityResolution:
     """What one resolution computed, as DataFrames over one checkpoint (using them does not run the graph again).
@@ -123,13 +139,17 @@ class IdentityResolution:
     first_seen, last_seen, linked, cut_rule`` (``linked`` is false where a guard cut the identifier, ``cut_rule`` says
     which; every linked identifier has one customer_id). ``records``: ``record_id, source, customer_id``.
     ``merges``: ``survivor_id, merged_id, run_id, merged_at``, the earlier ids this run merged away. ``audit``:
-    ``rule, id_type, id_value, records_affected, run_id``, one row per identifier a guard cut.
+    ``rule, id_type, id_value, records_affected, run_id``, one row per identifier a guard cut (``records_affected``
+    counted over the whole map). ``touched``: ``customer_id`` of the previous profiles ``identity_map`` replaces
+    (None: it replaces the whole map); ``values``: ``id_type, id_value`` of every identifier it holds.
     """
 
     identity_map: DataFrame
     records: DataFrame
     merges: DataFrame
     audit: DataFrame
+    touched: DataFrame | None = None
+    values: DataFrame | None = None
 
     def guard_counts(self) -> dict[str, int]:
         """Identifiers cut per guard rule (for the quality report); a small aggregate, not the graph."""
@@ -263,14 +283,22 @@ def resolve_identities(
     resolved_at: datetime,
     settings: IdentitySettings | None = None,
     previous: DataFrame | None = None,
+    scope: IdentityScope = IdentityScope.ALL,
+    erased: DataFrame | None = None,
 ) -> IdentityResolution:
     """Resolve ``observations`` (``source, record_id, id_type, id_value, observed_at``; values already normalised)
     together with the ``previous`` identity map (:func:`load_identity_map`; None on the first run).
 
-    Every identifier and record seen before stays in the graph, so a run on new data gives the same people as one
-    run on everything. Ids: a component holding earlier customers keeps the one with the earliest ``first_seen``
-    (ties: the smallest id) and records the others as merged; a new component's id is ``cus_`` and a hash of its
-    smallest identifier, so the same input always gives the same ids.
+    ``scope`` says which previous rows take part (:class:`IdentityScope`). With ``TOUCHED`` a run resolves only the
+    profiles its observations touch: those sharing a record or an identifier that may link (a value cut as blocked
+    or shared stays cut, since counts only grow, so it touches no one) with the observations, whole; the shared-value
+    guard still counts the records of each value over the whole map. Either way the people are those of one run on
+    everything. ``erased`` (``id_type, id_value`` tombstones): every record holding one leaves the map.
+
+    Ids: a component holding earlier customers keeps the one born first (its earliest identifier: ``first_seen``,
+    then the smallest) and records the others as merged; a new component's id is ``cus_`` and a hash of its
+    earliest identifier, so the same input always gives the same ids, and a run on the later half of the data gives
+    the ids of one run on all of it as long as each person's earliest identifier came in the earlier half.
     """
     from pyspark.sql import functions as F
 
@@ -283,18 +311,54 @@ def resolve_identities(
         F.max("observed_at").alias("last_seen"),
         F.lit(None).cast("string").alias("previous_id"),
     )
+    known = None
     if previous is not None:
-        known = previous.select(*keys, "first_seen", "last_seen", F.col("customer_id").alias("previous_id"))
-        fresh = fresh.unionByName(known)
-    links = fresh.groupBy(*keys).agg(
+        # A value the previous map cut as blocked or shared stays cut however the map grows (counts only grow).
+        for_good = F.coalesce(F.col("cut_rule").isin(RULE_BLOCKED, RULE_SHARED), F.lit(False))
+        known = previous.select(
+            *keys, "first_seen", "last_seen", F.col("customer_id").alias("previous_id"), for_good.alias("cut_for_good")
+        )
+    if erased is not None:
+        tombstones = F.broadcast(erased.select("id_type", "id_value").distinct())
+        gone = fresh.select(*keys) if known is None else fresh.select(*keys).unionByName(known.select(*keys))
+        gone_records = gone.join(tombstones, ["id_type", "id_value"], "left_semi").select("record_id").distinct()
+        fresh = fresh.join(gone_records, "record_id", "left_anti")
+        if known is not None:
+            erased_customers = known.join(gone_records, "record_id", "left_semi").select("previous_id")
+            known = known.join(gone_records, "record_id", "left_anti")
+    else:
+        erased_customers = None
+    usable = ~_blocked(chosen)
+    touched = None
+    population = fresh.select(*keys) if known is None else fresh.select(*keys).unionByName(known.select(*keys))
+    if known is not None and scope is IdentityScope.TOUCHED:
+        fresh_values = fresh.select("id_type", "id_value").distinct()
+        may_link = known.filter(~F.col("cut_for_good"))
+        by_value = may_link.join(fresh_values, ["id_type", "id_value"], "left_semi").select("previous_id")
+        by_record = known.join(fresh.select("record_id").distinct(), "record_id", "left_semi").select("previous_id")
+        reached = by_value.union(by_record)
+        if erased_customers is not None:
+            reached = reached.union(erased_customers)
+        touched = _materialise(reached.distinct().withColumnRenamed("previous_id", "customer_id"), reliable=True)
+        known = known.join(touched.withColumnRenamed("customer_id", "previous_id"), "previous_id", "left_semi")
+    elif known is not None and scope is IdentityScope.REBUILD:
+        # Only what the observations still say; the previous map lends its ids and first sightings.
+        known = known.join(fresh.select(*keys), keys, "left_semi")
+        population = fresh.select(*keys)
+    rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good"))
+    links = rows.groupBy(*keys).agg(
         F.min("first_seen").alias("first_seen"),
         F.max("last_seen").alias("last_seen"),
         F.max("previous_id").alias("previous_id"),
     )
-    usable = ~_blocked(chosen)
-    per_value = links.filter(usable).groupBy("id_type", "id_value").agg(F.countDistinct("record_id").alias("records"))
+    values = links.select("id_type", "id_value").distinct()
+    counts = (
+        _join_identifiers(population, values, "left_semi")
+        .groupBy("id_type", "id_value")
+        .agg(F.countDistinct("record_id").cast("long").alias("records"))
+    )
     limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
-    shared = per_value.filter(limit.isNotNull() & (F.col("records") > limit)).select(
+    shared = counts.filter(limit.isNotNull() & (F.col("records") > limit)).select(
         "id_type", "id_value", F.lit(RULE_SHARED).alias("rule")
     )
     # ``cut``: the guard that keeps an identifier from linking (null: it links).
@@ -332,16 +396,29 @@ def resolve_identities(
     )
     audit = (
         resolved.filter(F.col("cut").isNotNull())
-        .groupBy(F.col("cut").alias("rule"), "id_type", "id_value")
-        .agg(F.countDistinct("record_id").cast("long").alias("records_affected"))
-        .withColumn("run_id", F.lit(run_id))
+        .select(F.col("cut").alias("rule"), "id_type", "id_value")
+        .distinct()
+        .transform(lambda cut: _join_identifiers(cut, counts, "left"))
+        .select("rule", "id_type", "id_value", F.col("records").alias("records_affected"), F.lit(run_id).alias("run_id"))
     )
     return IdentityResolution(
         identity_map=identity_map,
         records=resolved.select("record_id", "source", "customer_id").distinct(),
         merges=_merges(resolved, run_id, resolved_at),
         audit=audit,
+        touched=touched,
+        values=None if touched is None else values,
     )
+
+
+def _join_identifiers(left: DataFrame, right: DataFrame, how: str) -> DataFrame:
+    """``left`` joined to ``right`` on ``id_type, id_value``, a null value matching a null (the audit counts them)."""
+    from pyspark.sql import functions as F
+
+    other = right.withColumnRenamed("id_type", "_cdp_type").withColumnRenamed("id_value", "_cdp_value")
+    same = F.col("id_type").eqNullSafe(F.col("_cdp_type")) & F.col("id_value").eqNullSafe(F.col("_cdp_value"))
+    joined = left.join(other, same, how)
+    return joined if how in ("left_semi", "left_anti") else joined.drop("_cdp_type", "_cdp_value")
 
 
 def _blocked(settings: IdentitySettings) -> Column:
@@ -406,25 +483,34 @@ def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings)
 
 
 def _customer_ids(placed: DataFrame) -> DataFrame:
-    """``component, customer_id``: the oldest earlier id the component holds, else ``cus_`` + a hash of the
-    component's smallest identifier."""
+    """``component, customer_id``: the earlier id born first that the component holds, else ``cus_`` + a hash of the
+    component's earliest identifier.
+
+    A profile is born with its earliest linking identifier (``first_seen``, then the smallest node; a record that
+    links nothing: its record node). Because a new profile's id hashes that same identifier, the id that survives a
+    merge is the one a single run over all the data would have given, when the earliest identifier came first.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    linking = F.when(F.col("cut").isNull(), F.struct(F.col("first_seen").alias("at"), F.col("node").alias("node")))
+    fallback = F.struct(F.min("first_seen").alias("at"), F.min("component").alias("node"))
+    births = placed.groupBy("component").agg(F.coalesce(F.min(linking), fallback).alias("birth"))
     earlier = placed.filter(F.col("previous_id").isNotNull())
-    born = earlier.groupBy("previous_id").agg(F.min("first_seen").alias("born"))
+    born = earlier.groupBy("previous_id").agg(
+        F.coalesce(F.min(linking), F.struct(F.min("first_seen").alias("at"), F.min("previous_id").alias("node"))).alias(
+            "born"
+        )
+    )
     held = earlier.select("component", "previous_id").distinct().join(born, "previous_id")
     oldest = Window.partitionBy("component").orderBy(F.col("born").asc_nulls_last(), "previous_id")
     candidates = held.withColumn("rank", F.row_number().over(oldest)).filter("rank = 1")
     # A guard may now split an earlier profile: its id stays with one part only (the smallest component).
     once = Window.partitionBy("previous_id").orderBy("component")
     survivors = candidates.withColumn("rank", F.row_number().over(once)).filter("rank = 1")
-    hashed = F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(F.sha2(F.col("component"), 256), 1, 24))
-    return (
-        placed.select("component")
-        .distinct()
-        .join(survivors.select("component", "previous_id"), "component", "left")
-        .select("component", F.coalesce("previous_id", hashed).alias("customer_id"))
+    hashed = F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(F.sha2(F.col("birth.node"), 256), 1, 24))
+    return births.join(survivors.select("component", "previous_id"), "component", "left").select(
+        "component", F.coalesce("previous_id", hashed).alias("customer_id")
     )
 
 
@@ -474,24 +560,48 @@ def commit_identity(
 ) -> IdentityCommit:
     """Persist a resolution: the merges are appended first, then the audit and the identity map are replaced.
 
-    The map commits last: a crash before it leaves the previous map, and the next run finds the same merges again
-    (a merge may then be recorded twice; deleting a merged-away id downstream is idempotent). ``raw_files`` are the
-    raw-zone keys the observations came from, recorded with the map's snapshot.
+    A resolution of the whole map replaces every file; one of the profiles a run touched (``resolution.touched``)
+    replaces only the map files holding their rows (the files' other rows are written again beside the new ones),
+    and in the audit only the rows of its identifiers. The map commits last: a crash before it leaves the previous
+    map, and the next run finds the same merges again (a merge may then be recorded twice; deleting a merged-away id
+    downstream is idempotent). ``raw_files`` are the raw-zone keys the observations came from, recorded with the
+    map's snapshot.
     """
+    from pyspark.sql import functions as F
+
     merges_table = create_table(catalog, tenant, IDENTITY_MERGES_TABLE, resolution.merges.schema)
     merges = None
     if not resolution.merges.isEmpty():
         merges = commit_files(merges_table, add=write_data_files(resolution.merges, merges_table, run_id=run_id))
     audit_table = create_table(catalog, tenant, IDENTITY_AUDIT_TABLE, resolution.audit.schema)
-    audit = _replace(audit_table, resolution.audit, run_id, ())
-    map_table = create_table(catalog, tenant, IDENTITY_MAP_TABLE, resolution.identity_map.schema)
-    identity_map = _replace(map_table, resolution.identity_map, run_id, raw_files)
+    map_table = create_table(
+        catalog, tenant, IDENTITY_MAP_TABLE, resolution.identity_map.schema, IDENTITY_MAP_PARTITIONING
+    )
+    if resolution.touched is None or resolution.values is None:
+        audit = _replace(audit_table, resolution.audit, run_id, ())
+        identity_map = _replace(map_table, resolution.identity_map, run_id, raw_files)
+    else:
+        spark = resolution.identity_map.sparkSession
+        kept_audit = read_table(spark, audit_table).drop(DATA_FILE_COLUMN)
+        kept_audit = _join_identifiers(kept_audit, resolution.values, "left_anti")
+        audit = _replace(audit_table, kept_audit.unionByName(resolution.audit), run_id, ())
+        current = read_table(spark, map_table)
+        hit = current.join(resolution.touched, "customer_id", "left_semi").select(DATA_FILE_COLUMN).distinct()
+        # The paths of the files to rewrite: a few per run (the map is bucketed by customer_id), never its rows.
+        files = sorted(row[DATA_FILE_COLUMN] for row in hit.collect())
+        others = read_data_files(spark, map_table, files).drop(DATA_FILE_COLUMN)
+        others = others.join(resolution.touched, "customer_id", "left_anti")
+        rewritten = others.unionByName(resolution.identity_map).where(F.col("customer_id").isNotNull())
+        identity_map = commit_files(
+            map_table, add=write_data_files(rewritten, map_table, run_id=run_id), remove=files, raw_files=raw_files
+        )
     log_event(
         logger,
         "identity_committed",
         tenant=tenant,
         run_id=run_id,
         map_snapshot=identity_map.snapshot_id,
+        map_files_replaced=identity_map.removed_files,
         merges=0 if merges is None else merges.added_files,
     )
     return IdentityCommit(identity_map=identity_map, merges=merges, audit=audit)
@@ -561,6 +671,7 @@ __all__ = [
     "IdentityCommit",
     "IdentityError",
     "IdentityResolution",
+    "IdentityScope",
     "IdentitySettings",
     "SurvivorshipSettings",
     "commit_identity",

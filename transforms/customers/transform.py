@@ -1,0 +1,273 @@
+"""The ``customers`` table: one unified profile per person, under a ``customer_id`` that stays the same across runs.
+
+Identity resolution (``plugins/transforms/identity.py``) links the ``customer_records`` (and the customer ids and
+emails that ``events`` carry) into people; this transform feeds it the changed rows, commits the identity map, and
+builds the profiles of the people a run affected: each field by survivorship over all their records, their
+identifiers, their sources and their consent per channel (the most recent statement winning, events' unsubscribes
+included). Merged-away ids, and ids the map no longer holds, come out as deleted keys.
+
+Crash safety: the identity tables commit inside this function, before the runner commits ``customers``. Should the
+run stop in between, the next run is given the same changed rows again (the runner records what ``customers`` read
+in ``customers``' own snapshot), touches the same profiles and rebuilds them; the deleted keys are every
+``customer_id`` of the ``customers`` table that the identity map no longer holds, not just this run's merges, so a
+merge whose profile deletion was lost still comes out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plugins.transforms.catalog import table_identifier
+from plugins.transforms.consent import CHANNELS, event_statements, latest_consent
+from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
+from plugins.transforms.frames import union_all
+from plugins.transforms.identity import (
+    RULE_BLOCKED,
+    RULE_PROFILE_CAP,
+    RULE_SHARED,
+    IdentityScope,
+    commit_identity,
+    load_identity_map,
+    resolve_identities,
+    survive_fields,
+)
+from plugins.transforms.quality import Allowed, Format, QualityRule, Range, Required
+from plugins.transforms.run import TransformOutput
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+    from plugins.transforms.run import TransformRun
+
+#: The provider ids a profile lists, one array column each (``stripe_customer_ids``...).
+PROVIDER_ID_TYPES = ("stripe_customer", "shopify_customer", "salesforce_contact", "salesforce_lead")
+CONSENT_STATES = ("granted", "denied", "unknown")
+#: The fields survivorship picks; ``run.settings.survivorship.source_priority`` may name any of them.
+SURVIVING_FIELDS = ("email", "phone", "name", "address", "country")
+EVENTS_SOURCE = "events"
+OUTPUT_COLUMNS = (
+    "customer_id",
+    "email",
+    "emails",
+    "phone",
+    "phones",
+    "first_name",
+    "last_name",
+    "full_name",
+    "address_line1",
+    "address_line2",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
+    "sources",
+    "record_count",
+    *(name for channel in CHANNELS for name in (f"consent_{channel}", f"consent_{channel}_at")),
+    "first_seen",
+    "updated_at",
+)
+QUALITY_RULES: tuple[QualityRule, ...] = (
+    Required("customer_id"),
+    Format("customer_id", "^cus_[0-9a-f]{24}$"),
+    Format("country", "^[A-Z]{2}$"),
+    Range("record_count", minimum=0),
+    *(Allowed(f"consent_{channel}", CONSENT_STATES) for channel in CHANNELS),
+)
+
+
+def record_observations(records: DataFrame) -> DataFrame:
+    """Identity observations of ``customer_records`` rows: the provider id, email and phone of each record, seen
+    when it was created and when last updated (so ``first_seen`` is its creation whatever version came first)."""
+    from pyspark.sql import functions as F
+
+    identifiers = F.array(
+        F.struct(F.col("provider_id_type").alias("id_type"), F.col("provider_id").alias("id_value")),
+        F.struct(F.lit("email").alias("id_type"), F.col("email").alias("id_value")),
+        F.struct(F.lit("phone").alias("id_type"), F.col("phone").alias("id_value")),
+    )
+    moments = F.array(F.coalesce("created_at", "updated_at"), F.coalesce("updated_at", "created_at"))
+    per_identifier = records.select("source", "record_id", moments.alias("moments"), F.explode(identifiers).alias("i"))
+    return per_identifier.select(
+        "source", "record_id", "i.id_type", "i.id_value", F.explode("moments").alias("observed_at")
+    ).where(F.col("id_value").isNotNull())
+
+
+def event_observations(events: DataFrame) -> DataFrame:
+    """Identity observations of ``events`` rows: what the events say about one customer id (or, without one, one
+    email) is one record, ``event:<id_type>:<id_value>``, linking that id to every email seen with it."""
+    from pyspark.sql import functions as F
+
+    about = F.coalesce(
+        F.when(
+            F.col("customer_id_value").isNotNull(),
+            F.concat_ws(":", F.lit("event"), F.col("customer_id_type"), F.col("customer_id_value")),
+        ),
+        F.when(F.col("email").isNotNull(), F.concat_ws(":", F.lit("event"), F.lit("email"), F.col("email"))),
+    )
+    identifiers = F.array(
+        F.struct(F.col("customer_id_type").alias("id_type"), F.col("customer_id_value").alias("id_value")),
+        F.struct(F.lit("email").alias("id_type"), F.col("email").alias("id_value")),
+    )
+    return (
+        events.where(about.isNotNull())
+        .select(
+            F.lit(EVENTS_SOURCE).alias("source"),
+            about.alias("record_id"),
+            F.explode(identifiers).alias("i"),
+            F.col("occurred_at").alias("observed_at"),
+        )
+        .select("source", "record_id", "i.id_type", "i.id_value", "observed_at")
+        .where(F.col("id_value").isNotNull() & F.col("id_type").isNotNull())
+    )
+
+
+def _tombstones(run: TransformRun) -> DataFrame | None:
+    identifier = table_identifier(run.tenant, ERASURES_TABLE)
+    if not run.catalog.table_exists(identifier):
+        return None
+    return read_tombstones(run.spark, run.catalog.load_table(identifier))
+
+
+def _profiles(
+    identity_map: DataFrame, records: DataFrame | None, events: DataFrame | None, run: TransformRun
+) -> DataFrame:
+    """The profiles of the customers of ``identity_map`` (all their rows), from their records and statements."""
+    from pyspark.sql import functions as F
+
+    def values_of(id_type: str) -> Column:
+        return F.array_sort(F.collect_set(F.when(F.col("id_type") == id_type, F.col("id_value"))))
+
+    identifiers = identity_map.groupBy("customer_id").agg(
+        values_of("email").alias("emails"),
+        values_of("phone").alias("phones"),
+        *(values_of(id_type).alias(f"{id_type}_ids") for id_type in PROVIDER_ID_TYPES),
+        F.array_sort(F.collect_set("source")).alias("sources"),
+        F.min("first_seen").alias("first_seen"),
+        F.max("last_seen").alias("updated_at"),
+    )
+    members = identity_map.select("record_id", "customer_id").distinct()
+    candidate_schema = (
+        "customer_id string, source string, updated_at timestamp, email string, phone string, "
+        "name struct<first_name: string, last_name: string, full_name: string>, "
+        "address struct<address_line1: string, address_line2: string, city: string, region: string, "
+        "postal_code: string, country: string>, country string"
+    )
+    statements = run.spark.createDataFrame([], "customer_id string, channel string, granted boolean, "
+                                                "stated_at timestamp, source string")  # fmt: skip
+    if records is not None:
+        mine = records.join(members, "record_id")
+
+        def unit(names: tuple[str, ...]) -> Column:
+            present = F.greatest(*[F.col(name).isNotNull() for name in names])
+            return F.when(present, F.struct(*[F.col(name) for name in names]))
+
+        candidates = mine.select(
+            "customer_id",
+            "source",
+            "updated_at",
+            "email",
+            "phone",
+            unit(("first_name", "last_name", "full_name")).alias("name"),
+            unit(("address_line1", "address_line2", "city", "region", "postal_code", "country")).alias("address"),
+            "country",
+        )
+        counts = mine.groupBy("customer_id").agg(F.countDistinct("record_id").alias("record_count"))
+        for channel in CHANNELS:
+            statements = statements.unionByName(
+                mine.where(F.col(f"consent_{channel}").isNotNull()).select(
+                    "customer_id",
+                    F.lit(channel).alias("channel"),
+                    (F.col(f"consent_{channel}") == "granted").alias("granted"),
+                    F.col(f"consent_{channel}_at").alias("stated_at"),
+                    "source",
+                )
+            )
+    else:
+        candidates = run.spark.createDataFrame([], candidate_schema)
+        counts = run.spark.createDataFrame([], "customer_id string, record_count long")
+    if events is not None:
+        said = event_statements(events)
+        holders = identity_map.select("id_type", "id_value", "customer_id").distinct()
+        statements = statements.unionByName(
+            said.join(holders, ["id_type", "id_value"]).select(
+                "customer_id", "channel", "granted", "stated_at", "source"
+            )
+        )
+    survived = survive_fields(candidates, SURVIVING_FIELDS, run.settings.survivorship)
+    consent = latest_consent(statements, ["customer_id"])
+    profile = identifiers.join(survived, "customer_id", "left").join(counts, "customer_id", "left")
+    profile = profile.join(consent, "customer_id", "left")
+    consent_columns = []
+    for channel in CHANNELS:
+        granted = F.col(f"consent_{channel}")
+        state = F.when(granted, "granted").when(~granted, "denied").otherwise("unknown")
+        consent_columns += [state.alias(f"consent_{channel}"), F.col(f"consent_{channel}_at")]
+    return profile.select(
+        "customer_id",
+        F.coalesce(F.col("email"), F.col("emails")[0]).alias("email"),
+        "emails",
+        F.coalesce(F.col("phone"), F.col("phones")[0]).alias("phone"),
+        "phones",
+        *(F.col(f"name.{part}").alias(part) for part in ("first_name", "last_name", "full_name")),
+        *(
+            F.col(f"address.{part}").alias(part)
+            for part in ("address_line1", "address_line2", "city", "region", "postal_code")
+        ),
+        F.coalesce(F.col("address.country"), F.col("country")).alias("country"),
+        *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
+        "sources",
+        F.coalesce(F.col("record_count"), F.lit(0)).cast("long").alias("record_count"),
+        *consent_columns,
+        "first_seen",
+        "updated_at",
+    )
+
+
+def customers(
+    *, customer_records: DataFrame | None = None, events: DataFrame | None = None, run: TransformRun
+) -> TransformOutput:
+    """Resolve the changed records and events into people, commit the identity map, and return the profiles of the
+    people this run affected (all of them on a full refresh, as the complete table)."""
+    from pyspark.sql import functions as F
+
+    changed_records, changed_events = run.changed("customer_records"), run.changed("events")
+    observed = [
+        *([record_observations(changed_records)] if changed_records is not None else []),
+        *([event_observations(changed_events)] if changed_events is not None else []),
+    ]
+    # Nothing changed still runs: tombstones added since the last run take records out of the map.
+    empty = "source string, record_id string, id_type string, id_value string, observed_at timestamp"
+    observations = union_all(observed, "customers") if observed else run.spark.createDataFrame([], empty)
+    previous = load_identity_map(run.spark, run.catalog, run.tenant)
+    resolution = resolve_identities(
+        observations,
+        run_id=run.run_id,
+        resolved_at=run.started_at,
+        settings=run.settings.identity,
+        previous=previous,
+        scope=IdentityScope.REBUILD if run.full_refresh else IdentityScope.TOUCHED,
+        erased=_tombstones(run),
+    )
+    commit_identity(run.catalog, run.tenant, resolution, run_id=run.run_id)
+    guards = resolution.guard_counts()
+    for rule in (RULE_BLOCKED, RULE_SHARED, RULE_PROFILE_CAP):
+        run.counters[f"identity.{rule}"] = run.counters.get(f"identity.{rule}", 0) + guards[rule]
+    run.counters["identity.merged"] = run.counters.get("identity.merged", 0) + resolution.merges.count()
+
+    profiles = _profiles(resolution.identity_map, customer_records, events, run)
+    if run.full_refresh:
+        return TransformOutput(rows=profiles, complete=True)
+    deleted = None
+    published = run.table("customers")
+    current = load_identity_map(run.spark, run.catalog, run.tenant)
+    if published is not None and current is not None:
+        # Every published id the map no longer holds: this run's merges and erasures, and those of a run that
+        # committed the map but crashed before committing customers.
+        deleted = (
+            published.select("customer_id")
+            .distinct()
+            .join(current.select("customer_id").distinct(), "customer_id", "left_anti")
+            .where(F.col("customer_id").isNotNull())
+        )
+    return TransformOutput(rows=profiles, deleted_keys=deleted)

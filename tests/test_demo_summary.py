@@ -26,11 +26,27 @@ def test_unified_customers_counts_profiles_records_and_those_spanning_providers(
         "identity_map",
         pa.table(
             {
-                # cus_a: Stripe and Shopify; cus_b: a Salesforce Contact and Lead (one provider); cus_c: one record,
-                # seen under two identifiers (two map rows).
-                "source": ["stripe", "shopify", "salesforce/Contact", "salesforce/Lead", "stripe", "stripe"],
-                "record_id": ["stripe:1", "shopify:1", "salesforce:c1", "salesforce:l1", "stripe:2", "stripe:2"],
-                "customer_id": ["cus_a", "cus_a", "cus_b", "cus_b", "cus_c", "cus_c"],
+                # cus_a: Stripe and Shopify; cus_b: a Salesforce Contact and Lead (one provider); cus_c: one Stripe
+                # record seen under two identifiers (two map rows) and in an event (activity, not a record).
+                "source": [
+                    "stripe/customers",
+                    "shopify/customers",
+                    "salesforce/Contact",
+                    "salesforce/Lead",
+                    "stripe/customers",
+                    "stripe/customers",
+                    "events",
+                ],
+                "record_id": [
+                    "stripe:customer:1",
+                    "shopify:customer:1",
+                    "salesforce:contact:c1",
+                    "salesforce:lead:l1",
+                    "stripe:customer:2",
+                    "stripe:customer:2",
+                    "event:stripe_customer:2",
+                ],
+                "customer_id": ["cus_a", "cus_a", "cus_b", "cus_b", "cus_c", "cus_c", "cus_c"],
             }
         ),
     )

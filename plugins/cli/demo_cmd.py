@@ -4,7 +4,6 @@ customers: the taps land raw batches through Meltano, the transforms build the p
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from collections import defaultdict
 from contextlib import ExitStack
@@ -147,15 +146,22 @@ def read_unified_customers(processed: Path, tenant: str) -> UnifiedCustomers:
         )
     except CatalogError as exc:
         raise DemoError(f"the transforms left no unified customers: {exc}") from exc
-    # A source is a provider ("stripe") or a provider's object ("salesforce/Contact"): the provider comes first.
+    # A provider's record has the source "provider/object" ("salesforce/Contact"); ids that events carry ("events")
+    # are activity, not a provider's record of the person.
     providers: dict[str, set[str]] = defaultdict(set)
-    for source, customer_id in zip(
-        identities["source"].to_pylist(), identities["customer_id"].to_pylist(), strict=True
+    records: set[str] = set()
+    for source, record_id, customer_id in zip(
+        identities["source"].to_pylist(),
+        identities["record_id"].to_pylist(),
+        identities["customer_id"].to_pylist(),
+        strict=True,
     ):
-        providers[customer_id].add(re.split(r"[/:.]", source or "", maxsplit=1)[0])
+        provider, separator, _ = (source or "").partition("/")
+        if separator:
+            providers[customer_id].add(provider)
+            records.add(record_id)
     spanning = sum(1 for found in providers.values() if len(found) >= 2)
-    records = len(set(identities["record_id"].to_pylist()))
-    return UnifiedCustomers(customers=customers.num_rows, records=records, cross_provider=spanning)
+    return UnifiedCustomers(customers=customers.num_rows, records=len(records), cross_provider=spanning)
 
 
 def _print_raw_zone(root: Path, started: datetime) -> None:

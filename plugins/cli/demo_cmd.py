@@ -65,22 +65,22 @@ def demo(
             sandbox_env.update(sandbox_settings(name, server.url))
             serving.append(f"{name} {server.url}")
         console.print(
-            styled(("1/" + str(steps), "bold"), f" sandboxes serving {records} records per resource, people shared: ")
+            styled((f"1/{steps}", "bold"), f" sandboxes serving {records} records per resource, people shared: ")
             + ", ".join(serving)
         )
-        command = ["run"]  # Meltano's own log stays at warnings: the demo prints what happened below
+        command = ["run"]
         for name in DEMO_SOURCES:
             command += [get_source(name).executable, "target-s3raw"]
         if with_utility:
             command.append(TRANSFORM_COMMAND)
         console.print(styled((f"2/{steps}", "bold"), f" meltano {' '.join(command)} (environment dev)"))
+        # Meltano logs only warnings and errors: the demo prints what happened below.
         run_meltano(["--log-level", "warning", *command], project_root=root, extra_env={**sandbox_env, **zones})
+    _print_raw_zone(root, started)
+    _print_landing_zone_summary(root)
     if not with_utility:
         console.print(styled((f"3/{steps}", "bold"), f" cdp transform run --tenant {DEMO_TENANT}"))
         run_transforms_command(root, zones)
-
-    _print_raw_zone(root, started)
-    _print_landing_zone_summary(root)
     unified = read_unified_customers(root / "data" / "processed", DEMO_TENANT)
     console.print(
         styled(("unified customers: ", "bold"), str(unified.customers))

@@ -65,9 +65,9 @@ def demo(
             sandbox_env.update(sandbox_settings(name, server.url))
             serving.append(f"{name} {server.url}")
         console.print(
-            styled((f"1/{steps}", "bold"), f" sandboxes serving {records} records per resource, people shared: ")
-            + ", ".join(serving)
+            styled((f"1/{steps}", "bold"), f" sandboxes with {records} records per resource, one population of people")
         )
+        console.print("    " + "  ".join(serving))
         command = ["run"]
         for name in DEMO_SOURCES:
             command += [get_source(name).executable, "target-s3raw"]

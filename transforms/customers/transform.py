@@ -205,9 +205,9 @@ def _profiles(
         consent_columns += [state.alias(f"consent_{channel}"), F.col(f"consent_{channel}_at")]
     return profile.select(
         "customer_id",
-        F.coalesce(F.col("email"), F.col("emails")[0]).alias("email"),
+        F.coalesce(F.col("email"), F.get(F.col("emails"), 0)).alias("email"),
         "emails",
-        F.coalesce(F.col("phone"), F.col("phones")[0]).alias("phone"),
+        F.coalesce(F.col("phone"), F.get(F.col("phones"), 0)).alias("phone"),
         "phones",
         *(F.col(f"name.{part}").alias(part) for part in ("first_name", "last_name", "full_name")),
         *(

@@ -22,6 +22,8 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.meltano
 
 RECORDS = 20
+# Each run: three taps through Meltano, then Spark over every transform; the limit leaves room for a loaded machine.
+RUN_TIMEOUT = 600
 UNIFIED = re.compile(r"unified customers: (\d+) profiles from (\d+) source records; (\d+) merged across providers")
 
 
@@ -36,12 +38,15 @@ def _person_records(raw: ObjectStore) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.timeout(2 * RUN_TIMEOUT)
 def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_counts(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "meltano.yml", tmp_path / "meltano.yml")
     command = [str(Path(sys.executable).parent / "cdp"), "demo", "--records", str(RECORDS)]
     env = {**os.environ, "COLUMNS": "200"}
 
-    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300, check=False)
+    first = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert "dead letter queue" in first.stdout
     raw = ObjectStore(str(tmp_path / "data" / "raw"))
@@ -58,7 +63,9 @@ def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_c
     assert 0 < merged < customers < records
 
     files_before = {info.key for info in raw.list("demo")}
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300, check=False)
+    second = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     new_files = {info.key for info in raw.list("demo")} - files_before
     assert not any("/customers_" in key for key in new_files)  # the bookmarks hold: no customer lands twice

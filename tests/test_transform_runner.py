@@ -5,23 +5,49 @@ customer_metrics, a crash before the commit changes nothing, two runs on one ten
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from plugins.cli.app import main
+from plugins.core.errors import ConfigError
+from plugins.core.leases import Lease, LeaseManager
 from plugins.core.storage import ObjectStore
+from plugins.descriptors import RawInput, TransformDescriptor
+from plugins.meltano.project import MeltanoError, run_meltano
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.commit import live_data_files, processed_raw_files
-from plugins.transforms.runner import INPUT_SNAPSHOTS_PROPERTY, RunSummary, TableSummary, run_transforms
+from plugins.transforms.erasure import Tombstone, add_tombstones, erasure_table
+from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
+from plugins.transforms.run import TransformOutput, TransformRun
+from plugins.transforms.runner import (
+    INPUT_SNAPSHOTS_PROPERTY,
+    LEASE_PREFIX,
+    RunSummary,
+    TableSummary,
+    TransformBusyError,
+    run_transforms,
+)
+from plugins.transforms.settings import TenantSettings
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
+from tests.conftest import REPO_ROOT
 from tests.test_transforms_builtins import WEBHOOK_EVENT, RawZone, shopify_order, stripe_charge, tap_schema
 
 RAW_TABLES = ("orders", "products", "events")
 ALL_TABLES = (*RAW_TABLES, "customer_metrics")
 # customer_metrics is as of the run: its computed_at differs between two runs by design.
 AS_OF_COLUMNS = {"computed_at"}
+ERASED_CUSTOMER = "cus_erased"
+# Several Spark runs in one test (about a minute and a half on two idle cores): more than the suite's 300 s default
+# leaves room for a loaded machine.
+SPARK_RUNS_TIMEOUT = 900
+pytestmark = pytest.mark.timeout(SPARK_RUNS_TIMEOUT)
 
 
 def stripe_event(event_id: str, created: int, customer: str) -> dict[str, Any]:
@@ -45,16 +71,30 @@ def webhook_event(event_id: str, received: str) -> dict[str, Any]:
 
 
 def land_step(zone: RawZone, step: int) -> None:
-    """Three landings: versions of one order arriving out of order, a charge re-extracted with a refund, an event
-    both listed by the API and delivered by webhook (in either order), a rejected charge, products."""
+    """Two landings, each covering what an incremental run must get right: versions of a key arriving in either order
+    across runs (a newer one replaces the table's row, a late older one loses to it), a tie on ``updated_at`` broken
+    by the later raw file, an event listed by the API and delivered by webhook in either order, a rejected charge,
+    an erased customer's charges in both steps, and products landing only in the first."""
     orders_schema, charges_schema = tap_schema("shopify", "orders"), tap_schema("stripe", "charges")
     if step == 1:
-        zone.land("shopify", "orders", orders_schema, [shopify_order(1, "2026-01-05T10:00:00Z")])
+        zone.land(
+            "shopify",
+            "orders",
+            orders_schema,
+            [
+                shopify_order(1, "2026-01-06T10:00:00Z", displayFinancialStatus="REFUNDED"),
+                shopify_order(2, "2026-01-07T10:00:00Z", email="not-an-email", customer=None),
+            ],
+        )
         zone.land(
             "stripe",
             "charges",
             charges_schema,
-            [stripe_charge("ch_usd", 1999, "usd"), stripe_charge("ch_jpy", 5000, "jpy")],
+            [
+                stripe_charge("ch_usd", 1999, "usd"),
+                stripe_charge("ch_jpy", 5000, "jpy"),
+                stripe_charge("ch_erased", 1000, "usd", customer=ERASED_CUSTOMER),
+            ],
         )
         zone.land("stripe", "events", tap_schema("stripe", "events"), [stripe_event("evt_1", 1767323045, "cus_1")])
         zone.land(
@@ -70,18 +110,32 @@ def land_step(zone: RawZone, step: int) -> None:
             tap_schema("stripe", "products"),
             [{"id": "prod_1", "object": "product", "name": "Pro", "active": True, "created": 1767323045}],
         )
-    elif step == 2:
+        zone.land("stripe", "prices", tap_schema("stripe", "prices"),
+                  [{"id": "price_1", "object": "price", "product": "prod_1", "currency": "usd", "unit_amount": 2900,
+                    "active": True, "created": 1767323045}])  # fmt: skip
+    else:
         zone.land(
             "shopify",
             "orders",
             orders_schema,
             [
-                shopify_order(1, "2026-01-06T10:00:00Z", displayFinancialStatus="REFUNDED"),
-                shopify_order(2, "2026-01-07T10:00:00Z", email="not-an-email", customer=None),
+                # A late, older version of order 1: it must not replace the table's newer one.
+                shopify_order(1, "2026-01-05T10:00:00Z", displayFinancialStatus="PAID"),
+                # A newer version of order 2: it replaces the table's.
+                shopify_order(2, "2026-01-08T10:00:00Z", email="not-an-email", customer=None,
+                              displayFinancialStatus="PARTIALLY_REFUNDED"),
+            ],
+        )  # fmt: skip
+        zone.land(
+            "stripe",
+            "charges",
+            charges_schema,
+            [
+                stripe_charge("ch_usd", 1999, "usd", amount_refunded=500),  # Same updated_at: the later file wins.
+                stripe_charge("ch_bad", -5, "usd"),  # A negative amount breaks the orders' range rule: the DLQ.
+                stripe_charge("ch_erased_2", 300, "usd", customer=ERASED_CUSTOMER),
             ],
         )
-        # A negative amount breaks the orders' range rule: the DLQ gets it.
-        zone.land("stripe", "charges", charges_schema, [stripe_charge("ch_bad", -5, "usd")])
         zone.land(
             "stripe",
             "webhook_events",
@@ -89,19 +143,7 @@ def land_step(zone: RawZone, step: int) -> None:
             [webhook_event("evt_1", "2026-01-02T03:04:06Z")],
             key="_webhook_event_id",
         )
-    else:
-        # A late, older version of order 1 must not win; ch_usd re-extracted with a refund wins its tie by raw file.
-        zone.land(
-            "shopify",
-            "orders",
-            orders_schema,
-            [shopify_order(1, "2026-01-04T10:00:00Z", displayFinancialStatus="PENDING")],
-        )
-        zone.land("stripe", "charges", charges_schema, [stripe_charge("ch_usd", 1999, "usd", amount_refunded=500)])
         zone.land("stripe", "events", tap_schema("stripe", "events"), [stripe_event("evt_2", 1767409445, "cus_1")])
-        zone.land("stripe", "prices", tap_schema("stripe", "prices"),
-                  [{"id": "price_1", "object": "price", "product": "prod_1", "currency": "usd", "unit_amount": 2900,
-                    "active": True, "created": 1767323045}])  # fmt: skip
 
 
 def run(zone: RawZone, processed: Path | str, **options: Any) -> RunSummary:
@@ -134,15 +176,17 @@ def assert_conserved(summary: RunSummary) -> None:
 
 @pytest.fixture(scope="module")
 def stepwise(spark, tmp_path_factory) -> dict[str, Any]:
-    """The raw zone landed in three steps with an incremental run after each; then a full refresh elsewhere."""
+    """The raw zone landed in two steps with an incremental run after each; then a full refresh elsewhere."""
     zone = RawZone(spark, tmp_path_factory.mktemp("runner"))
-    processed = Path(zone.base) / "processed"
+    processed, historic = Path(zone.base) / "processed", Path(zone.base) / "historic"
+    for folder in (processed, historic):  # A person erased before anything landed: no run may bring them in.
+        tombstones = erasure_table(ProcessedZone.resolve(str(folder)).open(), "acme")
+        add_tombstones(spark, tombstones, [Tombstone.provider_id("stripe_customer", ERASED_CUSTOMER)])
     runs = []
-    for step in (1, 2, 3):
+    for step in (1, 2):
         land_step(zone, step)
         runs.append(run(zone, processed))
     rerun = run(zone, processed)
-    historic = Path(zone.base) / "historic"
     full = run(zone, historic, full_refresh=True)
     return {"zone": zone, "processed": processed, "historic": historic, "runs": runs, "rerun": rerun, "full": full}
 
@@ -154,9 +198,15 @@ def test_incremental_runs_give_the_same_tables_as_a_full_refresh_row_for_row(spa
         assert table_rows(spark, stepwise["processed"], name) == table_rows(spark, stepwise["historic"], name), name
 
     orders = {row["order_id"]: row for row in table_rows(spark, stepwise["processed"], "orders")}
+    assert set(orders) == {
+        "shopify:order:gid://shopify/Order/1",
+        "shopify:order:gid://shopify/Order/2",
+        "stripe:charge:ch_usd",
+        "stripe:charge:ch_jpy",
+    }  # ch_bad was rejected; the erased customer's ch_erased and ch_erased_2 never came in.
     assert orders["shopify:order:gid://shopify/Order/1"]["status"] == "REFUNDED"  # The late older version lost.
+    assert orders["shopify:order:gid://shopify/Order/2"]["status"] == "PARTIALLY_REFUNDED"  # The newer one won.
     assert orders["stripe:charge:ch_usd"]["refunded_amount"] == 5  # The tie went to the later raw file.
-    assert "stripe:charge:ch_bad" not in orders
     events = {row["event_id"]: row for row in table_rows(spark, stepwise["processed"], "events")}
     assert events["stripe:evt_1"]["channel"] == "api"  # The webhook copy, landed later, did not replace it.
     assert events["stripe:evt_2"]["channel"] == "api"  # The API copy, landed later, replaced the webhook's.
@@ -186,12 +236,13 @@ def test_a_rerun_with_nothing_new_commits_nothing(spark, stepwise) -> None:
 def test_counts_conserve_and_rejected_rows_reach_the_dlq(spark, stepwise, capsys) -> None:
     for summary in [*stepwise["runs"], stepwise["full"]]:
         assert_conserved(summary)
+    first = by_table(stepwise["runs"][0])["orders"]
+    assert (first.rows_in, first.rows_out, first.erased, first.rejected, first.merged) == (5, 4, 1, 0, 0)
+    assert first.quality.nulled == {"email": {"invalid email": 1}}  # Order 2's "not-an-email".
     second = by_table(stepwise["runs"][1])["orders"]
-    assert (second.rows_in, second.rows_out, second.rejected, second.merged) == (3, 2, 1, 0)
+    # In: order 1 (late, loses to the table's: merged), order 2, ch_usd, ch_bad (rejected), ch_erased_2 (erased).
+    assert (second.rows_in, second.rows_out, second.rejected, second.erased, second.merged) == (5, 2, 1, 1, 1)
     assert second.quality.rejected_by_rule == {"range [0, ]": 1}
-    assert second.quality.nulled == {"email": {"invalid email": 1}}
-    third = by_table(stepwise["runs"][2])["orders"]
-    assert (third.rows_in, third.rows_out, third.merged) == (2, 1, 1)  # The late order 1 lost to the table's.
 
     dlq = f"{stepwise['zone'].base}/dlq"
     capsys.readouterr()
@@ -224,3 +275,287 @@ def test_the_processed_files_and_input_snapshots_commit_with_the_output(spark, s
         "events": load_table(catalog, "acme", "events").current_snapshot().snapshot_id,
     }
     assert live_data_files(metrics)
+
+
+CRASHING_RUN = """
+import sys
+import plugins.transforms.runner as runner
+from plugins.transforms.spark import spark_session
+
+real_commit = runner.commit_files
+
+
+def stop_before_commit(*args, **kwargs):
+    print("written", flush=True)
+    sys.stdin.readline()  # Killed here: the data files and the DLQ batches exist, the commit never happens.
+    return real_commit(*args, **kwargs)
+
+
+runner.commit_files = stop_before_commit
+spark_session("local[1]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+base, processed = sys.argv[1], sys.argv[2]
+runner.run_transforms(
+    tenants=["acme"], tables=["orders"], raw_url=f"{base}/raw", dlq_url=f"{base}/dlq",
+    registry_url=f"{base}/registry", processed_url=processed,
+)
+"""
+
+
+def test_a_crash_before_the_commit_changes_nothing_and_a_second_run_meanwhile_is_refused(spark, tmp_path) -> None:
+    zone = RawZone(spark, tmp_path)
+    processed = tmp_path / "processed"
+    land_step(zone, 1)
+    first = by_table(run(zone, processed, tables=["orders"]))["orders"]
+    before = table_rows(spark, processed, "orders")
+    land_step(zone, 2)
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    crashing = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, zone.base, str(processed)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert crashing.stdout is not None
+        line = crashing.stdout.readline()  # Blocks until the files are written (or the run dies).
+        assert line.startswith("written"), f"the run ended before writing: {crashing.wait()}"
+        # The blocked run holds the tenant's lease: a second run at the same time is refused in one line.
+        with pytest.raises(
+            TransformBusyError,
+            match=r"^tenant acme is held by run \w+ .*: another transform run is working on it; wait",
+        ):
+            run(zone, processed, tables=["orders"])
+        os.killpg(crashing.pid, signal.SIGKILL)
+        crashing.wait(timeout=60)
+    finally:
+        if crashing.poll() is None:
+            os.killpg(crashing.pid, signal.SIGKILL)
+
+    table = load_table(ProcessedZone.resolve(str(processed)).open(), "acme", "orders")
+    assert table.current_snapshot().snapshot_id == first.snapshot_id
+    assert table_rows(spark, processed, "orders") == before
+    orphans = [p for p in processed.rglob("*.parquet") if p.as_uri() not in live_data_files(table)]
+    assert orphans  # The killed run's files exist; no snapshot references them.
+
+    # The killed run's lease is gone with its process: the next run takes it and completes, with no duplicates.
+    recovered = by_table(run(zone, processed, tables=["orders"]))["orders"]
+    # This zone has no tombstones: ch_erased_2 is an ordinary charge here.
+    assert (recovered.status, recovered.rows_in, recovered.rows_out, recovered.rejected, recovered.merged) == (
+        "committed",
+        5,
+        3,
+        1,
+        1,
+    )
+    ids = [row["order_id"] for row in table_rows(spark, processed, "orders")]
+    assert len(ids) == len(set(ids)) == 6
+
+    # customer_metrics has no raw input: a change of the orders table alone re-runs it, once.
+    metrics = by_table(run(zone, processed, tables=["customer_metrics"]))["customer_metrics"]
+    assert (metrics.status, metrics.mode) == ("committed", "complete")
+    assert by_table(run(zone, processed, tables=["customer_metrics"]))["customer_metrics"].status == "up to date"
+    run(zone, processed, tables=["orders"])  # Nothing new: orders stay as they are, so metrics stay up to date.
+    assert by_table(run(zone, processed, tables=["customer_metrics"]))["customer_metrics"].status == "up to date"
+
+
+def test_one_run_over_s3_raw_and_processed_zones(spark, s3_url, tmp_path) -> None:
+    zone = RawZone(spark, s3_url)  # type: ignore[arg-type]
+    processed = f"{s3_url}/processed"
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    land_step(zone, 1)
+    run(zone, processed, tables=["orders"], catalog_url=catalog)
+    land_step(zone, 2)
+    second = by_table(run(zone, processed, tables=["orders"], catalog_url=catalog))["orders"]
+
+    assert (second.status, second.mode, second.rows_out, second.rejected) == ("committed", "incremental", 3, 1)
+    table = load_table(ProcessedZone.resolve(processed, catalog).open(), "acme", "orders")
+    assert all(path.startswith(f"{s3_url}/processed/acme/orders/data/") for path in live_data_files(table))
+    rows = {row["order_id"]: row for row in read_table(spark, table).collect()}
+    assert set(rows) == {
+        "shopify:order:gid://shopify/Order/1",
+        "shopify:order:gid://shopify/Order/2",
+        "stripe:charge:ch_usd",
+        "stripe:charge:ch_jpy",
+        "stripe:charge:ch_erased",
+        "stripe:charge:ch_erased_2",
+    }
+    assert rows["shopify:order:gid://shopify/Order/1"]["status"] == "REFUNDED"
+    report = ObjectStore(processed).list("_reports/acme")
+    assert len(report) == 2  # One quality report per run.
+
+
+@pytest.mark.meltano
+def test_meltano_runs_the_transforms_as_the_cdp_utility_with_its_settings(spark, tmp_path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO_ROOT / "meltano.yml", project / "meltano.yml")
+    zone = RawZone(spark, project / "data")  # Where the dev environment's target-s3raw lands.
+    # Products only, to keep the run short: the other transforms find no input and commit nothing.
+    zone.land("stripe", "products", tap_schema("stripe", "products"), [{"id": "prod_1", "object": "product",
+              "name": "Pro", "active": True, "created": 1767323045}])  # fmt: skip
+    env = {"CDP_SPARK_MASTER": "local[1]"}
+
+    # An object setting reaches cdp as CDP_TENANT_SETTINGS, checked before Spark starts.
+    settings = ["config", "set", "cdp", "tenant_settings"]
+    run_meltano([*settings, '{"acme": {"default_region": "ZZ"}}'], project_root=project, capture=True, timeout=120)
+    with pytest.raises(MeltanoError, match="'ZZ' is not an ISO 3166-1 alpha-2 country code"):
+        run_meltano(["run", "cdp:transform"], project_root=project, extra_env=env, capture=True, timeout=120)
+
+    run_meltano([*settings, '{"acme": {"default_region": "GB"}}'], project_root=project, capture=True, timeout=120)
+    run_meltano(["run", "cdp:transform"], project_root=project, extra_env=env, capture=True, timeout=800)
+
+    catalog = ProcessedZone.resolve(str(project / "data" / "processed")).open()
+    products = load_table(catalog, "acme", "products").scan().to_arrow()
+    assert products.column("product_id").to_pylist() == ["stripe:product:prod_1"]
+    assert not catalog.table_exists(("acme", "orders"))  # No input yet: nothing created.
+    reports = ObjectStore(str(project / "data" / "processed")).list("_reports/acme")
+    (report,) = [json.loads(ObjectStore(str(project / "data" / "processed")).read_bytes(r.key)) for r in reports]
+    assert {t["table"]: t["status"] for t in report["tables"]} == {
+        "events": "no input",
+        "orders": "no input",
+        "products": "committed",
+        "customer_metrics": "no input",
+    }
+
+
+def test_the_cli_prints_the_summary_lists_the_tables_and_refuses_a_busy_tenant(spark, stepwise, capsys) -> None:
+    base = stepwise["zone"].base
+    zones = [
+        "--raw-url",
+        f"{base}/raw",
+        "--registry-url",
+        f"{base}/registry",
+        "--processed-url",
+        str(stepwise["processed"]),
+    ]
+    capsys.readouterr()
+    assert main(["transform", "run", "--tenant", "acme", *zones, "--dlq-url", f"{base}/dlq", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] is True
+    assert {(t["table"], t["status"], t["skipped"]) for t in summary["tables"]} == {
+        (name, "up to date", True) for name in ALL_TABLES
+    }
+    assert summary["reports"]["acme"].endswith(f"_reports/acme/{summary['run_id']}.json")
+
+    assert main(["transform", "list", "--tenant", "acme", *zones, "--json"]) == 0
+    listed = {row["output"]: row for row in json.loads(capsys.readouterr().out)["transforms"]}
+    assert list(listed)[-1] == "customer_metrics"  # Run order: after the tables it reads.
+    assert listed["orders"]["key"] == ["order_id"]
+    assert listed["orders"]["pending_raw_files"] == 0
+    assert listed["customer_metrics"]["inputs"] == ["table:orders", "table:events"]
+    assert listed["customer_metrics"]["changed_inputs"] == []
+
+    processed = ObjectStore(ProcessedZone.resolve(str(stepwise["processed"])).warehouse)
+    holder = LeaseManager(processed, LEASE_PREFIX, run_id="other-run").acquire("tenant acme")
+    assert isinstance(holder, Lease)
+    try:
+        assert main(["transform", "run", "--tenant", "acme", *zones, "--dlq-url", f"{base}/dlq"]) == 1
+        error = capsys.readouterr().err
+        assert "tenant acme is held by run other-run" in error
+        assert len(error.strip().splitlines()) == 1
+    finally:
+        holder.release()
+
+
+def charge_rows(charges: Any, *extra: str) -> Any:
+    from pyspark.sql import functions as F
+
+    return charges.select(F.col("id").alias("charge_id"), "amount", *extra, F.col(SOURCE_FILE_COLUMN))
+
+
+def charges_v1(*, charges: Any) -> Any:
+    return charge_rows(charges)
+
+
+def charges_v2(*, charges: Any, run: TransformRun) -> TransformOutput:
+    """A new nullable column, a deleted key, a counter for the quality report: the function asked for ``run``."""
+    run.counters["charges.with_currency"] = charges.where("currency is not null").count()
+    gone = run.spark.createDataFrame([("ch_gone",)], "charge_id string")
+    return TransformOutput(rows=charge_rows(charges, "currency"), deleted_keys=gone)
+
+
+def charges_v3(*, charges: Any) -> Any:
+    return charge_rows(charges, "currency").withColumn("amount", charges["amount"].cast("string"))
+
+
+def charges_transform(version: str) -> TransformDescriptor:
+    return TransformDescriptor(
+        name="charge_view",
+        inputs=[RawInput("stripe", "charges")],
+        output="charge_view",
+        key=["charge_id"],
+        function=f"tests.test_transform_runner:charges_{version}",
+    )
+
+
+def test_a_new_column_evolves_the_table_another_change_needs_a_full_refresh_and_deleted_keys_go(
+    spark, tmp_path
+) -> None:
+    zone = RawZone(spark, tmp_path)
+    processed = tmp_path / "processed"
+    schema = tap_schema("stripe", "charges")
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_1", 100, "usd"), stripe_charge("ch_gone", 200, "usd")])
+    assert by_table(run(zone, processed, transforms=[charges_transform("v1")]))["charge_view"].rows_out == 2
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_2", 300, "eur")])
+    second = by_table(run(zone, processed, transforms=[charges_transform("v2")]))["charge_view"]
+    assert (second.status, second.rows_out, second.deleted) == ("committed", 1, 1)
+    assert second.quality.counters == {"charges.with_currency": 1}
+    rows = {row["charge_id"]: row for row in table_rows(spark, processed, "charge_view")}
+    assert {key: row["currency"] for key, row in rows.items()} == {"ch_1": None, "ch_2": "eur"}
+    table = load_table(ProcessedZone.resolve(str(processed)).open(), "acme", "charge_view")
+    snapshot = table.current_snapshot().snapshot_id
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_3", 400, "usd")])
+    failed = run(zone, processed, transforms=[charges_transform("v3")])
+    (result,) = failed.tables
+    assert not failed.ok
+    assert result.status == "failed"
+    assert result.error == (
+        "table acme.charge_view: column amount changed type from bigint to string; run 'cdp transform run "
+        "--full-refresh --tenant acme --table charge_view' to rebuild it with the new schema"
+    )
+    table = load_table(ProcessedZone.resolve(str(processed)).open(), "acme", "charge_view")
+    assert table.current_snapshot().snapshot_id == snapshot  # Nothing committed.
+
+    rebuilt = by_table(run(zone, processed, transforms=[charges_transform("v3")], full_refresh=True))["charge_view"]
+    assert (rebuilt.status, rebuilt.rows_out) == ("committed", 4)
+    assert {row["charge_id"]: row["amount"] for row in table_rows(spark, processed, "charge_view")} == {
+        "ch_1": "100",
+        "ch_gone": "200",
+        "ch_2": "300",
+        "ch_3": "400",
+    }
+
+
+def test_settings_per_tenant_from_the_environment_and_meltanos_flattened_object(monkeypatch) -> None:
+    monkeypatch.setenv("CDP_DEFAULT_REGION", "fr")
+    monkeypatch.setenv("CDP_TENANT_SETTINGS", '{"acme": {"default_region": "gb"}}')
+    settings = TenantSettings.resolve()
+    assert settings.for_tenant("acme").default_region == "GB"
+    assert settings.for_tenant("globex").default_region == "FR"
+    # Meltano hands an object setting over flattened, with dotted keys.
+    flattened = TenantSettings.resolve(default_region="US", tenant_settings='{"acme.default_region": "DE"}')
+    assert (flattened.for_tenant("acme").default_region, flattened.for_tenant("x").default_region) == ("DE", "US")
+
+
+@pytest.mark.parametrize(
+    ("region", "tenants", "message"),
+    [
+        ("XX", None, "setting 'default_region': 'XX' is not an ISO 3166-1 alpha-2 country code"),
+        (None, "[1", "setting 'CDP_TENANT_SETTINGS': is not JSON"),
+        (None, '{"acme": {"region": "GB"}}', "tenant 'acme': unknown setting(s) region; known: default_region"),
+        (None, '{"acme": {"default_region": "Narnia"}}', "acme.default_region': 'Narnia' is not an ISO 3166-1"),
+        (None, '{"Acme": {}}', "'Acme' must be lower-case letters"),
+    ],
+)
+def test_a_bad_setting_is_one_clear_line(region, tenants, message) -> None:
+    with pytest.raises(ConfigError) as failure:
+        TenantSettings.resolve(default_region=region, tenant_settings=tenants)
+    assert message in str(failure.value)
+    assert "\n" not in str(failure.value)

@@ -27,6 +27,10 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "dlq": ("plugins.cli.dlq_cmd:app", "The dead letter queue: list, show, stats, reprocess, resubmit, purge, audit."),
     "new": ("plugins.cli.new_cmd:app", "Scaffold new connectors."),
+    "transform": (
+        "plugins.cli.transform_cmd:app",
+        "Transforms: the raw zone into Iceberg tables (run them, list them).",
+    ),
     "webhooks": ("plugins.cli.webhooks_cmd:app", "The webhook receiver and its durable log."),
     "demo": (
         "plugins.cli.demo_cmd:demo",

@@ -29,6 +29,14 @@ RegistryUrlOption = Annotated[
         "--registry-url", help=f"Schema registry URL [env {Zone.REGISTRY.env_var}; default {Zone.REGISTRY.default_url}]"
     ),
 ]
+ProcessedUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--processed-url",
+        help=f"Processed zone URL (the Iceberg warehouse) [env {Zone.PROCESSED.env_var}; default "
+        f"{Zone.PROCESSED.default_url}]",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON with stable keys.")]
 S3EndpointOption = Annotated[
     str | None,
@@ -39,6 +47,7 @@ __all__ = [
     "DlqUrlOption",
     "JsonOption",
     "LakeUrlOption",
+    "ProcessedUrlOption",
     "RawUrlOption",
     "RegistryUrlOption",
     "S3EndpointOption",

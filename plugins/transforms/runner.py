@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ import orjson
 
 from plugins.core.errors import CdpError
 from plugins.core.events import log_event
-from plugins.core.leases import Lease, LeaseBusy, LeaseManager
+from plugins.core.leases import Lease, LeaseBusy, LeaseLostError, LeaseManager
 from plugins.core.storage import ObjectStore
 from plugins.core.zones import Zone, resolve_zone_url
 from plugins.descriptors import RawInput, TableInput, TransformDescriptor, order_transforms
@@ -177,7 +178,7 @@ class _Context:
     dlq_store: ObjectStore
     registry: SchemaRegistry
     settings: TransformSettings
-    tombstones: DataFrame
+    tombstones: DataFrame | None  # None: the tenant has erased nobody
 
 
 def run_transforms(
@@ -224,12 +225,13 @@ def run_transforms(
     catalog = zone.open()
     leases = LeaseManager(zone_store, LEASE_PREFIX, run_id=summary.run_id)
     for tenant in chosen:
-        lease = leases.acquire(tenant)
+        lease = leases.acquire(f"tenant {tenant}")
         if isinstance(lease, LeaseBusy):
             raise TransformBusyError(
-                f"tenant {tenant}: {lease.describe(datetime.now(UTC))} is transforming it; "
-                "wait for it to finish (a killed run's lease expires)"
+                f"{lease.describe(datetime.now(UTC))}: another transform run is working on it; wait for it to "
+                "finish (a killed run frees it when its process is gone, or when its lease expires on another host)"
             )
+        heartbeat = _Heartbeat(lease)
         try:
             context = _Context(
                 spark=spark,
@@ -244,13 +246,50 @@ def run_transforms(
                 settings=tenant_settings.for_tenant(tenant),
                 tombstones=_tombstones(spark, catalog, tenant),
             )
-            done = _run_tenant(context, ordered, lease, progress)
+            done = _run_tenant(context, ordered, heartbeat, progress)
             summary.tables.extend(done)
             summary.reports[tenant] = _store_report(zone_store, context, done)
         finally:
-            lease.release()
+            heartbeat.release()
     log_event(logger, "transforms_finished", run_id=summary.run_id, tables=len(summary.tables), ok=summary.ok)
     return summary
+
+
+class _Heartbeat:
+    """Renews a held lease every third of its TTL while a tenant's transforms run (a Spark job may outlast the TTL);
+    the runner also renews it before each commit. A renewal that finds the lease taken over is kept and raised at
+    the next :meth:`ensure_held`."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.lost: LeaseLostError | None = None
+        self.thread = threading.Thread(target=self._beat, name=f"lease-{lease.name}", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        interval = max(self.lease.ttl.total_seconds() / 3, 1.0)
+        while not self.stopping.wait(interval):
+            with self.lock:
+                try:
+                    self.lease.ensure_held()
+                except LeaseLostError as exc:
+                    self.lost = exc
+                    return
+
+    def ensure_held(self) -> None:
+        with self.lock:
+            if self.lost is not None:
+                raise self.lost
+            self.lease.ensure_held()
+
+    def release(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        with self.lock:
+            if self.lost is None:
+                self.lease.release()
 
 
 def _registered_transforms() -> list[TransformDescriptor]:
@@ -275,19 +314,20 @@ def raw_tenants(store: ObjectStore) -> list[str]:
     return sorted(found)
 
 
-def _tombstones(spark: SparkSession, catalog: SqlCatalog, tenant: str) -> DataFrame:
-    from plugins.transforms.erasure import ERASURES_TABLE, TOMBSTONE_SCHEMA, read_tombstones
+def _tombstones(spark: SparkSession, catalog: SqlCatalog, tenant: str) -> DataFrame | None:
+    from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
 
     identifier = table_identifier(tenant, ERASURES_TABLE)
-    if catalog.table_exists(identifier):
-        table = catalog.load_table(identifier)
-        if table.current_snapshot() is not None:
-            return read_tombstones(spark, table).cache()
-    return spark.createDataFrame([], TOMBSTONE_SCHEMA)
+    if not catalog.table_exists(identifier):
+        return None
+    table = catalog.load_table(identifier)
+    if table.current_snapshot() is None or not live_data_files(table):
+        return None
+    return read_tombstones(spark, table).cache()
 
 
 def _run_tenant(
-    context: _Context, ordered: Sequence[TransformDescriptor], lease: Lease, progress: Progress | None
+    context: _Context, ordered: Sequence[TransformDescriptor], lease: _Heartbeat, progress: Progress | None
 ) -> list[TableSummary]:
     done: list[TableSummary] = []
     broken: set[str] = set()
@@ -354,6 +394,86 @@ def input_snapshots(table: Table) -> dict[str, int]:
     return {}
 
 
+def pending_inputs(
+    descriptor: TransformDescriptor,
+    output: Table | None,
+    *,
+    registry: SchemaRegistry,
+    raw_store: ObjectStore,
+    tenant: str,
+    full_refresh: bool = False,
+) -> dict[RawInput, list[RawFile]]:
+    """The raw files each raw input of ``descriptor`` reads in a run: those ``output`` has not processed (all of them
+    on a full refresh). Subjects without a registered schema (nothing ever landed) and inputs with no files are left
+    out."""
+    from schema_registry import subject_name
+
+    processed = processed_raw_files(output) if output is not None and not full_refresh else frozenset()
+    found: dict[RawInput, list[RawFile]] = {}
+    for source in descriptor.inputs:
+        if not isinstance(source, RawInput):
+            continue
+        if not registry.all_versions(subject_name(tenant, source.provider, source.stream)):
+            continue
+        if full_refresh:
+            files = list_raw_files(raw_store, tenant, source.provider, source.stream)
+        else:
+            files = pending_raw_files(raw_store, tenant, source.provider, source.stream, processed)
+        if files:
+            found[source] = files
+    return found
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """Where one transform's table of a tenant stands: its current snapshot, and what a run would read."""
+
+    transform: TransformDescriptor
+    snapshot_id: int | None
+    pending_raw_files: int
+    changed_inputs: tuple[str, ...]
+
+
+def transform_status(
+    tenant: str,
+    *,
+    transforms: Sequence[TransformDescriptor] | None = None,
+    raw_url: str | None = None,
+    processed_url: str | None = None,
+    catalog_url: str | None = None,
+    registry_url: str | None = None,
+) -> list[TableStatus]:
+    """Each transform's table of ``tenant`` in run order (no Spark: the catalog and the raw zone's listing)."""
+    from schema_registry import SchemaRegistry
+
+    table_identifier(tenant, "customers")
+    ordered = order_transforms(transforms) if transforms is not None else _registered_transforms()
+    registry = SchemaRegistry(ObjectStore(resolve_zone_url(Zone.REGISTRY, registry_url), setting="registry_url"))
+    raw_store = ObjectStore(resolve_zone_url(Zone.RAW, raw_url), setting="raw_url")
+    catalog = ProcessedZone.resolve(processed_url, catalog_url).open()
+
+    def load(name: str) -> Table | None:
+        identifier = table_identifier(tenant, name)
+        return catalog.load_table(identifier) if catalog.table_exists(identifier) else None
+
+    found = []
+    for descriptor in ordered:
+        output = load(descriptor.output)
+        pending = pending_inputs(descriptor, output, registry=registry, raw_store=raw_store, tenant=tenant)
+        recorded = input_snapshots(output) if output is not None else {}
+        changed = tuple(
+            source.table
+            for source in descriptor.inputs
+            if isinstance(source, TableInput)
+            and (snapshot := _current_snapshot_id(load(source.table))) is not None
+            and recorded.get(source.table) != snapshot
+        )
+        found.append(
+            TableStatus(descriptor, _current_snapshot_id(output), sum(len(f) for f in pending.values()), changed)
+        )
+    return found
+
+
 def _current_snapshot_id(table: Table | None) -> int | None:
     snapshot = table.current_snapshot() if table is not None else None
     return snapshot.snapshot_id if snapshot is not None else None
@@ -362,7 +482,7 @@ def _current_snapshot_id(table: Table | None) -> int | None:
 class _TableRun:
     """One transform for one tenant: read, call, then erasure, rules, merge, write and commit."""
 
-    def __init__(self, context: _Context, descriptor: TransformDescriptor, lease: Lease) -> None:
+    def __init__(self, context: _Context, descriptor: TransformDescriptor, lease: _Heartbeat) -> None:
         self.context = context
         self.descriptor = descriptor
         self.lease = lease
@@ -384,25 +504,15 @@ class _TableRun:
     # -- inputs --
 
     def _pending(self) -> dict[RawInput, list[RawFile]]:
-        """The raw files each raw input reads this run (all of them on a full refresh); only subjects with a schema."""
-        from schema_registry import subject_name
-
         context = self.context
-        processed = (
-            processed_raw_files(self.table) if self.table is not None and not context.full_refresh else frozenset()
+        return pending_inputs(
+            self.descriptor,
+            self.table,
+            registry=context.registry,
+            raw_store=context.raw_store,
+            tenant=context.tenant,
+            full_refresh=context.full_refresh,
         )
-        found: dict[RawInput, list[RawFile]] = {}
-        for source in self.raw_inputs:
-            if not context.registry.all_versions(subject_name(context.tenant, source.provider, source.stream)):
-                continue  # Nothing ever landed for it: no schema, no files to read.
-            files = (
-                list_raw_files(context.raw_store, context.tenant, source.provider, source.stream)
-                if context.full_refresh
-                else pending_raw_files(context.raw_store, context.tenant, source.provider, source.stream, processed)
-            )
-            if files:
-                found[source] = files
-        return found
 
     def _read_raw(self, source: RawInput, files: Sequence[RawFile]) -> DataFrame:
         context = self.context
@@ -498,6 +608,7 @@ class _TableRun:
 
         from plugins.transforms.erasure import drop_erased
         from plugins.transforms.frames import latest_per_key
+        from plugins.transforms.normalize import REASON_PREFIX
         from plugins.transforms.quality import RULE_COLUMN, reason_counts, split_by_rules, write_rejected
 
         context, key = self.context, list(self.descriptor.key)
@@ -528,8 +639,8 @@ class _TableRun:
             order = [*merge_order, origin] if self.raw_inputs else [origin, *merge_order]
             folded = latest_per_key(candidates, key, order)
             if output.deleted_keys is not None:
-                marks = output.deleted_keys.select(*key).distinct().withColumn(_DELETED, F.lit(True))
-                folded = folded.join(marks, key, "left")
+                marks = _renamed_keys(output.deleted_keys, key).distinct().withColumn(_DELETED, F.lit(True))
+                folded = folded.join(marks, _same_key(folded, key), "left").drop(*_key_aliases(key))
             else:
                 folded = folded.withColumn(_DELETED, F.lit(None).cast("boolean"))
             winners = folded.withColumn(_DELETED, F.coalesce(F.col(_DELETED), F.lit(False))).persist(
@@ -541,16 +652,19 @@ class _TableRun:
             }
             new_winners, existing_kept = tally.get((0, False), 0), tally.get((1, False), 0)
             fresh = winners.where((F.col(_ORIGIN) == 0) & ~F.col(_DELETED)).drop(_ORIGIN, _DELETED)
-            kept, erased = drop_erased(fresh, context.tombstones, self.descriptor.erasure_keys)
+            kept, erased_count = fresh, 0
+            if context.tombstones is not None and self.descriptor.erasure_keys:
+                kept, erased = drop_erased(fresh, context.tombstones, self.descriptor.erasure_keys)
+                erased_count = erased.count()
             valid, rejected = split_by_rules(kept, self.descriptor.load_quality_rules())
-            erased_count = erased.count() if self.descriptor.erasure_keys else 0
             rejected_rows = rejected.collect()
             rows_out = new_winners - erased_count - len(rejected_rows)
             quality = QualityReport(counters=dict(self.counters))
             for row in rejected_rows:
                 rule = str(row[RULE_COLUMN])
                 quality.rejected_by_rule[rule] = quality.rejected_by_rule.get(rule, 0) + 1
-            for row in reason_counts(rows).collect():
+            nulled = reason_counts(rows).collect() if any(n.startswith(REASON_PREFIX) for n in rows.columns) else []
+            for row in nulled:
                 quality.nulled.setdefault(str(row["column"]), {})[str(row["reason"])] = int(row["rows"])
             kept_rows = winners.where((F.col(_ORIGIN) == 1) & ~F.col(_DELETED)).select(*columns)
             to_write = kept_rows.unionByName(valid.select(*columns))
@@ -596,7 +710,8 @@ class _TableRun:
         """The table's live data files holding any of ``keys`` (reading only the key columns)."""
         live = sorted(live_data_files(table))
         located = read_data_files(self.context.spark, table, live).select(*key, DATA_FILE_COLUMN)
-        found = located.join(keys.distinct(), list(key), "left_semi").select(DATA_FILE_COLUMN).distinct()
+        wanted = _renamed_keys(keys, key).distinct()
+        found = located.join(wanted, _same_key(located, key), "left_semi").select(DATA_FILE_COLUMN).distinct()
         return sorted(str(row[DATA_FILE_COLUMN]) for row in found.collect())
 
     def _check(
@@ -645,6 +760,28 @@ class _TableRun:
         return self.table
 
 
+def _key_aliases(key: Sequence[str]) -> list[str]:
+    return [f"_cdp_key_{index}" for index in range(len(key))]
+
+
+def _renamed_keys(frame: DataFrame, key: Sequence[str]) -> DataFrame:
+    """The key columns of ``frame`` under names of their own, for :func:`_same_key`."""
+    from pyspark.sql import functions as F
+
+    return frame.select(*[F.col(name).alias(alias) for name, alias in zip(key, _key_aliases(key), strict=True)])
+
+
+def _same_key(frame: DataFrame, key: Sequence[str]) -> Column:
+    """``frame``'s key equals the renamed key, null-safely: a null key part is a value (``customer_metrics`` keys a
+    customer without orders by a null currency), the same as the window that keeps one row per key treats it."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    pairs = [frame[name].eqNullSafe(F.col(alias)) for name, alias in zip(key, _key_aliases(key), strict=True)]
+    return reduce(lambda left, right: left & right, pairs)
+
+
 def schema_change(current: StructType, wanted: StructType) -> str | None:
     """Why ``wanted`` (the output's columns) cannot evolve ``current`` (the table's) by adding columns, or None."""
     have = {f.name: f.dataType.simpleString() for f in current.fields}
@@ -679,11 +816,14 @@ def _add_columns(table: Table, current: StructType, wanted: StructType) -> Table
 __all__ = [
     "QualityReport",
     "RunSummary",
+    "TableStatus",
     "TableSummary",
     "TransformBusyError",
     "TransformRunError",
     "TransformSchemaError",
     "input_snapshots",
+    "pending_inputs",
     "raw_tenants",
     "run_transforms",
+    "transform_status",
 ]

@@ -45,8 +45,16 @@ def parse_tenant_settings(text: str | None) -> dict[str, dict[str, Any]]:
         raise ConfigError(TENANT_SETTINGS_ENV_VAR, f"is not JSON ({exc}); use an object like {example}") from None
     if not isinstance(document, dict):
         raise ConfigError(TENANT_SETTINGS_ENV_VAR, 'must be a JSON object of tenants, e.g. {"acme": {...}}')
+    nested: dict[str, Any] = {}
+    for name, value in document.items():
+        # Meltano flattens an object setting into dotted keys ({"acme.default_region": "GB"}): nest them again.
+        tenant, dot, setting = str(name).partition(".")
+        if dot:
+            nested.setdefault(tenant, {})[setting] = value
+        else:
+            nested[tenant] = value
     parsed: dict[str, dict[str, Any]] = {}
-    for tenant, overrides in document.items():
+    for tenant, overrides in nested.items():
         validate_name(TENANT_SETTINGS_ENV_VAR, tenant)
         if not isinstance(overrides, dict):
             raise ConfigError(TENANT_SETTINGS_ENV_VAR, f"tenant '{tenant}': its settings must be a JSON object")

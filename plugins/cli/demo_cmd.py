@@ -1,13 +1,19 @@
-"""``cdp demo``: the whole first pipeline on embedded defaults, from a local Stripe sandbox to the raw zone."""
+"""``cdp demo``: the pipeline on embedded defaults, from local Stripe, Shopify and Salesforce sandboxes to unified
+customers: the taps land raw batches through Meltano, the transforms build the processed zone's tables."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.table import Table
 
 from plugins.cli.output import console, styled
@@ -17,58 +23,168 @@ from plugins.core.layout import BATCH_SUFFIX, parse_batch_key
 from plugins.core.raw_zone import read_batch
 from plugins.core.storage import ObjectStore
 from plugins.manager import get_source
-from plugins.meltano.project import find_project_root, run_meltano
+from plugins.meltano.project import MELTANO_FILE, environment_bin, find_project_root, meltano_env, run_meltano
 
 DEMO_TENANT = "demo"
-DEMO_SOURCE = "stripe"
+DEMO_SOURCES = ("stripe", "shopify", "salesforce")
+#: The Meltano utility (namespace cdp) whose ``transform`` command runs ``cdp transform run``.
+TRANSFORM_UTILITY = "cdp"
+TRANSFORM_COMMAND = f"{TRANSFORM_UTILITY}:transform"
+#: The sandboxes write North American numbers in national format ("(212) 555-0123"); this region reads them.
+DEMO_DEFAULT_REGION = "US"
+
+
+class DemoError(CdpError):
+    """The demo ran but left something it cannot show (nothing landed, a table is missing)."""
+
+
+@dataclass(frozen=True)
+class UnifiedCustomers:
+    """What the processed zone says about people: profiles, the records behind them, and those spanning providers."""
+
+    customers: int
+    records: int
+    cross_provider: int
 
 
 def demo(
     records: Annotated[int, typer.Option(help="Synthetic records per sandbox resource.")] = 500,
 ) -> None:
-    """Start the Stripe sandbox, run 'meltano run tap-stripe target-s3raw' and show what landed."""
+    """Sandboxes to unified customers: Stripe, Shopify and Salesforce through meltano run, then the transforms."""
     root = find_project_root()
-    source = get_source(DEMO_SOURCE)
-    options = SandboxOptions(records=records)
-    started = datetime.now(UTC)
-    with SandboxServer(source.load_sandbox()(options)) as sandbox:
+    zones = _zone_env(root)
+    with_utility = has_transform_utility(root)
+    steps = 2 if with_utility else 3
+    started = datetime.now(UTC).replace(microsecond=0)
+    with ExitStack() as stack:
+        sandbox_env: dict[str, str] = {}
+        serving = []
+        for name in DEMO_SOURCES:
+            source = get_source(name)
+            server = stack.enter_context(SandboxServer(source.load_sandbox()(SandboxOptions(records=records))))
+            sandbox_env.update(sandbox_settings(name, server.url))
+            serving.append(f"{name} {server.url}")
         console.print(
-            styled(("1/2", "bold"), f" {DEMO_SOURCE} sandbox serving {records} records per resource on {sandbox.url}")
+            styled((f"1/{steps}", "bold"), f" sandboxes with {records} records per resource, one population of people")
         )
-        console.print(styled(("2/2", "bold"), f" meltano run {source.executable} target-s3raw (environment dev)"))
-        run_meltano(
-            ["run", source.executable, "target-s3raw"],
-            project_root=root,
-            extra_env={"TAP_STRIPE_API_URL": sandbox.url},
-        )
+        console.print("    " + "  ".join(serving))
+        command = ["run"]
+        for name in DEMO_SOURCES:
+            command += [get_source(name).executable, "target-s3raw"]
+        if with_utility:
+            command.append(TRANSFORM_COMMAND)
+        console.print(styled((f"2/{steps}", "bold"), f" meltano {' '.join(command)} (environment dev)"))
+        # Meltano logs only warnings and errors: the demo prints what happened below.
+        run_meltano(["--log-level", "warning", *command], project_root=root, extra_env={**sandbox_env, **zones})
+    _print_raw_zone(root, started)
+    _print_landing_zone_summary(root)
+    if not with_utility:
+        console.print(styled((f"3/{steps}", "bold"), f" cdp transform run --tenant {DEMO_TENANT}"))
+        run_transforms_command(root, zones)
+    unified = read_unified_customers(root / "data" / "processed", DEMO_TENANT)
+    console.print(
+        styled(("unified customers: ", "bold"), str(unified.customers))
+        + f" profiles from {unified.records} source records; {unified.cross_provider} merged across providers"
+        " (records from 2 or 3 of Stripe, Shopify, Salesforce)"
+    )
+    console.print(
+        "Re-running is safe: each tap resumes from its bookmark in .meltano/state and the transforms read only raw "
+        "files they have not processed, so a second run finds nothing new and shows the same counts."
+    )
 
+
+def sandbox_settings(source: str, url: str) -> dict[str, str]:
+    """The Meltano settings (as env vars) that point a tap at its local sandbox instead of the provider."""
+    settings = {
+        "stripe": {"TAP_STRIPE_API_URL": url},
+        "shopify": {"TAP_SHOPIFY_API_URL": url},
+        "salesforce": {"TAP_SALESFORCE_TOKEN_URL": f"{url}/services/oauth2/token"},
+    }
+    return settings[source]
+
+
+def _zone_env(root: Path) -> dict[str, str]:
+    """Every zone under the project's data/ folder, for the transforms (the taps' target has them in meltano.yml)."""
+    data = root / "data"
+    return {
+        "CDP_RAW_URL": str(data / "raw"),
+        "CDP_DLQ_URL": str(data / "dlq"),
+        "CDP_REGISTRY_URL": str(data / "registry"),
+        "CDP_PROCESSED_URL": str(data / "processed"),
+        "CDP_DEFAULT_REGION": os.environ.get("CDP_DEFAULT_REGION", DEMO_DEFAULT_REGION),
+    }
+
+
+def has_transform_utility(root: Path) -> bool:
+    """Whether meltano.yml declares the ``cdp`` utility, so transforms run inside ``meltano run`` as cdp:transform."""
+    project: Any = yaml.safe_load((root / MELTANO_FILE).read_text(encoding="utf-8")) or {}
+    utilities = (project.get("plugins") or {}).get("utilities") or []
+    return any(isinstance(plugin, dict) and plugin.get("name") == TRANSFORM_UTILITY for plugin in utilities)
+
+
+def run_transforms_command(root: Path, zones: dict[str, str]) -> None:
+    """``cdp transform run`` for the demo tenant, in a process of its own (it starts Spark); it prints its summary."""
+    command = [str(environment_bin() / "cdp"), "transform", "run", "--tenant", DEMO_TENANT]
+    result = subprocess.run(command, cwd=root, env=meltano_env(zones), check=False)
+    if result.returncode != 0:
+        raise DemoError(f"'cdp transform run' exited with {result.returncode}; its error is printed above")
+
+
+def read_unified_customers(processed: Path, tenant: str) -> UnifiedCustomers:
+    """Count the profiles of ``{tenant}.customers`` and, from ``{tenant}.identity_map``, the source records behind
+    them and the profiles whose records come from two or more providers."""
+    from plugins.transforms.catalog import CatalogError, ProcessedZone, load_table
+    from plugins.transforms.identity import IDENTITY_MAP_TABLE
+
+    catalog = ProcessedZone.resolve(processed_url=str(processed)).open()
+    try:
+        customers = load_table(catalog, tenant, "customers").scan(selected_fields=("customer_id",)).to_arrow()
+        identities = (
+            load_table(catalog, tenant, IDENTITY_MAP_TABLE)
+            .scan(selected_fields=("source", "record_id", "customer_id"))
+            .to_arrow()
+        )
+    except CatalogError as exc:
+        raise DemoError(f"the transforms left no unified customers: {exc}") from exc
+    # A provider's record has the source "provider/object" ("salesforce/Contact"); ids that events carry ("events")
+    # are activity, not a provider's record of the person.
+    providers: dict[str, set[str]] = defaultdict(set)
+    records: set[str] = set()
+    for source, record_id, customer_id in zip(
+        identities["source"].to_pylist(),
+        identities["record_id"].to_pylist(),
+        identities["customer_id"].to_pylist(),
+        strict=True,
+    ):
+        provider, separator, _ = (source or "").partition("/")
+        if separator:
+            providers[customer_id].add(provider)
+            records.add(record_id)
+    spanning = sum(1 for found in providers.values() if len(found) >= 2)
+    return UnifiedCustomers(customers=customers.num_rows, records=len(records), cross_provider=spanning)
+
+
+def _print_raw_zone(root: Path, started: datetime) -> None:
+    """One line per provider: its streams, files and records, all runs and this run."""
     raw_root = root / "data" / "raw"
     store = ObjectStore(str(raw_root))
-    files: dict[str, list[str]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
-    new_counts: dict[str, int] = defaultdict(int)
-    for info in store.list(f"{DEMO_TENANT}/{DEMO_SOURCE}"):
-        key = parse_batch_key(info.key)
-        rows = len(read_batch(store, info.key))
-        files[key.stream].append(info.key)
-        counts[key.stream] += rows
-        if key.landed_at >= started.replace(microsecond=0):
-            new_counts[key.stream] += rows
-    if not counts:
-        raise CdpError(f"the pipeline ran but nothing landed under {raw_root}/{DEMO_TENANT}/{DEMO_SOURCE}")
-
-    table = Table(title=f"raw zone: {raw_root}/{DEMO_TENANT}/{DEMO_SOURCE}")
-    for column in ("stream", "files", "records (all runs)", "records (this run)", "latest file"):
+    table = Table(title=f"raw zone: {raw_root}/{DEMO_TENANT}")
+    for column in ("provider", "streams", "files", "records (all runs)", "records (this run)"):
         table.add_column(column)
-    for stream in sorted(counts):
-        latest = files[stream][-1].rsplit("/", 1)[-1]
-        table.add_row(stream, str(len(files[stream])), str(counts[stream]), str(new_counts[stream]), latest)
+    for provider in DEMO_SOURCES:
+        streams: set[str] = set()
+        files = total = new = 0
+        for info in store.list(f"{DEMO_TENANT}/{provider}"):
+            key = parse_batch_key(info.key)
+            rows = len(read_batch(store, info.key))
+            streams.add(key.stream)
+            files += 1
+            total += rows
+            new += rows if key.landed_at >= started else 0
+        if not files:
+            raise DemoError(f"the pipeline ran but nothing landed under {raw_root}/{DEMO_TENANT}/{provider}")
+        table.add_row(provider, str(len(streams)), str(files), str(total), str(new))
     console.print(table)
-    _print_landing_zone_summary(root)
-    console.print(
-        "Re-running is safe: the tap resumes from its bookmark in .meltano/state, so a second run lands only what is "
-        "new (a record at the bookmark's boundary may come again; downstream de-duplicates on id and _sdc_sequence)."
-    )
 
 
 def _print_landing_zone_summary(root: Path) -> None:
@@ -77,7 +193,7 @@ def _print_landing_zone_summary(root: Path) -> None:
 
     dlq = ObjectStore(str(root / "data" / "dlq"))
     by_error: dict[str, int] = defaultdict(int)
-    for info in dlq.list(f"{DEMO_TENANT}/{DEMO_SOURCE}"):
+    for info in dlq.list(DEMO_TENANT):
         if not info.key.endswith(BATCH_SUFFIX):
             continue
         error_type = parse_batch_key(info.key).error_type
@@ -86,6 +202,8 @@ def _print_landing_zone_summary(root: Path) -> None:
     dead = ", ".join(f"{count} {error}" for error, count in sorted(by_error.items())) or "none"
     console.print(f"dead letter queue ({root / 'data' / 'dlq'}): {dead}")
     registry = SchemaRegistry(ObjectStore(str(root / "data" / "registry")))
-    subjects = [s for s in registry.subjects() if s.startswith(f"{DEMO_TENANT}/{DEMO_SOURCE}/")]
-    versions = ", ".join(f"{s.rsplit('/', 1)[-1]} v{registry.versions(s)[-1]}" for s in subjects)
-    console.print(f"schema registry ({root / 'data' / 'registry'}): {versions or 'no subjects'}")
+    subjects = [s for s in registry.subjects() if s.startswith(f"{DEMO_TENANT}/")]
+    per_provider = ", ".join(
+        f"{provider} {sum(1 for s in subjects if s.split('/')[1] == provider)}" for provider in DEMO_SOURCES
+    )
+    console.print(f"schema registry ({root / 'data' / 'registry'}): {len(subjects)} subjects ({per_provider})")

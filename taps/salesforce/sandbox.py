@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan, SandboxOptions
-from plugins.connectors.synthetic import person
+from plugins.connectors.synthetic import SyntheticPerson, population
 
 DEFAULT_CLIENT_ID = "cdp-sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "cdp-sandbox-client-secret"  # noqa: S105  # the sandbox's public test credential
@@ -250,6 +250,7 @@ OBJECT_FIELDS: dict[str, list[FieldSpec]] = {
         _string("Name", 121, nillable=False),
         _string("Company", nillable=False),
         FieldSpec("Email", "email", length=80),
+        FieldSpec("Phone", "phone", length=40),
         FieldSpec(
             "Status", "picklist", nillable=False, length=255, picklist=("Open", "Working", "Qualified", "Unqualified")
         ),
@@ -335,6 +336,7 @@ class SyntheticOrg:
     def __init__(self, records: int, seed: int) -> None:
         self.rows: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in OBJECT_FIELDS}
         self._rng = random.Random(seed)
+        self._people = population(seed)  # the people Stripe's and Shopify's sandboxes share
         self._counter = 0
         for obj in OBJECT_FIELDS:
             for index in range(records):
@@ -371,8 +373,7 @@ class SyntheticOrg:
         return rng.choice(ids) if ids else None
 
     @staticmethod
-    def _address(prefix: str, rng: random.Random, index: int) -> dict[str, Any]:
-        who = person(rng, index)
+    def _address(prefix: str, rng: random.Random, who: SyntheticPerson) -> dict[str, Any]:
         return {
             f"{prefix}Street": f"{who.line1}\nSuite {rng.randrange(1, 900)}" if rng.random() < 0.2 else who.line1,
             f"{prefix}City": who.city,
@@ -385,13 +386,13 @@ class SyntheticOrg:
         }
 
     def _make_account(self, rng: random.Random, index: int, created: datetime) -> dict[str, Any]:
-        who = person(rng, index)
+        who = self._people.stranger(index)  # an account is a company: its phone and domain are nobody's
         located = rng.random() < 0.6
         return {
             "Name": f"{who.last_name} {rng.choice(['GmbH', 'SARL', 'Ltd', 'Inc.', '株式会社', 'S.A.'])}",
             "Type": rng.choice(["Prospect", "Customer - Direct", "Partner", None]),
             "Industry": rng.choice(["Retail", "Technology", "Media", "Finance", None]),
-            **self._address("Billing", rng, index),
+            **self._address("Billing", rng, who),
             "Phone": who.phone,
             "Website": f"https://www.{who.email.split('@')[1]}",
             "AnnualRevenue": rng.choice([None, round(rng.uniform(1e5, 5e8), 2)]),
@@ -406,7 +407,7 @@ class SyntheticOrg:
         }
 
     def _make_contact(self, rng: random.Random, index: int, created: datetime) -> dict[str, Any]:
-        who = person(rng, index)
+        who = self._people.member("salesforce_contact", index)
         return {
             "AccountId": self._pick("Account", rng),
             "FirstName": who.first_name,
@@ -414,7 +415,7 @@ class SyntheticOrg:
             "Name": who.name,
             "Email": who.email,
             "Phone": who.phone,
-            **self._address("Mailing", rng, index),
+            **self._address("Mailing", rng, who),
             "Birthdate": date(1950 + rng.randrange(55), 1 + rng.randrange(12), 1 + rng.randrange(28)),
             "HasOptedOutOfEmail": rng.random() < 0.1,
             "LeadSource": rng.choice([*LEAD_SOURCES, None]),
@@ -425,18 +426,19 @@ class SyntheticOrg:
         }
 
     def _make_lead(self, rng: random.Random, index: int, created: datetime) -> dict[str, Any]:
-        who = person(rng, index)
+        who = self._people.member("salesforce_lead", index)
         return {
             "FirstName": who.first_name,
             "LastName": who.last_name,
             "Name": who.name,
-            "Company": f"{person(rng, index + 1).last_name} & Co.",
+            "Company": f"{self._people.stranger(index + 1).last_name} & Co.",
             "Email": who.email,
+            "Phone": who.phone,
             "Status": rng.choice(["Open", "Working", "Qualified", "Unqualified"]),
             "LeadSource": rng.choice([*LEAD_SOURCES, None]),
             "Rating": rng.choice(["Hot", "Warm", "Cold", None]),
             "IsConverted": rng.random() < 0.15,
-            **self._address("", rng, index),
+            **self._address("", rng, who),
             "AnnualRevenue": rng.choice([None, round(rng.uniform(1e4, 1e7), 2)]),
             "NumberOfEmployees": rng.choice([None, rng.randrange(1, 5_000)]),
             "Lead_Score__c": round(rng.uniform(0, 100), 1),

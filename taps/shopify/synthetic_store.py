@@ -10,12 +10,12 @@ variant) are the referenced record itself, so an update is visible everywhere.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from plugins.connectors.synthetic import SyntheticPerson, person
+from plugins.connectors.synthetic import SyntheticPerson, population
 
 Record = dict[str, Any]
 
@@ -132,14 +132,18 @@ class SyntheticShop:
 
     def _customer(self, rng: random.Random, index: int) -> Record:
         number = 7_000_000_000 + index + 1
-        who = person(rng, index)
+        people = population(self.seed)
+        who = people.member("shopify", index)
         created, updated = self._timestamps(rng, index)
         addresses = [self._address(who, rng)]
         if rng.random() < 0.3:
-            addresses.append(self._address(person(rng, index + 10_000), rng))
+            # A second address (work, a relative's) of the same customer: someone else's street, their own phone.
+            elsewhere = people.stranger(index)
+            addresses.append(self._address(replace(elsewhere, phone=who.phone), rng))
+        # Shopify keeps a customer's phone in E.164 and unique within the store, as it keeps the email.
         phone = (
             {"phoneNumber": who.phone, "marketingState": rng.choice(["NOT_SUBSCRIBED", "SUBSCRIBED"])}
-            if rng.random() < 0.7
+            if who.phone
             else None
         )
         return {

@@ -59,7 +59,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, FaultPlan, SandboxOptions
-from plugins.connectors.synthetic import SyntheticPerson, object_id, person
+from plugins.connectors.synthetic import Population, SyntheticPerson, object_id, population
 
 DEFAULT_API_KEY = "sk_test_cdp_sandbox"
 FIRST_CREATED = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -129,8 +129,8 @@ def _address(who: SyntheticPerson) -> dict[str, Any]:
     }
 
 
-def _customer(rng: random.Random, index: int, created: int) -> dict[str, Any]:
-    who = person(rng, index)
+def _customer(rng: random.Random, people: Population, index: int, created: int) -> dict[str, Any]:
+    who = people.member("stripe", index)
     address = _address(who)
     return {
         "id": object_id("cus", rng),
@@ -538,7 +538,8 @@ class StripeState:
         self.faults = self.options.faults
         rng = random.Random(self.options.seed)
         n = max(self.options.records, 1)
-        customers = [_customer(rng, i, FIRST_CREATED + i * 3600) for i in range(n)]
+        people = population(self.options.seed)
+        customers = [_customer(rng, people, i, FIRST_CREATED + i * 3600) for i in range(n)]
         products = [_product(rng, i, FIRST_CREATED + i * 3600 + 60) for i in range(max(n // 10, 3))]
         prices = []
         for product in products:
@@ -607,7 +608,9 @@ class StripeState:
     def add_customer(self, fields: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             newest = self.customers[0]["created"] if self.customers else FIRST_CREATED
-            customer = _customer(self._rng, len(self.customers), max(int(time.time()), newest))
+            customer = _customer(
+                self._rng, population(self.options.seed), len(self.customers), max(int(time.time()), newest)
+            )
             customer.update({key: value for key, value in fields.items() if key in CUSTOMER_FIELDS})
             customer["metadata"] = _merged_metadata({}, fields.get("metadata", {}))
             self.customers.insert(0, customer)

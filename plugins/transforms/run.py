@@ -7,8 +7,8 @@ keyword parameter ``run``; the runner then passes the :class:`TransformRun` of t
 Inputs, incremental mode: a raw input is the rows of the subject's pending raw files (not yet processed by this
 output table); a table input is the upstream table's current snapshot, whole (Spark reads it lazily), and
 ``run.changed(table)`` the rows that changed since this output last read it: the rows of the data files added to it
-that came from raw batches it processed since (a merge rewrites whole files, unchanged neighbours included). On a full refresh every raw
-file is read and ``run.changed`` gives the whole upstream table.
+that came from raw batches it processed since (a merge rewrites whole files, unchanged neighbours included). On a
+full refresh every raw file is read and ``run.changed`` gives the whole upstream table.
 
 Output: a DataFrame of rows keyed by the descriptor's ``key``, merged into the table (the latest ``updated_at`` wins,
 ties to the later raw file) — or, from a transform whose inputs are all tables, the whole table, which replaces the

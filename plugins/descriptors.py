@@ -21,6 +21,8 @@ from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
 
     import pyarrow as pa
     import typer
@@ -360,16 +362,28 @@ class LoaderDescriptor:
     """One kind of serving store (PostgreSQL, Elasticsearch, ...): ``loader`` names a factory of a ``Loader``.
 
     ``settings_schema`` is the JSON Schema of its settings (titles, descriptions, ``secret`` where it holds one).
+    ``local_server`` names a context manager factory ``(data_dir: Path) -> ContextManager[str]`` that runs a local
+    stand-in of the store (an embedded server, an API emulator) and yields its URL, as a source's sandbox stands in
+    for its provider; ``url_env_var`` is the variable the loader reads that URL from. ``make demo`` uses both.
     """
 
     name: str
     loader: str
     description: str = ""
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
+    local_server: str | None = None
+    url_env_var: str | None = None
 
     def load_loader(self) -> Callable[..., Loader]:
         """The loader's factory (a class, usually), called with the resolved settings."""
         factory: Callable[..., Loader] = load_object(self.loader)
+        return factory
+
+    def load_local_server(self) -> Callable[[Path], AbstractContextManager[str]]:
+        """The factory of the store's local stand-in (``local_server``); an error if the loader has none."""
+        if self.local_server is None:
+            raise PluginLoadError(f"loader '{self.name}' has no local server to start; give its URL instead")
+        factory: Callable[[Path], AbstractContextManager[str]] = load_object(self.local_server)
         return factory
 
 

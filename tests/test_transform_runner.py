@@ -454,7 +454,7 @@ def test_the_cli_prints_the_summary_lists_the_tables_and_refuses_a_busy_tenant(s
     assert list(listed).index("customers") > list(listed).index("customer_records")
     assert listed["orders"]["key"] == ["order_id"]
     assert listed["orders"]["pending_raw_files"] == 0
-    assert listed["customer_metrics"]["inputs"] == ["table:orders", "table:events"]
+    assert listed["customer_metrics"]["inputs"] == ["table:orders", "table:events", "table:customers"]
     assert listed["customer_metrics"]["changed_inputs"] == []
 
     processed = ObjectStore(ProcessedZone.resolve(str(stepwise["processed"])).warehouse)

@@ -44,5 +44,8 @@ def cdp_loaders() -> list[LoaderDescriptor]:
                     "dlq_url": {"type": "string", "description": "Where rejected documents go; else the DLQ zone."},
                 },
             },
+            # noida-db's Elasticsearch 8.15 API emulator (a dev dependency): the demo's search cluster.
+            local_server="loaders.elasticsearch.emulator:noida_elasticsearch",
+            url_env_var="CDP_ES_URL",
         )
     ]

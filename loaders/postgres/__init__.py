@@ -31,6 +31,8 @@ def cdp_loaders() -> list[LoaderDescriptor]:
                     "pool_size": {"type": "integer", "default": 4},
                 },
             },
+            local_server="loaders.postgres.embedded:local_server",
+            url_env_var="CDP_POSTGRES_URL",
         )
     ]
 

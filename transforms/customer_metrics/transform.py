@@ -15,11 +15,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from plugins.transforms.identity import IDENTITY_MAP_TABLE
 from plugins.transforms.money import MONEY_TYPE
 from plugins.transforms.quality import Format, QualityRule, Range, Required
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+
+    from plugins.transforms.run import TransformRun
 
 ENGAGEMENT_WINDOW_DAYS = 90
 ENGAGEMENT_HALF_LIFE_DAYS = 30  # An event counts half as much 30 days later.
@@ -57,6 +60,8 @@ def with_customer_id(df: DataFrame, identity_map: DataFrame | None) -> DataFrame
     )
     if identity_map is None:
         return df.withColumn("customer_id", own)
+    if "linked" in identity_map.columns:  # A value a guard cut (a shared inbox) names no one in particular.
+        identity_map = identity_map.where(F.col("linked"))
     ids = identity_map.select(
         F.col("id_type").alias("_cdp_map_type"), F.col("id_value").alias("_cdp_map_value"), "customer_id"
     ).dropDuplicates(["_cdp_map_type", "_cdp_map_value"])
@@ -85,11 +90,21 @@ def customer_metrics(
     *,
     orders: DataFrame,
     events: DataFrame | None = None,
+    customers: DataFrame | None = None,
     identity_map: DataFrame | None = None,
     as_of: datetime | None = None,
+    run: TransformRun | None = None,
 ) -> DataFrame:
-    """The metrics of every customer with a revenue order or an event, as of ``as_of`` (now by default, UTC)."""
+    """The metrics of every customer with a revenue order or an event, as of ``as_of`` (now by default, UTC).
+
+    Run by the runner, the identity map is the one the ``customers`` transform committed (``customers`` is an input
+    so that this runs after it, and again when profiles merge); it is not read otherwise.
+    """
     from pyspark.sql import functions as F
+
+    del customers  # An input for its order and its changes; the identity map says who is who.
+    if identity_map is None and run is not None:
+        identity_map = run.table(IDENTITY_MAP_TABLE)
 
     if as_of is not None and as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)  # Naive means UTC, whatever the machine's local zone.

@@ -23,6 +23,13 @@ from plugins.transforms.normalize import (
     with_country,
     with_normalized,
 )
+from plugins.transforms.person_columns import (
+    ADDRESS_COLUMNS,
+    CONSENT_COLUMNS,
+    CONSENT_STATES,
+    NAME_COLUMNS,
+    PROVIDER_ID_TYPES,
+)
 from plugins.transforms.quality import Allowed, Format, QualityRule, Required
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN
 
@@ -31,12 +38,6 @@ if TYPE_CHECKING:
 
     from plugins.transforms.run import TransformRun
 
-PROVIDER_ID_TYPES = ("stripe_customer", "shopify_customer", "salesforce_contact", "salesforce_lead")
-CONSENT_STATES = ("granted", "denied")
-#: Column groups the customers table shares: a profile takes each group from one record.
-NAME_COLUMNS = ("first_name", "last_name", "full_name")
-ADDRESS_COLUMNS = ("address_line1", "address_line2", "city", "region", "postal_code", "country")
-CONSENT_COLUMNS = tuple(name for channel in CHANNELS for name in (f"consent_{channel}", f"consent_{channel}_at"))
 OUTPUT_COLUMNS = (
     "record_id",
     "source",

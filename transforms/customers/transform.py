@@ -31,9 +31,9 @@ from plugins.transforms.identity import (
     resolve_identities,
     survive_fields,
 )
+from plugins.transforms.person_columns import ADDRESS_COLUMNS, CONSENT_COLUMNS, NAME_COLUMNS, PROVIDER_ID_TYPES
 from plugins.transforms.quality import Allowed, Format, QualityRule, Range, Required
 from plugins.transforms.run import TransformOutput
-from transforms.customer_records.transform import ADDRESS_COLUMNS, CONSENT_COLUMNS, NAME_COLUMNS, PROVIDER_ID_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame

@@ -3,7 +3,8 @@
 From the ``orders`` table's revenue rows (``is_revenue``): lifetime value (net of refunds), order count, average
 order value, first and last order, days since the last order; from the ``events`` table: an engagement score.
 Money stays in its currency: a customer who paid in EUR and in USD has one row per currency (each with the same
-engagement), never a sum across currencies. A customer with events and no orders has one row with a null currency.
+engagement), never a sum across currencies. A customer with events and no orders has one row with the currency
+``XXX`` (ISO 4217: no currency).
 
 Orders and events name their customer by a provider identifier (``customer_id_type``, ``customer_id_value``) and by
 email; the identity map of identity resolution (``id_type``, ``id_value``, ``customer_id``) turns them into the
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from plugins.transforms.run import TransformRun
 
 ENGAGEMENT_WINDOW_DAYS = 90
+#: ISO 4217's code for "no currency involved": the row of a customer with events and no revenue order. A key column
+#: stays non-null, as the serving stores' primary keys and document ids need.
+NO_CURRENCY = "XXX"
 ENGAGEMENT_HALF_LIFE_DAYS = 30  # An event counts half as much 30 days later.
 ENGAGEMENT_SATURATION = 10.0  # About ten fresh events score 63; the score approaches 100 and never reaches it.
 OUTPUT_COLUMNS = (
@@ -140,7 +144,7 @@ def customer_metrics(
     combined = money.join(engagement, "customer_id", "full_outer")
     return combined.select(
         "customer_id",
-        "currency",
+        F.coalesce(F.col("currency"), F.lit(NO_CURRENCY)).alias("currency"),
         "lifetime_value",
         F.coalesce(F.col("order_count"), F.lit(0)).alias("order_count"),
         "average_order_value",

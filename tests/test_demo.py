@@ -1,5 +1,6 @@
 """`cdp demo` (what `make demo` runs), end to end: three sandboxes through Meltano into the raw zone, the transforms
-into the processed zone, the unified customers read back; run again, nothing new and the same counts."""
+into the processed zone, the unified customers read back, loaded into PostgreSQL and the search emulator; run again,
+nothing new and the same counts."""
 
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_c
     # The sandboxes share people (tests/test_synthetic_population.py): fewer profiles than records, some of them
     # holding records of two or three providers.
     assert 0 < merged < customers < records
+    # Served: the profile store answers the query an application would run, the search emulator a name search.
+    assert "PostgreSQL demo.customers joined to customer_metrics" in first.stdout
+    assert re.search(r"│ cus_[0-9a-f]{24} │", first.stdout), first.stdout[-3000:]
+    searched = re.search(r"search demo_customers for '(.+?)': (\d+) customers", first.stdout)
+    assert searched, first.stdout[-3000:]
+    assert int(searched.group(2)) >= 1
 
     second = subprocess.run(
         command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
@@ -72,3 +79,4 @@ def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_c
     again = UNIFIED.search(second.stdout)
     assert again, second.stdout[-3000:]
     assert again.groups() == found.groups()
+    assert "PostgreSQL demo.customers joined to customer_metrics" in second.stdout

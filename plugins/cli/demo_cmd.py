@@ -176,7 +176,8 @@ def _print_top_customers(postgres_url: str) -> None:
     tenant = sql.Identifier(DEMO_TENANT)
     query = sql.SQL(
         "SELECT c.customer_id, c.full_name, c.email, array_length(c.sources, 1) AS sources, m.currency, "
-        "m.lifetime_value, m.order_count FROM {}.customers c LEFT JOIN {}.customer_metrics m USING (customer_id) "
+        "round(m.lifetime_value, 2), m.order_count FROM {}.customers c "
+        "LEFT JOIN {}.customer_metrics m USING (customer_id) "
         "ORDER BY m.lifetime_value DESC NULLS LAST, c.customer_id LIMIT 5"
     ).format(tenant, tenant)
     with psycopg.connect(postgres_url) as connection:

@@ -165,7 +165,9 @@ def test_posted_events_land_in_the_raw_zone_once_and_the_bookmark_follows_the_ta
     ]
     assert main(["webhooks", "consumers", "--log-url", str(tmp_path / "log"), "--json"]) == 0
     consumers = capsys.readouterr().out
-    assert json.loads(consumers) == {"consumers": [{"consumer": "acme/stripe/events", "position": bookmark}]}
+    assert json.loads(consumers) == {
+        "consumers": [{"consumer": "acme/stripe/events", "position": bookmark, "valid": True, "problem": None}]
+    }
 
 
 def test_sigkill_under_load_loses_no_acknowledged_event_and_lands_each_once(

@@ -275,6 +275,7 @@ def test_the_processed_files_and_input_snapshots_commit_with_the_output(spark, s
     assert recorded == {
         "orders": load_table(catalog, "acme", "orders").current_snapshot().snapshot_id,
         "events": load_table(catalog, "acme", "events").current_snapshot().snapshot_id,
+        "customers": load_table(catalog, "acme", "customers").current_snapshot().snapshot_id,
     }
     assert live_data_files(metrics)
 

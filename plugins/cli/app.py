@@ -39,7 +39,7 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
     "load": ("plugins.cli.load_cmd:app", "Load processed tables into the serving stores: run, status, rollback."),
     "demo": (
         "plugins.cli.demo_cmd:demo",
-        "Sandboxes to unified customers: Stripe, Shopify and Salesforce through meltano run, then the transforms.",
+        "Sandboxes to served customers: three providers through meltano run, the transforms, PostgreSQL and search.",
     ),
 }
 

@@ -407,38 +407,99 @@ class MemberOutcome(enum.Enum):
 
 @dataclass(frozen=True)
 class MemberResult:
-    """One member's result at a destination, with the reason when it was rejected."""
+    """One member's result at a destination, with the reason when it was rejected.
+
+    ``provider_reference`` is what the provider knows the send by (an email's ``Message-ID``, an upload session), kept
+    in the send log.
+    """
 
     member_id: str
     outcome: MemberOutcome
     reason: str = ""
+    provider_reference: str = ""
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    """A campaign's content rendered for one member (channels that carry content: email, SMS)."""
+
+    subject: str
+    text: str
+    html: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One member to add to (or remove from) a destination.
+
+    ``columns`` is the member's row of the segment export (customer_id, email, phone, names, country, metrics...);
+    ``idempotency_key`` (campaign, member, variant) is stable across re-runs: senders pass it on where the provider
+    takes one. ``content`` is set for channels whose descriptor says ``content=True``.
+    """
+
+    member_id: str
+    columns: Mapping[str, Any]
+    idempotency_key: str
+    variant: str = ""
+    content: RenderedContent | None = None
+
+
+class RetryableSendError(CdpError):
+    """The provider refused a whole request for now (HTTP 429 or 5xx, an SMTP 4xx, a dropped connection): the
+    framework backs off and retries the batch, waiting at least ``retry_after`` seconds when the provider said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SendError(CdpError):
+    """The provider refused a whole request for good (bad credentials, an audience that does not exist): the
+    framework stops the batch's members, records them as failed and dead-letters them as ``activation_failed``."""
 
 
 @runtime_checkable
 class Sender(Protocol):
-    """Sends audience members to one activation destination."""
+    """Sends audience members to one activation destination. Created once per run with the resolved settings.
 
-    def send(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
-        """Send one batch (at most the channel's ``max_batch_size``); one result per member."""
+    Each call gets at most the channel's ``max_batch_size`` deliveries and returns one result per delivery (a member
+    the provider rejected, e.g. an unparseable address, is REJECTED with the reason). A request the provider refused
+    as a whole raises :class:`RetryableSendError` or :class:`SendError`. The framework does everything else: batching,
+    the rate limit, retries, consent, the send log.
+    """
 
-    def remove(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
-        """Take members out of the destination's audience (those who left a segment)."""
+    def add(self, deliveries: Sequence[Delivery]) -> list[MemberResult]:
+        """Send to / add to the audience."""
+
+    def remove(self, deliveries: Sequence[Delivery]) -> list[MemberResult]:
+        """Take members out of the destination's audience (those who left the segment)."""
+
+    def close(self) -> None:
+        """Release connections (an SMTP session, an HTTP client)."""
 
 
 @dataclass(frozen=True)
 class ActivatorDescriptor:
     """An activation destination (email, Facebook Custom Audiences, Google audiences, ...).
 
-    ``sender`` names a factory of a ``Sender`` (called with the resolved settings); ``sandbox`` a factory of the ASGI
-    app that emulates the provider for tests and the demo; ``limits`` the provider's documented limits.
+    ``sender`` names a factory of a ``Sender``, called with the resolved settings (a mapping validated against
+    ``settings_schema``). ``channel`` is the consent channel it sends on (``email``, ``sms`` or ``ads``): members who
+    refused it, are suppressed or were erased are never sent. ``content`` says whether campaigns render content per
+    member for it (email: yes; an ad audience: no). ``sandbox`` names a factory ``(SandboxOptions) -> ASGI app`` that
+    emulates an HTTP provider; ``sandbox_server`` a factory ``(SandboxOptions, host, port) -> ContextManager[str]``
+    for a provider that does not speak HTTP (SMTP), yielding its URL. ``cdp sandbox serve NAME`` serves either.
     """
 
     name: str
     sender: str
     limits: ChannelLimits
+    channel: str = "email"
+    content: bool = False
     description: str = ""
     settings_schema: Mapping[str, Any] = field(default_factory=dict)
     sandbox: str | None = None
+    sandbox_server: str | None = None
+    sandbox_port: int = 0
 
     def load_sender(self) -> Callable[..., Sender]:
         """The sender's factory."""
@@ -446,10 +507,11 @@ class ActivatorDescriptor:
         return factory
 
     def load_sandbox(self) -> Callable[..., Any]:
-        """The sandbox factory; a CdpError when the destination has none."""
-        if self.sandbox is None:
+        """The sandbox factory (``sandbox``, else ``sandbox_server``); a CdpError when the destination has none."""
+        path = self.sandbox or self.sandbox_server
+        if path is None:
             raise CdpError(f"activation destination '{self.name}' has no sandbox")
-        factory: Callable[..., Any] = load_object(self.sandbox)
+        factory: Callable[..., Any] = load_object(path)
         return factory
 
 

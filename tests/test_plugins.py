@@ -21,6 +21,7 @@ from plugins.descriptors import (
     Alert,
     LoadMode,
     LoadRequest,
+    Delivery,
     MemberOutcome,
     PluginLoadError,
     RawInput,
@@ -345,7 +346,11 @@ def test_hook_cdp_activators(tmp_path: Path) -> None:
     jsonl = activators(_manager_with(plugin_examples))["jsonl"]
     assert jsonl.limits.max_batch_size == 2
     sender = jsonl.load_sender()(tmp_path / "audience.jsonl")
-    results = sender.send([{"customer_id": "c1", "email": "ada@example.com"}, {"customer_id": "c2"}])
+    deliveries = [
+        Delivery("c1", {"customer_id": "c1", "email": "ada@example.com"}, "spring:c1:a"),
+        Delivery("c2", {"customer_id": "c2"}, "spring:c2:a"),
+    ]
+    results = sender.add(deliveries)
     assert [r.outcome for r in results] == [MemberOutcome.ACCEPTED, MemberOutcome.REJECTED]
     assert results[1].reason == "no email"
     assert (tmp_path / "audience.jsonl").read_text().count("\n") == 1

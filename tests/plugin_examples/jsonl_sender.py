@@ -1,32 +1,34 @@
-"""A real activation sender: appends each member as one JSON line, rejecting members without an email."""
+"""A real activation sender: appends each delivery as one JSON line, rejecting members without an email."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from plugins.descriptors import MemberOutcome, MemberResult
+from plugins.descriptors import Delivery, MemberOutcome, MemberResult
 
 
 class JsonlSender:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _write(self, action: str, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
+    def _write(self, action: str, deliveries: Sequence[Delivery]) -> list[MemberResult]:
         results = []
         with self.path.open("a") as out:
-            for member in members:
-                if not member.get("email"):
-                    results.append(MemberResult(str(member["customer_id"]), MemberOutcome.REJECTED, "no email"))
+            for delivery in deliveries:
+                if not delivery.columns.get("email"):
+                    results.append(MemberResult(delivery.member_id, MemberOutcome.REJECTED, "no email"))
                     continue
-                out.write(json.dumps({"action": action, **member}) + "\n")
-                results.append(MemberResult(str(member["customer_id"]), MemberOutcome.ACCEPTED))
+                out.write(json.dumps({"action": action, "key": delivery.idempotency_key, **delivery.columns}) + "\n")
+                results.append(MemberResult(delivery.member_id, MemberOutcome.ACCEPTED))
         return results
 
-    def send(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
-        return self._write("add", members)
+    def add(self, deliveries: Sequence[Delivery]) -> list[MemberResult]:
+        return self._write("add", deliveries)
 
-    def remove(self, members: Sequence[Mapping[str, Any]]) -> list[MemberResult]:
-        return self._write("remove", members)
+    def remove(self, deliveries: Sequence[Delivery]) -> list[MemberResult]:
+        return self._write("remove", deliveries)
+
+    def close(self) -> None:
+        """Nothing held open: each call appends and closes the file."""

@@ -17,6 +17,7 @@ from plugins.cli.output import console, err_console, print_json
 if TYPE_CHECKING:
     from psycopg import Connection
 
+    from activators.segments.export import ExportManifest
     from activators.segments.model import Segment
     from activators.segments.store import Engine, LakeEngine, RefreshResult
 
@@ -35,6 +36,26 @@ TenantOption = Annotated[
 NameArgument = Annotated[str, typer.Argument(help="The segment's name.", show_default=False)]
 EngineOption = Annotated[
     str, typer.Option("--engine", help="postgres (the loaded tables) or lake (Spark over the processed zone).")
+]
+
+
+ExportsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--exports-url",
+        envvar="CDP_EXPORTS_URL",
+        show_envvar=True,
+        help="Where audience exports go: a folder or s3://bucket/prefix [default: data/exports].",
+    ),
+]
+ConsentModeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--consent-mode",
+        envvar="CDP_CONSENT_MODE",
+        show_envvar=True,
+        help="opt-out: export unless the channel was refused [default]; opt-in: only who granted it.",
+    ),
 ]
 
 
@@ -233,6 +254,12 @@ def refresh_command(
     processed_url: ProcessedUrlOption = None,
     catalog_url: CatalogUrlOption = None,
     spark_master: SparkMasterOption = None,
+    export_channel: Annotated[
+        str | None,
+        typer.Option("--export", help="Then export each refresh for this channel (email, sms, ads) as Parquet."),
+    ] = None,
+    exports_url: ExportsUrlOption = None,
+    consent_mode: ConsentModeOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Recompute members and record who entered and left (one segment, or --due: every one whose cron fired)."""
@@ -244,6 +271,7 @@ def refresh_command(
         raise typer.BadParameter(f"--engine is postgres or lake, not '{engine}'")
     chosen: Engine = "lake" if engine == "lake" else "postgres"
     results: list[RefreshResult] = []
+    exports: list[ExportManifest] = []
     with _connection(postgres_url) as conn:
         names = store.due(conn, tenant, datetime.now(UTC)) if due else [name or ""]
         lake = _lake(processed_url, catalog_url, spark_master) if chosen == "lake" and names else None
@@ -252,8 +280,19 @@ def refresh_command(
             results.append(result)
             if not json_output:
                 _print_refresh(result)
+            if export_channel is not None:
+                exported = _export(
+                    conn, tenant, each, result.refresh_id, export_channel, exports_url, processed_url, catalog_url,
+                    consent_mode=consent_mode,
+                )  # fmt: skip
+                exports.append(exported)
+                if not json_output:
+                    _print_export(exported)
     if json_output:
-        print_json({"refreshes": [result.summary() for result in results]})
+        payload: dict[str, Any] = {"refreshes": [result.summary() for result in results]}
+        if export_channel is not None:
+            payload["exports"] = [exported.summary() for exported in exports]
+        print_json(payload)
     elif due and not results:
         err_console.print("no segment is due", highlight=False)
 
@@ -295,3 +334,82 @@ def overlap_command(
     for combination, size in sizes.items():
         view.add_row(" ∩ ".join(combination), str(size))
     console.print(view)
+
+
+# -- audience exports (docs/segments.md, "Audience exports") ---------------------------------------------------------
+
+
+def _export(
+    conn: Connection[Any],
+    tenant: str,
+    name: str,
+    refresh_id: int | None,
+    channel: str,
+    exports_url: str | None,
+    processed_url: str | None,
+    catalog_url: str | None,
+    *,
+    consent_mode: str | None = None,
+    part_rows: int | None = None,
+    columns: Sequence[str] = (),
+) -> ExportManifest:
+    from activators.segments.export import DEFAULT_PART_ROWS, export_refresh, resolve_exports_url
+    from plugins.transforms.catalog import ProcessedZone
+
+    return export_refresh(
+        conn,
+        tenant,
+        name,
+        refresh_id,
+        resolve_exports_url(exports_url),
+        channel=channel,
+        part_rows=part_rows or DEFAULT_PART_ROWS,
+        processed=ProcessedZone.resolve(processed_url, catalog_url),
+        consent_mode=consent_mode,
+        columns=columns,
+    )
+
+
+def _print_export(manifest: ExportManifest) -> None:
+    counts = manifest.counts
+    console.print(
+        f"{manifest.segment}: refresh {manifest.refresh_id} exported for {manifest.channel} ({manifest.consent_mode}):"
+        f" {counts['members']} members, {counts['entered']} entered, {counts['left']} left; left out "
+        f"{counts['excluded_consent']} without consent, {counts['excluded_erased']} erased -> {manifest.url}",
+        highlight=False,
+    )
+
+
+@app.command("export")
+def export_command(
+    tenant: TenantOption,
+    name: NameArgument,
+    channel: Annotated[str, typer.Option("--channel", help="email, sms or ads.", show_default=False)],
+    refresh_id: Annotated[
+        int | None, typer.Option("--refresh-id", help="The refresh to export [default: the latest].")
+    ] = None,
+    exports_url: ExportsUrlOption = None,
+    part_rows: Annotated[
+        int | None, typer.Option("--part-rows", min=1, help="Most rows per Parquet part [default: 1000000].")
+    ] = None,
+    consent_mode: ConsentModeOption = None,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option("--columns", help="Extra customers columns, by name (repeat it, or separate with commas)."),
+    ] = None,
+    postgres_url: PostgresUrlOption = None,
+    processed_url: ProcessedUrlOption = None,
+    catalog_url: CatalogUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write a refresh's members, entered and left as Parquet for one channel, then its _manifest.json."""
+    extra = [part.strip() for value in columns or [] for part in value.split(",") if part.strip()]
+    with _connection(postgres_url) as conn:
+        manifest = _export(
+            conn, tenant, name, refresh_id, channel, exports_url, processed_url, catalog_url,
+            consent_mode=consent_mode, part_rows=part_rows, columns=extra,
+        )  # fmt: skip
+    if json_output:
+        print_json(manifest.summary())
+    else:
+        _print_export(manifest)

@@ -479,6 +479,16 @@ NESTED: list[dict[str, Any]] = [
         logic="or",
     ),
     definition({"logic": "and", "criteria": []}),
+    definition(
+        {
+            "logic": "or",
+            "criteria": [
+                {"event": "page_viewed", "min_count": 3},
+                {"event": "page_viewed", "min_count": 0, "max_count": 1, "within_days": 30},
+            ],
+        },
+        {"field": "order_count", "operator": "gte", "value": 1},
+    ),
     definition(),
     definition(
         {
@@ -527,6 +537,18 @@ def test_metrics_are_joined_only_when_a_metric_is_used(
     text = metric.query.as_string(connection)
     assert text.count("customer_metrics") == 1
     assert "GROUP BY customer_id" in text
+
+
+def test_event_counts_are_one_grouped_pass_not_a_scan_per_customer(
+    connection: psycopg.Connection[Any], catalog: FieldCatalog, segment_tenant: tuple[Any, str, str]
+) -> None:
+    criteria = ({"event": "page_viewed", "min_count": 3}, {"event": "email_opened", "min_count": 0, "max_count": 2})
+    compiled = members_query(parse_segment(definition(*criteria, logic="or")), segment_tenant[2], catalog)
+    text = compiled.query.as_string(connection)
+    assert text.count("GROUP BY e.customer_id") == 2
+    assert "(SELECT count(*)" not in text
+    plan = "\n".join(row[0] for row in connection.execute(sql.SQL("EXPLAIN ") + compiled.query, compiled.params))
+    assert "SubPlan" not in plan
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from activators.segments.fields import FieldCatalog, FieldSource, SegmentField, 
 from activators.segments.model import (
     MAX_DEPTH,
     Condition,
+    EventCondition,
     FieldType,
     Group,
     Logic,
@@ -853,6 +854,9 @@ def test_a_nul_character_is_a_clear_error_not_a_database_crash(catalog: FieldCat
     bad = Segment(name=built.name, criteria=Group(Logic.AND, (Condition("first_name", Operator.EQUALS, "a\x00"),)))
     with pytest.raises(SegmentDefinitionError, match="NUL"):
         members_query(bad, segment_tenant[2], catalog)
+    bad_event = Segment(name="t", criteria=Group(Logic.AND, (EventCondition("page\x00viewed"),)))
+    with pytest.raises(SegmentDefinitionError, match=r"criteria\[0\]: a NUL character"):
+        members_query(bad_event, segment_tenant[2], catalog)
 
 
 def test_like_metacharacters_are_escaped() -> None:

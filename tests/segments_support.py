@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -296,6 +297,22 @@ def processed_zone(tmp_path_factory: pytest.TempPathFactory) -> ProcessedZone:
 def segment_rows() -> SegmentFixture:
     """The fixture's rows, relative to the session's start."""
     return fixture_rows(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def segment_tenant_factory(
+    processed_zone: ProcessedZone, postgres_url: str
+) -> Callable[[], tuple[ProcessedZone, str, str, SegmentFixture]]:
+    """Makes a fresh fixture tenant per call, ``(zone, postgres_url, tenant, rows)``: for tests that change its data
+    (the shared ``segment_tenant`` must stay as built)."""
+
+    def make() -> tuple[ProcessedZone, str, str, SegmentFixture]:
+        rows = fixture_rows(datetime.now(UTC).replace(microsecond=0))
+        tenant = f"seg{uuid.uuid4().hex[:8]}"
+        build_segment_tenant(processed_zone, postgres_url, tenant, rows)
+        return processed_zone, postgres_url, tenant, rows
+
+    return make
 
 
 @pytest.fixture(scope="session")

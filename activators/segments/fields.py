@@ -174,7 +174,9 @@ class FieldCatalog:
     @classmethod
     def from_iceberg(cls, zone: ProcessedZone | Catalog, tenant: str) -> FieldCatalog:
         """The catalogue from the Iceberg schemas of the tenant's processed tables (a zone, or its open catalog)."""
-        catalog = zone.open() if hasattr(zone, "open") else zone
+        from plugins.transforms.catalog import ProcessedZone
+
+        catalog = zone.open() if isinstance(zone, ProcessedZone) else zone
         tables: dict[str, dict[str, FieldType | None]] = {}
         for table in (CUSTOMERS_TABLE, METRICS_TABLE, EVENTS_TABLE):
             if catalog.table_exists((tenant, table)):

@@ -7,11 +7,9 @@ and non-ASCII letters). :func:`fixture_rows` makes the rows, relative to ``now``
 ``customer_events``) with pyiceberg the way the transforms commit, and :func:`load_fixture` loads them into
 PostgreSQL with the real load runner, so both engines read the same data.
 
-Use it from a test module::
+tests/conftest.py registers this module as a pytest plugin, so every test module may ask for its fixtures::
 
-    from tests.segments_support import processed_zone, segment_rows, segment_tenant  # noqa: F401
-
-    def test_x(segment_tenant, segment_rows):
+    def test_x(segment_tenant: tuple[ProcessedZone, str, str], segment_rows: SegmentFixture) -> None:
         zone, postgres_url, tenant = segment_tenant
 
 Windows leave at least six hours of margin to every boundary, so a session that runs for a while (the fixture is
@@ -22,6 +20,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -261,8 +260,11 @@ def _schemas() -> dict[str, Any]:
 def write_fixture(catalog: Any, tenant: str, rows: SegmentFixture) -> None:
     """The three Iceberg tables of ``tenant``, each committed in one snapshot."""
     schemas = _schemas()
-    for table, data in (("customers", rows.customers), ("customer_metrics", rows.metrics),
-                        ("customer_events", rows.events)):  # fmt: skip
+    for table, data in (
+        ("customers", rows.customers),
+        ("customer_metrics", rows.metrics),
+        ("customer_events", rows.events),
+    ):
         commit(create_table(catalog, tenant, table, schemas[table]), data)
 
 
@@ -295,6 +297,22 @@ def processed_zone(tmp_path_factory: pytest.TempPathFactory) -> ProcessedZone:
 def segment_rows() -> SegmentFixture:
     """The fixture's rows, relative to the session's start."""
     return fixture_rows(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def segment_tenant_factory(
+    processed_zone: ProcessedZone, postgres_url: str
+) -> Callable[[], tuple[ProcessedZone, str, str, SegmentFixture]]:
+    """Makes a fresh fixture tenant per call, ``(zone, postgres_url, tenant, rows)``: for tests that change its data
+    (the shared ``segment_tenant`` must stay as built)."""
+
+    def make() -> tuple[ProcessedZone, str, str, SegmentFixture]:
+        rows = fixture_rows(datetime.now(UTC).replace(microsecond=0))
+        tenant = f"seg{uuid.uuid4().hex[:8]}"
+        build_segment_tenant(processed_zone, postgres_url, tenant, rows)
+        return processed_zone, postgres_url, tenant, rows
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -132,7 +132,7 @@ class FieldCatalog:
     """The fields of one tenant: built by :meth:`from_postgres` or :meth:`from_iceberg` (equal on the same data)."""
 
     fields: Mapping[str, SegmentField]
-    custom_fields: bool = False  # customers has a custom_fields column
+    custom_fields: bool = False  # customers has a custom_fields column (JSON text, or jsonb)
     events: bool = False  # the tenant has a customer_events table with the columns behaviour needs
     names: tuple[str, ...] = field(default=(), compare=False)
 
@@ -151,7 +151,7 @@ class FieldCatalog:
         events = EVENTS_TABLE in tables and set(tables[EVENTS_TABLE]) >= EVENT_COLUMNS
         return cls(
             fields=dict(sorted(fields.items())),
-            custom_fields=customers.get(CUSTOM_FIELDS_COLUMN) is FieldType.TEXT,
+            custom_fields=CUSTOM_FIELDS_COLUMN in customers,
             events=events,
             names=tuple(sorted(fields)),
         )
@@ -174,7 +174,9 @@ class FieldCatalog:
     @classmethod
     def from_iceberg(cls, zone: ProcessedZone | Catalog, tenant: str) -> FieldCatalog:
         """The catalogue from the Iceberg schemas of the tenant's processed tables (a zone, or its open catalog)."""
-        catalog = zone.open() if hasattr(zone, "open") else zone
+        from plugins.transforms.catalog import ProcessedZone
+
+        catalog = zone.open() if isinstance(zone, ProcessedZone) else zone
         tables: dict[str, dict[str, FieldType | None]] = {}
         for table in (CUSTOMERS_TABLE, METRICS_TABLE, EVENTS_TABLE):
             if catalog.table_exists((tenant, table)):

@@ -332,10 +332,15 @@ def _not_found(tenant: str, name: str) -> SegmentNotFoundError:
     )
 
 
+def _has_tables(conn: Connection[Any], tenant: str) -> bool:
+    """Whether the tenant's segment tables exist (reads create nothing)."""
+    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, 'segments'))", (tenant,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def get(conn: Connection[Any], tenant: str, name: str) -> StoredSegment:
     """The segment ``name`` (SegmentNotFoundError when there is none or it was deleted)."""
-    ensure_schema(conn, tenant)
-    found = _find(conn, tenant, name)
+    found = _find(conn, tenant, name) if _has_tables(conn, tenant) else None
     if found is None or found.deleted_at is not None:
         raise _not_found(tenant, name)
     return found
@@ -343,7 +348,8 @@ def get(conn: Connection[Any], tenant: str, name: str) -> StoredSegment:
 
 def list_segments(conn: Connection[Any], tenant: str) -> list[StoredSegment]:
     """Every segment not deleted, by name."""
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):
+        return []
     query = sql.SQL("SELECT {} FROM {} WHERE deleted_at IS NULL ORDER BY name")
     rows = conn.execute(query.format(_COLUMNS, _table(tenant, "segments"))).fetchall()
     return [_stored(row) for row in rows]
@@ -669,7 +675,8 @@ def overlap(conn: Connection[Any], tenant: str, names: Sequence[str]) -> dict[tu
         raise SegmentStoreError("overlap needs at least one segment name")
     if len(unique) > MAX_OVERLAP_SEGMENTS:
         raise SegmentStoreError(f"overlap compares at most {MAX_OVERLAP_SEGMENTS} segments at once")
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):
+        raise _not_found(tenant, unique[0])
     with conn.transaction():
         for name in unique:
             stored = _find(conn, tenant, name)

@@ -22,9 +22,11 @@ from psycopg import sql
 from activators.segments import store
 from activators.segments.model import SegmentDefinitionError, parse_segment
 from plugins.cli.app import main
+from plugins.connectors.testing import wait_until
 from tests.segments_support import build_segment_tenant, processed_zone, segment_rows  # noqa: F401
 
 DEADLINE_SECONDS = 30
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -356,15 +358,6 @@ def test_overlap_gives_every_intersection_like_python_sets(conn, tenant):
         store.overlap(conn, tenant, [names[0], never])
 
 
-def wait_until(condition, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_two_refreshes_of_one_segment_at_once_end_consistent(tenant_url, conn, tenant):
     url = tenant_url[0]
     name = unique("busy")
@@ -397,7 +390,7 @@ def test_two_refreshes_of_one_segment_at_once_end_consistent(tenant_url, conn, t
         ).fetchone()
         return row is not None and row[0] >= 2
 
-    wait_until(both_waiting, "both refreshes to wait on the segment's lock")
+    wait_until(both_waiting, DEADLINE_SECONDS, "both refreshes to wait on the segment's lock")
     holder.execute("COMMIT")
     holder.close()
     for thread in threads:
@@ -541,6 +534,42 @@ def test_cdp_segment_end_to_end(tenant_url, tmp_path, capsys, conn):
 
     code, out, _ = cdp(capsys, "segment", "delete", pro, *common)
     assert (code, out.strip()) == (0, f"deleted {pro}")
+
+
+def test_the_projects_example_segments_apply_and_preview(tenant_url, capsys):
+    url, tenant = tenant_url
+    common = ["--tenant", tenant, "--postgres-url", url]
+    folder = REPO_ROOT / "segments"
+    assert sorted(path.name for path in folder.glob("*.yml")) == ["high-value.yml", "lapsed-buyers.yml"]
+    code, out, err = cdp(capsys, "segment", "apply", str(folder), *common, "--json")
+    assert (code, err) == (0, "")
+    assert set(json.loads(out)["created"]) | set(json.loads(out)["unchanged"]) == {"high-value", "lapsed-buyers"}
+    for name in ("high-value", "lapsed-buyers"):
+        code, out, err = cdp(capsys, "segment", "preview", name, *common, "--json")
+        assert (code, err) == (0, "")
+        assert json.loads(out)["segment"] == name
+
+
+def test_refresh_due_goes_on_past_a_failing_segment(conn, tenant, tenant_url, capsys):
+    url = tenant_url[0]
+    broken, fine = unique("a-broken"), unique("b-fine")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN shortlived text").format(table(tenant, "customers")))
+    store.apply(
+        conn,
+        tenant,
+        [
+            segment(broken, [{"field": "shortlived", "operator": "exists", "value": True}]),
+            countries_segment(fine, ["DE"]),
+        ],
+    )
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN shortlived").format(table(tenant, "customers")))
+    code, out, err = cdp(capsys, "segment", "refresh", "--due", "--tenant", tenant, "--postgres-url", url)
+    assert code == 1
+    assert f"{fine}: refresh " in out
+    assert f"error: {broken}: " in err
+    assert "shortlived" in err
+    assert store.get(conn, tenant, fine).last_refresh_id is not None
+    assert store.get(conn, tenant, broken).last_refresh_id is None
 
 
 def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):

@@ -12,7 +12,8 @@ import typer
 
 from plugins.cli.load_cmd import PostgresUrlOption
 from plugins.cli.options import CatalogUrlOption, JsonOption, ProcessedUrlOption, SparkMasterOption
-from plugins.cli.output import console, err_console, print_json
+from plugins.cli.output import console, err_console, print_error, print_json
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -244,18 +245,29 @@ def refresh_command(
         raise typer.BadParameter(f"--engine is postgres or lake, not '{engine}'")
     chosen: Engine = "lake" if engine == "lake" else "postgres"
     results: list[RefreshResult] = []
+    failed: list[str] = []
     with _connection(postgres_url) as conn:
         names = store.due(conn, tenant, datetime.now(UTC)) if due else [name or ""]
         lake = _lake(processed_url, catalog_url, spark_master) if chosen == "lake" and names else None
         for each in names:
-            result = store.refresh(conn, tenant, each, engine=chosen, lake=lake)
+            try:
+                result = store.refresh(conn, tenant, each, engine=chosen, lake=lake)
+            except CdpError as exc:
+                if not due:
+                    raise
+                # One segment's problem (a field gone from the tables) must not hold up the others' schedules.
+                print_error(f"{each}: {exc}")
+                failed.append(each)
+                continue
             results.append(result)
             if not json_output:
                 _print_refresh(result)
     if json_output:
-        print_json({"refreshes": [result.summary() for result in results]})
-    elif due and not results:
+        print_json({"refreshes": [result.summary() for result in results], "failed": failed})
+    elif due and not results and not failed:
         err_console.print("no segment is due", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("delete")

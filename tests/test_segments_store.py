@@ -403,6 +403,26 @@ def test_two_refreshes_of_one_segment_at_once_end_consistent(tenant_url, conn, t
     assert store.get(conn, tenant, name).last_refresh_id == second.refresh_id
 
 
+def test_refreshes_of_different_segments_do_not_wait_for_each_other(tenant_url, conn, tenant):
+    url = tenant_url[0]
+    running, other = unique("running"), unique("other")
+    store.apply(conn, tenant, [countries_segment(running, ["DE"]), countries_segment(other, ["FR"])])
+    # A refresh of `running` in the middle of its transaction: its lock and its writes to every segment table held.
+    busy = store.connect(url)
+    busy.execute("BEGIN")
+    busy.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"cdp_segments:{tenant}:{running}",))
+    for name in ("segment_refreshes", "segment_members", "segment_member_changes", "segments"):
+        busy.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(table(tenant, name)))
+    try:
+        conn.execute("SET lock_timeout = '5s'")  # a wait would fail the refresh below instead of hanging the test
+        result = store.refresh(conn, tenant, other)
+    finally:
+        conn.execute("SET lock_timeout = 0")
+        busy.execute("ROLLBACK")
+        busy.close()
+    assert result.size == len(in_countries(conn, tenant, ["FR"]))
+
+
 def test_a_refresh_failing_after_the_members_statement_leaves_the_previous_members(conn, tenant):
     name = unique("fragile")
     store.create(conn, tenant, countries_segment(name, ["FR"]))

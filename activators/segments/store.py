@@ -234,8 +234,25 @@ def _segment_lock_key(tenant: str, name: str) -> str:
     return f"cdp_segments:{tenant}:{name}"
 
 
+#: What ensure_schema creates, checked first so that an existing schema costs one query and takes no lock (CREATE
+#: INDEX IF NOT EXISTS locks its table even when the index exists, which would wait for a running refresh).
+_SCHEMA_OBJECTS = (
+    "segments",
+    "segment_refreshes",
+    "segment_refreshes_segment",
+    "segment_members",
+    "segment_member_changes",
+)
+
+
 def ensure_schema(conn: Connection[Any], tenant: str) -> None:
     """Create the tenant's schema and the four segment tables when missing (safe from two processes at once)."""
+    row = conn.execute(
+        "SELECT bool_and(to_regclass(format('%%I.%%I', %s::text, name)) IS NOT NULL) FROM unnest(%s::text[]) name",
+        (tenant, list(_SCHEMA_OBJECTS)),
+    ).fetchone()
+    if row is not None and row[0]:
+        return
     with conn.transaction():
         # CREATE ... IF NOT EXISTS is not safe against a concurrent create of the same name (a unique violation in
         # the catalog), hence the lock.

@@ -28,6 +28,7 @@ app = typer.Typer(
 
 TENANT_ENV_VAR = "CDP_TENANT"
 DEFAULT_PATHS = (Path("segments"),)
+LOCAL_DATA_DIR = Path("data")
 
 TenantOption = Annotated[
     str,
@@ -43,12 +44,26 @@ class SegmentFileError(typer.BadParameter):
     """A definition file that cannot be read as YAML (a usage error: exit 2)."""
 
 
+def resolve_postgres_url(explicit: str | None) -> str:
+    """``--postgres-url`` (or ``CDP_POSTGRES_URL``), else the local stand-in the ``postgres`` loader registers (the
+    embedded server in ``data/postgres``, started if needed and left running, as ``cdp load`` does)."""
+    from activators.segments.store import SegmentStoreError
+    from plugins.manager import loaders
+
+    if explicit:
+        return explicit
+    descriptor = loaders().get("postgres")
+    if descriptor is None or descriptor.local_server is None:
+        raise SegmentStoreError("no PostgreSQL: give --postgres-url or set CDP_POSTGRES_URL")
+    with descriptor.load_local_server()(LOCAL_DATA_DIR / "postgres") as url:
+        return url
+
+
 @contextmanager
 def _connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
     from activators.segments.store import connect
-    from loaders.postgres.embedded import resolve_url
 
-    conn = connect(resolve_url(postgres_url))
+    conn = connect(resolve_postgres_url(postgres_url))
     try:
         yield conn
     finally:

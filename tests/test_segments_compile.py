@@ -25,6 +25,7 @@ from activators.segments.fields import FieldCatalog, FieldSource, SegmentField, 
 from activators.segments.model import (
     MAX_DEPTH,
     Condition,
+    EventCondition,
     FieldType,
     Group,
     Logic,
@@ -479,6 +480,16 @@ NESTED: list[dict[str, Any]] = [
         logic="or",
     ),
     definition({"logic": "and", "criteria": []}),
+    definition(
+        {
+            "logic": "or",
+            "criteria": [
+                {"event": "page_viewed", "min_count": 3},
+                {"event": "page_viewed", "min_count": 0, "max_count": 1, "within_days": 30},
+            ],
+        },
+        {"field": "order_count", "operator": "gte", "value": 1},
+    ),
     definition(),
     definition(
         {
@@ -527,6 +538,18 @@ def test_metrics_are_joined_only_when_a_metric_is_used(
     text = metric.query.as_string(connection)
     assert text.count("customer_metrics") == 1
     assert "GROUP BY customer_id" in text
+
+
+def test_event_counts_are_one_grouped_pass_not_a_scan_per_customer(
+    connection: psycopg.Connection[Any], catalog: FieldCatalog, segment_tenant: tuple[Any, str, str]
+) -> None:
+    criteria = ({"event": "page_viewed", "min_count": 3}, {"event": "email_opened", "min_count": 0, "max_count": 2})
+    compiled = members_query(parse_segment(definition(*criteria, logic="or")), segment_tenant[2], catalog)
+    text = compiled.query.as_string(connection)
+    assert text.count("GROUP BY e.customer_id") == 2
+    assert "(SELECT count(*)" not in text
+    plan = "\n".join(row[0] for row in connection.execute(sql.SQL("EXPLAIN ") + compiled.query, compiled.params))
+    assert "SubPlan" not in plan
 
 
 # -- refusals ----------------------------------------------------------------------------------------------------------
@@ -831,6 +854,9 @@ def test_a_nul_character_is_a_clear_error_not_a_database_crash(catalog: FieldCat
     bad = Segment(name=built.name, criteria=Group(Logic.AND, (Condition("first_name", Operator.EQUALS, "a\x00"),)))
     with pytest.raises(SegmentDefinitionError, match="NUL"):
         members_query(bad, segment_tenant[2], catalog)
+    bad_event = Segment(name="t", criteria=Group(Logic.AND, (EventCondition("page\x00viewed"),)))
+    with pytest.raises(SegmentDefinitionError, match=r"criteria\[0\]: a NUL character"):
+        members_query(bad_event, segment_tenant[2], catalog)
 
 
 def test_like_metacharacters_are_escaped() -> None:

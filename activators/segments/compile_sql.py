@@ -6,8 +6,9 @@ named parameter (``%(p0)s``, ...). The statement:
 - reads ``"tenant".customers c``; when a metric is used, joins the per-customer aggregate of ``customer_metrics``
   (a CTE ``m``: money metrics from the row in the segment's currency, the others combined as
   :data:`activators.segments.fields.METRIC_AGGREGATES` says);
-- compiles behaviour to a correlated count over ``"tenant".customer_events`` (``EXISTS`` when only "at least once"
-  is asked), windows as ``occurred_at >= now() - make_interval(days => N) AND occurred_at <= now()``;
+- compiles behaviour over ``"tenant".customer_events``: ``EXISTS`` for "at least once", ``NOT EXISTS`` for "never",
+  else a per-customer count of the matching events (LEFT JOINed, ``coalesce(n, 0)`` compared); windows as
+  ``occurred_at >= now() - make_interval(days => N) AND occurred_at <= now()``;
 - reads custom fields as ``c.custom_fields::jsonb -> KEY``: text compares with ``->>``; a number criterion compares
   ``::numeric`` only where ``jsonb_typeof`` says number, so a text value never raises.
 
@@ -76,6 +77,7 @@ class _Compiler:
     catalog: FieldCatalog
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, SegmentField] = field(default_factory=dict)
+    joins: list[sql.Composable] = field(default_factory=list)
 
     def param(self, value: Any, cast: str | None = None) -> sql.Composable:
         name = f"p{len(self.params)}"
@@ -103,10 +105,10 @@ class _Compiler:
         return self.condition(criterion)
 
     def event(self, event: EventCondition) -> sql.Composable:
-        filters = [
-            sql.SQL("e.customer_id = c.customer_id"),
-            sql.SQL("e.type = {}").format(self.param(event.event_type)),
-        ]
+        """Behaviour: ``EXISTS`` for "at least once", ``NOT EXISTS`` for "never" (both planned as semi/anti joins);
+        other counts from a per-customer count of the matching events, LEFT JOINed (one pass over the events, where a
+        correlated count would scan them once per customer)."""
+        filters: list[sql.Composable] = [sql.SQL("e.type = {}").format(self.param(event.event_type))]
         if event.within_days is not None:
             days = self.param(event.within_days, "integer")
             filters.append(sql.SQL("e.occurred_at >= now() - make_interval(days => {})").format(days))
@@ -114,15 +116,21 @@ class _Compiler:
         if event.properties:
             matched = self.param(json.dumps(dict(event.properties), ensure_ascii=False), "jsonb")
             filters.append(sql.SQL("e.properties::jsonb @> {}").format(matched))
-        events = sql.SQL("FROM {} e WHERE {}").format(self.table(EVENTS_TABLE), sql.SQL(" AND ").join(filters))
-        if event.max_count is None:
-            if event.min_count == 0:
-                return sql.SQL("TRUE")
-            if event.min_count == 1:
-                return sql.SQL("EXISTS (SELECT 1 {})").format(events)
-        if event.min_count == 0 and event.max_count == 0:
-            return sql.SQL("NOT EXISTS (SELECT 1 {})").format(events)
-        count = sql.SQL("(SELECT count(*) {})").format(events)
+        if event.min_count == 0 and event.max_count is None:
+            return sql.SQL("TRUE")
+        exists = event.min_count == 1 and event.max_count is None
+        if exists or (event.min_count == 0 and event.max_count == 0):
+            correlated = sql.SQL(" AND ").join([sql.SQL("e.customer_id = c.customer_id"), *filters])
+            test = sql.SQL("EXISTS (SELECT 1 FROM {} e WHERE {})").format(self.table(EVENTS_TABLE), correlated)
+            return test if exists else sql.SQL("NOT {}").format(test)
+        alias = sql.Identifier(f"b{len(self.joins)}")
+        self.joins.append(
+            sql.SQL(
+                " LEFT JOIN (SELECT e.customer_id, count(*) AS n FROM {} e WHERE {} GROUP BY e.customer_id) {}"
+                " ON {}.customer_id = c.customer_id"
+            ).format(self.table(EVENTS_TABLE), sql.SQL(" AND ").join(filters), alias, alias)
+        )
+        count = sql.SQL("coalesce({}.n, 0)").format(alias)
         if event.max_count is None:
             return sql.SQL("{} >= {}").format(count, self.param(event.min_count))
         return sql.SQL("{} BETWEEN {} AND {}").format(count, self.param(event.min_count), self.param(event.max_count))
@@ -216,10 +224,11 @@ class _Compiler:
     def compile(self) -> CompiledQuery:
         where = self.group(self.segment.criteria)
         prefix: sql.Composable = sql.SQL("")
-        join: sql.Composable = sql.SQL("")
+        joins = list(self.joins)
         if self.metrics:
             prefix = self.metrics_cte()
-            join = sql.SQL(" LEFT JOIN m ON m.customer_id = c.customer_id")
+            joins.insert(0, sql.SQL(" LEFT JOIN m ON m.customer_id = c.customer_id"))
+        join = sql.Composed(joins)
         query = sql.SQL("{}SELECT c.customer_id FROM {} c{} WHERE {}").format(
             prefix, self.table(CUSTOMERS_TABLE), join, where
         )

@@ -132,7 +132,7 @@ class FieldCatalog:
     """The fields of one tenant: built by :meth:`from_postgres` or :meth:`from_iceberg` (equal on the same data)."""
 
     fields: Mapping[str, SegmentField]
-    custom_fields: bool = False  # customers has a custom_fields column
+    custom_fields: bool = False  # customers has a custom_fields column (JSON text, or jsonb)
     events: bool = False  # the tenant has a customer_events table with the columns behaviour needs
     names: tuple[str, ...] = field(default=(), compare=False)
 
@@ -151,7 +151,7 @@ class FieldCatalog:
         events = EVENTS_TABLE in tables and set(tables[EVENTS_TABLE]) >= EVENT_COLUMNS
         return cls(
             fields=dict(sorted(fields.items())),
-            custom_fields=customers.get(CUSTOM_FIELDS_COLUMN) is FieldType.TEXT,
+            custom_fields=CUSTOM_FIELDS_COLUMN in customers,
             events=events,
             names=tuple(sorted(fields)),
         )

@@ -521,6 +521,7 @@ def _check_group(segment: Segment, group: Group, path: str, catalog: FieldCatalo
         if isinstance(criterion, Group):
             _check_group(segment, criterion, here, catalog, depth + 1)
         elif isinstance(criterion, EventCondition):
+            _event(here, _criterion_to_mapping(criterion))  # a criterion built in code gets parse_segment's checks
             if not catalog.events:
                 raise _Problem(here, "behaviour needs the customer_events table; run its transform and load it")
         else:

@@ -12,7 +12,8 @@ import typer
 
 from plugins.cli.load_cmd import PostgresUrlOption
 from plugins.cli.options import CatalogUrlOption, JsonOption, ProcessedUrlOption, SparkMasterOption
-from plugins.cli.output import console, err_console, print_json
+from plugins.cli.output import console, err_console, print_error, print_json
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -28,6 +29,7 @@ app = typer.Typer(
 
 TENANT_ENV_VAR = "CDP_TENANT"
 DEFAULT_PATHS = (Path("segments"),)
+LOCAL_DATA_DIR = Path("data")
 
 TenantOption = Annotated[
     str,
@@ -63,12 +65,26 @@ class SegmentFileError(typer.BadParameter):
     """A definition file that cannot be read as YAML (a usage error: exit 2)."""
 
 
+def resolve_postgres_url(explicit: str | None) -> str:
+    """``--postgres-url`` (or ``CDP_POSTGRES_URL``), else the local stand-in the ``postgres`` loader registers (the
+    embedded server in ``data/postgres``, started if needed and left running, as ``cdp load`` does)."""
+    from activators.segments.store import SegmentStoreError
+    from plugins.manager import loaders
+
+    if explicit:
+        return explicit
+    descriptor = loaders().get("postgres")
+    if descriptor is None or descriptor.local_server is None:
+        raise SegmentStoreError("no PostgreSQL: give --postgres-url or set CDP_POSTGRES_URL")
+    with descriptor.load_local_server()(LOCAL_DATA_DIR / "postgres") as url:
+        return url
+
+
 @contextmanager
 def _connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
     from activators.segments.store import connect
-    from loaders.postgres.embedded import resolve_url
 
-    conn = connect(resolve_url(postgres_url))
+    conn = connect(resolve_postgres_url(postgres_url))
     try:
         yield conn
     finally:
@@ -272,29 +288,40 @@ def refresh_command(
     chosen: Engine = "lake" if engine == "lake" else "postgres"
     results: list[RefreshResult] = []
     exports: list[ExportManifest] = []
+    failed: list[str] = []
     with _connection(postgres_url) as conn:
         names = store.due(conn, tenant, datetime.now(UTC)) if due else [name or ""]
         lake = _lake(processed_url, catalog_url, spark_master) if chosen == "lake" and names else None
         for each in names:
-            result = store.refresh(conn, tenant, each, engine=chosen, lake=lake)
-            results.append(result)
-            if not json_output:
-                _print_refresh(result)
-            if export_channel is not None:
-                exported = _export(
-                    conn, tenant, each, result.refresh_id, export_channel, exports_url, processed_url, catalog_url,
-                    consent_mode=consent_mode,
-                )  # fmt: skip
-                exports.append(exported)
+            try:
+                result = store.refresh(conn, tenant, each, engine=chosen, lake=lake)
+                results.append(result)
                 if not json_output:
-                    _print_export(exported)
+                    _print_refresh(result)
+                if export_channel is not None:
+                    exported = _export(
+                        conn, tenant, each, result.refresh_id, export_channel, exports_url, processed_url, catalog_url,
+                        consent_mode=consent_mode,
+                    )  # fmt: skip
+                    exports.append(exported)
+                    if not json_output:
+                        _print_export(exported)
+            except CdpError as exc:
+                if not due:
+                    raise
+                # One segment's problem (a field gone from the tables, an export that failed) must not hold up the
+                # others' schedules.
+                print_error(f"{each}: {exc}")
+                failed.append(each)
     if json_output:
-        payload: dict[str, Any] = {"refreshes": [result.summary() for result in results]}
+        payload: dict[str, Any] = {"refreshes": [result.summary() for result in results], "failed": failed}
         if export_channel is not None:
             payload["exports"] = [exported.summary() for exported in exports]
         print_json(payload)
-    elif due and not results:
+    elif due and not results and not failed:
         err_console.print("no segment is due", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("delete")

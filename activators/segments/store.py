@@ -234,8 +234,25 @@ def _segment_lock_key(tenant: str, name: str) -> str:
     return f"cdp_segments:{tenant}:{name}"
 
 
+#: What ensure_schema creates, checked first so that an existing schema costs one query and takes no lock (CREATE
+#: INDEX IF NOT EXISTS locks its table even when the index exists, which would wait for a running refresh).
+_SCHEMA_OBJECTS = (
+    "segments",
+    "segment_refreshes",
+    "segment_refreshes_segment",
+    "segment_members",
+    "segment_member_changes",
+)
+
+
 def ensure_schema(conn: Connection[Any], tenant: str) -> None:
     """Create the tenant's schema and the four segment tables when missing (safe from two processes at once)."""
+    row = conn.execute(
+        "SELECT bool_and(to_regclass(format('%%I.%%I', %s::text, name)) IS NOT NULL) FROM unnest(%s::text[]) name",
+        (tenant, list(_SCHEMA_OBJECTS)),
+    ).fetchone()
+    if row is not None and row[0]:
+        return
     with conn.transaction():
         # CREATE ... IF NOT EXISTS is not safe against a concurrent create of the same name (a unique violation in
         # the catalog), hence the lock.
@@ -332,10 +349,15 @@ def _not_found(tenant: str, name: str) -> SegmentNotFoundError:
     )
 
 
+def _has_tables(conn: Connection[Any], tenant: str) -> bool:
+    """Whether the tenant's segment tables exist (reads create nothing)."""
+    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, 'segments'))", (tenant,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def get(conn: Connection[Any], tenant: str, name: str) -> StoredSegment:
     """The segment ``name`` (SegmentNotFoundError when there is none or it was deleted)."""
-    ensure_schema(conn, tenant)
-    found = _find(conn, tenant, name)
+    found = _find(conn, tenant, name) if _has_tables(conn, tenant) else None
     if found is None or found.deleted_at is not None:
         raise _not_found(tenant, name)
     return found
@@ -343,7 +365,8 @@ def get(conn: Connection[Any], tenant: str, name: str) -> StoredSegment:
 
 def list_segments(conn: Connection[Any], tenant: str) -> list[StoredSegment]:
     """Every segment not deleted, by name."""
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):
+        return []
     query = sql.SQL("SELECT {} FROM {} WHERE deleted_at IS NULL ORDER BY name")
     rows = conn.execute(query.format(_COLUMNS, _table(tenant, "segments"))).fetchall()
     return [_stored(row) for row in rows]
@@ -669,7 +692,8 @@ def overlap(conn: Connection[Any], tenant: str, names: Sequence[str]) -> dict[tu
         raise SegmentStoreError("overlap needs at least one segment name")
     if len(unique) > MAX_OVERLAP_SEGMENTS:
         raise SegmentStoreError(f"overlap compares at most {MAX_OVERLAP_SEGMENTS} segments at once")
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):
+        raise _not_found(tenant, unique[0])
     with conn.transaction():
         for name in unique:
             stored = _find(conn, tenant, name)

@@ -27,6 +27,7 @@ from activators.segments.export import (
     UntrustedExportError,
     export_batches,
     export_refresh,
+    export_table,
     read_export,
     refresh_prefix,
 )
@@ -199,8 +200,10 @@ def load(catalog: Any, tenant: str, postgres_url: str) -> None:
 
 
 def rows_of(manifest: Any, kind: str, exports_url: str) -> list[dict[str, Any]]:
+    rows = export_table(manifest, kind, exports_url).to_pylist()
     batches = list(export_batches(manifest, kind, exports_url))
-    return pa.Table.from_batches(batches).to_pylist() if batches else []
+    assert rows == (pa.Table.from_batches(batches).to_pylist() if batches else [])
+    return rows
 
 
 def members(conn: Any, tenant: str) -> set[str]:
@@ -476,3 +479,21 @@ def test_cli_export_and_refresh_with_export(
 
     assert main(["segment", "export", "eu", "--channel", "sms", "--refresh-id", str(refresh_id), *common]) == 1
     assert capsys.readouterr().err.strip() == f"error: refresh {refresh_id} was exported for email; refresh again"
+
+
+def test_an_empty_audience_has_one_empty_part_per_kind_with_its_schema(
+    tenant: tuple[str, Any, dict[str, str]], zone: ProcessedZone, tmp_path: Path
+) -> None:
+    name, conn, _ = tenant
+    nobody = {**SEGMENT, "name": "nobody", "criteria": [{"field": "country", "operator": "equals", "value": "JP"}]}
+    store.apply(conn, name, [parse_segment(nobody)])
+    refresh_id = store.refresh(conn, name, "nobody").refresh_id
+    exports = str(tmp_path / "exports")
+    manifest = export_refresh(conn, name, "nobody", refresh_id, exports, channel="email", processed=zone)
+    assert {kind: [part.rows for part in parts] for kind, parts in manifest.parts.items()} == {
+        "members": [0], "entered": [0], "left": [0]
+    }  # fmt: skip
+    members = export_table(read_export(exports, name, "nobody", refresh_id), "members", exports)
+    assert members.num_rows == 0
+    assert members.schema.field("lifetime_value").type == pa.decimal128(38, 9)
+    assert members.schema.field("last_order_at").type == pa.timestamp("us", tz="UTC")

@@ -812,3 +812,16 @@ def export_batches(manifest: ExportManifest, kind: Kind, exports_url: str) -> It
     for part in manifest.parts[kind]:
         data = _verified(store, prefix, part)
         yield from pq.ParquetFile(pa.BufferReader(data)).iter_batches()
+
+
+def export_table(manifest: ExportManifest, kind: Kind, exports_url: str) -> pa.Table:
+    """All the rows of one part kind as one Arrow table (with its schema even when empty), parts checked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind not in manifest.parts:
+        raise ExportError(f"an export has members, entered and left parts, not '{kind}'")
+    store = ObjectStore(exports_url, setting="exports_url")
+    prefix = refresh_prefix(manifest.tenant, manifest.segment, manifest.refresh_id)
+    tables = [pq.read_table(pa.BufferReader(_verified(store, prefix, part))) for part in manifest.parts[kind]]
+    return pa.concat_tables(tables)

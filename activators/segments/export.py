@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from psycopg import sql
 
+from activators.segments import store as segments
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
 from plugins.core.layout import validate_name
@@ -624,6 +625,8 @@ def _plan(
             else f"segment '{segment}' has no refresh {refresh_id} (latest {latest})"
         )
     customers = _columns(conn, tenant, "customers")
+    if not customers:
+        raise ExportError(f"tenant '{tenant}' has no customers table in PostgreSQL yet; run cdp load run first")
     needed = ["customer_id", *CONTACT_COLUMNS, *ADDRESS_COLUMNS, f"consent_{channel}"]
     if missing := [name for name in needed if name not in customers]:
         raise ExportError(
@@ -673,6 +676,51 @@ def _previous_channel(store: ObjectStore, key: str) -> str | None:
         return None  # an unreadable manifest is no export to protect; it is replaced
 
 
+def _write_export(
+    conn: Connection[Any], store: ObjectStore, plan: _Plan, tombstones: pa.Table, part_rows: int
+) -> ExportManifest:
+    """Inside the export's transaction: the parts of each kind, stale parts removed, then the manifest."""
+    prefix = refresh_prefix(plan.tenant, plan.segment, plan.refresh_id)
+    manifest_key = f"{prefix}/{MANIFEST}"
+    previous = _previous_channel(store, manifest_key)
+    if previous is not None and previous != plan.channel:
+        raise ExportRefusedError(f"refresh {plan.refresh_id} was exported for {previous}; refresh again")
+    if store.exists(manifest_key):
+        store.delete(manifest_key)  # untrusted from here until the new manifest is written
+    stale = {info.key for info in store.list(prefix)}
+    postgres_snapshot, loaded = _snapshots(conn, plan.tenant)
+    counts = _exclude(conn, plan, tombstones)
+    parts: dict[str, list[ExportPart]] = {}
+    schemas: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        query = plan.rows(kind)
+        schema = query_schema(conn, query, plan.params)
+        writer = _PartWriter(store, prefix, kind, schema, part_rows)
+        for batch in stream_query(conn, query, plan.params, schema):
+            writer.write(batch)
+        parts[kind] = writer.finish()
+        schemas[kind] = _schema_json(schema)
+        counts[kind] = sum(part.rows for part in parts[kind])
+    for key in sorted(stale - {f"{prefix}/{part.path}" for kind_parts in parts.values() for part in kind_parts}):
+        store.delete(key)  # parts of an earlier export of this refresh that this one did not rewrite
+    manifest = ExportManifest(
+        tenant=plan.tenant,
+        segment=plan.segment,
+        refresh_id=plan.refresh_id,
+        channel=plan.channel,
+        consent_mode=plan.consent_mode,
+        created_at=datetime.now(UTC).isoformat(),
+        parts=parts,
+        counts=counts,
+        schema=schemas,
+        postgres_snapshot=postgres_snapshot,
+        loaded_snapshots=loaded,
+        url=store.url_for(prefix),
+    )
+    store.write_bytes(manifest_key, json.dumps(manifest.to_json(), indent=2).encode())
+    return manifest
+
+
 def export_refresh(
     conn: Connection[Any],
     tenant: str,
@@ -701,52 +749,19 @@ def export_refresh(
     if part_rows < 1:
         raise ConfigError("part_rows", f"{part_rows} must be a positive number of rows")
     mode = resolve_consent_mode(consent_mode)
-    store = ObjectStore(exports_url, setting="exports_url")
     tombstones = read_tombstones(processed, tenant)
+    segments.get(conn, tenant, segment)  # a missing segment (or segment tables) is one line, before anything else
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # COPY's text output: timestamps in UTC and ISO, as the Arrow parser reads them.
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        # Two exports of one segment at once would interleave their parts: the second waits for the first.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"cdp_segments.export:{tenant}:{segment}",)
+        )
         plan = _plan(conn, tenant, segment, refresh_id, channel, mode, columns)
-        prefix = refresh_prefix(tenant, segment, plan.refresh_id)
-        manifest_key = f"{prefix}/{MANIFEST}"
-        previous = _previous_channel(store, manifest_key)
-        if previous is not None and previous != channel:
-            raise ExportRefusedError(f"refresh {plan.refresh_id} was exported for {previous}; refresh again")
-        if store.exists(manifest_key):
-            store.delete(manifest_key)  # untrusted from here until the new manifest is written
-        stale = {info.key for info in store.list(prefix)}
-        postgres_snapshot, loaded = _snapshots(conn, tenant)
-        counts = _exclude(conn, plan, tombstones)
-        parts: dict[str, list[ExportPart]] = {}
-        schemas: dict[str, list[dict[str, Any]]] = {}
-        for kind in KINDS:
-            query = plan.rows(kind)
-            schema = query_schema(conn, query, plan.params)
-            writer = _PartWriter(store, prefix, kind, schema, part_rows)
-            for batch in stream_query(conn, query, plan.params, schema):
-                writer.write(batch)
-            parts[kind] = writer.finish()
-            schemas[kind] = _schema_json(schema)
-            counts[kind] = sum(part.rows for part in parts[kind])
-    for key in sorted(stale - {f"{prefix}/{part.path}" for kind_parts in parts.values() for part in kind_parts}):
-        store.delete(key)  # parts of an earlier export of this refresh that this one did not rewrite
-    manifest = ExportManifest(
-        tenant=tenant,
-        segment=segment,
-        refresh_id=plan.refresh_id,
-        channel=channel,
-        consent_mode=mode,
-        created_at=datetime.now(UTC).isoformat(),
-        parts=parts,
-        counts=counts,
-        schema=schemas,
-        postgres_snapshot=postgres_snapshot,
-        loaded_snapshots=loaded,
-        url=store.url_for(prefix),
-    )
-    store.write_bytes(manifest_key, json.dumps(manifest.to_json(), indent=2).encode())
+        manifest = _write_export(conn, ObjectStore(exports_url, setting="exports_url"), plan, tombstones, part_rows)
     log_event(
         logger,
         "segment_exported",
@@ -755,8 +770,8 @@ def export_refresh(
         refresh_id=plan.refresh_id,
         channel=channel,
         consent_mode=mode,
-        counts=counts,
-        parts={kind: len(kind_parts) for kind, kind_parts in parts.items()},
+        counts=manifest.counts,
+        parts={kind: len(kind_parts) for kind, kind_parts in manifest.parts.items()},
         seconds=round(time.monotonic() - started, 3),
     )
     return manifest

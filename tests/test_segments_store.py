@@ -8,6 +8,7 @@ the tenant's rows between refreshes; expected members come from plain SQL on the
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -568,6 +569,35 @@ def test_the_projects_example_segments_apply_and_preview(tenant_url, capsys):
         code, out, err = cdp(capsys, "segment", "preview", name, *common, "--json")
         assert (code, err) == (0, "")
         assert json.loads(out)["segment"] == name
+
+
+@pytest.mark.meltano
+def test_meltano_applies_the_projects_segments_and_refreshes_the_due_ones(tenant_url, tmp_path, conn):
+    from plugins.meltano.project import run_meltano
+
+    url, _ = tenant_url
+    # A tenant of its own: the segment-apply command applies the project's segments/ (names other tests use too).
+    tenant = f"segmeltano{uuid.uuid4().hex[:6]}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(tenant)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS TABLE {}").format(table(tenant, "customers"), table(tenant_url[1], "customers"))
+    )
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS TABLE {}").format(
+            table(tenant, "customer_metrics"), table(tenant_url[1], "customer_metrics")
+        )
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO_ROOT / "meltano.yml", project / "meltano.yml")
+    shutil.copytree(REPO_ROOT / "segments", project / "segments")
+    # The cdp utility's settings reach cdp as CDP_<SETTING>: the tenant (dev says demo) and PostgreSQL.
+    env = {"CDP_TENANT": tenant, "CDP_POSTGRES_URL": url}
+    for command in ("cdp:segment-apply", "cdp:segment-refresh-due"):
+        run_meltano(["invoke", command], project_root=project, extra_env=env, capture=True, timeout=240)
+    stored = {item.name: item for item in store.list_segments(conn, tenant)}
+    assert sorted(stored) == ["high-value", "lapsed-buyers"]
+    assert all(item.last_refresh_id is not None for item in stored.values())
 
 
 def test_refresh_due_goes_on_past_a_failing_segment(conn, tenant, tenant_url, capsys):

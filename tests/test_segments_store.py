@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg import sql
 
 from activators.segments import store
@@ -490,8 +491,6 @@ def cdp(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def write_definitions(folder: Path, *definitions: dict[str, Any]) -> Path:
-    import yaml
-
     folder.mkdir(parents=True, exist_ok=True)
     for definition in definitions:
         (folder / f"{definition['name']}.yml").write_text(yaml.safe_dump(definition), encoding="utf-8")
@@ -504,7 +503,11 @@ def test_cdp_segment_end_to_end(tenant_url, tmp_path, capsys, conn):
     eu, pro = unique("cli-eu"), unique("cli-pro")
     folder = write_definitions(
         tmp_path / "segments",
-        {"name": eu, "description": "EU", "criteria": [{"field": "country", "operator": "in", "value": ["DE", "FR"]}]},
+        {
+            "name": eu,
+            "description": "Customers in Germany and France, the two markets of the spring campaign, for email and ads",
+            "criteria": [{"field": "country", "operator": "in", "value": ["DE", "FR"]}],
+        },
         {
             "name": pro,
             "refresh_frequency": "0 * * * *",
@@ -544,7 +547,11 @@ def test_cdp_segment_end_to_end(tenant_url, tmp_path, capsys, conn):
     assert json.loads(out)["definition"]["criteria"][0]["field"] == "country"
     code, out, _ = cdp(capsys, "segment", "show", eu, *common)
     assert code == 0
-    assert f"name: {eu}" in out
+    assert yaml.safe_load(out) == store.get(conn, tenant, eu).definition  # never wrapped at the terminal's width
+    code, out, _ = cdp(capsys, "segment", "refresh", eu, *common)
+    assert code == 0
+    assert out.count("\n") == 1
+    assert out.startswith(f"{eu}: refresh ")
 
     code, out, _ = cdp(capsys, "segment", "overlap", eu, pro, *common, "--json")
     assert code == 0

@@ -191,14 +191,10 @@ class LakeEngine:
     spark: Any
 
     def member_ids(self, segment: Segment, tenant: str) -> pa.Table:
-        from activators.segments.lake import lake_member_ids  # Spark and the lake only when asked
+        """The members' ids, one ``customer_id`` column (activators.segments.lake, imported only when asked)."""
+        from activators.segments.lake import lake_member_ids
 
         return lake_member_ids(segment, tenant, self.zone, self.spark)
-
-    def catalog(self, tenant: str) -> FieldCatalog:
-        from activators.segments.fields import FieldCatalog
-
-        return FieldCatalog.from_iceberg(self.zone, tenant)
 
 
 # -- connections and schema ----------------------------------------------------------------------------------------
@@ -552,9 +548,8 @@ def refresh(
         if lake is None:
             raise SegmentStoreError("the lake engine needs the processed zone and a Spark session (LakeEngine)")
         before = _refreshable(conn, tenant, name)
-        segment = before.segment
-        check(segment, lake.catalog(tenant))
-        lake_ids, lake_definition = lake.member_ids(segment, tenant), before.definition
+        # lake_member_ids checks the definition against the Iceberg schemas before Spark reads anything.
+        lake_ids, lake_definition = lake.member_ids(before.segment, tenant), before.definition
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, name))
         stored = _refreshable(conn, tenant, name, for_update=True)

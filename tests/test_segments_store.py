@@ -658,3 +658,62 @@ def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):
     assert "y" in err
     code, _, err = cdp(capsys, "segment", "refresh", *common)
     assert code == 2
+
+
+def test_the_lake_engine_copies_its_ids_into_the_same_refresh(
+    processed_zone,  # noqa: F811
+    postgres_url,
+    segment_rows,  # noqa: F811
+    spark,
+    capsys,
+):
+    tenant = f"seglake{uuid.uuid4().hex[:8]}"
+    build_segment_tenant(processed_zone, postgres_url, tenant, segment_rows)
+    name = unique("lake")
+    definition = segment(
+        name,
+        [
+            {"field": "country", "operator": "in", "value": ["DE", "FR", "NL"]},
+            {"event": "page_viewed", "min_count": 1},
+        ],
+        logic="or",
+    )
+    with store.connect(postgres_url) as connection:
+        store.create(connection, tenant, definition)
+        lake = store.LakeEngine(zone=processed_zone, spark=spark)
+        first = store.refresh(connection, tenant, name, engine="lake", lake=lake)
+        expected = store.preview(connection, tenant, definition, sample=1000)
+        assert first.engine == "lake"
+        assert first.size == first.entered == expected.size > 0
+        assert members(connection, tenant, name) == {row["customer_id"] for row in expected.sample}
+        # The PostgreSQL engine on the same data finds the same members: nothing enters or leaves.
+        second = store.refresh(connection, tenant, name)
+        assert (second.size, second.entered, second.left) == (first.size, 0, 0)
+        engines = connection.execute(
+            sql.SQL("SELECT engine FROM {} WHERE segment = %s ORDER BY refresh_id").format(
+                table(tenant, "segment_refreshes")
+            ),
+            (name,),
+        ).fetchall()
+        assert engines == [("lake",), ("postgres",)]
+    # And from the command line, on the session's Spark.
+    code, out, err = cdp(
+        capsys,
+        "segment",
+        "refresh",
+        name,
+        "--engine",
+        "lake",
+        "--tenant",
+        tenant,
+        "--postgres-url",
+        postgres_url,
+        "--processed-url",
+        processed_zone.warehouse,
+        "--catalog-url",
+        processed_zone.catalog_url,
+        "--json",
+    )
+    assert (code, err) == (0, "")
+    (third,) = json.loads(out)["refreshes"]
+    assert (third["engine"], third["size"], third["entered"], third["left"]) == ("lake", first.size, 0, 0)

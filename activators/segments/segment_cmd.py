@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from activators.segments.store import Engine, LakeEngine, RefreshResult
 
 app = typer.Typer(
-    help="Segments: audiences over unified customers (apply, create, list, show, preview, refresh, delete, overlap).",
+    help="Segments: audiences over unified customers (apply, create, list, show, preview, refresh, delete, overlap, "
+    "export).",
     no_args_is_help=True,
 )
 

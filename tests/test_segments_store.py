@@ -641,10 +641,20 @@ def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):
     )
     code, _, err = cdp(capsys, "segment", "list", "--tenant", "nobody", "--postgres-url", url)
     assert code == 0  # an empty list is fine before anything was loaded
+    code, _, err = cdp(capsys, "segment", "refresh", "x", "--tenant", "nobody", "--postgres-url", url)
+    assert (code, err.strip()) == (
+        1,
+        "error: no segment 'x' in tenant 'nobody'; cdp segment list shows them, cdp segment apply adds them",
+    )
+    with psycopg.connect(url) as connection:  # reads and misses created nothing
+        found = connection.execute("SELECT to_regnamespace('nobody')").fetchone()
+    assert found == (None,)
     folder = write_definitions(tmp_path / "s", {"name": "x", "criteria": []})
     code, _, err = cdp(capsys, "segment", "apply", str(folder), "--tenant", "nobody", "--postgres-url", url)
     assert code == 1
     assert err.strip() == "error: tenant 'nobody' has no customers table in PostgreSQL yet; run cdp load run first"
+    with psycopg.connect(url) as connection:
+        assert connection.execute("SELECT to_regnamespace('nobody')").fetchone() == (None,)
     missing = f"postgresql://postgres@/postgres?host={tmp_path}/nowhere"
     code, _, err = cdp(capsys, "segment", "list", "--tenant", tenant, "--postgres-url", missing)
     assert code == 1

@@ -411,8 +411,8 @@ def _unchanged(existing: StoredSegment, segment: Segment) -> bool:
 
 def create(conn: Connection[Any], tenant: str, segment: Segment) -> StoredSegment:
     """Store a new segment after checking it against the tenant's fields (a deleted name may be used again)."""
+    check(segment, field_catalog(conn, tenant))  # first: a tenant not loaded yet gets no segment tables either
     ensure_schema(conn, tenant)
-    check(segment, field_catalog(conn, tenant))
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, segment.name))
         existing = _find(conn, tenant, segment.name, for_update=True)
@@ -437,11 +437,11 @@ def apply(conn: Connection[Any], tenant: str, segments: Iterable[Segment]) -> Ap
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
         raise SegmentDefinitionError(f"segment '{duplicate}' is defined twice; give each definition its own name")
-    ensure_schema(conn, tenant)
-    if wanted:
+    if wanted:  # checked first: a tenant not loaded yet gets no segment tables either
         catalog = field_catalog(conn, tenant)
         for segment in wanted:
             check(segment, catalog)
+    ensure_schema(conn, tenant)
     summary = ApplySummary()
     with conn.transaction():
         for segment in sorted(wanted, key=lambda item: item.name):  # a fixed lock order: no deadlock between applies
@@ -468,7 +468,8 @@ def apply(conn: Connection[Any], tenant: str, segments: Iterable[Segment]) -> Ap
 
 def delete(conn: Connection[Any], tenant: str, name: str) -> None:
     """Soft-delete: ``deleted_at`` set and the members removed (the refresh history stays); the name is free again."""
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):  # nothing to delete or refresh; and reads and misses create nothing
+        raise _not_found(tenant, name)
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, name))
         existing = _find(conn, tenant, name, for_update=True)
@@ -541,7 +542,8 @@ def refresh(
     if engine not in ENGINES:
         raise SegmentStoreError(f"unknown engine '{engine}'; use postgres or lake")
     started = time.monotonic()
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):  # nothing to delete or refresh; and reads and misses create nothing
+        raise _not_found(tenant, name)
     lake_ids: pa.Table | None = None
     lake_definition: Mapping[str, Any] | None = None
     if engine == "lake":

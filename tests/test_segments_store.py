@@ -22,6 +22,7 @@ import yaml
 from psycopg import sql
 
 from activators.segments import store
+from activators.segments.fields import MissingTableError
 from activators.segments.model import SegmentDefinitionError, parse_segment
 from plugins.cli.app import main
 from plugins.connectors.testing import wait_until
@@ -477,7 +478,8 @@ def test_preview_counts_and_samples_without_storing_anything(conn, tenant):
 
 
 def test_a_tenant_without_loaded_tables_is_told_to_load_first(conn):
-    with pytest.raises(store.TenantNotLoadedError, match="run cdp load run first"):
+    missing = r"no customers table \(PostgreSQL schema 'empty\w+'\); run 'cdp load run"
+    with pytest.raises(MissingTableError, match=missing):
         store.apply(conn, f"empty{uuid.uuid4().hex[:6]}", [countries_segment("x", ["DE"])])
 
 
@@ -652,7 +654,7 @@ def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):
     folder = write_definitions(tmp_path / "s", {"name": "x", "criteria": []})
     code, _, err = cdp(capsys, "segment", "apply", str(folder), "--tenant", "nobody", "--postgres-url", url)
     assert code == 1
-    assert err.strip() == "error: tenant 'nobody' has no customers table in PostgreSQL yet; run cdp load run first"
+    assert err.strip() == "error: no customers table (PostgreSQL schema 'nobody'); run 'cdp load run --tenant nobody'"
     with psycopg.connect(url) as connection:
         assert connection.execute("SELECT to_regnamespace('nobody')").fetchone() == (None,)
     missing = f"postgresql://postgres@/postgres?host={tmp_path}/nowhere"

@@ -65,10 +65,6 @@ class StaticSegmentFrozenError(SegmentStoreError):
     """A static segment's members were frozen by its first refresh: it is not refreshed or redefined again."""
 
 
-class TenantNotLoadedError(SegmentStoreError):
-    """The tenant's ``customers`` table is not in PostgreSQL yet (``cdp load run`` loads it)."""
-
-
 SCHEMA_STATEMENTS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS {schema}.segments ("
     "name text PRIMARY KEY, description text NOT NULL DEFAULT '', type text NOT NULL, definition jsonb NOT NULL, "
@@ -258,25 +254,14 @@ def ensure_schema(conn: Connection[Any], tenant: str) -> None:
             conn.execute(sql.SQL(statement).format(schema=_schema(tenant)))  # type: ignore[arg-type]
 
 
-def customers_loaded(conn: Connection[Any], tenant: str) -> bool:
-    """Whether the tenant's ``customers`` table is in PostgreSQL."""
-    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, 'customers'))", (tenant,)).fetchone()
-    return row is not None and row[0] is not None
-
-
-def _require_customers(conn: Connection[Any], tenant: str) -> None:
-    if not customers_loaded(conn, tenant):
-        raise TenantNotLoadedError(
-            f"tenant '{tenant}' has no customers table in PostgreSQL yet; run cdp load run first"
-        )
-
-
 def field_catalog(conn: Connection[Any], tenant: str) -> FieldCatalog:
-    """The fields the tenant's PostgreSQL tables have (its ``customers`` must be loaded)."""
+    """The fields the tenant's PostgreSQL tables have; a MissingTableError (one line: run cdp load run) when it has
+    no ``customers`` table yet."""
     from activators.segments.fields import FieldCatalog
 
-    _require_customers(conn, tenant)
-    return FieldCatalog.from_postgres(conn, tenant)
+    catalog = FieldCatalog.from_postgres(conn, tenant)
+    catalog.require_customers()
+    return catalog
 
 
 def check(segment: Segment, catalog: FieldCatalog) -> None:

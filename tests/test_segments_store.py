@@ -266,6 +266,10 @@ def test_apply_creates_updates_and_keeps_segments_whose_file_is_gone(conn, tenan
     summary = store.apply(conn, tenant, [countries_segment(first, ["DE", "NL"])])
     assert summary.unchanged == [first]
 
+    with pytest.raises(SegmentDefinitionError, match=f"segment '{first}' is defined twice"):
+        store.apply(conn, tenant, [countries_segment(first, ["FR"]), countries_segment(first, ["NL"])])
+    assert store.get(conn, tenant, first).segment == countries_segment(first, ["DE", "NL"])
+
 
 def test_definitions_are_checked_at_apply_and_again_at_refresh(conn, tenant):
     bad = segment(unique("bad"), [{"field": "lifetime_valu", "operator": "gte", "value": 5}])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from activators.segments.model import Segment, SegmentDefinitionError, SegmentType
+from activators.segments.model import Segment, SegmentDefinitionError, SegmentType, check_segment
 from plugins.core.errors import CdpError
 from plugins.core.events import log_event
 
@@ -264,19 +264,6 @@ def field_catalog(conn: Connection[Any], tenant: str) -> FieldCatalog:
     return catalog
 
 
-def check(segment: Segment, catalog: FieldCatalog) -> None:
-    """``check_segment``, its one-line message naming the segment (SegmentDefinitionError)."""
-    from activators.segments.model import check_segment
-
-    try:
-        check_segment(segment, catalog)
-    except SegmentDefinitionError as exc:
-        message = str(exc)
-        if segment.name not in message:
-            raise SegmentDefinitionError(f"segment '{segment.name}': {message}") from None
-        raise
-
-
 # -- definitions -----------------------------------------------------------------------------------------------------
 
 _COLUMNS = sql.SQL(", ").join(
@@ -396,7 +383,7 @@ def _unchanged(existing: StoredSegment, segment: Segment) -> bool:
 
 def create(conn: Connection[Any], tenant: str, segment: Segment) -> StoredSegment:
     """Store a new segment after checking it against the tenant's fields (a deleted name may be used again)."""
-    check(segment, field_catalog(conn, tenant))  # first: a tenant not loaded yet gets no segment tables either
+    check_segment(segment, field_catalog(conn, tenant))  # first: a tenant not loaded yet gets no segment tables either
     ensure_schema(conn, tenant)
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, segment.name))
@@ -425,7 +412,7 @@ def apply(conn: Connection[Any], tenant: str, segments: Iterable[Segment]) -> Ap
     if wanted:  # checked first: a tenant not loaded yet gets no segment tables either
         catalog = field_catalog(conn, tenant)
         for segment in wanted:
-            check(segment, catalog)
+            check_segment(segment, catalog)
     ensure_schema(conn, tenant)
     summary = ApplySummary()
     with conn.transaction():
@@ -546,7 +533,7 @@ def refresh(
 
                 segment = stored.segment
                 catalog = field_catalog(conn, tenant)  # checked again: the tables may have changed since apply
-                check(segment, catalog)
+                check_segment(segment, catalog)
                 compiled = members_query(segment, tenant, catalog)
                 size = conn.execute(
                     sql.SQL("INSERT INTO {} (customer_id) {}").format(members, compiled.query), compiled.params
@@ -711,7 +698,7 @@ def preview(conn: Connection[Any], tenant: str, segment: Segment, *, sample: int
     from plugins.core.redaction import RecordMasker
 
     catalog = field_catalog(conn, tenant)
-    check(segment, catalog)
+    check_segment(segment, catalog)
     compiled = members_query(segment, tenant, catalog)
     masker = RecordMasker.configured()
     with conn.transaction():

@@ -124,6 +124,11 @@ def read_definition(path: Path) -> Segment:
     return parse_segment(data, source=str(path))
 
 
+def say(text: str) -> None:
+    """One line (or block) of output as it is: never wrapped at the terminal's width (scripts and YAML read it)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
@@ -149,13 +154,9 @@ def apply_command(
         return
     for label, names in (("created", summary.created), ("updated", summary.updated), ("unchanged", summary.unchanged)):
         listed = f": {', '.join(names)}" if names else ""
-        console.print(f"{label}: {len(names)}{listed}", highlight=False, soft_wrap=True)
+        say(f"{label}: {len(names)}{listed}")
     if summary.not_in_files:
-        console.print(
-            f"kept (stored, no file applied; delete with cdp segment delete): {', '.join(summary.not_in_files)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"kept (stored, no file applied; delete with cdp segment delete): {', '.join(summary.not_in_files)}")
 
 
 @app.command("create")
@@ -170,11 +171,7 @@ def create_command(
     segment = read_definition(file)
     with _connection(postgres_url) as conn:
         store.create(conn, tenant, segment)
-    console.print(
-        f"created {segment.name} ({segment.type.value}); refresh it with cdp segment refresh {segment.name}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"created {segment.name} ({segment.type.value}); refresh it with cdp segment refresh {segment.name}")
 
 
 @app.command("list")
@@ -220,13 +217,9 @@ def show_command(
         print_json({**stored.summary(), "definition": stored.definition})
         return
     definition = yaml.safe_dump(dict(stored.definition), sort_keys=False, allow_unicode=True)
-    console.print(definition.rstrip(), highlight=False, soft_wrap=True)
+    say(definition.rstrip())
     size = "-" if stored.size is None else str(stored.size)
-    console.print(
-        f"# size {size}, last refreshed {_when(stored.last_refreshed)} (refresh {stored.last_refresh_id or '-'})",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"# size {size}, last refreshed {_when(stored.last_refreshed)} (refresh {stored.last_refresh_id or '-'})")
 
 
 @app.command("preview")
@@ -247,10 +240,10 @@ def preview_command(
     if json_output:
         print_json({"segment": segment.name, "size": found.size, "sample": found.sample})
         return
-    console.print(f"{segment.name}: {found.size} customers now (nothing stored)", highlight=False, soft_wrap=True)
+    say(f"{segment.name}: {found.size} customers now (nothing stored)")
     for row in found.sample:
         email = "" if row["email"] is None else row["email"]
-        console.print(f"  {row['customer_id']}  {email}", highlight=False, soft_wrap=True)
+        say(f"  {row['customer_id']}  {email}")
 
 
 def _lake(processed_url: str | None, catalog_url: str | None, spark_master: str | None) -> LakeEngine:
@@ -262,11 +255,9 @@ def _lake(processed_url: str | None, catalog_url: str | None, spark_master: str 
 
 
 def _print_refresh(result: RefreshResult) -> None:
-    console.print(
+    say(
         f"{result.segment}: refresh {result.refresh_id} ({result.engine}): {result.size} members, {result.entered} "
-        f"entered, {result.left} left in {result.seconds:.2f} s",
-        highlight=False,
-        soft_wrap=True,
+        f"entered, {result.left} left in {result.seconds:.2f} s"
     )
 
 
@@ -329,7 +320,7 @@ def refresh_command(
             payload["exports"] = [exported.summary() for exported in exports]
         print_json(payload)
     elif due and not results and not failed:
-        err_console.print("no segment is due", highlight=False, soft_wrap=True)
+        err_console.print("no segment is due", highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -345,7 +336,7 @@ def delete_command(
 
     with _connection(postgres_url) as conn:
         store.delete(conn, tenant, name)
-    console.print(f"deleted {name}", highlight=False, soft_wrap=True)
+    say(f"deleted {name}")
 
 
 @app.command("overlap")
@@ -409,12 +400,10 @@ def _export(
 
 def _print_export(manifest: ExportManifest) -> None:
     counts = manifest.counts
-    console.print(
+    say(
         f"{manifest.segment}: refresh {manifest.refresh_id} exported for {manifest.channel} ({manifest.consent_mode}):"
         f" {counts['members']} members, {counts['entered']} entered, {counts['left']} left; left out "
-        f"{counts['excluded_consent']} without consent, {counts['excluded_erased']} erased -> {manifest.url}",
-        highlight=False,
-        soft_wrap=True,
+        f"{counts['excluded_consent']} without consent, {counts['excluded_erased']} erased -> {manifest.url}"
     )
 
 

@@ -47,6 +47,7 @@ from activators.segments.model import (
     is_number,
     parse_timestamp,
 )
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -57,6 +58,10 @@ NUMBER_TYPE = "decimal(38, 9)"
 #: How ``schema_of_variant`` names a JSON number (integers parse as BIGINT, fractions as DECIMAL, exponents DOUBLE).
 _VARIANT_NUMBER = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL)"
 _METRIC_FUNCTIONS = {"sum": "sum", "min": "min", "max": "max"}
+
+
+class LakeTablesError(CdpError):
+    """The processed zone lacks what the lake engine reads (the tenant's ``customers`` table)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,9 @@ class LakeTables:
 
         customers = read(CUSTOMERS_TABLE)
         if customers is None:
-            from activators.segments.model import SegmentDefinitionError
-
-            raise SegmentDefinitionError(
-                f"tenant {tenant!r} has no customers table in the processed zone; run 'cdp transform run' first"
+            raise LakeTablesError(
+                f"tenant {tenant!r} has no customers table in the processed zone; "
+                f"run 'cdp transform run --tenant {tenant}' first"
             )
         events = read(EVENTS_TABLE)
         if events is not None:

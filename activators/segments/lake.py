@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from activators.segments.compile_spark import LakeTables, members_frame
 from activators.segments.fields import FieldCatalog
+from activators.segments.model import check_segment
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,6 +30,7 @@ def lake_member_ids(segment: Segment, tenant: str, zone: ProcessedZone, spark: S
 
     catalog = zone.open()
     fields = FieldCatalog.from_iceberg(catalog, tenant)
+    check_segment(segment, fields)  # Before Spark reads anything: a bad definition is one line, at once.
     frame = members_frame(segment, LakeTables.read(spark, catalog, tenant), fields)
     ids = frame.orderBy(MEMBER_COLUMN).toArrow()
     return pa.table({MEMBER_COLUMN: ids.column(MEMBER_COLUMN).cast(pa.string())})

@@ -2,7 +2,8 @@
 
 About 40 customers covering every operator's edges (nulls, two currencies and a no-currency row, custom fields with
 text, numbers, booleans and lists, events in and out of windows, names with quotes, backslashes, LIKE metacharacters
-and non-ASCII letters). :func:`fixture_rows` makes the rows, relative to ``now`` (the test's start: no fixed dates),
+and non-ASCII letters; a boolean column, ``vip``, that the real customers table does not have, so booleans are
+covered too). :func:`fixture_rows` makes the rows, relative to ``now`` (the test's start: no fixed dates),
 :func:`write_fixture` commits the three Iceberg tables (``customers`` with ``custom_fields``, ``customer_metrics``,
 ``customer_events``) with pyiceberg the way the transforms commit, and :func:`load_fixture` loads them into
 PostgreSQL with the real load runner, so both engines read the same data.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -296,6 +298,22 @@ def processed_zone(tmp_path_factory: pytest.TempPathFactory) -> ProcessedZone:
 def segment_rows() -> SegmentFixture:
     """The fixture's rows, relative to the session's start."""
     return fixture_rows(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def segment_tenant_factory(
+    processed_zone: ProcessedZone, postgres_url: str
+) -> Callable[[], tuple[ProcessedZone, str, str, SegmentFixture]]:
+    """Makes a fresh fixture tenant per call, ``(zone, postgres_url, tenant, rows)``: for tests that change its data
+    (the shared ``segment_tenant`` must stay as built)."""
+
+    def make() -> tuple[ProcessedZone, str, str, SegmentFixture]:
+        rows = fixture_rows(datetime.now(UTC).replace(microsecond=0))
+        tenant = f"seg{uuid.uuid4().hex[:8]}"
+        build_segment_tenant(processed_zone, postgres_url, tenant, rows)
+        return processed_zone, postgres_url, tenant, rows
+
+    return make
 
 
 @pytest.fixture(scope="session")

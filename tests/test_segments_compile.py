@@ -21,10 +21,11 @@ import yaml
 from psycopg import sql
 
 from activators.segments.compile_sql import like_pattern, members_query
-from activators.segments.fields import FieldCatalog, FieldSource, SegmentField, UnknownFieldError
+from activators.segments.fields import FieldCatalog, FieldSource, MissingTableError, SegmentField, UnknownFieldError
 from activators.segments.model import (
     MAX_DEPTH,
     Condition,
+    EventCondition,
     FieldType,
     Group,
     Logic,
@@ -294,6 +295,9 @@ CONDITIONS: list[tuple[str, str, Any, str | None]] = [
     ("order_count", "equals", 0, None),
     ("engagement_score", "between", [10, 50.5], None),
     ("engagement_score", "lte", 7.5, None),
+    ("engagement_score", "in", [7.5, 0], None),
+    ("engagement_score", "not_in", [7.5, 0], None),
+    ("engagement_score", "equals", 7.5, None),
     ("days_since_last_order", "lt", 30, None),
     ("events_90d", "in", [0, 8], None),
     ("events_90d", "exists", False, None),
@@ -630,6 +634,9 @@ PARSE_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"name": "t", "criteria": [{"event": "p", "min_count": 3, "max_count": 2}]}, "max_count 2 is below min_count 3"),
     ({"name": "t", "criteria": [{"event": "p", "within_days": 0}]}, "within_days must be a whole number of days"),
     ({"name": "t", "criteria": [{"event": ""}]}, "event must be an event type's name"),
+    ({"name": "t", "criteria": [{"event": "p", "properties": []}]}, "properties must be a mapping"),
+    ({"name": "t", "criteria": [{"field": "x", "operator": ["in"], "value": 1}]}, "unknown operator ['in']"),
+    ({"name": "t\nx", "criteria": []}, "segment 't\\nx' (segments/t.yml): name:"),
     (
         {"name": "t", "criteria": [{"logic": "or", "criteria": [{"field": "a", "operator": "exists", "value": 1}]}]},
         "segment 't' (segments/t.yml): criteria[0].criteria[0]: operator 'exists' needs true or false, not 1",
@@ -853,6 +860,9 @@ def test_a_nul_character_is_a_clear_error_not_a_database_crash(catalog: FieldCat
     bad = Segment(name=built.name, criteria=Group(Logic.AND, (Condition("first_name", Operator.EQUALS, "a\x00"),)))
     with pytest.raises(SegmentDefinitionError, match="NUL"):
         members_query(bad, segment_tenant[2], catalog)
+    bad_event = Segment(name="t", criteria=Group(Logic.AND, (EventCondition("page\x00viewed"),)))
+    with pytest.raises(SegmentDefinitionError, match=r"criteria\[0\]: a NUL character"):
+        members_query(bad_event, segment_tenant[2], catalog)
 
 
 def test_like_metacharacters_are_escaped() -> None:
@@ -869,6 +879,7 @@ def test_the_catalogue_from_postgresql_equals_the_one_from_iceberg(
     from_iceberg = FieldCatalog.from_iceberg(zone, tenant)
     assert from_iceberg == catalog
     assert from_iceberg.fields == catalog.fields
+    assert FieldCatalog.from_iceberg(zone.open(), tenant) == catalog  # an open catalog does as well as the zone
     assert catalog.custom_fields
     assert catalog.events
     kinds = {name: field.type for name, field in catalog.fields.items()}
@@ -944,3 +955,35 @@ def test_a_minimal_definition_takes_the_defaults() -> None:
     segment = parse_segment({"name": "everyone"})
     assert segment_to_mapping(segment) == {"name": "everyone", "type": "dynamic", "logic": "and", "criteria": []}
     assert parse_segment({"name": "s", "type": "Static"}).type.value == "static"
+
+
+def test_the_factory_makes_an_independent_copy_of_the_fixture(
+    segment_tenant_factory: Callable[[], tuple[Any, str, str, SegmentFixture]],
+    catalog: FieldCatalog,
+    segment_tenant: tuple[Any, str, str],
+) -> None:
+    zone, url, tenant, rows = segment_tenant_factory()
+    assert tenant != segment_tenant[2]
+    data = definition({"field": "custom.plan", "operator": "contains", "value": "pro"})
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert FieldCatalog.from_postgres(conn, tenant) == catalog == FieldCatalog.from_iceberg(zone, tenant)
+        assert members(conn, tenant, catalog, parse_segment(data)) == expected_members(rows, data)
+        assert table_counts(conn, tenant) == {
+            "customers": len(rows.customers),
+            "customer_metrics": len(rows.metrics),
+            "customer_events": len(rows.events),
+        }
+
+
+def test_a_tenant_without_tables_is_told_to_load_them(
+    connection: psycopg.Connection[Any], segment_tenant: tuple[Any, str, str]
+) -> None:
+    segment = parse_segment(definition())
+    from_postgres = FieldCatalog.from_postgres(connection, "nobody")
+    with pytest.raises(
+        MissingTableError, match=r"no customers table \(PostgreSQL schema 'nobody'\); run 'cdp load run"
+    ):
+        members_query(segment, "nobody", from_postgres)
+    from_iceberg = FieldCatalog.from_iceberg(segment_tenant[0], "nobody")
+    with pytest.raises(MissingTableError, match=r"\(processed zone, tenant 'nobody'\); run 'cdp transform run"):
+        members_query(segment, "nobody", from_iceberg)

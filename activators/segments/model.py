@@ -181,7 +181,8 @@ def definition_error(name: str, source: str, path: str, problem: str) -> Segment
     """``segment 'NAME' (FILE): PATH: PROBLEM`` as one SegmentDefinitionError (the file and path when known)."""
     where = f" ({source})" if source else ""
     at = f"{path}: " if path else ""
-    return SegmentDefinitionError(f"segment {_shown(name)}{where}: {at}{problem}".replace("\n", " "))
+    line = f"segment {_shown(name)}{where}: {at}{problem}"
+    return SegmentDefinitionError(" ".join(line.splitlines()))
 
 
 class _Problem(Exception):
@@ -318,7 +319,7 @@ def _condition(path: str, data: Mapping[str, Any]) -> Condition:
         raise _Problem(path, f"field must be a field's name, not {_shown(name)}")
     _check_text(path, name)
     operator = data.get("operator")
-    if operator not in {item.value for item in Operator}:
+    if not isinstance(operator, str) or operator not in {item.value for item in Operator}:
         known = ", ".join(item.value for item in Operator)
         raise _Problem(path, f"unknown operator {_shown(operator)} (operators: {known})")
     if "value" not in data:
@@ -341,7 +342,7 @@ def _event(path: str, data: Mapping[str, Any]) -> EventCondition:
         isinstance(within_days, bool) or not isinstance(within_days, int) or not 0 < within_days <= MAX_DAYS
     ):
         raise _Problem(path, f"within_days must be a whole number of days 1..{MAX_DAYS}, not {_shown(within_days)}")
-    properties = _mapping(path, data.get("properties") or {}, "properties")
+    properties = _mapping(path, {} if data.get("properties") is None else data["properties"], "properties")
     matched: dict[str, str | int | float | bool] = {}
     for key, value in properties.items():
         if not isinstance(key, str) or not key:
@@ -521,6 +522,7 @@ def _check_group(segment: Segment, group: Group, path: str, catalog: FieldCatalo
         if isinstance(criterion, Group):
             _check_group(segment, criterion, here, catalog, depth + 1)
         elif isinstance(criterion, EventCondition):
+            _event(here, _criterion_to_mapping(criterion))  # a criterion built in code gets parse_segment's checks
             if not catalog.events:
                 raise _Problem(here, "behaviour needs the customer_events table; run its transform and load it")
         else:

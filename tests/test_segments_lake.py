@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from activators.segments.compile_spark import LakeTables, LakeTablesError, members_frame
+from activators.segments.compile_spark import LakeTables, members_frame
 from activators.segments.compile_sql import members_query
-from activators.segments.fields import FieldCatalog
+from activators.segments.fields import FieldCatalog, MissingTableError
 from activators.segments.lake import lake_member_ids
 from activators.segments.model import SegmentDefinitionError, parse_segment
 from tests.segments_support import SegmentFixture
@@ -193,7 +193,10 @@ def test_postgresql_holds_customer_events_by_month_with_the_behaviour_index(segm
     assert any(index.endswith("(customer_id, type, occurred_at)") for index in indexes), indexes
 
 
-def test_a_tenant_without_tables_in_the_zone_is_one_clear_error(spark, segment_tenant) -> None:
+def test_a_tenant_without_tables_in_the_zone_is_one_clear_error(spark, segment_tenant, engines) -> None:
     zone, _, _ = segment_tenant
-    with pytest.raises(LakeTablesError, match=r"tenant 'nobody' has no customers table .* 'cdp transform run --tenant"):
+    message = r"no customers table \(processed zone, tenant 'nobody'\); run 'cdp transform run --tenant nobody'"
+    with pytest.raises(MissingTableError, match=message):
         LakeTables.read(spark, zone.open(), "nobody")
+    with pytest.raises(MissingTableError, match=message):
+        lake_member_ids(engines["segments"]["the design's example"], "nobody", zone, spark)

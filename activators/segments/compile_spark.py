@@ -47,7 +47,6 @@ from activators.segments.model import (
     is_number,
     parse_timestamp,
 )
-from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -60,10 +59,6 @@ _VARIANT_NUMBER = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL)"
 _METRIC_FUNCTIONS = {"sum": "sum", "min": "min", "max": "max"}
 
 
-class LakeTablesError(CdpError):
-    """The processed zone lacks what the lake engine reads (the tenant's ``customers`` table)."""
-
-
 @dataclass(frozen=True)
 class LakeTables:
     """The three tables a segment reads, as DataFrames (``metrics``, ``events`` None when the tenant lacks them)."""
@@ -74,24 +69,19 @@ class LakeTables:
 
     @classmethod
     def read(cls, spark: SparkSession, catalog: Catalog, tenant: str) -> LakeTables:
-        """The tenant's current snapshots (through ``read_table``), only the columns segments use."""
+        """The tenant's current snapshots (through ``read_table``), only the columns segments use; a
+        MissingTableError, saying what to run, when the tenant has no ``customers`` table in the zone."""
         from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
 
-        def read(name: str) -> DataFrame | None:
-            if not catalog.table_exists((tenant, name)):
-                return None
+        def read(name: str) -> DataFrame:
             return read_table(spark, catalog.load_table((tenant, name))).drop(DATA_FILE_COLUMN)
 
-        customers = read(CUSTOMERS_TABLE)
-        if customers is None:
-            raise LakeTablesError(
-                f"tenant {tenant!r} has no customers table in the processed zone; "
-                f"run 'cdp transform run --tenant {tenant}' first"
-            )
-        events = read(EVENTS_TABLE)
-        if events is not None:
-            events = events.select("customer_id", "type", "occurred_at", "properties")
-        return cls(customers=customers, metrics=read(METRICS_TABLE), events=events)
+        FieldCatalog.from_iceberg(catalog, tenant).require_customers()
+        metrics = read(METRICS_TABLE) if catalog.table_exists((tenant, METRICS_TABLE)) else None
+        events = None
+        if catalog.table_exists((tenant, EVENTS_TABLE)):
+            events = read(EVENTS_TABLE).select("customer_id", "type", "occurred_at", "properties")
+        return cls(customers=read(CUSTOMERS_TABLE), metrics=metrics, events=events)
 
 
 def _spark_value(kind: FieldType, value: Any) -> Any:

@@ -1,7 +1,8 @@
 """customer_events on real Spark through the runner: every event that names a customer, under the unified
 customer_id of the identity map (the provider id first, then the email), its payload as properties; events naming
-no one are left out; a later merge moves a person's earlier events to the surviving id; two incremental runs equal a
-full run. Registered through the cdp entry points; the PostgreSQL loader loads it with its segment index."""
+no one are left out; a later merge moves a person's earlier events to the surviving id (incremental runs equal a full
+refresh row for row: tests/test_transform_runner.py, whose tables include it). Registered through the cdp entry
+points; the PostgreSQL loader loads it with its segment index."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
 from tests.test_transforms_builtins import RawZone, tap_schema
 from tests.test_transforms_customers import DAY, JAN_1, land_half, owner, profiles
 
-pytestmark = pytest.mark.timeout(1500)  # Three runs of five transforms on a shared machine.
+pytestmark = pytest.mark.timeout(1800)  # Two runs of five transforms on a shared, busy machine.
 
 
 def stripe_event(event_id: str, day: int, data_object: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def events_of(spark, processed: Path) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def history(spark, tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("customer_events")
-    zone, incremental, scratch = RawZone(spark, base), base / "incremental", base / "scratch"
+    zone, incremental = RawZone(spark, base), base / "incremental"
     seen: dict[str, Any] = {}
     land(zone, 1)
     seen["run1"] = run(zone, incremental)
@@ -90,8 +91,6 @@ def history(spark, tmp_path_factory) -> dict[str, Any]:
     land(zone, 2)
     seen["run2"] = run(zone, incremental)
     seen["events2"], seen["profiles2"] = events_of(spark, incremental), profiles(spark, incremental)
-    run(zone, scratch, full_refresh=True)
-    seen["scratch"] = events_of(spark, scratch)
     return seen
 
 
@@ -112,7 +111,7 @@ def test_events_carry_the_unified_customer_id_and_events_naming_no_one_are_left_
     assert list(next(iter(events.values()))) == ["event_id", "customer_id", "type", "occurred_at", "properties"]
 
 
-def test_a_merge_moves_earlier_events_to_the_surviving_id_and_incremental_equals_full(history) -> None:
+def test_a_merge_moves_earlier_events_to_the_surviving_id(history) -> None:
     before = history["events1"]["stripe:evt_cat"]["customer_id"]
     after = history["events2"]["stripe:evt_cat"]["customer_id"]
     survivor = owner(history["profiles2"], "stripe_customer:cus_cat")["customer_id"]
@@ -121,8 +120,7 @@ def test_a_merge_moves_earlier_events_to_the_surviving_id_and_incremental_equals
         history["events2"]["stripe:evt_sms"]["customer_id"]
         == owner(history["profiles2"], "stripe_customer:cus_ann")["customer_id"]
     )
-    assert history["events2"] == history["scratch"]
-    assert history["run2"]["customer_events"].mode == "complete"
+    assert history["run2"]["customer_events"].mode == "complete"  # Recomputed whole: every event's id is current.
 
 
 def test_it_registers_through_the_entry_points_and_loads_into_postgresql_with_its_index() -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from plugins.transforms.run import TransformSettings
-from plugins.transforms.runner import run_transforms
 from tests.test_transforms_builtins import RawZone
-from tests.test_transforms_customers import iso, owner, profiles, salesforce_record, salesforce_schema
+from tests.test_transforms_customers import iso, owner, profiles, run, salesforce_record, salesforce_schema
 from transforms.customers.transform import merged_custom_fields
 
 pytestmark = pytest.mark.timeout(1500)  # Three runs of customer_records and customers on a shared machine.
@@ -95,24 +92,6 @@ def land(zone: RawZone, half: int) -> None:
             ],
             key="Id",
         )
-
-
-def run(zone: RawZone, processed: Path, **options: Any) -> None:
-    from transforms.customer_records import cdp_transforms as records
-    from transforms.customers import cdp_transforms as customers
-    from transforms.events import cdp_transforms as events
-
-    summary = run_transforms(
-        tenants=["acme"],
-        raw_url=f"{zone.base}/raw",
-        dlq_url=f"{zone.base}/dlq",
-        registry_url=f"{zone.base}/registry",
-        processed_url=str(processed),
-        transforms=[*records(), *events(), *customers()],
-        settings=TransformSettings(),
-        **options,
-    )
-    assert not [table.error for table in summary.tables if table.status == "failed"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from activators.segments.compile_spark import LakeTables, members_frame
 from activators.segments.compile_sql import members_query
-from activators.segments.fields import FieldCatalog
+from activators.segments.fields import FieldCatalog, MissingTableError
 from activators.segments.lake import lake_member_ids
 from activators.segments.model import SegmentDefinitionError, parse_segment
 from tests.segments_support import SegmentFixture
@@ -172,3 +172,31 @@ def test_money_without_a_currency_is_refused_by_the_lake_too(engines) -> None:
     segment = parse_segment(definition({"field": "lifetime_value", "operator": "gt", "value": 1}))
     with pytest.raises(SegmentDefinitionError, match="currency"):
         members_frame(segment, engines["tables"], engines["catalog"])
+
+
+def test_postgresql_holds_customer_events_by_month_with_the_behaviour_index(segment_tenant) -> None:
+    """The fixture's customer_events, loaded by the real load runner, as loaders/postgres/workloads.py plans it."""
+    _, postgres_url, tenant = segment_tenant
+    with psycopg.connect(postgres_url) as conn:
+        partitioned = conn.execute(
+            "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'customer_events'",
+            (tenant,),
+        ).fetchone()
+        indexes = [
+            row[0]
+            for row in conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'customer_events'", (tenant,)
+            )
+        ]
+    assert partitioned == (1,)
+    assert any(index.endswith("(customer_id, type, occurred_at)") for index in indexes), indexes
+
+
+def test_a_tenant_without_tables_in_the_zone_is_one_clear_error(spark, segment_tenant, engines) -> None:
+    zone, _, _ = segment_tenant
+    message = r"no customers table \(processed zone, tenant 'nobody'\); run 'cdp transform run --tenant nobody'"
+    with pytest.raises(MissingTableError, match=message):
+        LakeTables.read(spark, zone.open(), "nobody")
+    with pytest.raises(MissingTableError, match=message):
+        lake_member_ids(engines["segments"]["the design's example"], "nobody", zone, spark)

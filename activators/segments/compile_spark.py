@@ -69,25 +69,19 @@ class LakeTables:
 
     @classmethod
     def read(cls, spark: SparkSession, catalog: Catalog, tenant: str) -> LakeTables:
-        """The tenant's current snapshots (through ``read_table``), only the columns segments use."""
+        """The tenant's current snapshots (through ``read_table``), only the columns segments use; a
+        MissingTableError, saying what to run, when the tenant has no ``customers`` table in the zone."""
         from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
 
-        def read(name: str) -> DataFrame | None:
-            if not catalog.table_exists((tenant, name)):
-                return None
+        def read(name: str) -> DataFrame:
             return read_table(spark, catalog.load_table((tenant, name))).drop(DATA_FILE_COLUMN)
 
-        customers = read(CUSTOMERS_TABLE)
-        if customers is None:
-            from activators.segments.model import SegmentDefinitionError
-
-            raise SegmentDefinitionError(
-                f"tenant {tenant!r} has no customers table in the processed zone; run 'cdp transform run' first"
-            )
-        events = read(EVENTS_TABLE)
-        if events is not None:
-            events = events.select("customer_id", "type", "occurred_at", "properties")
-        return cls(customers=customers, metrics=read(METRICS_TABLE), events=events)
+        FieldCatalog.from_iceberg(catalog, tenant).require_customers()
+        metrics = read(METRICS_TABLE) if catalog.table_exists((tenant, METRICS_TABLE)) else None
+        events = None
+        if catalog.table_exists((tenant, EVENTS_TABLE)):
+            events = read(EVENTS_TABLE).select("customer_id", "type", "occurred_at", "properties")
+        return cls(customers=read(CUSTOMERS_TABLE), metrics=metrics, events=events)
 
 
 def _spark_value(kind: FieldType, value: Any) -> Any:

@@ -838,17 +838,22 @@ def _verified(store: ObjectStore, prefix: str, part: ExportPart) -> bytes:
     return data
 
 
-def export_batches(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[pa.RecordBatch]:
-    """The rows of one part kind of an export, part after part, each part checked against its checksum first."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _part_bytes(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[bytes]:
+    """The bytes of each part of one kind, in order, each checked against its checksum."""
     if kind not in manifest.parts:
         raise ExportError(f"an export has members, entered and left parts, not '{kind}'")
     store = ObjectStore(exports_url, setting="exports_url")
     prefix = refresh_prefix(manifest.tenant, manifest.segment, manifest.refresh_id)
     for part in manifest.parts[kind]:
-        data = _verified(store, prefix, part)
+        yield _verified(store, prefix, part)
+
+
+def export_batches(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[pa.RecordBatch]:
+    """The rows of one part kind of an export, part after part, each part checked against its checksum first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for data in _part_bytes(manifest, kind, exports_url):
         yield from pq.ParquetFile(pa.BufferReader(data)).iter_batches()
 
 
@@ -857,9 +862,4 @@ def export_table(manifest: ExportManifest, kind: Kind, exports_url: str) -> pa.T
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if kind not in manifest.parts:
-        raise ExportError(f"an export has members, entered and left parts, not '{kind}'")
-    store = ObjectStore(exports_url, setting="exports_url")
-    prefix = refresh_prefix(manifest.tenant, manifest.segment, manifest.refresh_id)
-    tables = [pq.read_table(pa.BufferReader(_verified(store, prefix, part))) for part in manifest.parts[kind]]
-    return pa.concat_tables(tables)
+    return pa.concat_tables(pq.read_table(pa.BufferReader(data)) for data in _part_bytes(manifest, kind, exports_url))

@@ -7,6 +7,7 @@ points; the PostgreSQL loader loads it with its segment index."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from plugins.transforms.runner import run_transforms
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_table
 from tests.test_transforms_builtins import RawZone, tap_schema
 from tests.test_transforms_customers import DAY, JAN_1, land_half, owner, profiles
+from transforms.customer_events.transform import OUTPUT_COLUMNS, customer_events
 
 pytestmark = pytest.mark.timeout(1800)  # Two runs of five transforms on a shared, busy machine.
 
@@ -30,6 +32,43 @@ def stripe_event(event_id: str, day: int, data_object: dict[str, Any]) -> dict[s
         "created": JAN_1 + day * DAY,
         "data": {"object": data_object},
     }
+
+
+def test_the_function_maps_by_provider_id_then_email_and_leaves_out_events_naming_no_one(spark) -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5)
+    events = spark.createDataFrame(
+        [
+            ("stripe:evt_1", "stripe_customer", "cus_1", None, '{"amount": 5}'),
+            ("stripe:evt_2", None, None, "bob@x.io", None),
+            ("stripe:evt_3", "stripe_customer", "cus_unknown", None, None),
+            ("stripe:evt_4", None, None, None, None),
+            ("stripe:evt_5", "stripe_customer", "cus_2", "bob@x.io", None),
+            ("stripe:evt_6", None, None, "front-desk@x.io", None),
+        ],
+        "event_id string, customer_id_type string, customer_id_value string, email string, payload string",
+    ).selectExpr("*", "'charge.succeeded' AS type", f"TIMESTAMP '{at.isoformat(sep=' ')}' AS occurred_at")
+    identity_map = spark.createDataFrame(
+        [
+            ("stripe_customer", "cus_1", "cus_a", True),
+            ("email", "bob@x.io", "cus_b", True),
+            ("stripe_customer", "cus_2", "cus_c", True),
+            ("email", "front-desk@x.io", "cus_d", False),  # Cut by a guard: it names no one in particular.
+        ],
+        "id_type string, id_value string, customer_id string, linked boolean",
+    )
+
+    frame = customer_events(events=events, identity_map=identity_map)
+    rows = {row["event_id"]: row.asDict() for row in frame.collect()}
+
+    assert frame.columns == list(OUTPUT_COLUMNS)
+    assert {event_id: row["customer_id"] for event_id, row in rows.items()} == {
+        "stripe:evt_1": "cus_a",
+        "stripe:evt_2": "cus_b",  # By email.
+        "stripe:evt_3": "stripe_customer:cus_unknown",  # Unknown to the map: its typed identifier.
+        "stripe:evt_5": "cus_c",  # The provider id first.
+    }
+    assert rows["stripe:evt_1"]["properties"] == '{"amount": 5}'
+    assert (rows["stripe:evt_1"]["type"], rows["stripe:evt_1"]["occurred_at"]) == ("charge.succeeded", at)
 
 
 def land(zone: RawZone, half: int) -> None:
@@ -127,7 +166,6 @@ def test_it_registers_through_the_entry_points_and_loads_into_postgresql_with_it
     from loaders.postgres.workloads import IndexSpec, workload
     from plugins.loaders.runner import table_keys
     from plugins.manager import create_plugin_manager, transforms
-    from transforms.customer_events.transform import OUTPUT_COLUMNS
 
     ordered = {t.name: t for t in transforms(create_plugin_manager())}
     names = list(ordered)

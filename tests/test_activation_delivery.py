@@ -422,3 +422,91 @@ def test_a_run_killed_half_way_then_run_again_sends_nobody_twice(
     # A third run finds nothing left to do: the unconfirmed members are support's to resend.
     third = run(conn, tenant, destination, second_server, [member(i) for i in range(1, 5001)], dlq=dlq)
     assert (third.skipped_already_sent, third.requests, third.unconfirmed) == (5000, 0, 0)
+
+
+@pytest.fixture
+def examples_installed() -> Iterator[None]:
+    """tests/plugin_examples registered in the process-wide plugin manager, as if installed (the CLI finds it)."""
+    from plugins.manager import plugin_manager
+    from tests import plugin_examples
+
+    plugin_manager().register(plugin_examples, name="activation-examples")
+    try:
+        yield
+    finally:
+        plugin_manager().unregister(name="activation-examples")
+
+
+def _cdp_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    import orjson
+
+    from plugins.cli.app import main
+
+    capsys.readouterr()
+    code = main(args)
+    captured = capsys.readouterr()
+    out = captured.out
+    return code, orjson.loads(out) if out.strip().startswith(("{", "[")) else out + captured.err
+
+
+def test_cdp_dlq_lists_and_reprocess_sends_activation_failed_members_again(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    postgres_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    examples_installed: None,
+) -> None:
+    make_customers(conn, tenant, 1500)
+    # An outage of six requests: both batches fail after three attempts; the provider is back for the reprocess.
+    server, app = served(FaultPlan(outage_after=0, outage_requests=6), retry_after_seconds=0)
+    dlq_url = str(tmp_path / "dlq")
+    settings = DeliverySettings(max_attempts=3, backoff_base_seconds=0.01)
+    members = [member(i) for i in range(1, 1501)]
+    failed = run(conn, tenant, destination, server, members, settings=settings, dlq=ObjectStore(dlq_url))
+    assert failed.failed == 1500
+
+    code, listed = _cdp_json(
+        ["dlq", "list", "--dlq-url", dlq_url, "--error-type", "activation_failed", "--json"], capsys
+    )
+    assert code == 0
+    batches = listed["batches"]
+    assert sum(b["records"] for b in batches) == 1500
+    assert {b["provider"] for b in batches} == {"http-audience"}
+    code, stats = _cdp_json(["dlq", "stats", "--dlq-url", dlq_url, "--json"], capsys)
+    assert code == 0
+    assert all(p["dlq_records"] == 0 for p in stats["providers"])  # not a source's validation failures
+
+    code, refused = _cdp_json(["dlq", "reprocess", batches[0]["key"], "--dlq-url", dlq_url, "--json"], capsys)
+    assert code == 1
+    assert "--postgres-url" in refused["batches"][0]["message"]
+
+    monkeypatch.setenv("CDP_HTTP_AUDIENCE_TOKEN", DEFAULT_TOKEN)  # the secret is never in the dead letter
+    code, report = _cdp_json(
+        [
+            "dlq",
+            "reprocess",
+            "--error-type",
+            "activation_failed",
+            "--dlq-url",
+            dlq_url,
+            "--postgres-url",
+            postgres_url,
+            "--actor",
+            "support",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, report
+    assert report["totals"] == {"batches": 2, "records": 1500, "passed": 1500, "failed": 0}
+    assert sorted(received(app)) == sorted(d.member_id for d in members)
+    assert send_log(conn, tenant) == {"accepted": 1500}
+    assert list_batches(ObjectStore(dlq_url)) == []  # the sources are retired
+    code, audit = _cdp_json(["dlq", "audit", "--dlq-url", dlq_url, "--json"], capsys)
+    last = audit["entries"][-1]
+    assert (last["action"], last["actor"], last["outcome"]) == ("reprocess", "support", "ok")
+    assert sorted(last["batches"]) == sorted(b["key"] for b in batches)

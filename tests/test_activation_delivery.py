@@ -7,6 +7,7 @@ faults; every count and wait is measured from the requests the sandbox saw, neve
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import signal
@@ -510,3 +511,76 @@ def test_cdp_dlq_lists_and_reprocess_sends_activation_failed_members_again(
     last = audit["entries"][-1]
     assert (last["action"], last["actor"], last["outcome"]) == ("reprocess", "support", "ok")
     assert sorted(last["batches"]) == sorted(b["key"] for b in batches)
+
+
+CDP_WITH_EXAMPLES = textwrap.dedent(
+    """
+    import sys
+    from plugins.cli.app import main
+    from plugins.manager import plugin_manager
+    from tests import plugin_examples
+
+    plugin_manager().register(plugin_examples, name="activation-examples")  # as if the package were installed
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize("name", ["http-audience", "http-audience-server"])
+def test_cdp_sandbox_serve_serves_a_destinations_sandbox_with_its_faults(name: str, tmp_path: Path) -> None:
+    import httpx
+
+    from plugins.connectors.testing import announced_url
+
+    output = tmp_path / "stdout"
+    with output.open("wb") as stdout:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CDP_WITH_EXAMPLES,
+                "sandbox",
+                "serve",
+                name,
+                "--port",
+                "0",
+                "--fault",
+                "rate_limit_every=2",
+                "--credential",
+                "token=tok-1",
+            ],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        url = announced_url(server, output)
+        sender = HttpAudienceSender({"url": url, "audience_id": "a", "token": "tok-1"})
+        try:
+            assert [r.member_id for r in sender.add([member(1)])] == ["c1"]
+            with pytest.raises(RetryableSendError):
+                sender.add([member(2)])  # --fault rate_limit_every=2
+        finally:
+            sender.close()
+        refused = httpx.post(f"{url}/v1/audiences/a/members/add", json={"members": []}, timeout=10)
+        assert refused.status_code == 401  # only the --credential token
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_cdp_sandbox_list_names_sources_and_destinations() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CDP_WITH_EXAMPLES, "sandbox", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = {row["name"]: row["kind"] for row in json.loads(result.stdout)}
+    assert kinds["stripe"] == "source"
+    assert kinds["http-audience"] == kinds["http-audience-server"] == "activation destination"
+    assert "jsonl" not in kinds  # no sandbox

@@ -175,6 +175,29 @@ def test_a_smaller_batch_setting_wins_and_a_rerun_sends_nobody_again(
     assert (first.accepted, again.accepted, again.skipped_already_sent, again.requests) == (50, 0, 50, 0)
 
 
+def test_requests_are_paced_by_the_rate_limit_measured_at_the_sandbox(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 25)
+    server, app = served()
+    paced = DeliverySettings(max_batch_size=1, requests_per_second=5)  # a bucket of 5, refilled at 5/s
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 26)], settings=paced)
+
+    times = [request["at"] for request in app.state.requests]
+    assert len(times) == report.requests == 25
+    # 5 at once from the full bucket, then one per 0.2s: the 25th no sooner than 4s after the first.
+    assert times[-1] - times[0] >= 4 - 0.02
+    # The bucket's promise for every window: at most 5 + 5/s x its length requests.
+    for start, first in enumerate(times):
+        for count, last in enumerate(times[start:], start=1):
+            assert count <= 5 + 5 * (last - first) + 0.1, (start, count, last - first)
+
+
+def test_an_unknown_delivery_setting_is_named_in_one_line() -> None:
+    with pytest.raises(ActivationError, match=r"unknown delivery setting 'max_retries'; settings: .*max_attempts"):
+        DeliverySettings.from_mapping({"max_retries": 3})
+
+
 def test_retries_wait_at_least_what_retry_after_asks_measured_at_the_sandbox(
     conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
 ) -> None:

@@ -228,7 +228,12 @@ def test_server_errors_are_retried_with_backoff(
 
 
 def test_a_429_storm_fails_the_batch_after_its_attempts_and_dead_letters_it(
-    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any, tmp_path: Path
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    tmp_path: Path,
+    postgres_url: str,
 ) -> None:
     make_customers(conn, tenant, 1500)
     server, app = served(FaultPlan(rate_limit_every=1), retry_after_seconds=0)
@@ -249,6 +254,34 @@ def test_a_429_storm_fails_the_batch_after_its_attempts_and_dead_letters_it(
     assert entry["context"]["status"] == "failed"
     assert entry["context"]["settings"] == {"url": server.url, "audience_id": "aud-1"}  # no token
     assert "gave up after 3 attempts" in entry["error_message"]
+    assert entry["retry_count"] == 0
+
+    # Support reprocesses while the storm goes on: the members fail again, back in the DLQ one retry further on.
+    from plugins.activation.resend import ActivationResender
+    from plugins.dlq.reprocess import Reprocessor
+    from schema_registry import SchemaRegistry
+
+    resender = ActivationResender(
+        lambda: psycopg.connect(postgres_url),
+        dlq,
+        {"http-audience": destination},
+        settings=settings,
+        environ={"CDP_HTTP_AUDIENCE_TOKEN": DEFAULT_TOKEN},
+    )
+    reprocessor = Reprocessor(
+        dlq,
+        ObjectStore(str(tmp_path / "raw")),
+        SchemaRegistry(ObjectStore(str(tmp_path / "registry"))),
+        actor="support",
+        handlers={"activation_failed": resender},
+    )
+    outcome = reprocessor.run([b.key for b in batches])
+    assert outcome.totals() == {"batches": 2, "records": 1500, "passed": 0, "failed": 1500}
+    again = [e for b in list_batches(dlq) for e in read_batch(dlq, b.key)]
+    assert len(again) == 1500
+    assert {e["retry_count"] for e in again} == {1}
+    assert {b.key for b in batches}.isdisjoint(b.key for b in list_batches(dlq))  # the sources are retired
+    assert send_log(conn, tenant) == {"failed": 1500}
 
 
 def test_consent_suppression_and_erasure_are_checked_again_at_send_time(

@@ -1,0 +1,339 @@
+"""Campaigns: definitions and the status machine, sandboxed strict templates, A/B variants, the launch, the CLI.
+
+On the real PostgreSQL with the segments fixture (tests/segments_support.py); the destination is
+tests/campaign_destination.py, a content destination that appends each delivery to a JSON Lines file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from activators.campaigns import store
+from activators.campaigns.content import ContentError, MissingVariableError, assign_variant, check_columns, render
+from activators.campaigns.store import (
+    CampaignDefinitionError,
+    CampaignStatus,
+    CampaignStatusError,
+    Content,
+    Schedule,
+    Variant,
+    parse_campaign,
+    parse_content,
+)
+from plugins.transforms.catalog import ProcessedZone
+from tests import campaign_destination
+from tests.segments_support import SegmentFixture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONTENT = {
+    "name": "welcome",
+    "variables": ["first_name", "country"],
+    "subject": "Hello {{ first_name }}",
+    "text_body": "Dear {{ first_name }} from {{ country }}",
+    "html_body": "<p>Dear {{ first_name }}</p>",
+    "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1, "subject": "Hi {{ first_name }}!"}],
+}
+
+
+def campaign_mapping(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "spring",
+        "type": campaign_destination.NAME,
+        "segment": "eu",
+        "content": "welcome",
+        "settings": {"path": str(tmp_path / "sent.jsonl")},
+        **overrides,
+    }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def destination() -> Iterator[None]:
+    """The test destination, registered in the process's plugin manager as an entry point would register it."""
+    from plugins.manager import plugin_manager
+
+    manager = plugin_manager()
+    manager.register(campaign_destination, name="campaign-test-destination")
+    yield
+    manager.unregister(name="campaign-test-destination")
+
+
+# -- the status machine ----------------------------------------------------------------------------------------------
+
+LEGAL = {
+    ("draft", "scheduled"),
+    ("scheduled", "active"),
+    ("active", "paused"),
+    ("paused", "active"),
+    ("active", "completed"),
+    ("paused", "completed"),
+}
+
+
+@pytest.mark.parametrize("current", list(CampaignStatus))
+@pytest.mark.parametrize("new", list(CampaignStatus))
+def test_the_status_machine_allows_only_its_moves(current: CampaignStatus, new: CampaignStatus) -> None:
+    if (current.value, new.value) in LEGAL:
+        store.check_transition("spring", current, new)
+        return
+    with pytest.raises(CampaignStatusError) as refused:
+        store.check_transition("spring", current, new)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"campaign 'spring' is {current.value}: it cannot become {new.value}")
+
+
+# -- definitions -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"name": "Spring Sale"}, r"^campaign 'Spring Sale' \(f.yml\): name: a name is lower-case"),
+        ({"colour": "red"}, r"^campaign 'spring' \(f.yml\): unknown key 'colour'"),
+        ({"status": "active"}, r"status: a definition starts as draft or scheduled, not 'active'"),
+        ({"schedule": {"timezone": "Mars/Olympus", "cron": "0 9 * * *"}}, r"schedule.timezone: 'Mars/Olympus' is not"),
+        ({"schedule": {"cron": "every monday"}}, r"schedule.cron: 'every monday' is not a five-field cron"),
+        ({"schedule": {"start_at": "2026-12-01T00:00:00"}}, r"schedule.start_at: .* has no offset"),
+        (
+            {"schedule": {"start_at": "2026-12-02T00:00:00Z", "end_at": "2026-12-01T00:00:00Z"}},
+            r"schedule.end_at: must be after start_at",
+        ),
+        ({"budget": -5}, r"budget: -5 is not a non-negative amount"),
+        ({"settings": ["path"]}, r"settings: must be a mapping"),
+    ],
+)
+def test_a_bad_campaign_definition_is_refused_in_one_line(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(CampaignDefinitionError, match=expected) as refused:
+        parse_campaign({**campaign_mapping(tmp_path), **change}, source="f.yml")
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"subject": "Hi {{ frist_name }}"}, r"subject: uses 'frist_name', which is not in variables"),
+        ({"text_body": "{% if %}"}, r"text_body: template syntax error at line 1"),
+        ({"variables": ["first name"]}, r"variables\[0\]: 'first name' is not a column name"),
+        ({"variants": [{"name": "a", "weight": 0}]}, r"variants\[0\].weight: 0 is not a positive number"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, r"variants\[1\].name: variant 'a' is named twice"),
+        (
+            {"variants": [{"name": "a", "html_body": "{{ city }}"}]},
+            r"variants\[0\].html_body: uses 'city', which is not in variables",
+        ),
+    ],
+)
+def test_a_bad_content_definition_is_refused_in_one_line(change: dict[str, Any], expected: str) -> None:
+    with pytest.raises(CampaignDefinitionError, match=expected) as refused:
+        parse_content({**CONTENT, **change}, source="c.yml")
+    assert str(refused.value).startswith("content 'welcome' (c.yml): ")
+
+
+def test_the_project_examples_parse_and_the_campaign_targets_the_high_value_segment() -> None:
+    campaign = parse_campaign(yaml.safe_load((ROOT / "campaigns/high-value-thanks.yml").read_text()))
+    content = parse_content(yaml.safe_load((ROOT / "contents/high-value-thanks.yml").read_text()))
+    segment = yaml.safe_load((ROOT / "segments/high-value.yml").read_text())
+    assert (campaign.type, campaign.segment, campaign.content) == ("email", segment["name"], content.name)
+    assert campaign.schedule == Schedule("Europe/Berlin", "0 9 * * 1")
+    rendered = render(content, "b", {"first_name": None, "lifetime_value": 812, "currency": "USD"})
+    assert rendered.subject == "Friend, a thank-you from us"
+    assert "812 USD" in rendered.text and "<b>812 USD</b>" in (rendered.html or "")
+
+
+# -- schedules -------------------------------------------------------------------------------------------------------
+
+
+def test_the_cron_is_read_in_the_schedule_time_zone_across_daylight_saving() -> None:
+    schedule = Schedule("Europe/Berlin", "0 9 * * *")
+    # 09:00 in Berlin is 08:00 UTC in winter (CET) and 07:00 UTC in summer (CEST).
+    assert store.next_fire(schedule, datetime(2026, 1, 15, 12, tzinfo=UTC)) == datetime(2026, 1, 16, 8, tzinfo=UTC)
+    assert store.next_fire(schedule, datetime(2026, 7, 15, 12, tzinfo=UTC)) == datetime(2026, 7, 16, 7, tzinfo=UTC)
+    assert store.next_fire(Schedule("UTC", None), datetime(2026, 1, 1, tzinfo=UTC)) is None
+
+
+# -- templates -------------------------------------------------------------------------------------------------------
+
+
+def _content(subject: str | None = None, text_body: str | None = None, html_body: str | None = None) -> Content:
+    return Content(name="t", subject=subject, text_body=text_body, html_body=html_body, variables=("first_name",))
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "{{ ''.__class__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ first_name.__class__.__base__ }}",
+        "{{ first_name.__init__.__globals__ }}",
+        "{{ (1).__class__.__base__.__subclasses__() }}",
+        "{{ first_name.format.__self__ }}",
+        "{{ ''.format.__globals__ }}",
+    ],
+)
+def test_template_escapes_from_the_sandbox_are_refused(attack: str) -> None:
+    with pytest.raises(ContentError, match=r"^content 't' subject: ") as refused:
+        render(_content(subject=attack), "", {"first_name": "Ada"})
+    assert "\n" not in str(refused.value)
+
+
+def test_the_sandbox_has_no_globals_to_reach_python_through() -> None:
+    for name, probe in (("cycler", "{{ cycler }}"), ("lipsum", "{{ lipsum(1) }}"), ("range", "{{ range(9) | list }}")):
+        with pytest.raises(ContentError, match=rf"^content 't' subject: '{name}' is undefined$"):
+            render(_content(subject=probe), "", {"first_name": "Ada"})
+
+
+def test_an_undefined_name_fails_instead_of_rendering_nothing() -> None:
+    with pytest.raises(ContentError, match=r"^content 't' text_body: 'first_name' is undefined$"):
+        render(_content(text_body="Dear {{ first_name }}"), "", {"email": "ada@example.org"})
+    with pytest.raises(ContentError, match=r"has no attribute 'upper_case'"):
+        render(_content(text_body="{{ first_name.upper_case }}"), "", {"first_name": "Ada"})
+
+
+def test_html_is_autoescaped_and_text_and_subject_are_not() -> None:
+    content = _content(
+        subject="Hi {{ first_name }}", text_body="Dear {{ first_name }}", html_body="<p>{{ first_name }}</p>"
+    )
+    rendered = render(content, "", {"first_name": "<script>alert('x')</script> & co"})
+    assert rendered.subject == "Hi <script>alert('x')</script> & co"
+    assert rendered.text == "Dear <script>alert('x')</script> & co"
+    assert rendered.html == "<p>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co</p>"
+
+
+def test_a_null_column_renders_as_nothing_and_a_default_can_replace_it() -> None:
+    content = _content(subject="Hi {{ first_name }}!", text_body="Dear {{ first_name or 'friend' }}")
+    rendered = render(content, "", {"first_name": None})
+    assert (rendered.subject, rendered.text, rendered.html) == ("Hi !", "Dear friend", None)
+
+
+def test_a_variant_overrides_only_the_templates_it_gives() -> None:
+    content = parse_content(CONTENT)
+    a, b = (
+        render(content, "a", {"first_name": "Ada", "country": "DE"}),
+        render(content, "b", {"first_name": "Ada", "country": "DE"}),
+    )
+    assert (a.subject, b.subject) == ("Hello Ada", "Hi Ada!")
+    assert a.text == b.text == "Dear Ada from DE"
+    with pytest.raises(ContentError, match=r"^content 'welcome' has no variant 'c'$"):
+        render(content, "c", {"first_name": "Ada", "country": "DE"})
+
+
+def test_a_declared_variable_the_export_lacks_is_named() -> None:
+    content = parse_content({**CONTENT, "variables": ["first_name", "country", "loyalty_tier"], "subject": "x"})
+    check_columns(content, ["customer_id", "first_name", "country", "loyalty_tier"])
+    with pytest.raises(
+        MissingVariableError, match=r"^campaign 'spring': content 'welcome' uses variable 'loyalty_tier'"
+    ):
+        check_columns(content, ["customer_id", "first_name", "country"], campaign="spring")
+
+
+# -- variants --------------------------------------------------------------------------------------------------------
+
+
+def test_variants_are_stable_and_close_to_their_weights_over_100k_customers() -> None:
+    variants = (Variant("a", 70), Variant("b", 20), Variant("c", 10))
+    ids = [f"cus_{n:024x}" for n in range(100_000)]
+    first = [assign_variant("spring", customer_id, variants) for customer_id in ids]
+    assert first == [assign_variant("spring", customer_id, variants) for customer_id in ids]
+    shares = Counter(first)
+    for variant in variants:
+        assert abs(shares[variant.name] / len(ids) - variant.weight / 100) < 0.01, shares
+    # The hash is documented: sha256("campaign:customer_id"), its first 8 bytes over 2**64, against the weights.
+    position = int.from_bytes(hashlib.sha256(b"spring:" + ids[0].encode()).digest()[:8], "big") / 2**64
+    assert first[0] == ("a" if position < 0.7 else "b" if position < 0.9 else "c")
+    # Another campaign draws its own split: the same customers are not always in the same arm.
+    other = [assign_variant("autumn", customer_id, variants) for customer_id in ids[:1000]]
+    assert other != first[:1000]
+    assert assign_variant("spring", ids[0], ()) == ""
+
+
+# -- storage ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conn(segment_tenant: tuple[ProcessedZone, str, str]) -> Iterator[Any]:
+    from activators.segments.store import connect
+
+    _, postgres_url, _ = segment_tenant
+    connection = connect(postgres_url)
+    yield connection
+    connection.close()
+
+
+def test_apply_creates_updates_and_keeps_and_never_changes_a_status_it_does_not_own(conn: Any, tmp_path: Path) -> None:
+    tenant = f"cmp{uuid.uuid4().hex[:8]}"
+    store.ensure_schema(conn, tenant)
+    store.ensure_schema(conn, tenant)  # idempotent
+    content = parse_content(CONTENT)
+    campaign = parse_campaign(campaign_mapping(tmp_path))
+    first = store.apply(conn, tenant, [campaign], [content])
+    assert (first.created, first.updated) == (["content welcome", "spring"], [])
+    again = store.apply(conn, tenant, [campaign], [content])
+    assert (again.created, again.updated, again.unchanged) == ([], [], ["content welcome", "spring"])
+    assert store.get_campaign(conn, tenant, "spring").status is CampaignStatus.DRAFT
+
+    scheduled = parse_campaign(campaign_mapping(tmp_path, status="scheduled", budget="120.50"))
+    assert store.apply(conn, tenant, [scheduled]).updated == ["spring"]
+    stored = store.get_campaign(conn, tenant, "spring")
+    assert (stored.status, str(stored.campaign.budget)) == (CampaignStatus.SCHEDULED, "120.50")
+    assert store.get_content(conn, tenant, "welcome") == content
+
+    store.set_status(conn, tenant, "spring", CampaignStatus.ACTIVE)
+    store.set_status(conn, tenant, "spring", CampaignStatus.PAUSED)
+    # A file saying "draft" does not undo a status the campaign reached by running.
+    assert store.apply(conn, tenant, [campaign]).updated == ["spring"]
+    assert store.get_campaign(conn, tenant, "spring").status is CampaignStatus.PAUSED
+    with pytest.raises(CampaignStatusError, match=r"^campaign 'spring' is paused: it cannot become scheduled"):
+        store.set_status(conn, tenant, "spring", CampaignStatus.SCHEDULED)
+    assert store.apply(conn, tenant, []).kept == ["spring"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"type": "carrier-pigeon"}, r"type 'carrier-pigeon' is not an activation destination"),
+        ({"content": "nothing"}, r"no content 'nothing'; apply contents/nothing.yml with it"),
+        ({"content": None}, r"a campaign-jsonl campaign sends content; name one with content:"),
+        (
+            {"settings": {"path": "x", "api_token": "t0ps3cret"}},
+            r"setting 'api_token' is a secret; .* CDP_CAMPAIGN_JSONL_API_TOKEN",
+        ),
+    ],
+)
+def test_apply_refuses_what_the_launch_could_not_use_and_writes_nothing(
+    conn: Any, tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    tenant = f"cmp{uuid.uuid4().hex[:8]}"
+    with pytest.raises(CampaignDefinitionError, match=expected):
+        store.apply(conn, tenant, [parse_campaign(campaign_mapping(tmp_path, **change))], [parse_content(CONTENT)])
+    assert store.list_campaigns(conn, tenant) == [] and store.list_contents(conn, tenant) == []
+
+
+def test_due_launches_on_the_cron_within_the_window_and_completes_after_it(conn: Any, tmp_path: Path) -> None:
+    tenant = f"cmp{uuid.uuid4().hex[:8]}"
+    schedules = {
+        "hourly": {"cron": "0 * * * *", "timezone": "Asia/Kolkata"},
+        "later": {"cron": "0 * * * *", "start_at": "2999-01-01T00:00:00Z"},
+        "ended": {"cron": "0 * * * *", "end_at": "2000-01-01T00:00:00Z"},
+    }
+    campaigns = [parse_campaign(campaign_mapping(tmp_path, name=name, status="scheduled", schedule=schedule))
+                 for name, schedule in schedules.items()]  # fmt: skip
+    store.apply(conn, tenant, campaigns, [parse_content(CONTENT)])
+    for name in ("hourly", "ended"):
+        store.set_status(conn, tenant, name, CampaignStatus.ACTIVE)
+    created = store.get_campaign(conn, tenant, "hourly").created_at
+    assert store.due(conn, tenant, created) == ([], ["ended"])
+    fired = store.next_fire(Schedule("Asia/Kolkata", "0 * * * *"), created)
+    assert fired is not None
+    assert store.due(conn, tenant, fired) == (["hourly"], ["ended"])

@@ -33,6 +33,7 @@ class JsonlContentSender:
                             "member_id": delivery.member_id,
                             "key": delivery.idempotency_key,
                             "variant": delivery.variant,
+                            "email": delivery.columns.get("email"),
                             "subject": content.subject if content else None,
                             "text": content.text if content else None,
                             "html": content.html if content else None,

@@ -454,17 +454,28 @@ def test_the_first_launch_sends_every_member_then_only_who_entered_and_who_left(
 
 def test_changes_from_refreshes_made_between_launches_are_all_sent(launched: Launched) -> None:
     from activators.segments import store as segments
+    from activators.segments.export import export_refresh
 
     launched.launch()
     before = len(launched.sent())
-    leaving = sorted(launched.members())[0]
+    emails = {row["customer_id"]: row["email"] for row in launched.rows.customers}
+    exported_leaver, unexported_leaver = [member for member in sorted(launched.members()) if emails[member]][:2]
     entering = launched.reachable(("NL",))[0]
-    launched.set_country(leaving, "NL")
-    segments.refresh(launched.conn, launched.tenant, "eu")  # e.g. the scheduler's cdp segment refresh --due
+    # The scheduler refreshes the segment twice between two launches, exporting the first refresh only.
+    launched.set_country(exported_leaver, "NL")
+    refresh_id = segments.refresh(launched.conn, launched.tenant, "eu").refresh_id
+    export_refresh(launched.conn, launched.tenant, "eu", refresh_id, launched.exports, channel="ads",
+                   processed=launched.zone)  # fmt: skip
+    launched.set_country(unexported_leaver, "US")
+    segments.refresh(launched.conn, launched.tenant, "eu")
     launched.set_country(entering, "FR")
     launched.launch()
-    changes = launched.sent()[before:]
-    assert [(line["action"], line["member_id"]) for line in changes] == [("add", entering), ("remove", leaving)]
+    changes = [(line["action"], line["member_id"], line["email"]) for line in launched.sent()[before:]]
+    assert changes == [
+        ("add", entering, emails[entering]),
+        ("remove", exported_leaver, emails[exported_leaver]),  # its row from the export of the refresh it left in
+        ("remove", unexported_leaver, None),  # no export has its row: removed by customer_id alone
+    ]
 
 
 def test_a_dry_run_sends_nothing_and_leaves_the_campaign_as_it_was(launched: Launched) -> None:

@@ -134,18 +134,21 @@ def sender_settings(destination: ActivatorDescriptor, campaign: StoredCampaign, 
 
 def _net_changes(
     conn: Connection[Any], tenant: str, segment: str, after: int, upto: int
-) -> tuple[int, list[str], list[str]]:
-    """``(refreshes, entered, left)``: the segment's refreshes in ``(after, upto]`` and who is in now but was not
-    after ``after`` (entered), and the reverse (left), from every refresh's recorded changes."""
+) -> tuple[list[int], list[str], list[str]]:
+    """``(refresh ids, entered, left)``: the segment's refreshes in ``(after, upto]``, newest first, and who is in now
+    but was not after ``after`` (entered), and the reverse (left), from every refresh's recorded changes."""
     changes = sql.SQL("{}.{}").format(sql.Identifier(tenant), sql.Identifier("segment_member_changes"))
     refreshes = sql.SQL("{}.{}").format(sql.Identifier(tenant), sql.Identifier("segment_refreshes"))
-    row = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE segment = %s AND refresh_id > %s AND refresh_id <= %s").format(
-            refreshes
-        ),
-        (segment, after, upto),
-    ).fetchone()
-    count = int(row[0]) if row else 0
+    ids = [
+        int(row[0])
+        for row in conn.execute(
+            sql.SQL(
+                "SELECT refresh_id FROM {} WHERE segment = %s AND refresh_id > %s AND refresh_id <= %s "
+                "ORDER BY refresh_id DESC"
+            ).format(refreshes),
+            (segment, after, upto),
+        ).fetchall()
+    ]
     # A member's first change in the range says whether they were in before it (their first change was 'left'), the
     # last whether they are in now ('entered').
     rows = conn.execute(
@@ -158,28 +161,37 @@ def _net_changes(
     ).fetchall()
     entered = [row[0] for row in rows if row[1] == "entered" and row[2] == "entered"]
     left = [row[0] for row in rows if row[1] == "left" and row[2] == "left"]
-    return count, entered, left
+    return ids, entered, left
 
 
-def _filtered(batches: Iterable[pa.RecordBatch], ids: list[str]) -> Iterator[pa.RecordBatch]:
+def _filtered(batches: Iterable[pa.RecordBatch], ids: Iterable[str]) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    wanted = pa.array(ids, pa.string())
+    wanted = pa.array(list(ids), pa.string())
     for batch in batches:
         kept = batch.filter(pc.is_in(batch.column("customer_id"), value_set=wanted))
         if kept.num_rows:
             yield kept
 
 
-def _removed_without_row(ids: list[str], seen: set[str]) -> Iterator[pa.RecordBatch]:
-    """Members who left in an earlier refresh than the one exported: the export has no row for them, so they are
-    removed by ``customer_id`` alone."""
+def _removals(manifests: list[ExportManifest], exports_url: str, left: list[str]) -> Iterator[pa.RecordBatch]:
+    """Who left, each with the row of the newest finished export whose ``left/`` has them (the contact columns a
+    destination removes by); someone no export has (a refresh that was never exported) by ``customer_id`` alone."""
     import pyarrow as pa
 
-    missing = [customer_id for customer_id in ids if customer_id not in seen]
+    from activators.segments.export import export_batches
+
+    missing = set(left)
+    for manifest in manifests:
+        if not missing:
+            return
+        for batch in _filtered(export_batches(manifest, "left", exports_url), missing):
+            missing.difference_update(batch.column("customer_id").to_pylist())
+            if batch.num_rows:
+                yield batch
     if missing:
-        yield pa.RecordBatch.from_pydict({"customer_id": pa.array(missing, pa.string())})
+        yield pa.RecordBatch.from_pydict({"customer_id": pa.array(sorted(missing), pa.string())})
 
 
 def _plan(
@@ -191,25 +203,29 @@ def _plan(
     previous: int | None,
 ) -> dict[str, Iterable[pa.RecordBatch]]:
     """The Arrow batches to add and to remove for the refresh ``manifest`` exported, after ``previous``."""
-    from activators.segments.export import export_batches
+    from activators.segments.export import UntrustedExportError, export_batches, read_export
 
     if previous is None:
         return {"add": export_batches(manifest, "members", exports_url)}
-    refreshes, entered, left = _net_changes(conn, tenant, campaign.campaign.segment, previous, manifest.refresh_id)
-    if refreshes <= 1:
+    segment = campaign.campaign.segment
+    refreshes, entered, left = _net_changes(conn, tenant, segment, previous, manifest.refresh_id)
+    if len(refreshes) <= 1:
         return {
             "add": export_batches(manifest, "entered", exports_url),
             "remove": export_batches(manifest, "left", exports_url),
         }
-    seen: set[str] = set()
-
-    def removals() -> Iterator[pa.RecordBatch]:
-        for batch in _filtered(export_batches(manifest, "left", exports_url), left):
-            seen.update(batch.column("customer_id").to_pylist())
-            yield batch
-        yield from _removed_without_row(left, seen)
-
-    return {"add": _filtered(export_batches(manifest, "members", exports_url), entered), "remove": removals()}
+    manifests = [manifest]
+    for refresh_id in refreshes:
+        if refresh_id == manifest.refresh_id:
+            continue
+        try:
+            manifests.append(read_export(exports_url, tenant, segment, refresh_id, verify=False))
+        except UntrustedExportError:
+            continue  # that refresh was never exported (or not finished): its leavers go by customer_id
+    return {
+        "add": _filtered(export_batches(manifest, "members", exports_url), entered),
+        "remove": _removals(manifests, exports_url, left),
+    }
 
 
 def deliveries(

@@ -2,7 +2,8 @@
 
 About 40 customers covering every operator's edges (nulls, two currencies and a no-currency row, custom fields with
 text, numbers, booleans and lists, events in and out of windows, names with quotes, backslashes, LIKE metacharacters
-and non-ASCII letters). :func:`fixture_rows` makes the rows, relative to ``now`` (the test's start: no fixed dates),
+and non-ASCII letters; a boolean column, ``vip``, that the real customers table does not have, so booleans are
+covered too). :func:`fixture_rows` makes the rows, relative to ``now`` (the test's start: no fixed dates),
 :func:`write_fixture` commits the three Iceberg tables (``customers`` with ``custom_fields``, ``customer_metrics``,
 ``customer_events``) with pyiceberg the way the transforms commit, and :func:`load_fixture` loads them into
 PostgreSQL with the real load runner, so both engines read the same data.

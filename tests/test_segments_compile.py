@@ -21,7 +21,7 @@ import yaml
 from psycopg import sql
 
 from activators.segments.compile_sql import like_pattern, members_query
-from activators.segments.fields import FieldCatalog, FieldSource, SegmentField, UnknownFieldError
+from activators.segments.fields import FieldCatalog, FieldSource, MissingTableError, SegmentField, UnknownFieldError
 from activators.segments.model import (
     MAX_DEPTH,
     Condition,
@@ -973,3 +973,17 @@ def test_the_factory_makes_an_independent_copy_of_the_fixture(
             "customer_metrics": len(rows.metrics),
             "customer_events": len(rows.events),
         }
+
+
+def test_a_tenant_without_tables_is_told_to_load_them(
+    connection: psycopg.Connection[Any], segment_tenant: tuple[Any, str, str]
+) -> None:
+    segment = parse_segment(definition())
+    from_postgres = FieldCatalog.from_postgres(connection, "nobody")
+    with pytest.raises(
+        MissingTableError, match=r"no customers table \(PostgreSQL schema 'nobody'\); run 'cdp load run"
+    ):
+        members_query(segment, "nobody", from_postgres)
+    from_iceberg = FieldCatalog.from_iceberg(segment_tenant[0], "nobody")
+    with pytest.raises(MissingTableError, match=r"\(processed zone, tenant 'nobody'\); run 'cdp transform run"):
+        members_query(segment, "nobody", from_iceberg)

@@ -8,6 +8,7 @@ the tenant's rows between refreshes; expected members come from plain SQL on the
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg import sql
 
 from activators.segments import store
+from activators.segments.fields import MissingTableError
 from activators.segments.model import SegmentDefinitionError, parse_segment
 from plugins.cli.app import main
 from plugins.connectors.testing import wait_until
@@ -263,6 +266,10 @@ def test_apply_creates_updates_and_keeps_segments_whose_file_is_gone(conn, tenan
     summary = store.apply(conn, tenant, [countries_segment(first, ["DE", "NL"])])
     assert summary.unchanged == [first]
 
+    with pytest.raises(SegmentDefinitionError, match=f"segment '{first}' is defined twice"):
+        store.apply(conn, tenant, [countries_segment(first, ["FR"]), countries_segment(first, ["NL"])])
+    assert store.get(conn, tenant, first).segment == countries_segment(first, ["DE", "NL"])
+
 
 def test_definitions_are_checked_at_apply_and_again_at_refresh(conn, tenant):
     bad = segment(unique("bad"), [{"field": "lifetime_valu", "operator": "gte", "value": 5}])
@@ -475,7 +482,8 @@ def test_preview_counts_and_samples_without_storing_anything(conn, tenant):
 
 
 def test_a_tenant_without_loaded_tables_is_told_to_load_first(conn):
-    with pytest.raises(store.TenantNotLoadedError, match="run cdp load run first"):
+    missing = r"no customers table \(PostgreSQL schema 'empty\w+'\); run 'cdp load run"
+    with pytest.raises(MissingTableError, match=missing):
         store.apply(conn, f"empty{uuid.uuid4().hex[:6]}", [countries_segment("x", ["DE"])])
 
 
@@ -489,8 +497,6 @@ def cdp(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def write_definitions(folder: Path, *definitions: dict[str, Any]) -> Path:
-    import yaml
-
     folder.mkdir(parents=True, exist_ok=True)
     for definition in definitions:
         (folder / f"{definition['name']}.yml").write_text(yaml.safe_dump(definition), encoding="utf-8")
@@ -503,7 +509,11 @@ def test_cdp_segment_end_to_end(tenant_url, tmp_path, capsys, conn):
     eu, pro = unique("cli-eu"), unique("cli-pro")
     folder = write_definitions(
         tmp_path / "segments",
-        {"name": eu, "description": "EU", "criteria": [{"field": "country", "operator": "in", "value": ["DE", "FR"]}]},
+        {
+            "name": eu,
+            "description": "Customers in Germany and France, the two markets of the spring campaign, for email and ads",
+            "criteria": [{"field": "country", "operator": "in", "value": ["DE", "FR"]}],
+        },
         {
             "name": pro,
             "refresh_frequency": "0 * * * *",
@@ -543,7 +553,11 @@ def test_cdp_segment_end_to_end(tenant_url, tmp_path, capsys, conn):
     assert json.loads(out)["definition"]["criteria"][0]["field"] == "country"
     code, out, _ = cdp(capsys, "segment", "show", eu, *common)
     assert code == 0
-    assert f"name: {eu}" in out
+    assert yaml.safe_load(out) == store.get(conn, tenant, eu).definition  # never wrapped at the terminal's width
+    code, out, _ = cdp(capsys, "segment", "refresh", eu, *common)
+    assert code == 0
+    assert out.count("\n") == 1
+    assert out.startswith(f"{eu}: refresh ")
 
     code, out, _ = cdp(capsys, "segment", "overlap", eu, pro, *common, "--json")
     assert code == 0
@@ -568,6 +582,35 @@ def test_the_projects_example_segments_apply_and_preview(tenant_url, capsys):
         code, out, err = cdp(capsys, "segment", "preview", name, *common, "--json")
         assert (code, err) == (0, "")
         assert json.loads(out)["segment"] == name
+
+
+@pytest.mark.meltano
+def test_meltano_applies_the_projects_segments_and_refreshes_the_due_ones(tenant_url, tmp_path, conn):
+    from plugins.meltano.project import run_meltano
+
+    url, _ = tenant_url
+    # A tenant of its own: the segment-apply command applies the project's segments/ (names other tests use too).
+    tenant = f"segmeltano{uuid.uuid4().hex[:6]}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(tenant)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS TABLE {}").format(table(tenant, "customers"), table(tenant_url[1], "customers"))
+    )
+    conn.execute(
+        sql.SQL("CREATE TABLE {} AS TABLE {}").format(
+            table(tenant, "customer_metrics"), table(tenant_url[1], "customer_metrics")
+        )
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO_ROOT / "meltano.yml", project / "meltano.yml")
+    shutil.copytree(REPO_ROOT / "segments", project / "segments")
+    # The cdp utility's settings reach cdp as CDP_<SETTING>: the tenant (dev says demo) and PostgreSQL.
+    env = {"CDP_TENANT": tenant, "CDP_POSTGRES_URL": url}
+    for command in ("cdp:segment-apply", "cdp:segment-refresh-due"):
+        run_meltano(["invoke", command], project_root=project, extra_env=env, capture=True, timeout=240)
+    stored = {item.name: item for item in store.list_segments(conn, tenant)}
+    assert sorted(stored) == ["high-value", "lapsed-buyers"]
+    assert all(item.last_refresh_id is not None for item in stored.values())
 
 
 def test_refresh_due_goes_on_past_a_failing_segment(conn, tenant, tenant_url, capsys):
@@ -604,10 +647,20 @@ def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):
     )
     code, _, err = cdp(capsys, "segment", "list", "--tenant", "nobody", "--postgres-url", url)
     assert code == 0  # an empty list is fine before anything was loaded
+    code, _, err = cdp(capsys, "segment", "refresh", "x", "--tenant", "nobody", "--postgres-url", url)
+    assert (code, err.strip()) == (
+        1,
+        "error: no segment 'x' in tenant 'nobody'; cdp segment list shows them, cdp segment apply adds them",
+    )
+    with psycopg.connect(url) as connection:  # reads and misses created nothing
+        found = connection.execute("SELECT to_regnamespace('nobody')").fetchone()
+    assert found == (None,)
     folder = write_definitions(tmp_path / "s", {"name": "x", "criteria": []})
     code, _, err = cdp(capsys, "segment", "apply", str(folder), "--tenant", "nobody", "--postgres-url", url)
     assert code == 1
-    assert err.strip() == "error: tenant 'nobody' has no customers table in PostgreSQL yet; run cdp load run first"
+    assert err.strip() == "error: no customers table (PostgreSQL schema 'nobody'); run 'cdp load run --tenant nobody'"
+    with psycopg.connect(url) as connection:
+        assert connection.execute("SELECT to_regnamespace('nobody')").fetchone() == (None,)
     missing = f"postgresql://postgres@/postgres?host={tmp_path}/nowhere"
     code, _, err = cdp(capsys, "segment", "list", "--tenant", tenant, "--postgres-url", missing)
     assert code == 1
@@ -621,3 +674,62 @@ def test_cdp_segment_errors_are_one_line(tenant_url, tmp_path, capsys):
     assert "y" in err
     code, _, err = cdp(capsys, "segment", "refresh", *common)
     assert code == 2
+
+
+def test_the_lake_engine_copies_its_ids_into_the_same_refresh(
+    processed_zone,  # noqa: F811
+    postgres_url,
+    segment_rows,  # noqa: F811
+    spark,
+    capsys,
+):
+    tenant = f"seglake{uuid.uuid4().hex[:8]}"
+    build_segment_tenant(processed_zone, postgres_url, tenant, segment_rows)
+    name = unique("lake")
+    definition = segment(
+        name,
+        [
+            {"field": "country", "operator": "in", "value": ["DE", "FR", "NL"]},
+            {"event": "page_viewed", "min_count": 1},
+        ],
+        logic="or",
+    )
+    with store.connect(postgres_url) as connection:
+        store.create(connection, tenant, definition)
+        lake = store.LakeEngine(zone=processed_zone, spark=spark)
+        first = store.refresh(connection, tenant, name, engine="lake", lake=lake)
+        expected = store.preview(connection, tenant, definition, sample=1000)
+        assert first.engine == "lake"
+        assert first.size == first.entered == expected.size > 0
+        assert members(connection, tenant, name) == {row["customer_id"] for row in expected.sample}
+        # The PostgreSQL engine on the same data finds the same members: nothing enters or leaves.
+        second = store.refresh(connection, tenant, name)
+        assert (second.size, second.entered, second.left) == (first.size, 0, 0)
+        engines = connection.execute(
+            sql.SQL("SELECT engine FROM {} WHERE segment = %s ORDER BY refresh_id").format(
+                table(tenant, "segment_refreshes")
+            ),
+            (name,),
+        ).fetchall()
+        assert engines == [("lake",), ("postgres",)]
+    # And from the command line, on the session's Spark.
+    code, out, err = cdp(
+        capsys,
+        "segment",
+        "refresh",
+        name,
+        "--engine",
+        "lake",
+        "--tenant",
+        tenant,
+        "--postgres-url",
+        postgres_url,
+        "--processed-url",
+        processed_zone.warehouse,
+        "--catalog-url",
+        processed_zone.catalog_url,
+        "--json",
+    )
+    assert (code, err) == (0, "")
+    (third,) = json.loads(out)["refreshes"]
+    assert (third["engine"], third["size"], third["entered"], third["left"]) == ("lake", first.size, 0, 0)

@@ -19,6 +19,6 @@ def cdp_commands() -> list[CommandGroup]:
             name="segment",
             app=app,
             help="Segments: audiences over unified customers (apply, create, list, show, preview, refresh, delete, "
-            "overlap).",
+            "overlap, export).",
         )
     ]

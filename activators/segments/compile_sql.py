@@ -251,6 +251,7 @@ def _timestamps(value: Any) -> Any:
 
 def members_query(segment: Segment, tenant: str, catalog: FieldCatalog) -> CompiledQuery:
     """The statement selecting the ids of ``segment``'s members in ``tenant`` (checked against ``catalog`` first:
-    a SegmentDefinitionError for anything that does not fit)."""
+    a SegmentDefinitionError for anything that does not fit; a MissingTableError when there is no customers table)."""
+    catalog.require_customers()
     check_segment(segment, catalog)
     return _Compiler(segment, tenant, catalog).compile()

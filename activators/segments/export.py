@@ -403,7 +403,11 @@ class _Plan:
         return {"segment": self.segment, "refresh_id": self.refresh_id, "currency": self.currency}
 
     def ids(self, kind: Kind) -> sql.Composable:
-        """The customer ids of one part kind, for this refresh."""
+        """The customer ids of one part kind, for this refresh (copied by :func:`_copy_ids`)."""
+        return sql.SQL("SELECT customer_id FROM {}").format(_ids_table(kind))
+
+    def source_ids(self, kind: Kind) -> sql.Composable:
+        """The customer ids of one part kind in the segment tables."""
         if kind == "members":
             return sql.SQL("SELECT customer_id FROM {} WHERE segment = %(segment)s").format(
                 _table(self.tenant, "segment_members")
@@ -483,6 +487,22 @@ class _Plan:
 
 def _excluded_table() -> sql.Identifier:
     return sql.Identifier(_EXCLUDED)
+
+
+def _ids_table(kind: Kind) -> sql.Identifier:
+    return sql.Identifier(f"cdp_export_{kind}")
+
+
+def _copy_ids(conn: Connection[Any], plan: _Plan) -> None:
+    """Each kind's ids into a temporary table of its own, analysed. A refresh has just written them: autovacuum has
+    not analysed the segment tables yet, and on their stale statistics (a handful of rows where a million are) the
+    planner picks nested loops; these tables give it the real numbers."""
+    for kind in KINDS:
+        table = _ids_table(kind)
+        conn.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS {}").format(table, plan.source_ids(kind)), plan.params
+        )
+        conn.execute(sql.SQL("ANALYZE {}").format(table))
 
 
 def read_tombstones(processed: ProcessedZone | None, tenant: str) -> pa.Table:
@@ -689,6 +709,7 @@ def _write_export(
         store.delete(manifest_key)  # untrusted from here until the new manifest is written
     stale = {info.key for info in store.list(prefix)}
     postgres_snapshot, loaded = _snapshots(conn, plan.tenant)
+    _copy_ids(conn, plan)
     counts = _exclude(conn, plan, tombstones)
     parts: dict[str, list[ExportPart]] = {}
     schemas: dict[str, list[dict[str, Any]]] = {}
@@ -756,6 +777,8 @@ def export_refresh(
         # COPY's text output: timestamps in UTC and ISO, as the Arrow parser reads them.
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        # The joins and the metrics aggregate of a million members hash in memory instead of sorting on disk.
+        conn.execute("SET LOCAL work_mem = '64MB'")
         # Two exports of one segment at once would interleave their parts: the second waits for the first.
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"cdp_segments.export:{tenant}:{segment}",)
@@ -815,17 +838,22 @@ def _verified(store: ObjectStore, prefix: str, part: ExportPart) -> bytes:
     return data
 
 
-def export_batches(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[pa.RecordBatch]:
-    """The rows of one part kind of an export, part after part, each part checked against its checksum first."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _part_bytes(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[bytes]:
+    """The bytes of each part of one kind, in order, each checked against its checksum."""
     if kind not in manifest.parts:
         raise ExportError(f"an export has members, entered and left parts, not '{kind}'")
     store = ObjectStore(exports_url, setting="exports_url")
     prefix = refresh_prefix(manifest.tenant, manifest.segment, manifest.refresh_id)
     for part in manifest.parts[kind]:
-        data = _verified(store, prefix, part)
+        yield _verified(store, prefix, part)
+
+
+def export_batches(manifest: ExportManifest, kind: Kind, exports_url: str) -> Iterator[pa.RecordBatch]:
+    """The rows of one part kind of an export, part after part, each part checked against its checksum first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for data in _part_bytes(manifest, kind, exports_url):
         yield from pq.ParquetFile(pa.BufferReader(data)).iter_batches()
 
 
@@ -834,9 +862,4 @@ def export_table(manifest: ExportManifest, kind: Kind, exports_url: str) -> pa.T
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if kind not in manifest.parts:
-        raise ExportError(f"an export has members, entered and left parts, not '{kind}'")
-    store = ObjectStore(exports_url, setting="exports_url")
-    prefix = refresh_prefix(manifest.tenant, manifest.segment, manifest.refresh_id)
-    tables = [pq.read_table(pa.BufferReader(_verified(store, prefix, part))) for part in manifest.parts[kind]]
-    return pa.concat_tables(tables)
+    return pa.concat_tables(pq.read_table(pa.BufferReader(data)) for data in _part_bytes(manifest, kind, exports_url))

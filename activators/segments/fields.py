@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from activators.segments.model import FieldType, SegmentDefinitionError
+from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
     import psycopg
@@ -74,6 +75,10 @@ _POSTGRES_TYPES: Mapping[str, FieldType] = {
 
 class UnknownFieldError(SegmentDefinitionError):
     """A field name that is no column of the tenant's tables (or a custom key with characters a key may not hold)."""
+
+
+class MissingTableError(CdpError):
+    """The tenant has no ``customers`` table where the catalogue was read: nothing to segment yet."""
 
 
 class FieldSource(StrEnum):
@@ -135,9 +140,12 @@ class FieldCatalog:
     custom_fields: bool = False  # customers has a custom_fields column (JSON text, or jsonb)
     events: bool = False  # the tenant has a customer_events table with the columns behaviour needs
     names: tuple[str, ...] = field(default=(), compare=False)
+    customers: bool = True  # the tenant has a customers table
+    #: Where the catalogue was read and what makes the tables (for the missing-table message).
+    origin: str = field(default="", compare=False)
 
     @classmethod
-    def from_columns(cls, tables: Mapping[str, Mapping[str, FieldType | None]]) -> FieldCatalog:
+    def from_columns(cls, tables: Mapping[str, Mapping[str, FieldType | None]], origin: str = "") -> FieldCatalog:
         """The catalogue from ``{table: {column: field type or None}}`` (a table left out does not exist)."""
         fields: dict[str, SegmentField] = {}
         for column, kind in tables.get(METRICS_TABLE, {}).items():
@@ -154,6 +162,8 @@ class FieldCatalog:
             custom_fields=CUSTOM_FIELDS_COLUMN in customers,
             events=events,
             names=tuple(sorted(fields)),
+            customers=CUSTOMERS_TABLE in tables,
+            origin=origin,
         )
 
     @classmethod
@@ -169,7 +179,7 @@ class FieldCatalog:
         tables: dict[str, dict[str, FieldType | None]] = {}
         for table, column, type_name in rows:
             tables.setdefault(table, {})[column] = postgres_field_type(type_name)
-        return cls.from_columns(tables)
+        return cls.from_columns(tables, f"PostgreSQL schema '{tenant}'; run 'cdp load run --tenant {tenant}'")
 
     @classmethod
     def from_iceberg(cls, zone: ProcessedZone | Catalog, tenant: str) -> FieldCatalog:
@@ -182,7 +192,15 @@ class FieldCatalog:
             if catalog.table_exists((tenant, table)):
                 schema = catalog.load_table((tenant, table)).schema()
                 tables[table] = {column.name: iceberg_field_type(column.field_type) for column in schema.fields}
-        return cls.from_columns(tables)
+        return cls.from_columns(tables, f"processed zone, tenant '{tenant}'; run 'cdp transform run --tenant {tenant}'")
+
+    def require_customers(self) -> None:
+        """A MissingTableError unless the tenant has a customers table."""
+        if not self.customers:
+            where, _, action = self.origin.partition("; ")
+            raise MissingTableError(
+                f"no customers table ({where or 'this tenant'}); {action or 'load the tenant first'}"
+            )
 
     def resolve(self, name: str) -> SegmentField:
         """The field called ``name``; an UnknownFieldError (one line, with close names) when there is none."""

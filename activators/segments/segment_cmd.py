@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from activators.segments.store import Engine, LakeEngine, RefreshResult
 
 app = typer.Typer(
-    help="Segments: audiences over unified customers (apply, create, list, show, preview, refresh, delete, overlap).",
+    help="Segments: audiences over unified customers (apply, create, list, show, preview, refresh, delete, overlap, "
+    "export).",
     no_args_is_help=True,
 )
 
@@ -147,11 +148,13 @@ def apply_command(
         print_json(summary.summary())
         return
     for label, names in (("created", summary.created), ("updated", summary.updated), ("unchanged", summary.unchanged)):
-        console.print(f"{label}: {len(names)}{': ' + ', '.join(names) if names else ''}", highlight=False)
+        listed = f": {', '.join(names)}" if names else ""
+        console.print(f"{label}: {len(names)}{listed}", highlight=False, soft_wrap=True)
     if summary.not_in_files:
         console.print(
             f"kept (stored, no file applied; delete with cdp segment delete): {', '.join(summary.not_in_files)}",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -167,7 +170,11 @@ def create_command(
     segment = read_definition(file)
     with _connection(postgres_url) as conn:
         store.create(conn, tenant, segment)
-    console.print(f"created {segment.name} ({segment.type.value}); refresh it with cdp segment refresh {segment.name}")
+    console.print(
+        f"created {segment.name} ({segment.type.value}); refresh it with cdp segment refresh {segment.name}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("list")
@@ -213,11 +220,12 @@ def show_command(
         print_json({**stored.summary(), "definition": stored.definition})
         return
     definition = yaml.safe_dump(dict(stored.definition), sort_keys=False, allow_unicode=True)
-    console.print(definition.rstrip(), highlight=False)
+    console.print(definition.rstrip(), highlight=False, soft_wrap=True)
     size = "-" if stored.size is None else str(stored.size)
     console.print(
         f"# size {size}, last refreshed {_when(stored.last_refreshed)} (refresh {stored.last_refresh_id or '-'})",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -239,9 +247,10 @@ def preview_command(
     if json_output:
         print_json({"segment": segment.name, "size": found.size, "sample": found.sample})
         return
-    console.print(f"{segment.name}: {found.size} customers now (nothing stored)", highlight=False)
+    console.print(f"{segment.name}: {found.size} customers now (nothing stored)", highlight=False, soft_wrap=True)
     for row in found.sample:
-        console.print(f"  {row['customer_id']}  {row['email'] if row['email'] is not None else ''}", highlight=False)
+        email = "" if row["email"] is None else row["email"]
+        console.print(f"  {row['customer_id']}  {email}", highlight=False, soft_wrap=True)
 
 
 def _lake(processed_url: str | None, catalog_url: str | None, spark_master: str | None) -> LakeEngine:
@@ -257,6 +266,7 @@ def _print_refresh(result: RefreshResult) -> None:
         f"{result.segment}: refresh {result.refresh_id} ({result.engine}): {result.size} members, {result.entered} "
         f"entered, {result.left} left in {result.seconds:.2f} s",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -319,7 +329,7 @@ def refresh_command(
             payload["exports"] = [exported.summary() for exported in exports]
         print_json(payload)
     elif due and not results and not failed:
-        err_console.print("no segment is due", highlight=False)
+        err_console.print("no segment is due", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -335,7 +345,7 @@ def delete_command(
 
     with _connection(postgres_url) as conn:
         store.delete(conn, tenant, name)
-    console.print(f"deleted {name}", highlight=False)
+    console.print(f"deleted {name}", highlight=False, soft_wrap=True)
 
 
 @app.command("overlap")
@@ -404,6 +414,7 @@ def _print_export(manifest: ExportManifest) -> None:
         f" {counts['members']} members, {counts['entered']} entered, {counts['left']} left; left out "
         f"{counts['excluded_consent']} without consent, {counts['excluded_erased']} erased -> {manifest.url}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -65,10 +65,6 @@ class StaticSegmentFrozenError(SegmentStoreError):
     """A static segment's members were frozen by its first refresh: it is not refreshed or redefined again."""
 
 
-class TenantNotLoadedError(SegmentStoreError):
-    """The tenant's ``customers`` table is not in PostgreSQL yet (``cdp load run`` loads it)."""
-
-
 SCHEMA_STATEMENTS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS {schema}.segments ("
     "name text PRIMARY KEY, description text NOT NULL DEFAULT '', type text NOT NULL, definition jsonb NOT NULL, "
@@ -191,14 +187,10 @@ class LakeEngine:
     spark: Any
 
     def member_ids(self, segment: Segment, tenant: str) -> pa.Table:
-        from activators.segments.lake import lake_member_ids  # Spark and the lake only when asked
+        """The members' ids, one ``customer_id`` column (activators.segments.lake, imported only when asked)."""
+        from activators.segments.lake import lake_member_ids
 
         return lake_member_ids(segment, tenant, self.zone, self.spark)
-
-    def catalog(self, tenant: str) -> FieldCatalog:
-        from activators.segments.fields import FieldCatalog
-
-        return FieldCatalog.from_iceberg(self.zone, tenant)
 
 
 # -- connections and schema ----------------------------------------------------------------------------------------
@@ -262,25 +254,14 @@ def ensure_schema(conn: Connection[Any], tenant: str) -> None:
             conn.execute(sql.SQL(statement).format(schema=_schema(tenant)))  # type: ignore[arg-type]
 
 
-def customers_loaded(conn: Connection[Any], tenant: str) -> bool:
-    """Whether the tenant's ``customers`` table is in PostgreSQL."""
-    row = conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, 'customers'))", (tenant,)).fetchone()
-    return row is not None and row[0] is not None
-
-
-def _require_customers(conn: Connection[Any], tenant: str) -> None:
-    if not customers_loaded(conn, tenant):
-        raise TenantNotLoadedError(
-            f"tenant '{tenant}' has no customers table in PostgreSQL yet; run cdp load run first"
-        )
-
-
 def field_catalog(conn: Connection[Any], tenant: str) -> FieldCatalog:
-    """The fields the tenant's PostgreSQL tables have (its ``customers`` must be loaded)."""
+    """The fields the tenant's PostgreSQL tables have; a MissingTableError (one line: run cdp load run) when it has
+    no ``customers`` table yet."""
     from activators.segments.fields import FieldCatalog
 
-    _require_customers(conn, tenant)
-    return FieldCatalog.from_postgres(conn, tenant)
+    catalog = FieldCatalog.from_postgres(conn, tenant)
+    catalog.require_customers()
+    return catalog
 
 
 def check(segment: Segment, catalog: FieldCatalog) -> None:
@@ -415,8 +396,8 @@ def _unchanged(existing: StoredSegment, segment: Segment) -> bool:
 
 def create(conn: Connection[Any], tenant: str, segment: Segment) -> StoredSegment:
     """Store a new segment after checking it against the tenant's fields (a deleted name may be used again)."""
+    check(segment, field_catalog(conn, tenant))  # first: a tenant not loaded yet gets no segment tables either
     ensure_schema(conn, tenant)
-    check(segment, field_catalog(conn, tenant))
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, segment.name))
         existing = _find(conn, tenant, segment.name, for_update=True)
@@ -441,11 +422,11 @@ def apply(conn: Connection[Any], tenant: str, segments: Iterable[Segment]) -> Ap
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
         raise SegmentDefinitionError(f"segment '{duplicate}' is defined twice; give each definition its own name")
-    ensure_schema(conn, tenant)
-    if wanted:
+    if wanted:  # checked first: a tenant not loaded yet gets no segment tables either
         catalog = field_catalog(conn, tenant)
         for segment in wanted:
             check(segment, catalog)
+    ensure_schema(conn, tenant)
     summary = ApplySummary()
     with conn.transaction():
         for segment in sorted(wanted, key=lambda item: item.name):  # a fixed lock order: no deadlock between applies
@@ -472,7 +453,8 @@ def apply(conn: Connection[Any], tenant: str, segments: Iterable[Segment]) -> Ap
 
 def delete(conn: Connection[Any], tenant: str, name: str) -> None:
     """Soft-delete: ``deleted_at`` set and the members removed (the refresh history stays); the name is free again."""
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):  # nothing to delete or refresh; and reads and misses create nothing
+        raise _not_found(tenant, name)
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, name))
         existing = _find(conn, tenant, name, for_update=True)
@@ -545,16 +527,16 @@ def refresh(
     if engine not in ENGINES:
         raise SegmentStoreError(f"unknown engine '{engine}'; use postgres or lake")
     started = time.monotonic()
-    ensure_schema(conn, tenant)
+    if not _has_tables(conn, tenant):  # nothing to delete or refresh; and reads and misses create nothing
+        raise _not_found(tenant, name)
     lake_ids: pa.Table | None = None
     lake_definition: Mapping[str, Any] | None = None
     if engine == "lake":
         if lake is None:
             raise SegmentStoreError("the lake engine needs the processed zone and a Spark session (LakeEngine)")
         before = _refreshable(conn, tenant, name)
-        segment = before.segment
-        check(segment, lake.catalog(tenant))
-        lake_ids, lake_definition = lake.member_ids(segment, tenant), before.definition
+        # lake_member_ids checks the definition against the Iceberg schemas before Spark reads anything.
+        lake_ids, lake_definition = lake.member_ids(before.segment, tenant), before.definition
     with conn.transaction():
         _lock(conn, _segment_lock_key(tenant, name))
         stored = _refreshable(conn, tenant, name, for_update=True)

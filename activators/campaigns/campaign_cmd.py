@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from activators.segments.segment_cmd import ConsentModeOption, ExportsUrlOption, TenantOption, resolve_postgres_url
+# The same connection, tenant and zone options and file discovery as cdp segment: one way to choose each.
+from activators.segments.segment_cmd import (
+    ConsentModeOption,
+    ExportsUrlOption,
+    TenantOption,
+    _connection,
+    _yaml_files,
+)
 from plugins.cli.load_cmd import PostgresUrlOption
 from plugins.cli.options import CatalogUrlOption, DlqUrlOption, JsonOption, ProcessedUrlOption
 from plugins.cli.output import console, err_console, print_error, print_json
 from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
-    from psycopg import Connection
-
     from activators.campaigns.launch import LaunchResult
     from activators.campaigns.store import Campaign, Content
 
@@ -34,29 +38,6 @@ NameArgument = Annotated[str, typer.Argument(help="The campaign's name.", show_d
 
 class CampaignFileError(typer.BadParameter):
     """A definition file that cannot be read (a usage error: exit 2)."""
-
-
-@contextmanager
-def _connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
-    from activators.segments.store import connect
-
-    conn = connect(resolve_postgres_url(postgres_url))
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _yaml_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted([*path.glob("*.yml"), *path.glob("*.yaml")]))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise CampaignFileError(f"no file or folder {path}")
-    return files
 
 
 def read_definitions(paths: Sequence[Path]) -> tuple[list[Campaign], list[Content]]:
@@ -95,8 +76,8 @@ def _print_summary(summary: dict[str, list[str]]) -> None:
     for label in ("created", "updated", "unchanged"):
         names = summary[label]
         console.print(f"{label}: {len(names)}{': ' + ', '.join(names) if names else ''}", highlight=False)
-    if summary["kept"]:
-        console.print(f"kept (stored, no file applied): {', '.join(summary['kept'])}", highlight=False)
+    if summary["not_in_files"]:
+        console.print(f"kept (stored, no file applied): {', '.join(summary['not_in_files'])}", highlight=False)
 
 
 @app.command("apply")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from activators.segments.store import ApplySummary
 from plugins.core.errors import CdpError
 
 if TYPE_CHECKING:
@@ -411,19 +412,6 @@ class StoredCampaign:
         }
 
 
-@dataclass(frozen=True)
-class ApplySummary:
-    """What ``apply`` did per name, for campaigns and contents (``kept``: stored, no file applied)."""
-
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, list[str]]:
-        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged, "kept": self.kept}
-
-
 def _schema(tenant: str) -> sql.Identifier:
     return sql.Identifier(tenant)
 
@@ -633,7 +621,7 @@ def apply(
 ) -> ApplySummary:
     """Create or update each content and campaign, checked first and written in one transaction (one bad definition
     applies nothing). An update never changes a stored campaign's status, except draft -> scheduled when the file
-    says ``status: scheduled``. Stored campaigns without a file are kept."""
+    says ``status: scheduled``. Stored campaigns without a file are kept (``not_in_files``)."""
     campaigns, contents = list(campaigns), list(contents)
     ensure_schema(conn, tenant)
     _check_references(conn, tenant, campaigns, {content.name for content in contents})
@@ -679,7 +667,7 @@ def apply(
             )
             summary.updated.append(campaign.name)
         applied = {campaign.name for campaign in campaigns}
-        summary.kept.extend(sorted(set(stored) - applied))
+        summary.not_in_files.extend(sorted(set(stored) - applied))
     return summary
 
 

@@ -644,3 +644,39 @@ def test_cli_run_due_launches_what_fired_and_goes_on_past_a_failure(
     # Launched now: its cron has not fired again since.
     assert main(["campaign", "run", "--due", "--json", *common]) == 1
     assert json.loads(capsys.readouterr().out)["launches"] == []
+
+
+def test_a_second_launch_of_the_same_campaign_at_once_is_refused(launched: Launched, postgres_url: str) -> None:
+    from activators.campaigns.launch import CampaignBusyError
+    from activators.segments.store import connect
+
+    other = connect(postgres_url)  # another process, in the middle of launching "spring"
+    try:
+        key = f"cdp_campaigns.launch:{launched.tenant}:spring"
+        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        with pytest.raises(CampaignBusyError, match=r"^campaign 'spring' is being launched by another process"):
+            launched.launch()
+        assert launched.sent() == []
+        other.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+        assert launched.launch().first
+    finally:
+        other.close()
+
+
+def test_status_shows_the_feedback_loops_metrics_once_its_table_exists(launched: Launched) -> None:
+    from psycopg import sql
+
+    from activators.campaigns.status import campaign_status
+
+    launched.launch()
+    assert campaign_status(launched.conn, launched.tenant, "spring")["metrics"] == []
+    # The feedback loop's table (activators/campaigns/metrics.py): per campaign and variant.
+    table = sql.SQL("{}.campaign_metrics").format(sql.Identifier(launched.tenant))
+    launched.conn.execute(
+        sql.SQL("CREATE TABLE {} (campaign text, variant text, delivered bigint, opened bigint)").format(table)
+    )
+    launched.conn.execute(sql.SQL("INSERT INTO {} VALUES ('spring', 'a', 5, 2), ('other', 'a', 9, 9)").format(table))
+    status = campaign_status(launched.conn, launched.tenant, "spring")
+    assert status["metrics"] == [{"campaign": "spring", "variant": "a", "delivered": 5, "opened": 2}]
+    assert sum(row["members"] for row in status["sends"]) == len(launched.members())
+    assert [run["status"] for run in status["runs"]] == ["completed"]

@@ -61,6 +61,10 @@ class CampaignLaunchError(CampaignError):
     """A launch that cannot run now (a paused or completed campaign, an unknown destination, a missing setting)."""
 
 
+class CampaignBusyError(CampaignLaunchError):
+    """Another process is launching the same campaign right now."""
+
+
 @dataclass
 class LaunchResult:
     """What one launch did: the refresh it sent, and the delivery engine's report per action."""
@@ -337,6 +341,41 @@ def launch(
 ) -> LaunchResult:
     """Launch ``campaign`` (see the module docstring). ``conn`` is an autocommit connection. ``sender`` replaces the
     one the destination's factory would build from the campaign's settings (tests, embedding)."""
+    key = f"cdp_campaigns.launch:{tenant}:{campaign}"
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if row is None or not row[0]:
+        # Two launches of one campaign at once would each record the refresh they send and could send it twice.
+        raise CampaignBusyError(f"campaign '{campaign}' is being launched by another process; wait for it to finish")
+    try:
+        return _launch(
+            conn,
+            tenant,
+            campaign,
+            dry_run=dry_run,
+            exports_url=exports_url,
+            processed=processed,
+            consent_mode=consent_mode,
+            delivery_settings=delivery_settings,
+            dlq=dlq,
+            sender=sender,
+        )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def _launch(
+    conn: Connection[Any],
+    tenant: str,
+    campaign: str,
+    *,
+    dry_run: bool = False,
+    exports_url: str | None = None,
+    processed: ProcessedZone | None = None,
+    consent_mode: str | None = None,
+    delivery_settings: DeliverySettings | None = None,
+    dlq: ObjectStore | None = None,
+    sender: Sender | None = None,
+) -> LaunchResult:
     from activators.segments.export import read_export, read_tombstones, resolve_exports_url
 
     exports = resolve_exports_url(exports_url)

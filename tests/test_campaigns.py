@@ -680,3 +680,17 @@ def test_status_shows_the_feedback_loops_metrics_once_its_table_exists(launched:
     assert status["metrics"] == [{"campaign": "spring", "variant": "a", "delivered": 5, "opened": 2}]
     assert sum(row["members"] for row in status["sends"]) == len(launched.members())
     assert [run["status"] for run in status["runs"]] == ["completed"]
+
+
+def test_a_launched_campaign_keeps_its_segment_and_destination(launched: Launched, tmp_path: Path) -> None:
+    from activators.segments import store as segments
+    from activators.segments.model import parse_segment
+
+    segments.apply(launched.conn, launched.tenant, [parse_segment({**EU, "name": "us"})])
+    moved = parse_campaign(campaign_mapping(tmp_path, segment="us"))
+    store.apply(launched.conn, launched.tenant, [moved])  # not launched yet: it may still change
+    launched.launch()
+    with pytest.raises(CampaignDefinitionError, match=r"^campaign 'spring' was launched with segment 'us'; it cannot "
+                       r"change to 'eu': define a new campaign$"):  # fmt: skip
+        store.apply(launched.conn, launched.tenant, [parse_campaign(campaign_mapping(tmp_path))])
+    assert store.get_campaign(launched.conn, launched.tenant, "spring").campaign.segment == "us"

@@ -651,6 +651,15 @@ def apply(
                 )
                 summary.created.append(campaign.name)
                 continue
+            launched = existing.last_refresh_id is not None or existing.pending_refresh_id is not None
+            for key in ("segment", "type"):
+                if launched and getattr(existing.campaign, key) != getattr(campaign, key):
+                    # Later launches send the change since the last one: to another audience or destination that
+                    # would be meaningless (nobody added, nobody removed where they were sent).
+                    raise CampaignDefinitionError(
+                        f"campaign '{campaign.name}' was launched with {key} '{getattr(existing.campaign, key)}'; "
+                        f"it cannot change to '{getattr(campaign, key)}': define a new campaign"
+                    )
             status = existing.status
             if campaign.status is CampaignStatus.SCHEDULED and status is CampaignStatus.DRAFT:
                 status = CampaignStatus.SCHEDULED

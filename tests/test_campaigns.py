@@ -601,6 +601,13 @@ def test_cli_apply_launch_status_pause_resume(
 
     assert main(["campaign", "apply", str(tmp_path / "defs"), "--json", *common]) == 0
     assert json.loads(capsys.readouterr().out)["created"] == ["autumn"]
+    assert main(["campaign", "show", "autumn", "--json", *common]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["status"], shown["content_definition"]["variables"]) == ("draft", ["first_name", "country"])
+    assert main(["campaign", "preview", "autumn", "--sample", "1", *common, *zones[:-2]]) == 0
+    out = capsys.readouterr().out
+    assert "rendered (nothing sent)" in out
+    assert "Subject: H" in out
     assert main(["campaign", "launch", "autumn", "--dry-run", *common, *zones]) == 0
     assert "autumn -> campaign-jsonl: dry run" in capsys.readouterr().out
     assert main(["campaign", "launch", "autumn", "--json", *common, *zones]) == 0

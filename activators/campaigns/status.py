@@ -20,6 +20,14 @@ def _exists(conn: Connection[Any], tenant: str, table: str) -> bool:
     return row is not None and row[0] is not None
 
 
+def _has_column(conn: Connection[Any], tenant: str, table: str, column: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s AND column_name = %s",
+        (tenant, table, column),
+    ).fetchone()
+    return row is not None
+
+
 def _table(tenant: str, name: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(tenant), sql.Identifier(name))
 
@@ -49,7 +57,7 @@ def campaign_status(conn: Connection[Any], tenant: str, name: str) -> dict[str, 
         ).fetchall()
         keys = ("run_id", "destination", "refresh_id", "dry_run", "started_at", "finished_at", "status", "counts")
         runs = [dict(zip(keys, row, strict=True)) for row in rows]
-    if _exists(conn, tenant, "campaign_metrics"):
+    if _exists(conn, tenant, "campaign_metrics") and _has_column(conn, tenant, "campaign_metrics", "campaign"):
         cursor = conn.execute(
             sql.SQL("SELECT * FROM {} WHERE campaign = %s").format(_table(tenant, "campaign_metrics")), (name,)
         )

@@ -553,6 +553,9 @@ def test_a_launch_killed_part_way_is_finished_by_the_next_and_nobody_is_sent_twi
 
     resumed = launched.launch()
     assert resumed.resumed_refresh_id == interrupted.pending_refresh_id
+    # The resumed refresh skips the 3 accepted and the 3 in flight (marked unconfirmed as the crash unwound).
+    assert resumed.resumed_reports["add"].skipped_already_sent == 6
+    assert resumed.resumed_reports["add"].accepted == len(launched.members()) - 6
     sent = [line["member_id"] for line in launched.sent()]
     assert len(sent) == len(set(sent))  # nobody twice
     # Those of the batch that was in flight are 'unconfirmed' (maybe delivered), never sent again automatically.

@@ -77,6 +77,7 @@ class LaunchResult:
     status: str
     reports: dict[str, DeliveryReport] = field(default_factory=dict)
     resumed_refresh_id: int | None = None
+    resumed_reports: dict[str, DeliveryReport] = field(default_factory=dict)
     export_counts: Mapping[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class LaunchResult:
             "dry_run": self.dry_run,
             "status": self.status,
             "resumed_refresh_id": self.resumed_refresh_id,
+            "resumed_reports": {action: report.as_dict() for action, report in self.resumed_reports.items()},
             "export_counts": dict(self.export_counts),
             "reports": {action: report.as_dict() for action, report in self.reports.items()},
         }
@@ -400,6 +402,7 @@ def _launch(
     }
     active = sender or destination.load_sender()(settings)
     reports: dict[str, DeliveryReport] = {}
+    resumed_reports: dict[str, DeliveryReport] = {}
     resumed: int | None = None
     try:
         previous = stored.last_refresh_id
@@ -410,7 +413,7 @@ def _launch(
             pending = read_export(exports, tenant, stored.campaign.segment, resumed)
             if content is not None:
                 check_columns(content, _columns(pending), campaign=campaign)
-            _send(
+            resumed_reports = _send(
                 conn,
                 tenant,
                 stored,
@@ -459,6 +462,7 @@ def _launch(
         status=status,
         reports=reports,
         resumed_refresh_id=resumed,
+        resumed_reports=resumed_reports,
         export_counts=manifest.counts,
     )
     log_event(

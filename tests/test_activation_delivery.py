@@ -7,6 +7,7 @@ faults; every count and wait is measured from the requests the sandbox saw, neve
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import signal
@@ -422,3 +423,164 @@ def test_a_run_killed_half_way_then_run_again_sends_nobody_twice(
     # A third run finds nothing left to do: the unconfirmed members are support's to resend.
     third = run(conn, tenant, destination, second_server, [member(i) for i in range(1, 5001)], dlq=dlq)
     assert (third.skipped_already_sent, third.requests, third.unconfirmed) == (5000, 0, 0)
+
+
+@pytest.fixture
+def examples_installed() -> Iterator[None]:
+    """tests/plugin_examples registered in the process-wide plugin manager, as if installed (the CLI finds it)."""
+    from plugins.manager import plugin_manager
+    from tests import plugin_examples
+
+    plugin_manager().register(plugin_examples, name="activation-examples")
+    try:
+        yield
+    finally:
+        plugin_manager().unregister(name="activation-examples")
+
+
+def _cdp_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    import orjson
+
+    from plugins.cli.app import main
+
+    capsys.readouterr()
+    code = main(args)
+    captured = capsys.readouterr()
+    out = captured.out
+    return code, orjson.loads(out) if out.strip().startswith(("{", "[")) else out + captured.err
+
+
+def test_cdp_dlq_lists_and_reprocess_sends_activation_failed_members_again(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    postgres_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    examples_installed: None,
+) -> None:
+    make_customers(conn, tenant, 1500)
+    # An outage of six requests: both batches fail after three attempts; the provider is back for the reprocess.
+    server, app = served(FaultPlan(outage_after=0, outage_requests=6), retry_after_seconds=0)
+    dlq_url = str(tmp_path / "dlq")
+    settings = DeliverySettings(max_attempts=3, backoff_base_seconds=0.01)
+    members = [member(i) for i in range(1, 1501)]
+    failed = run(conn, tenant, destination, server, members, settings=settings, dlq=ObjectStore(dlq_url))
+    assert failed.failed == 1500
+
+    code, listed = _cdp_json(
+        ["dlq", "list", "--dlq-url", dlq_url, "--error-type", "activation_failed", "--json"], capsys
+    )
+    assert code == 0
+    batches = listed["batches"]
+    assert sum(b["records"] for b in batches) == 1500
+    assert {b["provider"] for b in batches} == {"http-audience"}
+    code, stats = _cdp_json(["dlq", "stats", "--dlq-url", dlq_url, "--json"], capsys)
+    assert code == 0
+    assert all(p["dlq_records"] == 0 for p in stats["providers"])  # not a source's validation failures
+
+    code, refused = _cdp_json(["dlq", "reprocess", batches[0]["key"], "--dlq-url", dlq_url, "--json"], capsys)
+    assert code == 1
+    assert "--postgres-url" in refused["batches"][0]["message"]
+
+    monkeypatch.setenv("CDP_HTTP_AUDIENCE_TOKEN", DEFAULT_TOKEN)  # the secret is never in the dead letter
+    code, report = _cdp_json(
+        [
+            "dlq",
+            "reprocess",
+            "--error-type",
+            "activation_failed",
+            "--dlq-url",
+            dlq_url,
+            "--postgres-url",
+            postgres_url,
+            "--actor",
+            "support",
+            "--json",
+        ],
+        capsys,
+    )
+    assert code == 0, report
+    assert report["totals"] == {"batches": 2, "records": 1500, "passed": 1500, "failed": 0}
+    assert sorted(received(app)) == sorted(d.member_id for d in members)
+    assert send_log(conn, tenant) == {"accepted": 1500}
+    assert list_batches(ObjectStore(dlq_url)) == []  # the sources are retired
+    code, audit = _cdp_json(["dlq", "audit", "--dlq-url", dlq_url, "--json"], capsys)
+    last = audit["entries"][-1]
+    assert (last["action"], last["actor"], last["outcome"]) == ("reprocess", "support", "ok")
+    assert sorted(last["batches"]) == sorted(b["key"] for b in batches)
+
+
+CDP_WITH_EXAMPLES = textwrap.dedent(
+    """
+    import sys
+    from plugins.cli.app import main
+    from plugins.manager import plugin_manager
+    from tests import plugin_examples
+
+    plugin_manager().register(plugin_examples, name="activation-examples")  # as if the package were installed
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize("name", ["http-audience", "http-audience-server"])
+def test_cdp_sandbox_serve_serves_a_destinations_sandbox_with_its_faults(name: str, tmp_path: Path) -> None:
+    import httpx
+
+    from plugins.connectors.testing import announced_url
+
+    output = tmp_path / "stdout"
+    with output.open("wb") as stdout:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CDP_WITH_EXAMPLES,
+                "sandbox",
+                "serve",
+                name,
+                "--port",
+                "0",
+                "--fault",
+                "rate_limit_every=2",
+                "--credential",
+                "token=tok-1",
+            ],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        url = announced_url(server, output)
+        sender = HttpAudienceSender({"url": url, "audience_id": "a", "token": "tok-1"})
+        try:
+            assert [r.member_id for r in sender.add([member(1)])] == ["c1"]
+            with pytest.raises(RetryableSendError):
+                sender.add([member(2)])  # --fault rate_limit_every=2
+        finally:
+            sender.close()
+        refused = httpx.post(f"{url}/v1/audiences/a/members/add", json={"members": []}, timeout=10)
+        assert refused.status_code == 401  # only the --credential token
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def test_cdp_sandbox_list_names_sources_and_destinations() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CDP_WITH_EXAMPLES, "sandbox", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    kinds = {row["name"]: row["kind"] for row in json.loads(result.stdout)}
+    assert kinds["stripe"] == "source"
+    assert kinds["http-audience"] == kinds["http-audience-server"] == "activation destination"
+    assert "jsonl" not in kinds  # no sandbox

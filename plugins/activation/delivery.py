@@ -340,11 +340,7 @@ def _check(run: _Run, batch: Sequence[Delivery]) -> dict[tuple[str, str], dict[s
 def _claim(run: _Run, batch: Sequence[Delivery], run_id: int) -> set[tuple[str, str]]:
     """Write the batch ``sending`` and commit, before the provider hears of it; returns the keys this run claimed (a
     row another writer holds is not claimed). With ``resend``, ``failed`` and ``unconfirmed`` rows are claimed too."""
-    resend_condition = (
-        sql.SQL("WHERE {}.status IN ('failed', 'unconfirmed')").format(run.table("send_log"))
-        if run.resend
-        else sql.SQL("WHERE false")
-    )
+    resend_condition = sql.SQL("WHERE l.status IN ('failed', 'unconfirmed')") if run.resend else sql.SQL("WHERE false")
     with run.conn.transaction():
         rows = run.conn.execute(
             sql.SQL(

@@ -24,6 +24,7 @@ from plugins.cli.options import (
     resolve_zone_url,
 )
 from plugins.cli.output import console, print_json, styled
+from plugins.core.dead_letters import ErrorType
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.leases import DEFAULT_LEASE_TTL
 from plugins.core.redaction import RecordMasker
@@ -46,7 +47,7 @@ from plugins.dlq.ops import (
     show_batch,
 )
 from plugins.dlq.record_mapping import load_mapping
-from plugins.dlq.reprocess import Reprocessor
+from plugins.dlq.reprocess import BatchHandler, Reprocessor
 from plugins.dlq.resubmit import Resubmitter
 from plugins.meltano.project import find_project_root
 
@@ -275,9 +276,19 @@ def reprocess_command(
     registry_url: RegistryUrlOption = None,
     lake_url: LakeUrlOption = None,
     s3_endpoint_url: S3EndpointOption = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres-url",
+            envvar="CDP_POSTGRES_URL",
+            show_envvar=True,
+            help="PostgreSQL holding the send log: activation_failed members are sent again through their destination.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate DLQ records again (optionally after --map); passing ones go to raw, the rest back to the DLQ."""
+    """Validate DLQ records again (optionally after --map); passing ones go to raw, the rest back to the DLQ.
+    activation_failed members are sent again through their destination (needs --postgres-url)."""
     from schema_registry import SchemaRegistry
 
     store = _store(dlq_url, Zone.DLQ, s3_endpoint_url, lake_url)
@@ -289,6 +300,9 @@ def reprocess_command(
     sources = _selected(store, batches, flt, any_filter=any_filter)
     if not batches:
         sources = [s for s in sources if s.split("/")[2] not in REQUEST_ERROR_TYPES]
+    if not batches and not postgres_url and error_type != ErrorType.ACTIVATION_FAILED:
+        # Members to send again, not records: only with the send log's PostgreSQL, or when asked for by name.
+        sources = [s for s in sources if s.split("/")[2] != ErrorType.ACTIVATION_FAILED]
     reprocessor = Reprocessor(
         store,
         raw_store,
@@ -297,6 +311,7 @@ def reprocess_command(
         mapping=mapping,
         schema_version=schema_version,
         lease_ttl=parse_duration("--lease-ttl", lease_ttl),
+        handlers=_activation_handlers(postgres_url, store),
     )
     with _progress(len(sources), "reprocessing") as advance:
         report = reprocessor.run(
@@ -329,6 +344,44 @@ def reprocess_command(
         raise CdpError(report.aborted)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _activation_handlers(postgres_url: str | None, dlq: ObjectStore) -> dict[str, BatchHandler]:
+    """``activation_failed`` batches go back through their destination when PostgreSQL (the send log) is given."""
+    if not postgres_url:
+        return {}
+    import psycopg
+
+    from plugins.activation.resend import ActivationResender
+    from plugins.manager import activators
+
+    resender = ActivationResender(
+        lambda: psycopg.connect(postgres_url), dlq, activators(), tombstones=_erasure_tombstones
+    )
+    return {ErrorType.ACTIVATION_FAILED.value: resender}
+
+
+def _erasure_tombstones(tenant: str) -> Any:
+    """The tenant's erasure tombstones (``id_type``, ``id_value``) from the processed zone, read without Spark; none
+    when nobody was erased. The same reading as the segment exports' (activators/segments/export.py)."""
+    import pyarrow as pa
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from plugins.loaders.changes import read_batches
+    from plugins.transforms.catalog import ProcessedZone, table_identifier
+    from plugins.transforms.commit import live_data_files
+    from plugins.transforms.erasure import ERASURES_TABLE
+
+    empty = pa.table({"id_type": pa.array([], pa.string()), "id_value": pa.array([], pa.string())})
+    try:
+        table = ProcessedZone.resolve().open().load_table(table_identifier(tenant, ERASURES_TABLE))
+    except NoSuchTableError:
+        return empty
+    batches = [
+        batch.select(["id_type", "id_value"]).cast(empty.schema)
+        for batch in read_batches(table, live_data_files(table).values())
+    ]
+    return pa.Table.from_batches(batches, empty.schema) if batches else empty
 
 
 @app.command("resubmit")

@@ -41,6 +41,9 @@ REQUEST_ERROR_TYPES = frozenset({ErrorType.EXTRACTION_FAILED, ErrorType.RATE_LIM
 # Rows of a processed table that a quality rule or a serving store rejected: their raw records are in the raw zone
 # already, so they do not lower a provider's validation success rate, and they are not reprocessed into the raw zone.
 TRANSFORM_ERROR_TYPES = frozenset({ErrorType.TRANSFORM_REJECTED, ErrorType.LOAD_REJECTED})
+# Members an activation destination did not take (provider = the destination): not records of a source, so they do not
+# count against any provider's validation success rate; reprocess sends them again (plugins/activation).
+DELIVERY_ERROR_TYPES = frozenset({ErrorType.ACTIVATION_FAILED})
 _DURATION_RE = re.compile(r"(?P<amount>[0-9]+)\s*(?P<unit>[smhdw])")  # Always fullmatch: "7d\n" is no duration.
 # Longer spans are typos, and would overflow the date arithmetic (``now - 9999999d``) into a traceback.
 MAX_DURATION = timedelta(days=36525)
@@ -449,7 +452,7 @@ def dlq_stats(dlq_store: ObjectStore, raw_store: ObjectStore | None, flt: DlqFil
         row[1] += count
         if batch.error_type in REQUEST_ERROR_TYPES:
             request_totals[(batch.tenant, batch.provider)] += count
-        elif batch.error_type not in TRANSFORM_ERROR_TYPES:
+        elif batch.error_type not in TRANSFORM_ERROR_TYPES | DELIVERY_ERROR_TYPES:
             record_totals[(batch.tenant, batch.provider)] += count
     rows = [StatsRow(*key, batches=v[0], records=v[1]) for key, v in sorted(grouped.items())]
     raw = _raw_counts(raw_store, flt) if raw_store is not None else {}

@@ -32,7 +32,7 @@ import hashlib
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -217,8 +217,17 @@ def _summary(errors: list[FieldError]) -> str:
     return f"reprocess: {first.path}: {first.message}{more}"
 
 
+# Reprocesses a batch whose entries are not raw records by other means (``activation_failed``: members a destination
+# did not take are sent again through the delivery engine). Called as ``handler(source, entries, dry_run)``; it writes
+# whatever fails again to the DLQ itself and reports the batch's outcome (``reprocessed``, ``dry_run`` or ``failed``);
+# the reprocessor retires the source after a ``reprocessed`` outcome and audits the run like any other.
+BatchHandler = Callable[[str, list[dict[str, Any]], bool], "BatchOutcome"]
+
+
 class Reprocessor:
-    """Reprocesses DLQ batches into the raw zone; see the module docstring for the crash-safety protocol."""
+    """Reprocesses DLQ batches into the raw zone; see the module docstring for the crash-safety protocol.
+
+    ``handlers`` (error type -> :data:`BatchHandler`) reprocess the error types that are not raw records."""
 
     def __init__(
         self,
@@ -232,8 +241,10 @@ class Reprocessor:
         run_id: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        handlers: Mapping[str, BatchHandler] | None = None,
     ) -> None:
         self.dlq_store = dlq_store
+        self.handlers = dict(handlers or {})
         self.raw_store = raw_store
         self.registry = registry
         self.actor = actor
@@ -291,6 +302,11 @@ class Reprocessor:
             raise ReprocessError(
                 f"{source} holds {key.error_type} rows (documents a serving store refused, not raw records); fix the "
                 "data or the index mapping and run 'cdp load run --full-refresh'"
+            )
+        if key.error_type == ErrorType.ACTIVATION_FAILED:
+            raise ReprocessError(
+                f"{source} holds {key.error_type} members (sends a destination did not take); give --postgres-url "
+                "(or CDP_POSTGRES_URL) so reprocess can send them again"
             )
         if key.error_type in TRANSFORM_ERROR_TYPES:
             raise ReprocessError(
@@ -572,6 +588,9 @@ class Reprocessor:
                 if self.dlq_store.exists(f"{RETIRED_PREFIX}/{source}"):
                     return BatchOutcome(source, "already_done", message="already retired")
                 get_batch(self.dlq_store, source)  # Raises the standard "no such batch" error.
+            handler = self.handlers.get(parse_batch_key(source).error_type or "")
+            if handler is not None:
+                return self._handled(source, handler, lease, dry_run=dry_run)
             attempt_at = self.clock()
             plan = self.plan(source, attempt_at)
             if plan.needs_map:
@@ -592,6 +611,14 @@ class Reprocessor:
         except (zlib.error, orjson.JSONDecodeError) as exc:
             message = f"{source} is not gzip NDJSON ({exc}); inspect it by hand, it was left as it is"
             return BatchOutcome(source, "failed", message=message)
+
+    def _handled(self, source: str, handler: BatchHandler, lease: Lease | None, *, dry_run: bool) -> BatchOutcome:
+        """A batch an error type's handler reprocesses; the source is retired once it says ``reprocessed``."""
+        outcome = handler(source, read_batch(self.dlq_store, source), dry_run or lease is None)
+        if outcome.status == "reprocessed" and lease is not None:
+            lease.ensure_held()
+            self._retire(source)
+        return outcome
 
     def _audit(self, report: ReprocessReport, parameters: dict[str, Any]) -> str:
         moved = [o for o in report.outcomes if o.status in ("reprocessed", "recovered")]

@@ -90,4 +90,11 @@ def cdp_activators() -> list[ActivatorDescriptor]:
             },
             sandbox="tests.plugin_examples.http_audience:create_sandbox",
         ),
+        ActivatorDescriptor(
+            name="http-audience-server",
+            sender="tests.plugin_examples.http_audience:HttpAudienceSender",
+            limits=ChannelLimits(max_batch_size=1000, requests_per_second=1000.0),
+            description="The same audience API, its sandbox offered as a server of its own (sandbox_server).",
+            sandbox_server="tests.plugin_examples.http_audience:serve_sandbox",
+        ),
     ]

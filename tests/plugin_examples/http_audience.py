@@ -11,8 +11,9 @@ provider's side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, SandboxOptions
+from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, SandboxOptions, SandboxServer
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
 
 MAX_MEMBERS = 1000
@@ -124,3 +125,11 @@ class HttpAudienceSender:
 
     def close(self) -> None:
         self.client.close()
+
+
+@contextlib.contextmanager
+def serve_sandbox(options: SandboxOptions, host: str, port: int) -> Iterator[str]:
+    """The same API as a server of its own (how a destination that does not speak HTTP, like SMTP, offers its
+    sandbox: ``sandbox_server``)."""
+    with SandboxServer(create_sandbox(options), host, port) as server:
+        yield server.url

@@ -175,6 +175,29 @@ def test_a_smaller_batch_setting_wins_and_a_rerun_sends_nobody_again(
     assert (first.accepted, again.accepted, again.skipped_already_sent, again.requests) == (50, 0, 50, 0)
 
 
+def test_requests_are_paced_by_the_rate_limit_measured_at_the_sandbox(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 25)
+    server, app = served()
+    paced = DeliverySettings(max_batch_size=1, requests_per_second=5)  # a bucket of 5, refilled at 5/s
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 26)], settings=paced)
+
+    times = [request["at"] for request in app.state.requests]
+    assert len(times) == report.requests == 25
+    # 5 at once from the full bucket, then one per 0.2s: the 25th no sooner than 4s after the first.
+    assert times[-1] - times[0] >= 4 - 0.02
+    # The bucket's promise for every window: at most 5 + 5/s x its length requests.
+    for start, first in enumerate(times):
+        for count, last in enumerate(times[start:], start=1):
+            assert count <= 5 + 5 * (last - first) + 0.1, (start, count, last - first)
+
+
+def test_an_unknown_delivery_setting_is_named_in_one_line() -> None:
+    with pytest.raises(ActivationError, match=r"unknown delivery setting 'max_retries'; settings: .*max_attempts"):
+        DeliverySettings.from_mapping({"max_retries": 3})
+
+
 def test_retries_wait_at_least_what_retry_after_asks_measured_at_the_sandbox(
     conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
 ) -> None:
@@ -205,7 +228,12 @@ def test_server_errors_are_retried_with_backoff(
 
 
 def test_a_429_storm_fails_the_batch_after_its_attempts_and_dead_letters_it(
-    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any, tmp_path: Path
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    tmp_path: Path,
+    postgres_url: str,
 ) -> None:
     make_customers(conn, tenant, 1500)
     server, app = served(FaultPlan(rate_limit_every=1), retry_after_seconds=0)
@@ -226,6 +254,34 @@ def test_a_429_storm_fails_the_batch_after_its_attempts_and_dead_letters_it(
     assert entry["context"]["status"] == "failed"
     assert entry["context"]["settings"] == {"url": server.url, "audience_id": "aud-1"}  # no token
     assert "gave up after 3 attempts" in entry["error_message"]
+    assert entry["retry_count"] == 0
+
+    # Support reprocesses while the storm goes on: the members fail again, back in the DLQ one retry further on.
+    from plugins.activation.resend import ActivationResender
+    from plugins.dlq.reprocess import Reprocessor
+    from schema_registry import SchemaRegistry
+
+    resender = ActivationResender(
+        lambda: psycopg.connect(postgres_url),
+        dlq,
+        {"http-audience": destination},
+        settings=settings,
+        environ={"CDP_HTTP_AUDIENCE_TOKEN": DEFAULT_TOKEN},
+    )
+    reprocessor = Reprocessor(
+        dlq,
+        ObjectStore(str(tmp_path / "raw")),
+        SchemaRegistry(ObjectStore(str(tmp_path / "registry"))),
+        actor="support",
+        handlers={"activation_failed": resender},
+    )
+    outcome = reprocessor.run([b.key for b in batches])
+    assert outcome.totals() == {"batches": 2, "records": 1500, "passed": 0, "failed": 1500}
+    again = [e for b in list_batches(dlq) for e in read_batch(dlq, b.key)]
+    assert len(again) == 1500
+    assert {e["retry_count"] for e in again} == {1}
+    assert {b.key for b in batches}.isdisjoint(b.key for b in list_batches(dlq))  # the sources are retired
+    assert send_log(conn, tenant) == {"failed": 1500}
 
 
 def test_consent_suppression_and_erasure_are_checked_again_at_send_time(

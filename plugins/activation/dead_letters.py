@@ -78,9 +78,10 @@ def dead_letter(
     reason: str,
     deliveries: Sequence[Delivery],
     settings: Mapping[str, Any],
-    retry_count: int = 0,
+    retry_counts: Mapping[str, int] | None = None,
 ) -> list[WrittenBatch]:
-    """Write ``deliveries`` to the DLQ as ``activation_failed`` (one batch), with what a resend needs."""
+    """Write ``deliveries`` to the DLQ as ``activation_failed`` (one batch), with what a resend needs;
+    ``retry_counts`` (by member) says how many times a member had been sent again before."""
     when = datetime.now(UTC)
     context = {
         "campaign": campaign,
@@ -97,7 +98,7 @@ def dead_letter(
             error_message=f"{status}: {reason}",
             stream=sanitize_stream_name(campaign),
             record=delivery_record(delivery),
-            retry_count=retry_count,
+            retry_count=(retry_counts or {}).get(delivery.member_id, 0),
             context=context,
             failed_at=when,
         )

@@ -337,9 +337,10 @@ def _check(run: _Run, batch: Sequence[Delivery]) -> dict[tuple[str, str], dict[s
         return {(str(row[0]), str(row[1])): dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
 
 
-def _claim(run: _Run, batch: Sequence[Delivery], run_id: int) -> set[tuple[str, str]]:
-    """Write the batch ``sending`` and commit, before the provider hears of it; returns the keys this run claimed (a
-    row another writer holds is not claimed). With ``resend``, ``failed`` and ``unconfirmed`` rows are claimed too."""
+def _claim(run: _Run, batch: Sequence[Delivery], run_id: int) -> dict[tuple[str, str], int]:
+    """Write the batch ``sending`` and commit, before the provider hears of it; returns the keys this run claimed
+    with their attempt number (a row another writer holds is not claimed). With ``resend``, ``failed`` and
+    ``unconfirmed`` rows are claimed too."""
     resend_condition = sql.SQL("WHERE l.status IN ('failed', 'unconfirmed')") if run.resend else sql.SQL("WHERE false")
     with run.conn.transaction():
         rows = run.conn.execute(
@@ -350,7 +351,7 @@ def _claim(run: _Run, batch: Sequence[Delivery], run_id: int) -> set[tuple[str, 
                 "now() FROM unnest(%(ids)s::text[], %(variants)s::text[]) AS b(customer_id, variant) "
                 "ON CONFLICT (campaign, customer_id, variant, action, refresh_id) DO UPDATE SET status = 'sending', "
                 "run_id = EXCLUDED.run_id, attempts = l.attempts + 1, reason = NULL, updated_at = now() {resend} "
-                "RETURNING customer_id, variant"
+                "RETURNING customer_id, variant, attempts"
             ).format(send_log=run.table("send_log"), resend=resend_condition),
             {
                 "campaign": run.campaign,
@@ -361,7 +362,7 @@ def _claim(run: _Run, batch: Sequence[Delivery], run_id: int) -> set[tuple[str, 
                 "variants": [d.variant for d in batch],
             },
         ).fetchall()
-    return {(str(customer_id), str(variant)) for customer_id, variant in rows}
+    return {(str(customer_id), str(variant)): int(attempts) for customer_id, variant, attempts in rows}
 
 
 def _record(
@@ -402,7 +403,14 @@ def _record(
         )
 
 
-def _dead_letter(run: _Run, members: Sequence[Delivery], status: str, reason: str, run_id: int) -> None:
+def _dead_letter(
+    run: _Run,
+    members: Sequence[Delivery],
+    status: str,
+    reason: str,
+    run_id: int,
+    attempts: Mapping[tuple[str, str], int] | None = None,
+) -> None:
     if not members:
         return
     if run.dlq is None:
@@ -429,6 +437,7 @@ def _dead_letter(run: _Run, members: Sequence[Delivery], status: str, reason: st
         reason=reason,
         deliveries=members,
         settings=non_secret_settings(run.destination, run.sender_settings),
+        retry_counts={d.member_id: (attempts or {}).get((d.member_id, d.variant), 1) - 1 for d in members},
     )
     run.report.dead_letters.extend(batch.key for batch in written)
 
@@ -526,7 +535,7 @@ def _deliver_batch(run: _Run, batch: list[Delivery], run_id: int, dry_run: bool)
     except SendError as exc:
         reason = redact_text(str(exc), run.secrets)
         _record(run, to_send, [("failed", reason, "")] * len(to_send))
-        _dead_letter(run, to_send, "failed", reason, run_id)
+        _dead_letter(run, to_send, "failed", reason, run_id, claimed)
         report.failed += len(to_send)
         log_event(
             logger,
@@ -542,7 +551,7 @@ def _deliver_batch(run: _Run, batch: list[Delivery], run_id: int, dry_run: bool)
     except BaseException as exc:  # A sender bug or an interrupt: whether the provider got it is unknown.
         reason = f"{INTERRUPTED} (the sender raised {type(exc).__name__})"
         _record(run, to_send, [("unconfirmed", reason, "")] * len(to_send))
-        _dead_letter(run, to_send, "unconfirmed", reason, run_id)
+        _dead_letter(run, to_send, "unconfirmed", reason, run_id, claimed)
         report.unconfirmed += len(to_send)
         raise
     by_member = {result.member_id: result for result in results}
@@ -562,7 +571,7 @@ def _deliver_batch(run: _Run, batch: list[Delivery], run_id: int, dry_run: bool)
     _record(run, to_send, statuses)
     report.sent += len(to_send) - len(missing)
     report.failed += len(missing)
-    _dead_letter(run, missing, "failed", "the destination returned no result for this member", run_id)
+    _dead_letter(run, missing, "failed", "the destination returned no result for this member", run_id, claimed)
 
 
 def deliver(

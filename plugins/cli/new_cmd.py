@@ -391,3 +391,96 @@ def new_transform(
         f"{result.table}`; docs/writing-a-transform.md explains each part."
     )
     console.print(next_steps, soft_wrap=True)
+
+
+DESTINATION_TEMPLATES = Path(__file__).parent / "templates" / "destination"
+# The built-in destinations: a plugin of the same name would fight over it.
+_RESERVED_DESTINATIONS = {"email", "facebook", "google", "sms"}
+
+
+@dataclass(frozen=True)
+class DestinationScaffold:
+    """What ``cdp new destination`` wrote."""
+
+    name: str
+    package: str
+    directory: Path
+    files: list[Path]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "package": self.package,
+            "directory": str(self.directory),
+            "entry_point": f"activator-{self.name}",
+            "files": [str(path) for path in self.files],
+        }
+
+
+def scaffold_destination(parent: Path, name: str, *, title: str | None = None) -> DestinationScaffold:
+    """Write the distribution ``cdp-destination-NAME`` under ``parent``: the package ``cdp_destination_NAME``
+    (``__init__.py`` registering the descriptor, ``sender.py``, ``normalize.py``, ``sandbox.py``), a test that runs
+    the delivery engine against the sandbox, ``pyproject.toml`` with the ``cdp`` entry point, and a README."""
+    name = name.removeprefix("activator-").removeprefix("destination-")
+    if not _NAME_RE.fullmatch(name):
+        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' or '_' (tiktok-audiences)"
+        raise ConfigError("NAME", msg)
+    module = name.replace("-", "_")
+    if len(module) > MAX_TRANSFORM_NAME:
+        raise ConfigError("NAME", f"'{name}' is longer than {MAX_TRANSFORM_NAME} characters; choose a shorter name")
+    if module in _RESERVED_DESTINATIONS or keyword.iskeyword(module):
+        raise ConfigError("NAME", f"'{name}' is taken (a built-in destination or a Python keyword); choose another")
+    name = module.replace("_", "-")
+    package = f"cdp_destination_{module}"
+    directory = parent / f"cdp-destination-{name}"
+    if directory.exists():
+        raise CdpError(f"{directory} already exists; remove it or choose another name")
+    values = {
+        "name": name,
+        "table": module,
+        "package": package,
+        "title": title or " ".join(part.capitalize() for part in module.split("_")),
+        "port": str(default_sandbox_port(f"destination-{name}")),
+    }
+    targets = {
+        DESTINATION_TEMPLATES / "__init__.py.tmpl": directory / package / "__init__.py",
+        DESTINATION_TEMPLATES / "sender.py.tmpl": directory / package / "sender.py",
+        DESTINATION_TEMPLATES / "normalize.py.tmpl": directory / package / "normalize.py",
+        DESTINATION_TEMPLATES / "sandbox.py.tmpl": directory / package / "sandbox.py",
+        DESTINATION_TEMPLATES / "tests" / "test_activator.py.tmpl": directory / "tests" / f"test_activator_{module}.py",
+        DESTINATION_TEMPLATES / "pyproject.toml.tmpl": directory / "pyproject.toml",
+        DESTINATION_TEMPLATES / "README.md.tmpl": directory / "README.md",
+    }
+    rendered = {
+        target: Template(source.read_text(encoding="utf-8")).substitute(values) for source, target in targets.items()
+    }
+    tomllib.loads(rendered[directory / "pyproject.toml"])  # never write a broken pyproject.toml
+    for target, content in rendered.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+    return DestinationScaffold(name=name, package=package, directory=directory, files=list(rendered))
+
+
+@app.command("destination")
+def new_destination(
+    name: Annotated[str, typer.Argument(help="The destination's name, e.g. tiktok-audiences.")],
+    title: Annotated[str | None, typer.Option(help="Human name, e.g. 'TikTok audiences'.")] = None,
+    directory: Annotated[
+        Path | None, typer.Option(help="Where to create cdp-destination-NAME/ (default: the current folder).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Scaffold an activation destination package (descriptor, sender, sandbox, normaliser), its test and README."""
+    result = scaffold_destination((directory or Path.cwd()).resolve(), name, title=title)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    console.print(styled((f"activator-{result.name}", "bold"), f" scaffolded in {result.directory}"), soft_wrap=True)
+    for path in result.files:
+        console.print(f"  wrote {path}", soft_wrap=True)
+    console.print(
+        f"Next: `cd {result.directory}`, `pip install -e '.[test]'` into the environment that runs cdp, run "
+        f"`pytest`, check `cdp plugins list` and `cdp sandbox serve {result.name}`; docs/writing-a-destination.md "
+        "explains each part.",
+        soft_wrap=True,
+    )

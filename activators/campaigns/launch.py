@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -328,6 +329,19 @@ def _activate(conn: Connection[Any], tenant: str, campaign: StoredCampaign) -> s
     return status.value
 
 
+@contextmanager
+def _campaign_lock(conn: Connection[Any], tenant: str, campaign: str) -> Iterator[None]:
+    """One launch of a campaign at a time: two at once would each record the refresh they send and could send twice."""
+    key = f"cdp_campaigns.launch:{tenant}:{campaign}"
+    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
+    if row is None or not row[0]:
+        raise CampaignBusyError(f"campaign '{campaign}' is being launched by another process; wait for it to finish")
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
 def launch(
     conn: Connection[Any],
     tenant: str,
@@ -343,140 +357,106 @@ def launch(
 ) -> LaunchResult:
     """Launch ``campaign`` (see the module docstring). ``conn`` is an autocommit connection. ``sender`` replaces the
     one the destination's factory would build from the campaign's settings (tests, embedding)."""
-    key = f"cdp_campaigns.launch:{tenant}:{campaign}"
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
-    if row is None or not row[0]:
-        # Two launches of one campaign at once would each record the refresh they send and could send it twice.
-        raise CampaignBusyError(f"campaign '{campaign}' is being launched by another process; wait for it to finish")
-    try:
-        return _launch(
-            conn,
-            tenant,
-            campaign,
-            dry_run=dry_run,
-            exports_url=exports_url,
-            processed=processed,
-            consent_mode=consent_mode,
-            delivery_settings=delivery_settings,
-            dlq=dlq,
-            sender=sender,
-        )
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-
-
-def _launch(
-    conn: Connection[Any],
-    tenant: str,
-    campaign: str,
-    *,
-    dry_run: bool = False,
-    exports_url: str | None = None,
-    processed: ProcessedZone | None = None,
-    consent_mode: str | None = None,
-    delivery_settings: DeliverySettings | None = None,
-    dlq: ObjectStore | None = None,
-    sender: Sender | None = None,
-) -> LaunchResult:
     from activators.segments.export import read_export, read_tombstones, resolve_exports_url
 
-    exports = resolve_exports_url(exports_url)
-    stored = get_campaign(conn, tenant, campaign)
-    if stored.status in (CampaignStatus.PAUSED, CampaignStatus.COMPLETED):
-        hint = f"cdp campaign resume {campaign} first" if stored.status is CampaignStatus.PAUSED else "it is final"
-        raise CampaignLaunchError(f"campaign '{campaign}' is {stored.status}: it is not launched ({hint})")
-    if not dry_run and stored.status is not CampaignStatus.ACTIVE:
-        check_transition(
-            campaign,
-            CampaignStatus.SCHEDULED if stored.status is CampaignStatus.DRAFT else stored.status,
-            CampaignStatus.ACTIVE,
-        )
-    destination = destination_for(stored)
-    content = get_content(conn, tenant, stored.campaign.content) if stored.campaign.content else None
-    settings = sender_settings(destination, stored, tenant)
-    options: dict[str, Any] = {
-        "tombstones": read_tombstones(processed, tenant),
-        "dlq": dlq,
-        "sender_settings": settings,
-        "settings": delivery_settings,
-    }
-    active = sender or destination.load_sender()(settings)
-    reports: dict[str, DeliveryReport] = {}
-    resumed_reports: dict[str, DeliveryReport] = {}
-    resumed: int | None = None
-    try:
-        previous = stored.last_refresh_id
-        if stored.pending_refresh_id is not None and not dry_run:
-            # The previous launch stopped part way: send the rest of its refresh first (the send log skips whoever
-            # it reached), so the changes it covered are not lost and nobody is sent twice.
-            resumed = stored.pending_refresh_id
-            pending = read_export(exports, tenant, stored.campaign.segment, resumed)
+    with _campaign_lock(conn, tenant, campaign):
+        exports = resolve_exports_url(exports_url)
+        stored = get_campaign(conn, tenant, campaign)
+        if stored.status in (CampaignStatus.PAUSED, CampaignStatus.COMPLETED):
+            hint = f"cdp campaign resume {campaign} first" if stored.status is CampaignStatus.PAUSED else "it is final"
+            raise CampaignLaunchError(f"campaign '{campaign}' is {stored.status}: it is not launched ({hint})")
+        if not dry_run and stored.status is not CampaignStatus.ACTIVE:
+            check_transition(
+                campaign,
+                CampaignStatus.SCHEDULED if stored.status is CampaignStatus.DRAFT else stored.status,
+                CampaignStatus.ACTIVE,
+            )
+        destination = destination_for(stored)
+        content = get_content(conn, tenant, stored.campaign.content) if stored.campaign.content else None
+        settings = sender_settings(destination, stored, tenant)
+        options: dict[str, Any] = {
+            "tombstones": read_tombstones(processed, tenant),
+            "dlq": dlq,
+            "sender_settings": settings,
+            "settings": delivery_settings,
+        }
+        active = sender or destination.load_sender()(settings)
+        reports: dict[str, DeliveryReport] = {}
+        resumed_reports: dict[str, DeliveryReport] = {}
+        resumed: int | None = None
+        try:
+            previous = stored.last_refresh_id
+            if stored.pending_refresh_id is not None and not dry_run:
+                # The previous launch stopped part way: send the rest of its refresh first (the send log skips whoever
+                # it reached), so the changes it covered are not lost and nobody is sent twice.
+                resumed = stored.pending_refresh_id
+                pending = read_export(exports, tenant, stored.campaign.segment, resumed)
+                if content is not None:
+                    check_columns(content, _columns(pending), campaign=campaign)
+                resumed_reports = _send(
+                    conn,
+                    tenant,
+                    stored,
+                    content,
+                    destination,
+                    active,
+                    pending,
+                    exports,
+                    previous,
+                    dry_run=False,
+                    options=options,
+                )
+                record_launch(conn, tenant, campaign, pending_refresh_id=None, last_refresh_id=resumed)
+                previous = resumed
+            manifest = _export(conn, tenant, stored, destination, exports, processed, consent_mode)
             if content is not None:
-                check_columns(content, _columns(pending), campaign=campaign)
-            resumed_reports = _send(
+                check_columns(content, _columns(manifest), campaign=campaign)
+            if not dry_run:
+                record_launch(conn, tenant, campaign, pending_refresh_id=manifest.refresh_id, last_refresh_id=previous)
+            reports = _send(
                 conn,
                 tenant,
                 stored,
                 content,
                 destination,
                 active,
-                pending,
+                manifest,
                 exports,
                 previous,
-                dry_run=False,
+                dry_run=dry_run,
                 options=options,
             )
-            record_launch(conn, tenant, campaign, pending_refresh_id=None, last_refresh_id=resumed)
-            previous = resumed
-        manifest = _export(conn, tenant, stored, destination, exports, processed, consent_mode)
-        if content is not None:
-            check_columns(content, _columns(manifest), campaign=campaign)
+        finally:
+            if sender is None:
+                active.close()
+        status = stored.status.value
         if not dry_run:
-            record_launch(conn, tenant, campaign, pending_refresh_id=manifest.refresh_id, last_refresh_id=previous)
-        reports = _send(
-            conn,
-            tenant,
-            stored,
-            content,
-            destination,
-            active,
-            manifest,
-            exports,
-            previous,
+            record_launch(conn, tenant, campaign, pending_refresh_id=None, last_refresh_id=manifest.refresh_id)
+            status = _activate(conn, tenant, stored)
+        result = LaunchResult(
+            campaign=campaign,
+            destination=destination.name,
+            refresh_id=manifest.refresh_id,
+            first=previous is None,
             dry_run=dry_run,
-            options=options,
+            status=status,
+            reports=reports,
+            resumed_refresh_id=resumed,
+            resumed_reports=resumed_reports,
+            export_counts=manifest.counts,
         )
-    finally:
-        if sender is None:
-            active.close()
-    status = stored.status.value
-    if not dry_run:
-        record_launch(conn, tenant, campaign, pending_refresh_id=None, last_refresh_id=manifest.refresh_id)
-        status = _activate(conn, tenant, stored)
-    result = LaunchResult(
-        campaign=campaign,
-        destination=destination.name,
-        refresh_id=manifest.refresh_id,
-        first=previous is None,
-        dry_run=dry_run,
-        status=status,
-        reports=reports,
-        resumed_refresh_id=resumed,
-        resumed_reports=resumed_reports,
-        export_counts=manifest.counts,
-    )
-    log_event(
-        logger,
-        "campaign_launched",
-        tenant=tenant,
-        campaign=campaign,
-        destination=destination.name,
-        refresh_id=manifest.refresh_id,
-        dry_run=dry_run,
-        first=result.first,
-        counts={action: report.counts() for action, report in reports.items()},
-    )
-    return result
+        log_event(
+            logger,
+            "campaign_launched",
+            tenant=tenant,
+            campaign=campaign,
+            destination=destination.name,
+            refresh_id=manifest.refresh_id,
+            dry_run=dry_run,
+            first=result.first,
+            counts={action: report.counts() for action, report in reports.items()},
+        )
+        return result
 
 
 def _columns(manifest: ExportManifest) -> list[str]:

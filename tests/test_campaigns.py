@@ -704,3 +704,29 @@ def test_a_launched_campaign_keeps_its_segment_and_destination(launched: Launche
                        r"change to 'eu': define a new campaign$"):  # fmt: skip
         store.apply(launched.conn, launched.tenant, [parse_campaign(campaign_mapping(tmp_path))])
     assert store.get_campaign(launched.conn, launched.tenant, "spring").campaign.segment == "us"
+
+
+@pytest.mark.meltano
+def test_meltano_runs_the_due_campaigns_of_the_cdp_utilitys_tenant(
+    launched: Launched, postgres_url: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    from plugins.meltano.project import run_meltano
+
+    ended = {"cron": "0 * * * *", "end_at": "2000-01-01T00:00:00Z"}
+    store.apply(launched.conn, launched.tenant, [
+        parse_campaign(campaign_mapping(tmp_path, name="ended", status="scheduled", schedule=ended))
+    ])  # fmt: skip
+    store.set_status(launched.conn, launched.tenant, "ended", CampaignStatus.ACTIVE)
+    project = launched.folder / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "meltano.yml", project / "meltano.yml")
+    # The cdp utility's settings reach cdp as CDP_<SETTING>: the tenant (dev says demo) and PostgreSQL.
+    env = {"CDP_TENANT": launched.tenant, "CDP_POSTGRES_URL": postgres_url}
+    result = run_meltano(["invoke", "cdp:campaign-run-due"], project_root=project, extra_env=env, capture=True,
+                         timeout=240)  # fmt: skip
+    assert "ended: completed (its schedule ended)" in result.stdout
+    assert store.get_campaign(launched.conn, launched.tenant, "ended").status is CampaignStatus.COMPLETED
+    assert store.get_campaign(launched.conn, launched.tenant, "spring").status is CampaignStatus.DRAFT  # not due
+    assert launched.sent() == []

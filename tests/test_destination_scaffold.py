@@ -61,7 +61,8 @@ def test_the_destination_scaffold_is_lint_clean_for_names_up_to_the_longest_allo
     for name in ("x", "a-thirty-character-destinatio1"):
         made = _run([CDP, "new", "destination", name, "--directory", tmp_path], tmp_path)
         assert made.returncode == 0, made.stderr
-        for check in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        checks: list[list[str | Path]] = [[ruff, "check", "."], [ruff, "format", "--check", "."]]
+        for check in checks:
             linted = _run(check, tmp_path / f"cdp-destination-{name}")
             assert linted.returncode == 0, linted.stdout
 

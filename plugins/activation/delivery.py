@@ -606,118 +606,83 @@ def deliver(
     autocommit = conn.autocommit
     conn.autocommit = True  # Each write below is its own transaction, committed when its block ends.
     try:
-        return _deliver(
-            conn,
-            tenant,
+        if action not in ("add", "remove"):
+            raise ActivationError(f"action must be 'add' or 'remove', not '{action}'")
+        settings = settings or DeliverySettings()
+        limits = destination.limits
+        batch_size = min(limits.max_batch_size, settings.max_batch_size or limits.max_batch_size)
+        rate = settings.requests_per_second or limits.requests_per_second
+        sender_settings = sender_settings or {}
+        secrets = [
+            str(v) for k, v in sender_settings.items() if isinstance(v, str) and is_secret_setting(destination, k)
+        ]
+        ensure_schema(conn, tenant)
+        customer_columns = _customer_columns(conn, tenant)
+        if not customer_columns:
+            raise ActivationError(
+                f"no customers table in schema '{tenant}'; load the customers first ('cdp load run --tenant {tenant}')"
+            )
+        locked = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('cdp_activation'), hashtext(%s))",
+            (f"{tenant}/{campaign}/{destination.name}",),
+        ).fetchone()
+        if not locked or not locked[0]:
+            raise ActivationBusyError(
+                f"another run is delivering campaign '{campaign}' to '{destination.name}'; wait for it to finish"
+            )
+        report = DeliveryReport(dry_run=dry_run)
+        run = _Run(
+            conn=conn,
+            tenant=tenant,
             campaign=campaign,
             destination=destination,
             sender=sender,
             refresh_id=refresh_id,
             action=action,
-            deliveries=deliveries,
-            dry_run=dry_run,
             settings=settings,
-            tombstones=tombstones,
-            dlq=dlq,
             sender_settings=sender_settings,
+            secrets=secrets,
+            tombstones=_tombstone_pairs(tombstones),
+            customer_columns=customer_columns,
+            dlq=dlq,
             resend=resend,
             sleep=sleep,
+            bucket=TokenBucket(rate, sleep=sleep),
+            report=report,
         )
+        status = "failed"
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (campaign, destination, refresh_id, dry_run) VALUES (%s, %s, %s, %s) "
+                        "RETURNING run_id"
+                    ).format(run.table("activation_runs")),
+                    (campaign, destination.name, refresh_id, dry_run),
+                ).fetchone()
+            assert row is not None  # INSERT ... RETURNING always returns the row.
+            report.run_id = run_id = int(row[0])
+            log_event(
+                logger,
+                "activation_started",
+                tenant=tenant,
+                campaign=campaign,
+                destination=destination.name,
+                action=action,
+                refresh_id=refresh_id,
+                run_id=run_id,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                requests_per_second=rate,
+            )
+            for batch in _batches(deliveries, batch_size):
+                _deliver_batch(run, batch, run_id, dry_run)
+            status = "completed"
+        finally:
+            _finish(run, status)
+        return report
     finally:
         conn.autocommit = autocommit
-
-
-def _deliver(
-    conn: Connection[Any],
-    tenant: str,
-    *,
-    campaign: str,
-    destination: ActivatorDescriptor,
-    sender: Sender,
-    refresh_id: int,
-    action: Action,
-    deliveries: Iterable[Delivery],
-    dry_run: bool,
-    settings: DeliverySettings | None,
-    tombstones: Any,
-    dlq: ObjectStore | None,
-    sender_settings: Mapping[str, Any] | None,
-    resend: bool,
-    sleep: Callable[[float], None],
-) -> DeliveryReport:
-    if action not in ("add", "remove"):
-        raise ActivationError(f"action must be 'add' or 'remove', not '{action}'")
-    settings = settings or DeliverySettings()
-    limits = destination.limits
-    batch_size = min(limits.max_batch_size, settings.max_batch_size or limits.max_batch_size)
-    rate = settings.requests_per_second or limits.requests_per_second
-    sender_settings = sender_settings or {}
-    secrets = [str(v) for k, v in sender_settings.items() if isinstance(v, str) and is_secret_setting(destination, k)]
-    ensure_schema(conn, tenant)
-    customer_columns = _customer_columns(conn, tenant)
-    if not customer_columns:
-        raise ActivationError(
-            f"no customers table in schema '{tenant}'; load the customers first ('cdp load run --tenant {tenant}')"
-        )
-    locked = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtext('cdp_activation'), hashtext(%s))",
-        (f"{tenant}/{campaign}/{destination.name}",),
-    ).fetchone()
-    if not locked or not locked[0]:
-        raise ActivationBusyError(
-            f"another run is delivering campaign '{campaign}' to '{destination.name}'; wait for it to finish"
-        )
-    report = DeliveryReport(dry_run=dry_run)
-    run = _Run(
-        conn=conn,
-        tenant=tenant,
-        campaign=campaign,
-        destination=destination,
-        sender=sender,
-        refresh_id=refresh_id,
-        action=action,
-        settings=settings,
-        sender_settings=sender_settings,
-        secrets=secrets,
-        tombstones=_tombstone_pairs(tombstones),
-        customer_columns=customer_columns,
-        dlq=dlq,
-        resend=resend,
-        sleep=sleep,
-        bucket=TokenBucket(rate, sleep=sleep),
-        report=report,
-    )
-    status = "failed"
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (campaign, destination, refresh_id, dry_run) VALUES (%s, %s, %s, %s) "
-                    "RETURNING run_id"
-                ).format(run.table("activation_runs")),
-                (campaign, destination.name, refresh_id, dry_run),
-            ).fetchone()
-        assert row is not None  # INSERT ... RETURNING always returns the row.
-        report.run_id = run_id = int(row[0])
-        log_event(
-            logger,
-            "activation_started",
-            tenant=tenant,
-            campaign=campaign,
-            destination=destination.name,
-            action=action,
-            refresh_id=refresh_id,
-            run_id=run_id,
-            dry_run=dry_run,
-            batch_size=batch_size,
-            requests_per_second=rate,
-        )
-        for batch in _batches(deliveries, batch_size):
-            _deliver_batch(run, batch, run_id, dry_run)
-        status = "completed"
-    finally:
-        _finish(run, status)
-    return report
 
 
 def _finish(run: _Run, status: str) -> None:
@@ -746,14 +711,3 @@ def _finish(run: _Run, status: str) -> None:
             status=status,
             **report.counts(),
         )
-
-
-__all__ = [
-    "INTERRUPTED",
-    "ActivationBusyError",
-    "ActivationError",
-    "DeliveryReport",
-    "DeliverySettings",
-    "TokenBucket",
-    "deliver",
-]

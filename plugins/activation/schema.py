@@ -48,8 +48,9 @@ _TABLES = (
 
 
 def ensure_schema(conn: Connection[Any], tenant: str) -> None:
-    """Create the tenant's schema and its ``activation_runs``, ``send_log`` and ``suppressions`` tables if missing;
-    committed. Safe to call concurrently and on every run."""
+    """Create the tenant's schema and its ``activation_runs``, ``send_log`` and ``suppressions`` tables if missing
+    (committed at once on an idle connection, else with the caller's transaction). Safe to call concurrently and on
+    every run."""
     schema = sql.Identifier(validate_name("tenant", tenant))
     with conn.transaction():
         # Concurrent CREATE ... IF NOT EXISTS can still collide on the catalog; one lock per tenant serialises them.

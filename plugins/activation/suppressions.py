@@ -50,9 +50,10 @@ def suppress(
     customer_id: str | None = None,
     campaign: str | None = None,
 ) -> bool:
-    """Suppress ``address`` on ``channel`` (idempotent, committed); True when it was not suppressed before.
+    """Suppress ``address`` on ``channel`` (idempotent); True when it was not suppressed before.
 
-    Call :func:`plugins.activation.ensure_schema` once beforehand."""
+    Committed at once on an idle connection; inside a transaction of the caller's it is part of it (a savepoint),
+    committed with it. Call :func:`plugins.activation.ensure_schema` once beforehand."""
     if reason not in SUPPRESSION_REASONS:
         raise SuppressionError(f"unknown suppression reason '{reason}'; use one of {', '.join(SUPPRESSION_REASONS)}")
     normalised = normalize_address(channel, address)

@@ -302,6 +302,19 @@ def new_tap(
     console.print(next_steps, soft_wrap=True)
 
 
+def _write_templates(targets: dict[Path, Path], values: dict[str, str], pyproject: Path) -> list[Path]:
+    """Render each template (``string.Template``) to its target; returns the files written. Everything is rendered
+    and the pyproject.toml parsed before the first file is written: never a half-written or broken package."""
+    rendered = {
+        target: Template(source.read_text(encoding="utf-8")).substitute(values) for source, target in targets.items()
+    }
+    tomllib.loads(rendered[pyproject])
+    for target, content in rendered.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content, encoding="utf-8")
+    return list(rendered)
+
+
 @dataclass(frozen=True)
 class TransformScaffold:
     """What ``cdp new transform`` wrote."""
@@ -355,14 +368,8 @@ def scaffold_transform(parent: Path, name: str, *, title: str | None = None) -> 
         TRANSFORM_TEMPLATES / "pyproject.toml.tmpl": directory / "pyproject.toml",
         TRANSFORM_TEMPLATES / "README.md.tmpl": directory / "README.md",
     }
-    rendered = {
-        target: Template(source.read_text(encoding="utf-8")).substitute(values) for source, target in targets.items()
-    }
-    tomllib.loads(rendered[directory / "pyproject.toml"])  # never write a broken pyproject.toml
-    for target, content in rendered.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
-    return TransformScaffold(name=name, table=table, package=package, directory=directory, files=list(rendered))
+    files = _write_templates(targets, values, directory / "pyproject.toml")
+    return TransformScaffold(name=name, table=table, package=package, directory=directory, files=files)
 
 
 @app.command("transform")
@@ -451,14 +458,8 @@ def scaffold_destination(parent: Path, name: str, *, title: str | None = None) -
         DESTINATION_TEMPLATES / "pyproject.toml.tmpl": directory / "pyproject.toml",
         DESTINATION_TEMPLATES / "README.md.tmpl": directory / "README.md",
     }
-    rendered = {
-        target: Template(source.read_text(encoding="utf-8")).substitute(values) for source, target in targets.items()
-    }
-    tomllib.loads(rendered[directory / "pyproject.toml"])  # never write a broken pyproject.toml
-    for target, content in rendered.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
-    return DestinationScaffold(name=name, package=package, directory=directory, files=list(rendered))
+    files = _write_templates(targets, values, directory / "pyproject.toml")
+    return DestinationScaffold(name=name, package=package, directory=directory, files=files)
 
 
 @app.command("destination")

@@ -206,8 +206,11 @@ def test_starttls_and_auth_are_used_when_the_relay_requires_them(
         with pytest.raises(SendError, match="refused the credentials"):
             EmailSender(wrong).add(_deliveries(1))
         without_tls = _settings(sandbox, dkim_key, **credentials)
-        with pytest.raises(SendError):
+        with pytest.raises(SendError, match="does not offer"):  # AUTH is offered only once TLS is up
             EmailSender(without_tls).add(_deliveries(1))
+        without_anything = _settings(sandbox, dkim_key)
+        with pytest.raises(SendError, match="530"):  # the relay wants STARTTLS before MAIL
+            EmailSender(without_anything).add(_deliveries(1))
         assert len(sandbox.messages) == 2
 
 
@@ -317,6 +320,16 @@ def test_without_an_unsubscribe_key_nothing_is_sent(
     monkeypatch.delenv("CDP_UNSUBSCRIBE_SECRET", raising=False)
     with pytest.raises(ConfigError, match="CDP_UNSUBSCRIBE_SECRET"):
         EmailSender(_settings(relay, dkim_key))
+
+
+def test_the_secrets_may_come_from_the_environment(
+    relay: SmtpSandbox, dkim_key: tuple[bytes, dict[str, str]], secret_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDP_EMAIL_DKIM_PRIVATE_KEY", dkim_key[0].decode())
+    settings = _settings(relay, dkim_key)
+    del settings["dkim_private_key"]
+    EmailSender(settings).add(_deliveries(1))
+    assert relay.wait_for(1)[0].dkim == "pass"
 
 
 def test_the_dkim_key_may_be_a_file(

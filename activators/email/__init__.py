@@ -24,13 +24,16 @@ SETTINGS_SCHEMA = {
         "starttls": {"type": "boolean", "default": True, "description": "Upgrade the session with STARTTLS."},
         "ssl": {"type": "boolean", "default": False, "description": "Implicit TLS from the first byte (port 465)."},
         "username": {"type": "string", "description": "SMTP AUTH user; no AUTH when empty."},
-        "password": {**_SECRET, "description": "SMTP AUTH password."},
+        "password": {**_SECRET, "description": "SMTP AUTH password; else CDP_EMAIL_PASSWORD."},
         "from_address": {"type": "string", "description": "The From address; its domain names the Message-IDs."},
         "from_name": {"type": "string", "default": ""},
         "postal_address": {"type": "string", "description": "The sender's postal address, in every footer."},
         "dkim_selector": {"type": "string", "description": "The DKIM selector (s=): {selector}._domainkey.{domain}"},
         "dkim_domain": {"type": "string", "description": "The signing domain (d=), aligned with From for DMARC."},
-        "dkim_private_key": {**_SECRET, "description": "The DKIM RSA private key: PEM text, or a PEM file's path."},
+        "dkim_private_key": {
+            **_SECRET,
+            "description": "DKIM RSA key: PEM or a PEM file; else CDP_EMAIL_DKIM_PRIVATE_KEY.",
+        },
         "unsubscribe_url": {
             "type": "string",
             "description": "The webhook receiver's public HTTPS base URL: {url}/unsubscribe/{tenant}/{token}.",

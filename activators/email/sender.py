@@ -19,6 +19,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import smtplib
 import ssl
 import time
@@ -55,6 +56,11 @@ SIGNED_HEADERS = (
     "Content-Type",
 )
 ONE_CLICK = "List-Unsubscribe=One-Click"
+#: Where the secret settings are read from when the settings do not carry them.
+SECRET_ENV_VARS = {"password": "CDP_EMAIL_PASSWORD", "dkim_private_key": "CDP_EMAIL_DKIM_PRIVATE_KEY"}
+#: Replies that refuse the session rather than a message: authentication required (530), credentials invalid (535),
+#: encryption required (538, RFC 4954).
+_SESSION_REFUSALS = frozenset({530, 535, 538})
 DEFAULT_TIMEOUT_SECONDS = 30.0
 # A header line may be 998 characters (RFC 5322 2.1.1); the unsubscribe URL is kept whole on one line, never split
 # into encoded words, so the receiver reads exactly the URL that was signed.
@@ -96,7 +102,11 @@ class EmailSettings:
         for required in ("host", "from_address", "postal_address", "unsubscribe_url", "tenant", "campaign"):
             if not str(settings.get(required) or "").strip():
                 raise ConfigError(required, "is required by the email destination")
+        env = os.environ if environ is None else environ
         values = dict(settings)
+        for name, variable in SECRET_ENV_VARS.items():  # Secrets stay out of campaign rows and dead letters.
+            if not values.get(name) and env.get(variable):
+                values[name] = env[variable]
         for name in ("port",):
             if name in values:
                 values[name] = int(values[name])
@@ -106,7 +116,7 @@ class EmailSettings:
         for name in ("starttls", "ssl"):
             if name in values and isinstance(values[name], str):
                 values[name] = values[name].strip().lower() in ("1", "true", "yes", "on")
-        parsed = cls(**values, unsubscribe_secrets=tuple(unsubscribe_secrets(environ)))
+        parsed = cls(**values, unsubscribe_secrets=tuple(unsubscribe_secrets(env)))
         parsed.check()
         return parsed
 
@@ -309,6 +319,11 @@ class EmailSender:
             if code == 421:  # The relay closes the session after a 421 (RFC 5321 3.8).
                 self._drop()
             raise RetryableSendError(f"the relay deferred the message: {answer}")
+        if code in _SESSION_REFUSALS:  # About the session, not this message: every message would get it.
+            raise SendError(
+                f"the relay {self.settings.host}:{self.settings.port} refused the session ({answer}); check "
+                "starttls/ssl and username/password"
+            )
         return answer
 
     def _session(self) -> smtplib.SMTP:

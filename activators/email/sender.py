@@ -188,7 +188,6 @@ class EmailSender:
         self._smtp: smtplib.SMTP | None = None
         self._pacer = _Pacer(self.settings.rate)
         self._accepted: dict[str, str] = {}  # idempotency key -> Message-ID, this run: a retried batch skips them
-        self.connections = 0
 
     # -- Sender -----------------------------------------------------------------------------------------------
     def add(self, deliveries: Sequence[Delivery]) -> list[MemberResult]:
@@ -221,9 +220,13 @@ class EmailSender:
             reason = "an address that is not ASCII needs SMTPUTF8, which this sender does not speak yet"
             return MemberResult(delivery.member_id, MemberOutcome.REJECTED, reason)
         try:
-            raw = self.signed_bytes(self.build(delivery, address, mid))
-        except (ValueError, IndexError):  # email.headerregistry refuses what is not an addr-spec
+            Address(addr_spec=address)
+        except (ValueError, IndexError):  # email.headerregistry's parser refuses what is not an addr-spec
             return MemberResult(delivery.member_id, MemberOutcome.REJECTED, "the email column is not an address")
+        try:
+            raw = self.signed_bytes(self.build(delivery, address, mid))
+        except ValueError as exc:  # e.g. a line break in a rendered subject (header injection)
+            return MemberResult(delivery.member_id, MemberOutcome.REJECTED, f"the message cannot be built: {exc}")
         self._pacer.wait()
         refused = self._transmit(raw, address)
         if refused is not None:
@@ -241,7 +244,7 @@ class EmailSender:
         return f"{base}/unsubscribe/{quote(self.settings.tenant, safe='')}/{token}"
 
     def build(self, delivery: Delivery, address: str, mid: str) -> EmailMessage:
-        """The signed message for one delivery."""
+        """The message for one delivery, before its DKIM signature (:meth:`signed_bytes`)."""
         settings = self.settings
         content = delivery.content
         assert content is not None
@@ -337,7 +340,6 @@ class EmailSender:
                 smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout_seconds, context=context)
             else:
                 smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_seconds)
-            self.connections += 1
             smtp.ehlo()
             if settings.starttls:
                 smtp.starttls(context=context)

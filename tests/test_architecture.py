@@ -34,6 +34,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "plugins.webhooks": ("plugins.core", "plugins.connectors", *HOOK_SYSTEM),
     "plugins.transforms": ("plugins.core", "schema_registry", *HOOK_SYSTEM),
     "plugins.loaders": ("plugins.core", "plugins.transforms", *HOOK_SYSTEM),
+    "plugins.activation": ("plugins.core", "plugins.dlq", *HOOK_SYSTEM),
     "plugins.cli": ("plugins", "schema_registry"),
 }
 

@@ -39,6 +39,7 @@ class ErrorType(StrEnum):
         "transform_rejected"  # A row a transform's quality rule rejected (the rule, the row, its file).
     )
     LOAD_REJECTED = "load_rejected"  # A row a serving store refused (the document, the store's error for it).
+    ACTIVATION_FAILED = "activation_failed"  # A member a destination did not take (failed or unconfirmed send).
 
 
 @dataclass(frozen=True)

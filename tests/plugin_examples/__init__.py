@@ -72,5 +72,22 @@ def cdp_activators() -> list[ActivatorDescriptor]:
             sender="tests.plugin_examples.jsonl_sender:JsonlSender",
             limits=ChannelLimits(max_batch_size=2, requests_per_second=100.0),
             description="Audience members appended to a JSON Lines file.",
-        )
+        ),
+        ActivatorDescriptor(
+            name="http-audience",
+            sender="tests.plugin_examples.http_audience:HttpAudienceSender",
+            limits=ChannelLimits(max_batch_size=1000, requests_per_second=1000.0),
+            channel="email",
+            description="An audience API over HTTP, with its sandbox (the delivery engine's tests).",
+            settings_schema={
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string"},
+                    "audience_id": {"type": "string"},
+                    "token": {"type": "string", "secret": True},
+                },
+                "required": ["url", "audience_id", "token"],
+            },
+            sandbox="tests.plugin_examples.http_audience:create_sandbox",
+        ),
     ]

@@ -1,0 +1,424 @@
+"""The delivery engine (plugins/activation) on real PostgreSQL against a real HTTP destination and its sandbox.
+
+The destination is tests/plugin_examples/http_audience.py: an audience API served by SandboxServer with injected
+faults; every count and wait is measured from the requests the sandbox saw, never from the client's side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from starlette.applications import Starlette
+
+from plugins.activation import (
+    ActivationError,
+    DeliveryReport,
+    DeliverySettings,
+    deliver,
+    ensure_schema,
+    is_suppressed,
+    suppress,
+)
+from plugins.connectors.sandbox import FaultPlan, SandboxOptions, SandboxServer
+from plugins.connectors.testing import wait_until
+from plugins.core.dead_letters import ErrorType
+from plugins.core.raw_zone import read_batch
+from plugins.core.storage import ObjectStore
+from plugins.descriptors import ActivatorDescriptor, Delivery, RetryableSendError
+from plugins.dlq.ops import DlqFilter, list_batches
+from plugins.manager import activators
+from tests.plugin_examples.http_audience import DEFAULT_TOKEN, HttpAudienceSender, create_sandbox
+from tests.test_plugins import _manager_with
+
+ROOT = Path(__file__).resolve().parent.parent
+CAMPAIGN = "spring-sale"
+FAST = DeliverySettings(backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+
+
+@pytest.fixture
+def destination() -> ActivatorDescriptor:
+    from tests import plugin_examples
+
+    return activators(_manager_with(plugin_examples))["http-audience"]
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def conn(postgres_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(postgres_url) as connection:
+        yield connection
+
+
+def make_customers(conn: psycopg.Connection[Any], tenant: str, count: int) -> None:
+    """``"tenant".customers`` as the loader writes it (the columns the engine reads), ``count`` customers."""
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{tenant}"')
+    conn.execute(
+        f'CREATE TABLE "{tenant}".customers (customer_id text PRIMARY KEY, email text, emails text[], phone text, '
+        "phones text[], stripe_customer_ids text[], consent_email text, consent_sms text, consent_ads text)"
+    )
+    conn.execute(
+        f"INSERT INTO \"{tenant}\".customers SELECT 'c' || i, 'person' || i || '@example.com', "
+        "ARRAY['person' || i || '@example.com'], NULL, NULL, ARRAY['cus_' || i], 'granted', NULL, NULL "
+        "FROM generate_series(1, %s) i",
+        (count,),
+    )
+    conn.commit()
+    ensure_schema(conn, tenant)
+
+
+def member(i: int, variant: str = "a") -> Delivery:
+    customer_id = f"c{i}"
+    return Delivery(
+        customer_id,
+        {"customer_id": customer_id, "email": f"Person{i}@Example.com "},
+        f"{CAMPAIGN}:{customer_id}:{variant}",
+        variant=variant,
+    )
+
+
+@pytest.fixture
+def served() -> Iterator[Any]:
+    """Start sandboxes on demand: ``served(faults=..., retry_after_seconds=...)`` -> (server, app)."""
+    servers: list[SandboxServer] = []
+
+    def start(faults: FaultPlan | None = None, **kwargs: Any) -> tuple[SandboxServer, Starlette]:
+        app = create_sandbox(SandboxOptions(faults=faults or FaultPlan()), **kwargs)
+        server = SandboxServer(app)
+        server.start()
+        servers.append(server)
+        return server, app
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def sender_settings(server: SandboxServer, token: str = DEFAULT_TOKEN) -> dict[str, Any]:
+    return {"url": server.url, "audience_id": "aud-1", "token": token}
+
+
+def run(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    server: SandboxServer,
+    deliveries: Any,
+    **kwargs: Any,
+) -> DeliveryReport:
+    settings = sender_settings(server)
+    sender = HttpAudienceSender(settings)
+    try:
+        options: dict[str, Any] = {"settings": FAST, "sender_settings": settings, "refresh_id": 1, "action": "add"}
+        options.update(kwargs)
+        return deliver(
+            conn, tenant, campaign=CAMPAIGN, destination=destination, sender=sender, deliveries=deliveries, **options
+        )
+    finally:
+        sender.close()
+
+
+def received(*apps: Starlette) -> list[str]:
+    """Every member id the sandboxes took (answered 200), in order, repeats kept."""
+    return [i for app in apps for request in app.state.requests if request["status"] == 200 for i in request["ids"]]
+
+
+def send_log(conn: psycopg.Connection[Any], tenant: str) -> dict[str, int]:
+    rows = conn.execute(f'SELECT status, count(*) FROM "{tenant}".send_log GROUP BY status').fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+def test_a_25k_audience_goes_in_requests_at_the_batch_limit_each_member_once(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 25_000)
+    server, app = served()
+    report = run(conn, tenant, destination, server, (member(i) for i in range(1, 25_001)))
+
+    sizes = [len(request["ids"]) for request in app.state.requests]
+    assert sizes == [1000] * 25  # destination.limits.max_batch_size
+    assert sorted(received(app)) == sorted(f"c{i}" for i in range(1, 25_001))
+    assert (report.sent, report.accepted, report.requests, report.failed) == (25_000, 25_000, 25, 0)
+    assert send_log(conn, tenant) == {"accepted": 25_000}
+    run_row = conn.execute(f'SELECT status, counts FROM "{tenant}".activation_runs').fetchone()
+    assert run_row is not None
+    assert run_row[0] == "completed"
+    assert run_row[1]["accepted"] == 25_000
+
+
+def test_a_smaller_batch_setting_wins_and_a_rerun_sends_nobody_again(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 50)
+    server, app = served()
+    small = DeliverySettings(max_batch_size=20, backoff_base_seconds=0.01)
+    first = run(conn, tenant, destination, server, [member(i) for i in range(1, 51)], settings=small)
+    again = run(conn, tenant, destination, server, [member(i) for i in range(1, 51)], settings=small)
+
+    assert [len(r["ids"]) for r in app.state.requests] == [20, 20, 10]
+    assert (first.accepted, again.accepted, again.skipped_already_sent, again.requests) == (50, 0, 50, 0)
+
+
+def test_retries_wait_at_least_what_retry_after_asks_measured_at_the_sandbox(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 3000)
+    # Every second request is throttled with Retry-After: 1; the engine's own backoff is 0.01s, so only the header
+    # can explain a wait of a second.
+    server, app = served(FaultPlan(rate_limit_every=2), retry_after_seconds=1)
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 3001)])
+
+    requests = app.state.requests
+    assert [r["status"] for r in requests] == [200, 429, 200, 429, 200]
+    waits = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(requests) if earlier["status"] == 429]
+    assert len(waits) == 2
+    assert all(wait >= 1.0 for wait in waits), waits
+    assert (report.accepted, report.retries, report.failed) == (3000, 2, 0)
+    assert sorted(received(app)) == sorted(f"c{i}" for i in range(1, 3001))
+
+
+def test_server_errors_are_retried_with_backoff(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 2000)
+    server, app = served(FaultPlan(server_error_every=3, server_error_burst=2))  # requests 2, 3, 5, 6... fail
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 2001)])
+
+    assert [r["status"] for r in app.state.requests] == [200, 500, 500, 200]
+    assert (report.accepted, report.retries, report.failed) == (2000, 2, 0)
+
+
+def test_a_429_storm_fails_the_batch_after_its_attempts_and_dead_letters_it(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any, tmp_path: Path
+) -> None:
+    make_customers(conn, tenant, 1500)
+    server, app = served(FaultPlan(rate_limit_every=1), retry_after_seconds=0)
+    dlq = ObjectStore(str(tmp_path / "dlq"))
+    settings = DeliverySettings(max_attempts=3, backoff_base_seconds=0.01)
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 1501)], settings=settings, dlq=dlq)
+
+    assert len(app.state.requests) == 6
+    assert received(app) == []
+    assert (report.failed, report.accepted, report.sent) == (1500, 0, 0)
+    assert send_log(conn, tenant) == {"failed": 1500}
+    batches = list_batches(dlq, DlqFilter(tenant=tenant, error_type=ErrorType.ACTIVATION_FAILED))
+    assert sum(b.record_count or 0 for b in batches) == 1500
+    entry = read_batch(dlq, batches[0].key)[0]
+    assert entry["error_type"] == "activation_failed"
+    assert entry["provider"] == "http-audience"
+    assert entry["context"]["campaign"] == CAMPAIGN
+    assert entry["context"]["status"] == "failed"
+    assert entry["context"]["settings"] == {"url": server.url, "audience_id": "aud-1"}  # no token
+    assert "gave up after 3 attempts" in entry["error_message"]
+
+
+def test_consent_suppression_and_erasure_are_checked_again_at_send_time(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any, postgres_url: str
+) -> None:
+    make_customers(conn, tenant, 2000)
+    conn.execute(f"UPDATE \"{tenant}\".customers SET consent_email = 'denied' WHERE customer_id = 'c7'")
+    conn.commit()
+    suppress(conn, tenant, "email", " PERSON8@example.com", "hard_bounce", customer_id="c8")
+    other = psycopg.connect(postgres_url)
+
+    def exported() -> Iterator[Delivery]:
+        """The export was read before anything changed; changes land while the first batch is being sent."""
+        for i in range(1, 2001):
+            if i == 1001:  # Batch 1 has been sent: c1500 opts out, c1600 unsubscribes, c1700's profile goes.
+                other.execute(f"UPDATE \"{tenant}\".customers SET consent_email = 'denied' WHERE customer_id = 'c1500'")
+                other.execute(f"DELETE FROM \"{tenant}\".customers WHERE customer_id = 'c1700'")
+                other.commit()
+                suppress(other, tenant, "email", "person1600@example.com", "unsubscribe")
+            yield member(i)
+
+    server, app = served()
+    tombstones = [("email", "person9@example.com"), ("stripe_customer", "cus_10")]
+    try:
+        report = run(conn, tenant, destination, server, exported(), tombstones=tombstones)
+    finally:
+        other.close()
+
+    never = {"c7", "c8", "c9", "c10", "c1500", "c1600", "c1700"}
+    assert never.isdisjoint(received(app))
+    assert len(received(app)) == 2000 - len(never)
+    assert (report.skipped_consent, report.skipped_suppressed, report.skipped_erased) == (2, 2, 2)
+    assert report.skipped_no_profile == 1
+    assert is_suppressed(conn, tenant, "email", "Person1600@Example.com")
+
+
+def test_a_remove_is_not_held_back_by_consent(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 10)
+    conn.execute(f"UPDATE \"{tenant}\".customers SET consent_email = 'denied'")
+    conn.commit()
+    server, app = served()
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 11)], action="remove")
+
+    assert report.accepted == 10
+    assert app.state.requests[0]["path"].endswith("/members/remove")
+
+
+def test_a_dry_run_sends_nothing_and_logs_nothing_as_sent(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    make_customers(conn, tenant, 3000)
+    conn.execute(f"UPDATE \"{tenant}\".customers SET consent_email = 'denied' WHERE customer_id = 'c3'")
+    conn.commit()
+    server, app = served()
+    report = run(conn, tenant, destination, server, [member(i) for i in range(1, 3001)], dry_run=True)
+
+    assert app.state.requests == []
+    assert send_log(conn, tenant) == {}
+    assert (report.would_send, report.skipped_consent, report.sent, report.dry_run) == (2999, 1, 0, True)
+    assert [d.member_id for d in report.dry_run_sample] == ["c1", "c2", *(f"c{i}" for i in range(4, 12))]
+    dry = conn.execute(f'SELECT dry_run, counts FROM "{tenant}".activation_runs').fetchone()
+    assert dry is not None
+    assert dry[0] is True
+    assert dry[1]["would_send"] == 2999
+
+
+class LeakySender(HttpAudienceSender):
+    """A careless sender whose error messages carry its token (as some HTTP clients' do)."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.token = str(settings["token"])
+
+    def add(self, deliveries: Any) -> Any:
+        raise RetryableSendError(f"HTTP 503 for Authorization: Token {self.token}", retry_after=0)
+
+
+def test_secrets_never_reach_the_logs_or_the_dead_letters(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    make_customers(conn, tenant, 5)
+    server, _app = served()
+    settings = sender_settings(server, token="zq-very-secret-token-77")
+    dlq = ObjectStore(str(tmp_path / "dlq"))
+    caplog.set_level(logging.DEBUG)
+    sender = LeakySender(settings)
+    report = deliver(
+        conn,
+        tenant,
+        campaign=CAMPAIGN,
+        destination=destination,
+        sender=sender,
+        refresh_id=1,
+        action="add",
+        deliveries=[member(i) for i in range(1, 6)],
+        settings=DeliverySettings(max_attempts=2, backoff_base_seconds=0.01),
+        sender_settings=settings,
+        dlq=dlq,
+    )
+    sender.close()
+
+    assert report.failed == 5
+    assert report.retries == 1
+    assert "activation_retry" in caplog.text
+    assert "activation_batch_failed" in caplog.text
+    assert "zq-very-secret-token-77" not in caplog.text
+    stored = b"".join(dlq.read_bytes(b.key) for b in list_batches(dlq))
+    entries = [e for b in list_batches(dlq) for e in read_batch(dlq, b.key)]
+    assert entries
+    assert all("zq-very-secret-token-77" not in str(e) for e in entries)
+    assert stored
+    reason = conn.execute(f'SELECT DISTINCT reason FROM "{tenant}".send_log').fetchone()
+    assert reason is not None
+    assert "zq-very-secret-token-77" not in reason[0]
+
+
+def test_deliver_without_a_customers_table_says_what_to_do(
+    conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
+) -> None:
+    server, _app = served()
+    with pytest.raises(ActivationError, match=r"no customers table .*cdp load run"):
+        run(conn, tenant, destination, server, [member(1)])
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import sys
+    import psycopg
+    from plugins.activation import DeliverySettings, deliver
+    from plugins.core.storage import ObjectStore
+    from plugins.manager import activators
+    from tests import plugin_examples
+    from tests.plugin_examples.http_audience import HttpAudienceSender
+    from tests.test_activation_delivery import member
+    from tests.test_plugins import _manager_with
+
+    postgres_url, tenant, url, dlq = sys.argv[1:5]
+    destination = activators(_manager_with(plugin_examples))["http-audience"]
+    settings = {"url": url, "audience_id": "aud-1", "token": "test-token"}
+    with psycopg.connect(postgres_url) as conn:
+        deliver(conn, tenant, campaign="spring-sale", destination=destination, sender=HttpAudienceSender(settings),
+                refresh_id=1, action="add", deliveries=[member(i) for i in range(1, 5001)],
+                settings=DeliverySettings(backoff_base_seconds=0.01), sender_settings=settings, dlq=ObjectStore(dlq))
+    """
+)
+
+
+def test_a_run_killed_half_way_then_run_again_sends_nobody_twice(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    destination: ActivatorDescriptor,
+    served: Any,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    make_customers(conn, tenant, 5000)
+    # The third request is answered slowly: the run is killed while it waits, its 1000 members written `sending`.
+    first_server, first_app = served(FaultPlan(slow_every=1000, slow_burst=998, slow_seconds=3))
+    dlq_url = str(tmp_path / "dlq")
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, postgres_url, tenant, first_server.url, dlq_url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_until(lambda: len(first_app.state.requests) >= 3 or None, 120, "the sandbox to see 3 requests")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert send_log(conn, tenant) == {"accepted": 2000, "sending": 1000}
+
+    second_server, second_app = served()
+    dlq = ObjectStore(dlq_url)
+    report = run(conn, tenant, destination, second_server, [member(i) for i in range(1, 5001)], dlq=dlq)
+
+    first_ids = [i for r in first_app.state.requests for i in r["ids"]]  # the slow one reached the provider too
+    everything = first_ids + received(second_app)
+    assert len(everything) == len(set(everything)) == 5000  # nobody twice, and nobody left out
+    assert (report.unconfirmed, report.skipped_already_sent, report.accepted) == (1000, 2000, 2000)
+    assert send_log(conn, tenant) == {"accepted": 4000, "unconfirmed": 1000}
+    batches = list_batches(dlq, DlqFilter(tenant=tenant, error_type=ErrorType.ACTIVATION_FAILED))
+    entries = [e for b in batches for e in read_batch(dlq, b.key)]
+    assert len(entries) == 1000
+    assert {e["context"]["status"] for e in entries} == {"unconfirmed"}
+    assert all("may or may not have been delivered" in e["error_message"] for e in entries)
+    # A third run finds nothing left to do: the unconfirmed members are support's to resend.
+    third = run(conn, tenant, destination, second_server, [member(i) for i in range(1, 5001)], dlq=dlq)
+    assert (third.skipped_already_sent, third.requests, third.unconfirmed) == (5000, 0, 0)

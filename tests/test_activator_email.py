@@ -4,14 +4,21 @@ one-click unsubscribe through the real webhook receiver and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import smtplib
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 
 from activators.email.sandbox import SmtpSandbox, dkim_key_pair, verify_dkim
@@ -23,11 +30,16 @@ from activators.email.unsubscribe import (
     sign_token,
     verify_token,
 )
-from plugins.connectors.sandbox import FaultPlan, FaultPlanError, SandboxOptions
+from plugins.activation import DeliverySettings, deliver, ensure_schema, is_suppressed
+from plugins.connectors.sandbox import FaultPlan, FaultPlanError, SandboxOptions, SandboxServer
 from plugins.core.errors import ConfigError
 from plugins.descriptors import Delivery, MemberOutcome, RenderedContent, RetryableSendError, SendError
 from plugins.manager import activators
+from plugins.webhooks.file_log import FileWebhookLog
+from plugins.webhooks.receiver import ReceiverSettings, WebhookReceiver, registered_routes
+from tests.test_activation_delivery import make_customers
 
+ROOT = Path(__file__).resolve().parent.parent
 SELECTOR, DOMAIN = "s2026", "shop.example"
 
 
@@ -270,6 +282,23 @@ def test_a_permanent_refusal_rejects_that_member_only(dkim_key: tuple[bytes, dic
         assert len(sandbox.wait_for(2)) == 2
 
 
+def test_a_member_whose_message_cannot_be_built_is_rejected_and_the_rest_sent(
+    relay: SmtpSandbox, dkim_key: tuple[bytes, dict[str, str]], secret_env: str
+) -> None:
+    good, *_ = _deliveries(1)
+    injected = Delivery(
+        "cus_i", {"email": "ian@example.org"}, "spring-sale:cus_i:A", "A", RenderedContent("Hi\r\nBcc: all@x.org", "t")
+    )
+    not_an_address = Delivery("cus_n", {"email": "nobody"}, "spring-sale:cus_n:A", "A", good.content)
+    results = EmailSender(_settings(relay, dkim_key)).add([injected, not_an_address, good])
+    assert [(r.outcome, r.reason.split(":")[0]) for r in results] == [
+        (MemberOutcome.REJECTED, "the message cannot be built"),
+        (MemberOutcome.REJECTED, "the email column is not an address"),
+        (MemberOutcome.ACCEPTED, ""),
+    ]
+    assert [m.recipients for m in relay.wait_for(1)] == [("person0@example.org",)]
+
+
 def test_a_recipient_deferred_by_the_relay_is_retryable(
     dkim_key: tuple[bytes, dict[str, str]], secret_env: str
 ) -> None:
@@ -417,3 +446,219 @@ def test_a_forged_or_mangled_token_is_refused(mangle: Any) -> None:
 )
 def test_the_one_click_body_is_read_in_both_form_encodings(content_type: str, body: bytes, expected: bool) -> None:
     assert is_one_click(content_type, body) is expected
+
+
+# -- the one-click endpoint on the webhook receiver -------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    """The real webhook receiver, with the activators' routes as `cdp webhooks serve` builds them."""
+    environ = {"CDP_UNSUBSCRIBE_SECRET": "unsub-new,unsub-old", "CDP_POSTGRES_URL": postgres_url}
+    settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=environ)
+    log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
+    app = WebhookReceiver(log, {}, settings, registered_routes(settings))
+    with SandboxServer(app.app(), **app.uvicorn_options()) as server:
+        yield server.url
+
+
+def _link(base: str, tenant: str, address: str = "Ada@Example.org", keys: tuple[str, ...] = ("unsub-new",)) -> str:
+    token = sign_token(UnsubscribeClaim(tenant, "spring-sale", "cus_1", "email", address), list(keys))
+    return f"{base}/unsubscribe/{tenant}/{token}"
+
+
+def test_a_get_shows_a_button_and_never_unsubscribes(receiver: str, tenant: str, postgres_url: str) -> None:
+    answer = httpx.get(_link(receiver, tenant), follow_redirects=False)
+    assert answer.status_code == 200
+    assert "ada@example.org" in answer.text.lower()
+    assert '<form method="post">' in answer.text
+    assert 'name="List-Unsubscribe" value="One-Click"' in answer.text
+    assert "set-cookie" not in answer.headers
+    assert answer.headers["cache-control"] == "no-store"
+    with psycopg.connect(postgres_url) as conn:
+        ensure_schema(conn, tenant)
+        assert not is_suppressed(conn, tenant, "email", "ada@example.org")
+
+
+def test_a_one_click_post_suppresses_at_once_without_redirect_or_cookie(
+    receiver: str, tenant: str, postgres_url: str
+) -> None:
+    link = _link(receiver, tenant, keys=("unsub-old",))  # signed with the older key, still in the rotation
+    answer = httpx.post(link, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False)
+    assert answer.status_code == 200
+    assert "location" not in answer.headers
+    assert "set-cookie" not in answer.headers
+    with psycopg.connect(postgres_url) as conn:
+        assert is_suppressed(conn, tenant, "email", "ada@example.org")
+        row = conn.execute(f'SELECT reason, customer_id, campaign FROM "{tenant}".suppressions').fetchone()
+    assert row == ("unsubscribe", "cus_1", "spring-sale")
+    again = httpx.post(link, data={"List-Unsubscribe": "One-Click"})
+    assert again.status_code == 200  # a second click is as good as the first
+
+
+def test_the_next_delivery_skips_who_unsubscribed(
+    receiver: str, tenant: str, postgres_url: str, relay: SmtpSandbox, dkim_key: tuple[bytes, dict[str, str]],
+    secret_env: str,
+) -> None:  # fmt: skip
+    deliveries = [
+        Delivery(
+            f"c{n}",
+            {"customer_id": f"c{n}", "email": f"person{n}@example.com"},
+            f"spring-sale:c{n}:A",
+            "A",
+            RenderedContent("Spring sale", "Hello"),
+        )
+        for n in (1, 2)
+    ]
+    link = _link(receiver, tenant, "person1@example.com")
+    assert httpx.post(link, content=b"List-Unsubscribe=One-Click").status_code == 200
+    email = activators()["email"]
+    settings = _settings(relay, dkim_key, tenant=tenant)
+    with psycopg.connect(postgres_url) as conn:
+        make_customers(conn, tenant, 2)
+        sender = EmailSender(settings)
+        report = deliver(
+            conn, tenant, campaign="spring-sale", destination=email, sender=sender, refresh_id=1, action="add",
+            deliveries=deliveries,
+        )  # fmt: skip
+        sender.close()
+    assert (report.accepted, report.skipped_suppressed) == (1, 1)
+    assert [m.recipients for m in relay.wait_for(1)] == [("person2@example.com",)]
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda link: link[:-3] + "abc",  # the signature
+        lambda link: link.replace(  # another address's payload under this signature
+            link.rpartition("/")[2].partition(".")[0],
+            sign_token(UnsubscribeClaim(link.split("/")[-2], "spring-sale", "cus_2", "email", "eve@x.org"), ["k"])[
+                :-44
+            ],
+        ),
+        lambda link: link.rsplit("/", 2)[0] + "/other-tenant/" + link.rsplit("/", 1)[1],  # another tenant's path
+    ],
+)
+def test_a_bad_token_is_refused_and_changes_nothing(receiver: str, tenant: str, postgres_url: str, mangle: Any) -> None:
+    link = mangle(_link(receiver, tenant))
+    assert httpx.post(link, data={"List-Unsubscribe": "One-Click"}).status_code == 403
+    assert httpx.get(link).status_code == 403
+    with psycopg.connect(postgres_url) as conn:
+        ensure_schema(conn, tenant)
+        assert not is_suppressed(conn, tenant, "email", "ada@example.org")
+
+
+def test_a_post_without_the_one_click_body_is_refused(receiver: str, tenant: str, postgres_url: str) -> None:
+    assert httpx.post(_link(receiver, tenant), content=b"").status_code == 400
+    with psycopg.connect(postgres_url) as conn:
+        ensure_schema(conn, tenant)
+        assert not is_suppressed(conn, tenant, "email", "ada@example.org")
+
+
+def test_webhooks_still_take_their_own_path_beside_the_unsubscribe_routes(receiver: str) -> None:
+    answer = httpx.post(f"{receiver}/webhooks/acme/stripe", content=b"{}")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "no webhook endpoint for this tenant and provider"}  # the receiver's own answer
+    assert httpx.get(f"{receiver}/healthz").json()["status"] == "ok"
+
+
+def test_the_receiver_refuses_to_start_unsubscribes_without_postgres(tmp_path: Path) -> None:
+    settings = ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ={"CDP_UNSUBSCRIBE_SECRET": "k"})
+    with pytest.raises(ConfigError, match="CDP_POSTGRES_URL"):
+        registered_routes(settings)
+    assert registered_routes(ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ={})) == []
+
+
+# -- through the delivery engine --------------------------------------------------------------------------------
+
+
+def _members(count: int) -> list[Delivery]:
+    """Members c1..cN as tests.test_activation_delivery.make_customers writes them, with content."""
+    return [
+        Delivery(
+            f"c{n}",
+            {"customer_id": f"c{n}", "email": f"person{n}@example.com"},
+            f"spring-sale:c{n}:A",
+            "A",
+            RenderedContent("Spring sale", "Hello"),
+        )
+        for n in range(1, count + 1)
+    ]
+
+
+def test_the_engine_retries_deferred_batches_and_keeps_each_message_id(
+    tenant: str, postgres_url: str, dkim_key: tuple[bytes, dict[str, str]], secret_env: str
+) -> None:
+    fast = DeliverySettings(max_batch_size=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    with _sandbox(dkim_key, faults={"rate_limit_every": 4}) as sandbox, psycopg.connect(postgres_url) as conn:
+        make_customers(conn, tenant, 10)
+        sender = EmailSender(_settings(sandbox, dkim_key, tenant=tenant))
+        report = deliver(
+            conn, tenant, campaign="spring-sale", destination=activators()["email"], sender=sender, refresh_id=1,
+            action="add", deliveries=_members(10), settings=fast,
+        )  # fmt: skip
+        assert report.accepted == 10
+        received = [m.recipients[0] for m in sandbox.wait_for(10)]
+        assert sorted(received) == sorted(f"person{n}@example.com" for n in range(1, 11))  # each exactly once
+        rows = conn.execute(f'SELECT customer_id, status, provider_reference FROM "{tenant}".send_log').fetchall()
+        assert {(row[1], row[2]) for row in rows} == {
+            ("accepted", message_id(f"spring-sale:{row[0]}:A", tenant, DOMAIN)) for row in rows
+        }
+        assert {m.message_id for m in sandbox.messages} == {row[2] for row in rows}
+
+
+KILLED_SEND = """
+import json, os, sys
+import psycopg
+from activators.email.sender import EmailSender
+from plugins.activation import DeliverySettings, deliver
+from plugins.descriptors import Delivery, RenderedContent
+from plugins.manager import activators
+postgres_url, tenant = sys.argv[1:3]
+members = [
+    Delivery(f"c{n}", {"customer_id": f"c{n}", "email": f"person{n}@example.com"}, f"spring-sale:c{n}:A", "A",
+             RenderedContent("Spring sale", "Hello"))
+    for n in range(1, 11)
+]
+with psycopg.connect(postgres_url) as conn:
+    deliver(conn, tenant, campaign="spring-sale", destination=activators()["email"],
+            sender=EmailSender(json.loads(os.environ["EMAIL_SETTINGS"])), refresh_id=1, action="add",
+            deliveries=members, settings=DeliverySettings(max_batch_size=4))
+"""
+
+
+def test_an_email_send_killed_half_way_and_run_again_mails_nobody_twice(
+    tenant: str, postgres_url: str, dkim_key: tuple[bytes, dict[str, str]], secret_env: str
+) -> None:
+    with _sandbox(dkim_key) as sandbox, psycopg.connect(postgres_url) as conn:
+        make_customers(conn, tenant, 10)
+        slow = _settings(sandbox, dkim_key, tenant=tenant, rate=2)  # the second batch of 4 takes 2 s: killed inside it
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLED_SEND, postgres_url, tenant],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "EMAIL_SETTINGS": json.dumps(slow)},
+        )
+        try:
+            sandbox.wait_for(5, timeout=60)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+        statuses = dict(conn.execute(f'SELECT status, count(*) FROM "{tenant}".send_log GROUP BY 1').fetchall())
+        assert statuses == {"accepted": 4, "sending": 4}
+        before = [m.recipients[0] for m in sandbox.messages]
+
+        sender = EmailSender(_settings(sandbox, dkim_key, tenant=tenant))
+        report = deliver(
+            conn, tenant, campaign="spring-sale", destination=activators()["email"], sender=sender, refresh_id=1,
+            action="add", deliveries=_members(10), settings=DeliverySettings(max_batch_size=4),
+        )  # fmt: skip
+        assert (report.skipped_already_sent, report.unconfirmed, report.accepted) == (4, 4, 2)
+        everything = [m.recipients[0] for m in sandbox.wait_for(len(before) + 2)]
+        assert len(everything) == len(set(everything))  # nobody twice
+        assert set(everything) >= {f"person{n}@example.com" for n in (1, 2, 3, 4, 9, 10)}

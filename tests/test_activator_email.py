@@ -21,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from activators.email.sandbox import SmtpSandbox, dkim_key_pair, verify_dkim
+from activators.email.sandbox import SmtpSandbox, dkim_key_pair, sandbox_server, verify_dkim
 from activators.email.sender import SIGNED_HEADERS, EmailSender, message_id
 from activators.email.unsubscribe import (
     InvalidUnsubscribeTokenError,
@@ -32,6 +32,7 @@ from activators.email.unsubscribe import (
 )
 from plugins.activation import DeliverySettings, deliver, ensure_schema, is_suppressed
 from plugins.connectors.sandbox import FaultPlan, FaultPlanError, SandboxOptions, SandboxServer
+from plugins.connectors.testing import wait_until
 from plugins.core.errors import ConfigError
 from plugins.descriptors import Delivery, MemberOutcome, RenderedContent, RetryableSendError, SendError
 from plugins.manager import activators
@@ -68,10 +69,11 @@ def relay(dkim_key: tuple[bytes, dict[str, str]]) -> Iterator[SmtpSandbox]:
         yield sandbox
 
 
-def _settings(sandbox: SmtpSandbox, dkim_key: tuple[bytes, dict[str, str]], **overrides: Any) -> dict[str, Any]:
+def _settings(sandbox: SmtpSandbox | None, dkim_key: tuple[bytes, dict[str, str]], **overrides: Any) -> dict[str, Any]:
+    """The sender's settings for ``sandbox`` (or for the host and port in ``overrides``)."""
     settings = {
-        "host": sandbox.host,
-        "port": sandbox.port,
+        "host": sandbox.host if sandbox else None,
+        "port": sandbox.port if sandbox else None,
         "starttls": False,
         "from_address": f"news@{DOMAIN}",
         "from_name": "Shop News",
@@ -378,20 +380,24 @@ def test_the_sandbox_refuses_faults_it_does_not_inject(dkim_key: tuple[bytes, di
         _sandbox(dkim_key, faults={"malformed_every": 2})
 
 
-def test_the_sandbox_keeps_a_mailbox_and_makes_a_key_when_given_none(secret_env: str, tmp_path: Path) -> None:
+def test_the_served_sandbox_keeps_a_mailbox_a_key_and_its_ca(secret_env: str, tmp_path: Path) -> None:
+    """What `cdp sandbox serve email` runs: STARTTLS offered but optional, a DKIM key made for the given domain."""
     options = SandboxOptions(credentials={"dkim_selector": SELECTOR, "dkim_domain": DOMAIN})
-    with SmtpSandbox(options, mailbox=tmp_path / "mailbox") as sandbox:
-        assert sandbox.dkim_private_key_path is not None
-        key = sandbox.dkim_private_key_path.read_bytes()
-        settings = _settings(sandbox, (key, {}), dkim_private_key=str(sandbox.dkim_private_key_path))
-        EmailSender(settings).add(_deliveries(2))
-        sandbox.wait_for(2)
-    index = [json.loads(line) for line in (tmp_path / "mailbox" / "messages.jsonl").read_text().splitlines()]
-    assert [(entry["number"], entry["dkim"], entry["list_unsubscribe_signed"]) for entry in index] == [
-        (1, "pass", True),
-        (2, "pass", True),
+    mailbox = tmp_path / "mailbox"
+    with sandbox_server(options, "127.0.0.1", 0, mailbox=mailbox) as url:
+        host, port = url.removeprefix("smtp://").split(":")
+        key = mailbox / "dkim-private.pem"
+        base = {"host": host, "port": int(port), "dkim_private_key": str(key)}
+        plain = _settings(None, (b"", {}), **base)
+        EmailSender(plain).add(_deliveries(1))
+        EmailSender({**plain, "starttls": True, "ca_file": str(mailbox / "ca.pem")}).add(_deliveries(1, start=1))
+        wait_until(lambda: len((mailbox / "messages.jsonl").read_text().splitlines()) == 2 or None, 10, "2 messages")
+    index = [json.loads(line) for line in (mailbox / "messages.jsonl").read_text().splitlines()]
+    assert [(entry["dkim"], entry["list_unsubscribe_signed"], entry["tls"]) for entry in index] == [
+        ("pass", True, False),
+        ("pass", True, True),
     ]
-    assert (tmp_path / "mailbox" / "000002.eml").read_bytes().startswith(b"DKIM-Signature:")
+    assert (mailbox / "000002.eml").read_bytes().startswith(b"DKIM-Signature:")
 
 
 def test_the_email_destination_is_a_plugin() -> None:
@@ -505,16 +511,6 @@ def test_the_next_delivery_skips_who_unsubscribed(
     receiver: str, tenant: str, postgres_url: str, relay: SmtpSandbox, dkim_key: tuple[bytes, dict[str, str]],
     secret_env: str,
 ) -> None:  # fmt: skip
-    deliveries = [
-        Delivery(
-            f"c{n}",
-            {"customer_id": f"c{n}", "email": f"person{n}@example.com"},
-            f"spring-sale:c{n}:A",
-            "A",
-            RenderedContent("Spring sale", "Hello"),
-        )
-        for n in (1, 2)
-    ]
     link = _link(receiver, tenant, "person1@example.com")
     assert httpx.post(link, content=b"List-Unsubscribe=One-Click").status_code == 200
     email = activators()["email"]
@@ -524,7 +520,7 @@ def test_the_next_delivery_skips_who_unsubscribed(
         sender = EmailSender(settings)
         report = deliver(
             conn, tenant, campaign="spring-sale", destination=email, sender=sender, refresh_id=1, action="add",
-            deliveries=deliveries,
+            deliveries=_members(2),
         )  # fmt: skip
         sender.close()
     assert (report.accepted, report.skipped_suppressed) == (1, 1)

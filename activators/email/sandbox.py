@@ -231,8 +231,9 @@ class SmtpSandbox:
 
     ``dns_records`` is the DKIM zone (``selector._domainkey.domain`` -> TXT record); without it the sandbox makes a key
     pair for ``credentials['dkim_selector']`` / ``['dkim_domain']`` (default ``sandbox`` / ``example.com``) and
-    leaves the private key in ``mailbox/dkim-private.pem`` for a sender to sign with. ``tls=True`` offers and requires
-    STARTTLS (clients trust :attr:`ca_file`); ``credentials['username']``/``['password']`` require AUTH.
+    leaves the private key in ``mailbox/dkim-private.pem`` for a sender to sign with. ``tls=True`` offers STARTTLS
+    (clients trust :attr:`ca_file`) and requires it unless ``require_tls=False``; ``credentials['username']`` and
+    ``['password']`` require AUTH (after STARTTLS when it is offered).
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class SmtpSandbox:
         port: int = 0,
         *,
         tls: bool = False,
+        require_tls: bool = True,
         dns_records: Mapping[str, str] | None = None,
         mailbox: Path | None = None,
         require_dkim: bool = True,
@@ -252,6 +254,7 @@ class SmtpSandbox:
         self.host = host
         self.port = port
         self.tls = tls
+        self.require_tls = tls and require_tls
         self.require_dkim = require_dkim
         self._own_mailbox = mailbox is None
         self.mailbox = mailbox or Path(tempfile.mkdtemp(prefix="cdp-smtp-sandbox-"))
@@ -332,13 +335,11 @@ class SmtpSandbox:
             self.certificate = ThrowawayCertificate.create(self.host, "localhost")
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(self.certificate.cert_file), str(self.certificate.key_file))
-            kwargs.update(tls_context=context, require_starttls=True)
+            kwargs.update(tls_context=context, require_starttls=self.require_tls)
         if self.options.credentials.get("username"):
             kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=self.tls)
         self._controller = _Controller(_Relay(self), sock, **kwargs)
-        self._controller.start()
-        with self._lock:
-            self.connections = 0  # aiosmtpd's own start-up probe is not a client
+        self._controller.start()  # Its start-up probe reads the banner and leaves: no EHLO, not counted.
         return self.url
 
     def stop(self) -> None:
@@ -361,13 +362,19 @@ class SmtpSandbox:
 
 @contextlib.contextmanager
 def sandbox_server(
-    options: SandboxOptions, host: str = "127.0.0.1", port: int = 0, *, tls: bool = True, mailbox: Path | None = None
+    options: SandboxOptions,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    require_tls: bool = False,
+    mailbox: Path | None = None,
 ) -> Iterator[str]:
     """``cdp sandbox serve email``: the sandbox until the context ends, its URL yielded. It offers STARTTLS with a
-    throwaway certificate, keeps messages in ``mailbox`` (default ``data/sandbox/smtp``) and leaves there the DKIM
-    key to sign with (``dkim-private.pem``) and the CA to trust (``ca.pem``)."""
+    throwaway certificate (optional, unless ``require_tls``), keeps messages in ``mailbox`` (default
+    ``data/sandbox/smtp``) and leaves there the DKIM key to sign with (``dkim-private.pem``) and the CA to trust
+    (``ca.pem``)."""
     folder = mailbox or Path("data/sandbox/smtp")
-    with SmtpSandbox(options, host, port, tls=tls, mailbox=folder) as sandbox:
+    with SmtpSandbox(options, host, port, tls=True, require_tls=require_tls, mailbox=folder) as sandbox:
         if sandbox.certificate is not None:
             shutil.copyfile(sandbox.certificate.ca_file, folder / "ca.pem")
         log_event(

@@ -213,6 +213,7 @@ class UnsubscribeEndpoint:
 
     def _suppress(self, claim: UnsubscribeClaim) -> None:
         import psycopg
+
         from plugins.activation import ensure_schema, suppress
 
         with psycopg.connect(self.postgres_url) as conn:

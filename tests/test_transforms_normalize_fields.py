@@ -1,12 +1,37 @@
-"""with_normalized_fields on real Spark: every field of a row normalised in one Arrow pass, as the per-field
-functions normalise it (the tables are tests/test_transforms_normalize.py's)."""
+"""with_normalized_fields on real Spark: every field of a row normalised in one Arrow pass, with the values and reasons
+of the per-field functions (email, phone, person_name)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from plugins.transforms.normalize import FieldSpec, reason_column, with_normalized_fields
-from tests.test_transforms_normalize import EMAILS, NAMES, PHONES
+
+# (raw, normalised, reason prefix): the per-field functions' rules, a few cases of each kind.
+EMAILS = [
+    ("  Grace.Hopper@Example.ORG ", "grace.hopper@example.org", None),
+    ("ZOË@Exämple.de", "zoë@exämple.de", None),
+    ("   ", None, None),
+    (None, None, None),
+    ("no-at-sign.example.com", None, "invalid email"),
+    ("user@localhost", None, "invalid email"),
+]
+PHONES = [  # (raw, region, E.164, reason prefix)
+    ("06 12 34 56 78", "FR", "+33612345678", None),
+    ("(415) 555-2671", "us", "+14155552671", None),
+    ("+44 20 7946 0958", None, "+442079460958", None),
+    ("", "US", None, None),
+    ("12", "US", None, "invalid phone number"),
+    ("0612345678", None, None, "invalid phone number"),
+    ("+1 555 000 0000", "US", None, "invalid phone number"),
+]
+NAMES = [  # (raw, NFC and trimmed)
+    ("Ame\u0301lie", "Amélie"),
+    ("  Zoe\u0308 ", "Zoë"),
+    ("\uff2a\uff4f\uff48\uff4e", "\uff2a\uff4f\uff48\uff4e"),  # NFC, not NFKC: full-width letters are kept.
+    ("  ", None),
+    (None, None),
+]
 
 
 def _python_passes(frame: Any) -> int:

@@ -352,10 +352,14 @@ def resolve_identities(
         F.max("previous_id").alias("previous_id"),
     )
     values = links.select("id_type", "id_value").distinct()
-    counts = (
+    # Checkpointed (lazily): the shared-value guard and the audit both read it, and in a TOUCHED run it counts over
+    # the whole map, which must not be scanned twice.
+    counts = _materialise(
         _join_identifiers(population, values, "left_semi")
         .groupBy("id_type", "id_value")
-        .agg(F.countDistinct("record_id").cast("long").alias("records"))
+        .agg(F.countDistinct("record_id").cast("long").alias("records")),
+        reliable=True,
+        eager=False,
     )
     limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
     shared = counts.filter(limit.isNotNull() & (F.col("records") > limit)).select(
@@ -374,8 +378,8 @@ def resolve_identities(
     capped = _over_cap(links.filter(F.col("cut").isNull()), labels, chosen).cache()
     if not capped.isEmpty():
         links = links.join(capped.withColumn("rule", F.lit(RULE_PROFILE_CAP)), ["id_type", "id_value"], "left")
-        links = links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule")
-        labels = _components(links, chosen)
+        links = _materialise(links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule"), reliable=True)
+        labels = _recut_components(links, labels, chosen)
     capped.unpersist()
 
     anchors = links.filter(F.col("cut").isNull()).groupBy("record_id").agg(F.min("node").alias("anchor"))
@@ -403,11 +407,13 @@ def resolve_identities(
             "rule", "id_type", "id_value", F.col("records").alias("records_affected"), F.lit(run_id).alias("run_id")
         )
     )
+    # The audit and the merges are small and each is read twice (written, then counted for the quality report):
+    # checkpointed lazily, so the second read costs no shuffle.
     return IdentityResolution(
         identity_map=identity_map,
         records=resolved.select("record_id", "source", "customer_id").distinct(),
-        merges=_merges(resolved, run_id, resolved_at),
-        audit=audit,
+        merges=_materialise(_merges(resolved, run_id, resolved_at), reliable=True, eager=False),
+        audit=_materialise(audit, reliable=True, eager=False),
         touched=touched,
         values=None if touched is None else values,
     )
@@ -464,6 +470,19 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
     anchors = linking.groupBy("record_id").agg(F.min("node").alias("anchor"))
     edges = linking.join(anchors, "record_id").select(F.col("node").alias("src"), F.col("anchor").alias("dst"))
     return connected_components(edges, checkpoint_every=settings.checkpoint_every, max_rounds=settings.max_rounds)
+
+
+def _recut_components(links: DataFrame, labels: DataFrame, settings: IdentitySettings) -> DataFrame:
+    """The components once the profile cap cut some identifiers: only a component that held a cut one can split, so
+    only its records are resolved again (a small graph); every other node keeps its label."""
+    from pyspark.sql import functions as F
+
+    cut_nodes = links.filter(F.col("cut") == RULE_PROFILE_CAP).select("node").distinct()
+    split = labels.join(cut_nodes, "node", "left_semi").select("component").distinct()
+    affected = labels.join(split, "component", "left_semi").select("node")
+    records = links.join(affected, "node", "left_semi").select("record_id").distinct()
+    again = _components(links.join(records, "record_id", "left_semi"), settings)
+    return labels.join(affected, "node", "left_anti").unionByName(again)
 
 
 def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings) -> DataFrame:

@@ -14,15 +14,7 @@ from typing import TYPE_CHECKING
 
 from plugins.transforms.consent import CHANNELS, latest_consent, salesforce_statements, shopify_statements
 from plugins.transforms.frames import field_or_null, latest_per_key, union_all
-from plugins.transforms.normalize import (
-    email,
-    person_name,
-    phone,
-    reason_column,
-    timestamp_utc,
-    with_country,
-    with_normalized,
-)
+from plugins.transforms.normalize import FieldSpec, timestamp_utc, with_country, with_normalized_fields
 from plugins.transforms.person_columns import (
     ADDRESS_COLUMNS,
     CONSENT_COLUMNS,
@@ -82,36 +74,50 @@ def _rows(
     created_at: Column,
     updated_at: Column,
 ) -> DataFrame:
-    """One source's records in the table's columns (phone and country still raw: they are normalised together)."""
+    """One source's records in the table's columns, as the source wrote them (normalised by :func:`_normalised`)."""
     from pyspark.sql import functions as F
 
     line1, line2, city, region, postal_code, country = address
-    normalized_email = email(email_address)
-    first, last = person_name(first_name), person_name(last_name)
     return df.select(
         F.concat_ws(":", F.lit(provider), F.lit(source_object), provider_id).alias("record_id"),
         F.lit(f"{provider}/{stream}").alias("source"),
         F.lit(provider).alias("provider"),
         F.lit(f"{provider}_{source_object}").alias("provider_id_type"),
         provider_id.cast("string").alias("provider_id"),
-        normalized_email["value"].alias("email"),
+        email_address.cast("string").alias("email"),
         phone_number.cast("string").alias("phone"),
-        first.alias("first_name"),
-        last.alias("last_name"),
-        F.coalesce(
-            person_name(full_name), F.when(F.concat_ws(" ", first, last) != "", F.concat_ws(" ", first, last))
-        ).alias("full_name"),
-        *(person_name(part).alias(name) for part, name in ((line1, "address_line1"), (line2, "address_line2"))),
-        person_name(city).alias("city"),
-        person_name(region).alias("region"),
+        first_name.cast("string").alias("first_name"),
+        last_name.cast("string").alias("last_name"),
+        full_name.cast("string").alias("full_name"),
+        line1.cast("string").alias("address_line1"),
+        line2.cast("string").alias("address_line2"),
+        city.cast("string").alias("city"),
+        region.cast("string").alias("region"),
         F.trim(postal_code.cast("string")).alias("postal_code"),
         country.cast("string").alias("country"),
         custom_fields.cast("string").alias("custom_fields"),
         created_at.alias("created_at"),
         F.coalesce(updated_at, created_at).alias("updated_at"),
-        normalized_email["reason"].alias(reason_column("email")),
         field_or_null(df, SOURCE_FILE_COLUMN).alias(SOURCE_FILE_COLUMN),
     )
+
+
+def _normalised(rows: DataFrame, default_region: str | None) -> DataFrame:
+    """Every Python-only field of a row (email, phone, names, address parts) in one Arrow-batched pass: one round
+    trip to Python per row instead of one per field. Countries went through the broadcast lookup before, so that
+    phones are read in the record's own country, else the tenant's ``default_region``."""
+    from pyspark.sql import functions as F
+
+    region = F.coalesce(F.col("country"), F.lit(default_region).cast("string"))
+    names = ("first_name", "last_name", "full_name", "address_line1", "address_line2", "city", "region")
+    fields = {
+        "email": FieldSpec.email("email"),
+        "phone": FieldSpec.phone("phone", region),
+        **{name: FieldSpec.name(name) for name in names},
+    }
+    normalised = with_normalized_fields(rows, fields)
+    joined = F.concat_ws(" ", "first_name", "last_name")
+    return normalised.withColumn("full_name", F.coalesce(F.col("full_name"), F.when(joined != "", joined)))
 
 
 def _latest(df: DataFrame, key: str, updated: Column) -> DataFrame:
@@ -293,11 +299,9 @@ def customer_records(
     ]
     everything = union_all([build(frame) for frame, build in sources if frame is not None], "customer_records")
     everything = with_country(everything, "country")
-    default_region = run.settings.default_region if run is not None else None
-    region = F.coalesce(F.col("country"), F.lit(default_region).cast("string"))
-    everything = with_normalized(everything, "phone", phone(F.col("phone"), region))
     latest = latest_per_key(
         everything, ["record_id"], [F.col("updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COLUMN).desc_nulls_last()]
     )
+    latest = _normalised(latest, run.settings.default_region if run is not None else None)
     extra = [name for name in latest.columns if name.startswith("_cdp_")]
     return latest.select(*OUTPUT_COLUMNS, *extra)

@@ -93,6 +93,22 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def catalog(tmp_path: Path) -> Any:
+    """An empty Iceberg catalog of the processed zone: a local warehouse and a SQLite catalog in the test's folder."""
+    from plugins.transforms.catalog import ProcessedZone
+
+    warehouse = tmp_path / "processed"
+    warehouse.mkdir()
+    return ProcessedZone(warehouse.as_uri(), f"sqlite:///{tmp_path / 'catalog.db'}").open()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant name of its own for the test, so tests sharing a session's server never meet."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
 def stripe_sandbox() -> Iterator[SandboxServer]:
     """The Stripe sandbox with 250 customers, on a free port."""
     from plugins.connectors.sandbox import SandboxOptions

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from loaders.postgres import embedded as embedded_postgres
 from plugins.core.layout import parse_batch_key
 from plugins.core.raw_zone import read_batch
 from plugins.core.storage import ObjectStore
@@ -39,15 +41,38 @@ def _person_records(raw: ObjectStore) -> dict[str, int]:
     return counts
 
 
+def _run_demo(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``cdp demo`` in a process group of its own: on a timeout the whole group is killed (Meltano, the taps, Spark's
+    JVM, the search emulator), not only ``cdp``, whose children would otherwise run on."""
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.mark.timeout(2 * RUN_TIMEOUT)
 def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_counts(tmp_path: Path) -> None:
+    postgres_data = tmp_path / "data" / "postgres"
+    try:
+        _run_the_demo_twice(tmp_path)
+    finally:
+        # The demo leaves its embedded PostgreSQL running for the user (`cdp db stop` stops it); the test must not.
+        embedded_postgres.stop(postgres_data)
+    assert embedded_postgres.url(postgres_data) is None
+
+
+def _run_the_demo_twice(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "meltano.yml", tmp_path / "meltano.yml")
     command = [str(Path(sys.executable).parent / "cdp"), "demo", "--records", str(RECORDS)]
     env = {**os.environ, "COLUMNS": "200"}
 
-    first = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
-    )
+    first = _run_demo(command, tmp_path, env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "dead letter queue" in first.stdout
     raw = ObjectStore(str(tmp_path / "data" / "raw"))
@@ -69,9 +94,7 @@ def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_c
     assert searched, first.stdout[-3000:]
     assert int(searched.group(2)) >= 1
 
-    second = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT, check=False
-    )
+    second = _run_demo(command, tmp_path, env)
     assert second.returncode == 0, second.stderr[-3000:]
     relanded = {stream: count - landed[stream] for stream, count in _person_records(raw).items()}
     # The bookmarks hold: at most the record at a bookmark's boundary comes again (at least once, docs/taps.md).

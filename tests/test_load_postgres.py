@@ -11,7 +11,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,23 +25,11 @@ from loaders.postgres.schema import SchemaChangeError
 from plugins.cli.app import main
 from plugins.descriptors import LoadMode
 from plugins.loaders.runner import load_one, load_status, load_tables, rollback
-from plugins.transforms.catalog import ProcessedZone, create_table
+from plugins.transforms.catalog import create_table
 from tests.loading_support import START, commit, customer, customers_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"customers": ("customer_id",), "orders": ("order_id",), "events": ("event_id",)}
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Any:
-    warehouse = tmp_path / "processed"
-    warehouse.mkdir()
-    return ProcessedZone(warehouse.as_uri(), f"sqlite:///{tmp_path / 'catalog.db'}").open()
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

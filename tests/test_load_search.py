@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from plugins.cli.app import main
 from plugins.connectors.testing import wait_until
 from plugins.descriptors import LoadMode
 from plugins.loaders.runner import load_tables, rollback
-from plugins.transforms.catalog import ProcessedZone, create_table
+from plugins.transforms.catalog import create_table
 from tests.loading_support import commit, customer, customers_schema
 
 REAL_CLUSTER_ENV = "CDP_TEST_ES_URL"
@@ -48,18 +47,6 @@ def cluster(request: pytest.FixtureRequest) -> tuple[str, str]:
     if request.param == "elasticsearch":
         return "elasticsearch", request.getfixturevalue("noida_url")
     return "opensearch", request.getfixturevalue("osmem_clone").url
-
-
-@pytest.fixture
-def catalog(tmp_path: Path) -> Any:
-    warehouse = tmp_path / "processed"
-    warehouse.mkdir()
-    return ProcessedZone(warehouse.as_uri(), f"sqlite:///{tmp_path / 'catalog.db'}").open()
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

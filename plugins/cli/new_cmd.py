@@ -336,21 +336,26 @@ class TransformScaffold:
         }
 
 
+def _package_name(name: str, example: str, reserved: set[str] | frozenset[str], kind: str) -> tuple[str, str]:
+    """``(name, identifier)`` of a scaffolded plugin: ``loyalty-points`` and ``loyalty_points``; a ConfigError for a
+    name that is malformed, too long, a Python keyword or a built-in ``kind``'s."""
+    if not _NAME_RE.fullmatch(name):
+        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' or '_' ({example})"
+        raise ConfigError("NAME", msg)
+    identifier = name.replace("-", "_")
+    if len(identifier) > MAX_TRANSFORM_NAME:
+        raise ConfigError("NAME", f"'{name}' is longer than {MAX_TRANSFORM_NAME} characters; choose a shorter name")
+    if identifier in reserved or keyword.iskeyword(identifier):
+        raise ConfigError("NAME", f"'{name}' is taken (a built-in {kind} or a Python keyword); choose another name")
+    return identifier.replace("_", "-"), identifier
+
+
 def scaffold_transform(parent: Path, name: str, *, title: str | None = None) -> TransformScaffold:
     """Write the distribution ``cdp-transform-NAME`` under ``parent``: the package ``cdp_transform_NAME`` (its
     ``__init__.py`` registering the descriptor, ``transform.py``), ``pyproject.toml`` with the ``cdp`` entry point,
     a README and a test. ``name`` is the table's name; ``-`` and ``_`` both join words (``loyalty-points`` writes the
     table ``loyalty_points``)."""
-    name = name.removeprefix("transform-")
-    if not _NAME_RE.fullmatch(name):
-        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' or '_' (loyalty-points)"
-        raise ConfigError("NAME", msg)
-    table = name.replace("-", "_")
-    if len(table) > MAX_TRANSFORM_NAME:
-        raise ConfigError("NAME", f"'{name}' is longer than {MAX_TRANSFORM_NAME} characters; choose a shorter name")
-    if table in _RESERVED_TABLES or keyword.iskeyword(table):
-        raise ConfigError("NAME", f"'{name}' is taken (a built-in table or a Python keyword); choose another name")
-    name = table.replace("_", "-")
+    name, table = _package_name(name.removeprefix("transform-"), "loyalty-points", _RESERVED_TABLES, "table")
     package = f"cdp_transform_{table}"
     directory = parent / f"cdp-transform-{name}"
     if directory.exists():
@@ -428,16 +433,8 @@ def scaffold_destination(parent: Path, name: str, *, title: str | None = None) -
     """Write the distribution ``cdp-destination-NAME`` under ``parent``: the package ``cdp_destination_NAME``
     (``__init__.py`` registering the descriptor, ``sender.py``, ``normalize.py``, ``sandbox.py``), a test that runs
     the delivery engine against the sandbox, ``pyproject.toml`` with the ``cdp`` entry point, and a README."""
-    name = name.removeprefix("activator-").removeprefix("destination-")
-    if not _NAME_RE.fullmatch(name):
-        msg = f"{name!r} must be lower-case letters and digits, words joined by '-' or '_' (tiktok-audiences)"
-        raise ConfigError("NAME", msg)
-    module = name.replace("-", "_")
-    if len(module) > MAX_TRANSFORM_NAME:
-        raise ConfigError("NAME", f"'{name}' is longer than {MAX_TRANSFORM_NAME} characters; choose a shorter name")
-    if module in _RESERVED_DESTINATIONS or keyword.iskeyword(module):
-        raise ConfigError("NAME", f"'{name}' is taken (a built-in destination or a Python keyword); choose another")
-    name = module.replace("_", "-")
+    bare = name.removeprefix("activator-").removeprefix("destination-")
+    name, module = _package_name(bare, "tiktok-audiences", _RESERVED_DESTINATIONS, "destination")
     package = f"cdp_destination_{module}"
     directory = parent / f"cdp-destination-{name}"
     if directory.exists():

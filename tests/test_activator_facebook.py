@@ -17,7 +17,7 @@ from facebook_business.adobjects.customaudience import CustomAudience
 from facebook_business.adobjects.serverside.normalize import Normalize
 from starlette.applications import Starlette
 
-from activators.facebook.normalize import SCHEMA, key_column, members_table, table_rows
+from activators.facebook.normalize import SCHEMA, key_column, members_table, payload_rows
 from activators.facebook.sandbox import DEFAULT_ACCESS_TOKEN, DEFAULT_AUDIENCE_ID, FacebookState, create_sandbox
 from activators.facebook.sender import FacebookSender
 from plugins.activation import DeliverySettings, deliver
@@ -81,12 +81,14 @@ def test_one_normalisation_for_a_whole_column_and_blanks_for_what_is_not_an_iden
     assert key_column("EXTERN_ID", pa.array([" cus_AbC1 "])) == ["cus_AbC1"]  # sent as it is, not hashed
 
 
-def test_rows_without_an_email_phone_or_name_are_not_matchable() -> None:
-    table = members_table([{"customer_id": "c1", "country": "DE"}, {"customer_id": "c2", "email": "x@y.example"}])
-    rows, matchable = table_rows(table)
-    assert matchable == [False, True]
-    assert rows[0][SCHEMA.index("EXTERN_ID")] == "c1"
-    assert len(rows[1]) == len(SCHEMA)
+def test_rows_without_an_email_phone_or_name_are_not_matchable_and_ids_are_json_escaped() -> None:
+    members = [{"customer_id": 'c"1\\', "country": "DE"}, {"customer_id": "c2", "email": "x@y.example"}]
+    rows, matchable = payload_rows(members_table(members))
+    assert matchable.to_pylist() == [False, True]
+    parsed = [json.loads(row) for row in rows.to_pylist()]
+    assert parsed[0][SCHEMA.index("EXTERN_ID")] == 'c"1\\'
+    assert parsed[1][SCHEMA.index("EMAIL")] == sdk_hash("EMAIL", "x@y.example", "audience")
+    assert [len(row) for row in parsed] == [len(SCHEMA)] * 2
 
 
 # -- the sender against the sandbox ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ A value that normalises to nothing is sent blank (``""``), as Meta asks for an u
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,6 +65,8 @@ def normalize_column(key: str, values: pa.Array | pa.ChunkedArray) -> pa.Array |
     text = _as_strings(values)
     if key == "EXTERN_ID":
         normalised = pc.utf8_trim_whitespace(text)
+    elif key == "PHONE":  # digits only: no trimming or lower case needed first
+        normalised = pc.replace_substring_regex(pc.replace_substring_regex(text, "[^0-9]", ""), "^0+", "")
     elif key == "ZIP":
         compact = pc.replace_substring_regex(pc.utf8_lower(text), r"\s", "")
         normalised = pc.replace_substring_regex(compact, "-.*$", "")
@@ -71,8 +74,6 @@ def normalize_column(key: str, values: pa.Array | pa.ChunkedArray) -> pa.Array |
         lowered = pc.utf8_lower(pc.utf8_trim(text, characters=_EDGE_CHARACTERS))
         if key == "EMAIL":
             normalised = lowered
-        elif key == "PHONE":
-            normalised = pc.replace_substring_regex(pc.replace_substring_regex(lowered, "[^0-9]", ""), "^0+", "")
         elif key in ("FN", "LN", "CT", "ST"):
             normalised = pc.replace_substring_regex(lowered, "[^a-z]", "")
         elif key == "COUNTRY":
@@ -89,26 +90,72 @@ def sha256_hex(values: Iterable[str | None]) -> list[str]:
     return [sha256(value.encode()).hexdigest() if value else "" for value in values]
 
 
-def key_column(key: str, values: pa.Array | pa.ChunkedArray) -> list[str]:
-    """The payload column of ``key``: normalised, then hashed unless the key is sent as it is."""
-    normalised = normalize_column(key, values).to_pylist()
+#: Keys nearly unique per person: normalised and hashed value by value. The others repeat (names, places, countries):
+#: each distinct value is normalised and hashed once.
+_UNIQUE_KEYS = frozenset({"EXTERN_ID", "EMAIL", "PHONE"})
+
+
+def _hash_each(normalised: pa.Array) -> pa.Array:
+    return pa.array(sha256_hex(normalised.to_pylist()), pa.string())
+
+
+def hashed_column(key: str, values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The payload column of ``key``: normalised, then hashed unless the key is sent as it is; ``""`` when missing."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     if key in UNHASHED_KEYS:
-        return [value or "" for value in normalised]
-    return sha256_hex(normalised)
+        return pc.fill_null(normalize_column(key, values), "")
+    if key in _UNIQUE_KEYS:
+        return _hash_each(normalize_column(key, values))
+    encoded = pc.dictionary_encode(values)
+    digests = _hash_each(normalize_column(key, encoded.dictionary))
+    return pc.fill_null(pc.take(digests, encoded.indices), "")
 
 
-def table_rows(table: pa.Table, schema: Sequence[str] = SCHEMA) -> tuple[list[list[str]], list[bool]]:
-    """The payload rows of a segment export's ``table`` (one per member, keys in ``schema`` order) and, per row,
-    whether it holds something Meta can match on (an email, a phone or a name)."""
-    columns: list[list[str]] = []
+def key_column(key: str, values: pa.Array | pa.ChunkedArray) -> list[str]:
+    """:func:`hashed_column` as a list."""
+    column: list[str] = hashed_column(key, values).to_pylist()
+    return column
+
+
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _json_string_bodies(values: pa.Array) -> pa.Array:
+    """Each text as the inside of a JSON string: hex digests as they are, the rare id with a quote, a backslash or a
+    control character escaped by the json module."""
+    needs = pc.match_substring_regex(values, _NEEDS_ESCAPE)
+    if not pc.any(needs).as_py():
+        return values
+    pairs = zip(values.to_pylist(), needs.to_pylist(), strict=True)
+    escaped = [json.dumps(value)[1:-1] if flag else value for value, flag in pairs]
+    return pa.array(escaped, pa.string())
+
+
+def payload_rows(table: pa.Table, schema: Sequence[str] = SCHEMA) -> tuple[pa.Array, pa.Array]:
+    """The payload's ``data`` rows of a segment export's ``table``, each as JSON array text (keys in ``schema``
+    order, built with Arrow, no Python object per value), and per row whether it holds something Meta can match on
+    (an email, a phone or a name)."""
+    columns: dict[str, pa.Array] = {}
     for key in schema:
         column = COLUMN_FOR_KEY[key]
         values = table.column(column) if column in table.column_names else pa.nulls(table.num_rows, pa.string())
-        columns.append(key_column(key, values))
-    rows = [list(row) for row in zip(*columns, strict=True)] if columns else [[] for _ in range(table.num_rows)]
-    matching = [schema.index(key) for key in MATCHING_KEYS if key in schema]
-    matchable = [any(row[index] for index in matching) for row in rows]
+        columns[key] = hashed_column(key, values)
+    parts = [_json_string_bodies(column) if key in UNHASHED_KEYS else column for key, column in columns.items()]
+    inner = pc.binary_join_element_wise(*parts, '","')
+    rows = pc.binary_join_element_wise('["', inner, '"]', "")
+    matchable = pa.array([False] * table.num_rows)
+    for key in MATCHING_KEYS:
+        if key in columns:
+            matchable = pc.or_(matchable, pc.not_equal(columns[key], ""))
     return rows, matchable
+
+
+def payload_json(rows: pa.Array, schema: Sequence[str] = SCHEMA) -> str:
+    """The ``payload`` parameter, ``{"schema": [...], "is_raw": true, "data": [rows]}``, from JSON row texts (joined
+    by Arrow into one string)."""
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()), rows), ",")[0].as_py()
+    return f'{{"schema":{json.dumps(list(schema))},"is_raw":true,"data":[{joined}]}}'
 
 
 def members_table(members: Sequence[Mapping[str, Any]], schema: Sequence[str] = SCHEMA) -> pa.Table:

@@ -18,7 +18,6 @@ answers code 17 for those audiences; ``server_error_*`` a 500 (code 1, transient
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ KNOWN_KEYS = frozenset(
 )
 UNHASHED = frozenset({"EXTERN_ID", "MADID", "LOOKALIKE_VALUE"})
 IDENTITY_KEYS = ("EXTERN_ID", "EMAIL", "PHONE")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class GraphError(Exception):
@@ -146,6 +144,8 @@ class FacebookState:
     def __post_init__(self) -> None:
         self.options.faults.require_only("facebook", SUPPORTED_FAULTS)
         self.faults = self.options.faults
+        # credentials {"keep_members": "false"}: validate and count only (benchmarks/activation.py's 1M members)
+        self.keep_members = self.options.credentials.get("keep_members", "true") != "false"
         ids = self.options.credentials.get("audience_ids", self.options.credentials.get("audience_id", ""))
         for audience_id in [part for part in ids.split(",") if part] or [DEFAULT_AUDIENCE_ID]:
             self.audiences[audience_id] = Audience()
@@ -155,15 +155,20 @@ class FacebookState:
         return self.options.credentials.get("access_token", DEFAULT_ACCESS_TOKEN)
 
 
-async def _parameters(request: Request) -> dict[str, str]:
-    """Query parameters and form fields, as the Graph API reads both."""
-    parameters = dict(request.query_params)
+async def _parameters(request: Request) -> dict[str, Any]:
+    """Query parameters and the body's: form fields (JSON objects as text, as the SDK sends them) or a JSON object
+    (objects as they are), as the Graph API reads both."""
+    parameters: dict[str, Any] = dict(request.query_params)
     body = await request.body()
     if body:
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            parsed = json.loads(body)
-            parameters.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in parsed.items()})
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                raise GraphError(400, "(#100) The request body is not valid JSON", 100) from None
+            if not isinstance(parsed, dict):
+                raise GraphError(400, "(#100) The request body must be a JSON object", 100)
+            parameters.update(parsed)
         else:
             parameters.update(parse_qsl(body.decode(), keep_blank_values=True))
     return parameters
@@ -243,12 +248,14 @@ def _inject_fault(state: FacebookState, audience_id: str, count: int) -> None:
         raise GraphError(state.faults.server_error_status or 500, "An unknown error occurred", 1, transient=True)
 
 
-def _json_field(parameters: dict[str, str], name: str, *, required: bool) -> Any:
+def _json_field(parameters: dict[str, Any], name: str, *, required: bool) -> Any:
     raw = parameters.get(name)
     if raw is None:
         if required:
             raise GraphError(400, f"(#100) The parameter {name} is required", 100)
         return None
+    if not isinstance(raw, str):
+        return raw  # a JSON body's object
     try:
         return json.loads(raw)
     except ValueError:
@@ -266,14 +273,14 @@ def _schema(payload: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _row_valid(row: dict[str, str]) -> bool:
-    hashed = [value for key, value in row.items() if key not in UNHASHED]
-    return all(value == "" or _SHA256.match(value) for value in hashed) and any(row.values())
+_HEX_DIGITS = "0123456789abcdef"
 
 
-def _session(
-    state: FacebookState, audience_id: str, action: str, raw: Any, rows: int
-) -> tuple[UploadSessionRecord | None, bool]:
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and not value.strip(_HEX_DIGITS)
+
+
+def _session(state: FacebookState, audience_id: str, action: str, raw: Any) -> tuple[UploadSessionRecord | None, bool]:
     """The upload session this request belongs to, and whether it repeats the last accepted batch."""
     if raw is None:
         return None, False
@@ -324,39 +331,39 @@ async def _users(request: Request) -> Response:
             raise GraphError(
                 400, f"(#100) Too many users in one request: {len(data)}; at most {MAX_ROWS} per request", 100
             )
-        rows: list[dict[str, str]] = []
+        width = len(schema)
+        hashed = [index for index, key in enumerate(schema) if key not in UNHASHED]
+        valid_rows: list[list[Any]] = []
         invalid = 0
         samples: dict[str, str] = {}
         for entry in data:
-            values = [entry] if len(schema) == 1 and not isinstance(entry, list) else entry
-            if not isinstance(values, list) or len(values) != len(schema):
+            values = [entry] if width == 1 and not isinstance(entry, list) else entry
+            if not isinstance(values, list) or len(values) != width:
                 raise GraphError(400, "(#100) Each row of payload[data] must have one value per schema key", 100)
-            row = {key: str(value) for key, value in zip(schema, values, strict=True)}
-            if _row_valid(row):
-                rows.append(row)
+            if any(values) and all(values[i] == "" or _is_sha256(str(values[i])) for i in hashed):
+                valid_rows.append(values)
             else:
                 invalid += 1
                 if len(samples) < 10:
                     samples[str(len(samples))] = "values must be SHA-256 hex digests (EXTERN_ID excepted)"
+        raw_session = _json_field(parameters, "session", required=False)
         with state.lock:
-            session, repeated = _session(
-                state, audience_id, action, _json_field(parameters, "session", required=False), len(data)
-            )
-            if not repeated:
-                for row in rows:
-                    (audience.add if action == "add" else audience.remove)(row)
-                if session is not None:
-                    raw = json.loads(parameters["session"])
-                    session.batch_seqs.append(raw["batch_seq"])
-                    session.num_received += len(data)
-                    session.num_invalid_entries += invalid
-                    session.finished = bool(raw.get("last_batch_flag", False))
+            session, repeated = _session(state, audience_id, action, raw_session)
+            if not repeated and state.keep_members:
+                update = audience.add if action == "add" else audience.remove
+                for values in valid_rows:
+                    update({key: str(value) for key, value in zip(schema, values, strict=True)})
+            if not repeated and session is not None:
+                session.batch_seqs.append(raw_session["batch_seq"])
+                session.num_received += len(data)
+                session.num_invalid_entries += invalid
+                session.finished = bool(raw_session.get("last_batch_flag", False))
             state.requests.append(
                 {
                     "action": action,
                     "audience_id": audience_id,
                     "rows": len(data),
-                    "session": json.loads(parameters["session"]) if session is not None else None,
+                    "session": raw_session if session is not None else None,
                 }
             )
         answer: dict[str, Any] = {

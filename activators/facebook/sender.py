@@ -11,9 +11,9 @@ out, and its match statistics are late.
 
 Plain httpx rather than the SDK's ``CustomAudience.add_users``/``remove_users``: the SDK sends ``DELETE`` parameters
 in the URL query string (``FacebookAdsApi.call``), so removing 10,000 members makes a URL of megabytes that servers
-refuse, and it puts the access token in the URL, where proxies and access logs keep it. The wire format is the SDK's:
-form fields ``payload`` (JSON ``{schema, is_raw, data}``) and ``session`` (JSON); the token goes in the
-``Authorization`` header instead.
+refuse, and it puts the access token in the URL, where proxies and access logs keep it. The parameters are the SDK's,
+``payload`` (``{schema, is_raw, data}``) and ``session``, sent as a JSON body, which the Graph API reads like form
+fields (the sandbox takes both); the token goes in the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from activators.facebook.normalize import SCHEMA, members_table, table_rows
+from activators.facebook.normalize import members_table, payload_json, payload_rows
 from plugins.core.errors import ConfigError
 from plugins.core.events import log_event
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
@@ -62,7 +64,7 @@ class UploadSession:
     session_id: int
     batches_sent: int = 0
     members_seen: int = 0
-    last_row: list[str] | None = None
+    last_row: str | None = None  # JSON array text
     closed: bool = False
 
 
@@ -178,13 +180,14 @@ class FacebookSender:
     def _upload(self, method: str, deliveries: Sequence[Delivery]) -> list[MemberResult]:
         if len(deliveries) > MAX_ROWS_PER_REQUEST:
             raise SendError(f"{len(deliveries)} members in one request; Meta takes at most {MAX_ROWS_PER_REQUEST}")
-        rows, matchable = table_rows(members_table([delivery.columns for delivery in deliveries]))
+        rows, matchable = payload_rows(members_table([delivery.columns for delivery in deliveries]))
+        flags = matchable.to_pylist()
         results: list[MemberResult | None] = [
             None if ok else MemberResult(delivery.member_id, MemberOutcome.REJECTED, NO_IDENTIFIER)
-            for delivery, ok in zip(deliveries, matchable, strict=True)
+            for delivery, ok in zip(deliveries, flags, strict=True)
         ]
-        data = [row for row, ok in zip(rows, matchable, strict=True) if ok]
-        if not data:
+        data = pc.filter(rows, matchable)
+        if not len(data):
             return [result for result in results if result is not None]
         session = self._session(method)
         # With the run's total known, the batch that reaches it is the last; else close() ends the session.
@@ -193,7 +196,7 @@ class FacebookSender:
         answer = self._request(method, session, data, last=last)
         session.batches_sent += 1
         session.members_seen = seen
-        session.last_row = data[-1]
+        session.last_row = data[-1].as_py()
         session.closed = last
         reference = f"session {session.session_id} batch {session.batches_sent}"
         invalid = int(answer.get("num_invalid_entries", 0) or 0)
@@ -213,7 +216,8 @@ class FacebookSender:
             for delivery, result in zip(deliveries, results, strict=True)
         ]
 
-    def _request(self, method: str, session: UploadSession, data: list[list[str]], *, last: bool) -> dict[str, Any]:
+    def _request(self, method: str, session: UploadSession, data: pa.Array, *, last: bool) -> dict[str, Any]:
+        """One upload request of ``data`` (rows as JSON array text) in ``session``; the answer, or the mapped error."""
         session_field: dict[str, Any] = {
             "session_id": session.session_id,
             "batch_seq": session.batches_sent + 1,
@@ -221,13 +225,15 @@ class FacebookSender:
         }
         if self.estimated_num_total:
             session_field["estimated_num_total"] = self.estimated_num_total
-        form = {
-            "payload": json.dumps({"schema": list(SCHEMA), "is_raw": True, "data": data}, separators=(",", ":")),
-            "session": json.dumps(session_field),
-        }
+        # A JSON body (the Graph API reads JSON request bodies as it reads form fields): the payload's rows are JSON
+        # text already, and JSON is about half the size of the same rows form-encoded.
+        body = f'{{"payload":{payload_json(data)},"session":{json.dumps(session_field)}}}'
         try:
             response = self._client.request(
-                method, self.url, data=form, headers={"Authorization": f"Bearer {self._token}"}
+                method,
+                self.url,
+                content=body.encode(),
+                headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
             )
         except httpx.TransportError as exc:
             raise RetryableSendError(f"could not reach Meta's Graph API at {self.url}: {type(exc).__name__}") from None
@@ -265,7 +271,7 @@ class FacebookSender:
         the wait Meta asks for, up to ``CLOSE_MAX_WAIT`` seconds."""
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             try:
-                self._request(method, session, [session.last_row or []], last=True)
+                self._request(method, session, pa.array([session.last_row or "[]"], pa.string()), last=True)
                 session.batches_sent += 1
                 session.closed = True
                 return

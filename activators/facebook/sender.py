@@ -280,6 +280,3 @@ class FacebookSender:
                 if attempt == CLOSE_ATTEMPTS or wait > CLOSE_MAX_WAIT:
                     raise
                 self._sleep(wait)
-
-
-Sender = FacebookSender

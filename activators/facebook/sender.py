@@ -9,9 +9,10 @@ session's final row (adding a member who is already in the audience, or removing
 nothing). Unflagged, a session stays open on Meta's side until it times
 out, and its match statistics are late.
 
-Plain httpx rather than the SDK's ``CustomAudience.add_users``/``remove_users``: the SDK sends ``DELETE`` parameters
-in the URL query string (``FacebookAdsApi.call``), so removing 10,000 members makes a URL of megabytes that servers
-refuse, and it puts the access token in the URL, where proxies and access logs keep it. The parameters are the SDK's,
+Plain httpx rather than the SDK's ``CustomAudience.add_users``/``remove_users``. The SDK could reach the sandbox (its
+``FacebookSession.GRAPH`` base URL can be overridden), but it sends ``DELETE`` parameters in the URL query string
+(``FacebookAdsApi.call``), so removing 10,000 members makes a URL of megabytes that servers refuse, and it puts the
+access token in the URL, where proxies and access logs keep it. The parameters are the SDK's,
 ``payload`` (``{schema, is_raw, data}``) and ``session``, sent as a JSON body, which the Graph API reads like form
 fields (the sandbox takes both); the token goes in the ``Authorization`` header.
 """

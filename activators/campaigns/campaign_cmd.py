@@ -14,8 +14,8 @@ from activators.segments.segment_cmd import (
     ConsentModeOption,
     ExportsUrlOption,
     TenantOption,
-    _connection,
-    _yaml_files,
+    postgres_connection,
+    yaml_files,
 )
 from plugins.cli.load_cmd import PostgresUrlOption
 from plugins.cli.options import CatalogUrlOption, DlqUrlOption, JsonOption, ProcessedUrlOption
@@ -49,7 +49,7 @@ def read_definitions(paths: Sequence[Path]) -> tuple[list[Campaign], list[Conten
 
     campaigns: list[Campaign] = []
     contents: list[Content] = []
-    for path in _yaml_files(paths):
+    for path in yaml_files(paths):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
@@ -94,7 +94,7 @@ def apply_command(
     from activators.campaigns import store
 
     campaigns, contents = read_definitions(paths or [path for path in DEFAULT_PATHS if path.exists()])
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         summary = store.apply(conn, tenant, campaigns, contents).summary()
     if json_output:
         print_json(summary)
@@ -114,7 +114,7 @@ def create_command(
     campaigns, contents = read_definitions([file])
     if len(campaigns) != 1 or contents:
         raise CampaignFileError(f"{file} is not a campaign definition (name, type, segment, content, ...)")
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         store.create(conn, tenant, campaigns[0])
     console.print(
         f"created {campaigns[0].name} ({campaigns[0].status}); launch it with cdp campaign launch {campaigns[0].name}",
@@ -133,7 +133,7 @@ def list_command(
 
     from activators.campaigns import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         campaigns = store.list_campaigns(conn, tenant)
     if json_output:
         print_json({"campaigns": [item.summary() for item in campaigns]})
@@ -166,7 +166,7 @@ def show_command(
 
     from activators.campaigns import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         stored = store.get_campaign(conn, tenant, name)
         content = store.get_content(conn, tenant, stored.campaign.content) if stored.campaign.content else None
     payload = {**stored.summary(), "content_definition": content.to_json() if content else None}
@@ -179,7 +179,7 @@ def show_command(
 def _set_status(tenant: str, name: str, postgres_url: str | None, status: str) -> None:
     from activators.campaigns import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         stored = store.set_status(conn, tenant, name, store.CampaignStatus(status))
     console.print(f"{name}: {stored.status}", highlight=False)
 
@@ -243,7 +243,7 @@ def launch_command(
     """Refresh the segment, export it, and send: every member the first time, then who entered and who left."""
     from activators.campaigns.launch import launch
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         result = launch(
             conn,
             tenant,
@@ -280,7 +280,7 @@ def run_command(
         raise typer.BadParameter("give --due")
     results: list[LaunchResult] = []
     failed: list[str] = []
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         names, ended = store.due(conn, tenant, datetime.now(UTC))
         for each in ended:
             store.set_status(conn, tenant, each, store.CampaignStatus.COMPLETED)
@@ -318,7 +318,7 @@ def status_command(
 
     from activators.campaigns.status import campaign_status
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         status = campaign_status(conn, tenant, name)
     if json_output:
         print_json(status)
@@ -357,7 +357,7 @@ def preview_command(
     from activators.campaigns.status import preview
     from plugins.transforms.catalog import ProcessedZone
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         rendered = preview(
             conn,
             tenant,

@@ -82,7 +82,8 @@ def resolve_postgres_url(explicit: str | None) -> str:
 
 
 @contextmanager
-def _connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
+def postgres_connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
+    """A connection to the PostgreSQL the options name (see resolve_postgres_url), closed on exit."""
     from activators.segments.store import connect
 
     conn = connect(resolve_postgres_url(postgres_url))
@@ -92,7 +93,7 @@ def _connection(postgres_url: str | None) -> Iterator[Connection[Any]]:
         conn.close()
 
 
-def _yaml_files(paths: Sequence[Path]) -> list[Path]:
+def yaml_files(paths: Sequence[Path]) -> list[Path]:
     """The files named, and the ``*.yml``/``*.yaml`` files of the folders named, in name order."""
     files: list[Path] = []
     for path in paths:
@@ -146,8 +147,8 @@ def apply_command(
     """Create or update the segments the YAML files define; stored segments without a file are kept (not deleted)."""
     from activators.segments import store
 
-    segments = [read_definition(path) for path in _yaml_files(paths or DEFAULT_PATHS)]
-    with _connection(postgres_url) as conn:
+    segments = [read_definition(path) for path in yaml_files(paths or DEFAULT_PATHS)]
+    with postgres_connection(postgres_url) as conn:
         summary = store.apply(conn, tenant, segments)
     if json_output:
         print_json(summary.summary())
@@ -169,7 +170,7 @@ def create_command(
     from activators.segments import store
 
     segment = read_definition(file)
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         store.create(conn, tenant, segment)
     say(f"created {segment.name} ({segment.type.value}); refresh it with cdp segment refresh {segment.name}")
 
@@ -185,7 +186,7 @@ def list_command(
 
     from activators.segments import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         segments = store.list_segments(conn, tenant)
     if json_output:
         print_json({"segments": [item.summary() for item in segments]})
@@ -211,7 +212,7 @@ def show_command(
 
     from activators.segments import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         stored = store.get(conn, tenant, name)
     if json_output:
         print_json({**stored.summary(), "definition": stored.definition})
@@ -233,7 +234,7 @@ def preview_command(
     from activators.segments import store
 
     path = Path(name_or_file)
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         is_file = path.suffix in (".yml", ".yaml") or path.is_file()
         segment = read_definition(path) if is_file else store.get(conn, tenant, name_or_file).segment
         found = store.preview(conn, tenant, segment)
@@ -290,7 +291,7 @@ def refresh_command(
     results: list[RefreshResult] = []
     exports: list[ExportManifest] = []
     failed: list[str] = []
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         names = store.due(conn, tenant, datetime.now(UTC)) if due else [name or ""]
         lake = _lake(processed_url, catalog_url, spark_master) if chosen == "lake" and names else None
         for each in names:
@@ -334,7 +335,7 @@ def delete_command(
     """Delete a segment (its members go; its refresh history stays; the name can be used again)."""
     from activators.segments import store
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         store.delete(conn, tenant, name)
     say(f"deleted {name}")
 
@@ -353,7 +354,7 @@ def overlap_command(
 
     if len(set(names)) < 2:
         raise typer.BadParameter("give two or more different segment names")
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         sizes = store.overlap(conn, tenant, names)
     if json_output:
         print_json({"overlaps": [{"segments": list(combination), "size": size} for combination, size in sizes.items()]})
@@ -431,7 +432,7 @@ def export_command(
 ) -> None:
     """Write a refresh's members, entered and left as Parquet for one channel, then its _manifest.json."""
     extra = [part.strip() for value in columns or [] for part in value.split(",") if part.strip()]
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         manifest = _export(
             conn, tenant, name, refresh_id, channel, exports_url, processed_url, catalog_url,
             consent_mode=consent_mode, part_rows=part_rows, columns=extra,

@@ -506,28 +506,10 @@ def _copy_ids(conn: Connection[Any], plan: _Plan) -> None:
 
 
 def read_tombstones(processed: ProcessedZone | None, tenant: str) -> pa.Table:
-    """The tenant's erasure tombstones (``id_type``, ``id_value``) from the processed zone; none when the tenant
-    never erased anyone (no ``erasures`` table). Read with pyiceberg's Arrow reader: no Spark for an export."""
-    import pyarrow as pa
-    from pyiceberg.exceptions import NoSuchTableError
+    """The tenant's erasure tombstones (``id_type``, ``id_value``), read without Spark; none when nobody was erased."""
+    from plugins.loaders.changes import erasure_tombstones
 
-    from plugins.loaders.changes import read_batches
-    from plugins.transforms.catalog import ProcessedZone, table_identifier
-    from plugins.transforms.commit import live_data_files
-    from plugins.transforms.erasure import ERASURES_TABLE
-
-    empty = pa.table({"id_type": pa.array([], pa.string()), "id_value": pa.array([], pa.string())})
-    zone = processed or ProcessedZone.resolve()
-    catalog = zone.open()
-    try:
-        table = catalog.load_table(table_identifier(tenant, ERASURES_TABLE))
-    except NoSuchTableError:
-        return empty
-    batches = [
-        batch.select(["id_type", "id_value"]).cast(empty.schema)
-        for batch in read_batches(table, live_data_files(table).values())
-    ]
-    return pa.Table.from_batches(batches, empty.schema) if batches else empty
+    return erasure_tombstones(processed, tenant)
 
 
 def _exclude(conn: Connection[Any], plan: _Plan, tombstones: pa.Table) -> dict[str, int]:

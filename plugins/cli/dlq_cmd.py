@@ -362,26 +362,10 @@ def _activation_handlers(postgres_url: str | None, dlq: ObjectStore) -> dict[str
 
 
 def _erasure_tombstones(tenant: str) -> Any:
-    """The tenant's erasure tombstones (``id_type``, ``id_value``) from the processed zone, read without Spark; none
-    when nobody was erased. The same reading as the segment exports' (activators/segments/export.py)."""
-    import pyarrow as pa
-    from pyiceberg.exceptions import NoSuchTableError
+    """The tenant's erasure tombstones from the default processed zone (none when nobody was erased)."""
+    from plugins.loaders.changes import erasure_tombstones
 
-    from plugins.loaders.changes import read_batches
-    from plugins.transforms.catalog import ProcessedZone, table_identifier
-    from plugins.transforms.commit import live_data_files
-    from plugins.transforms.erasure import ERASURES_TABLE
-
-    empty = pa.table({"id_type": pa.array([], pa.string()), "id_value": pa.array([], pa.string())})
-    try:
-        table = ProcessedZone.resolve().open().load_table(table_identifier(tenant, ERASURES_TABLE))
-    except NoSuchTableError:
-        return empty
-    batches = [
-        batch.select(["id_type", "id_value"]).cast(empty.schema)
-        for batch in read_batches(table, live_data_files(table).values())
-    ]
-    return pa.Table.from_batches(batches, empty.schema) if batches else empty
+    return erasure_tombstones(None, tenant)
 
 
 @app.command("resubmit")

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from pyiceberg.schema import Schema
     from pyiceberg.table import Table
 
+    from plugins.transforms.catalog import ProcessedZone
+
 
 class LoadPlanError(CdpError):
     """A table cannot be loaded as asked: no key, or a snapshot it does not have."""
@@ -155,3 +157,25 @@ def _key_table(table: Table, files: Sequence[DataFile], keys: list[str]) -> pa.T
     target = schema_to_pyarrow(projection, include_field_ids=False)
     batches = [batch.select(keys) for batch in read_batches(table, files, projection)]
     return pa.Table.from_batches(batches, target) if batches else target.empty_table()
+
+
+def erasure_tombstones(zone: ProcessedZone | None, tenant: str) -> pa.Table:
+    """The tenant's erasure tombstones (``id_type``, ``id_value``) from the processed zone (``zone``, else the one the
+    environment names), read with pyiceberg's Arrow reader: no Spark for an export or a send. Empty when the tenant
+    never erased anyone (no ``erasures`` table)."""
+    import pyarrow as pa
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from plugins.transforms.catalog import ProcessedZone, table_identifier
+    from plugins.transforms.erasure import ERASURES_TABLE
+
+    empty = pa.table({"id_type": pa.array([], pa.string()), "id_value": pa.array([], pa.string())})
+    try:
+        table = (zone or ProcessedZone.resolve()).open().load_table(table_identifier(tenant, ERASURES_TABLE))
+    except NoSuchTableError:
+        return empty
+    batches = [
+        batch.select(["id_type", "id_value"]).cast(empty.schema)
+        for batch in read_batches(table, live_data_files(table).values())
+    ]
+    return pa.Table.from_batches(batches, empty.schema) if batches else empty

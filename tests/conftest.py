@@ -16,6 +16,9 @@ import pytest
 from plugins.connectors.sandbox import SandboxServer
 from plugins.core.storage import ObjectStore
 
+# The segments' shared fixture tenant (processed_zone, segment_rows, segment_tenant): one per session.
+pytest_plugins = ["tests.segments_support"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

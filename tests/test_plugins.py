@@ -19,9 +19,9 @@ from plugins.alerts import LogAlertSink, raise_alert
 from plugins.context import CdpContext
 from plugins.descriptors import (
     Alert,
+    Delivery,
     LoadMode,
     LoadRequest,
-    Delivery,
     MemberOutcome,
     PluginLoadError,
     RawInput,

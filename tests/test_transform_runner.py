@@ -40,7 +40,7 @@ from tests.conftest import REPO_ROOT
 from tests.test_transforms_builtins import WEBHOOK_EVENT, RawZone, shopify_order, stripe_charge, tap_schema
 
 RAW_TABLES = ("orders", "products", "events")
-ALL_TABLES = (*RAW_TABLES, "customer_metrics")
+ALL_TABLES = (*RAW_TABLES, "customer_metrics", "customer_events")
 # customer_metrics is as of the run: its computed_at differs between two runs by design.
 AS_OF_COLUMNS = {"computed_at"}
 ERASED_CUSTOMER = "cus_erased"
@@ -423,6 +423,7 @@ def test_meltano_runs_the_transforms_as_the_cdp_utility_with_its_settings(spark,
         "orders": "no input",
         "products": "committed",
         "customer_metrics": "no input",
+        "customer_events": "no input",
         "customer_records": "no input",
         "customers": "no input",
     }

@@ -8,6 +8,8 @@ Every other table gets its primary key only.
 - orders (a customer's orders by time): (customer, ordered_at).
 - events (a customer's timeline): partitioned by month of occurred_at; (customer, occurred_at).
 - customer_metrics (segments on value and recency): lifetime_value, last_order_at.
+- customer_events (segments' behavioural criteria: a customer's events of a type in a window): partitioned by month of
+  occurred_at; (customer_id, type, occurred_at).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ WORKLOADS: dict[str, TableWorkload] = {
     "events": TableWorkload(indexes=_by_customer_and_time("occurred_at"), partition_by_month="occurred_at"),
     "customer_metrics": TableWorkload(
         indexes=(IndexSpec("lifetime_value", ("lifetime_value",)), IndexSpec("last_order_at", ("last_order_at",)))
+    ),
+    "customer_events": TableWorkload(
+        indexes=(IndexSpec("customer_type_time", ("customer_id", "type", "occurred_at")),),
+        partition_by_month="occurred_at",
     ),
 }
 

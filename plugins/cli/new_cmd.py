@@ -43,6 +43,8 @@ _RESERVED_TABLES = {
     "products",
     "events",
     "customer_metrics",
+    "customer_records",
+    "customer_events",
     "identity_map",
     "identity_audit",
     "identity_merges",

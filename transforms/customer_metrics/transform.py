@@ -8,7 +8,8 @@ engagement), never a sum across currencies. A customer with events and no orders
 
 Orders and events name their customer by a provider identifier (``customer_id_type``, ``customer_id_value``) and by
 email; the identity map of identity resolution (``id_type``, ``id_value``, ``customer_id``) turns them into the
-unified ``customer_id``. Without the map, a customer is their typed identifier (``stripe_customer:cus_123``).
+unified ``customer_id`` (``plugins.transforms.customer_id.with_customer_id``). Without the map, a customer is their
+typed identifier (``stripe_customer:cus_123``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from plugins.transforms.customer_id import with_customer_id
 from plugins.transforms.identity import IDENTITY_MAP_TABLE
 from plugins.transforms.money import MONEY_TYPE
 from plugins.transforms.quality import Format, QualityRule, Range, Required
@@ -50,37 +52,6 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
     Range("order_count", minimum=0),
     Range("engagement_score", minimum=0, maximum=100),
 )
-
-
-def with_customer_id(df: DataFrame, identity_map: DataFrame | None) -> DataFrame:
-    """``df`` (with ``customer_id_type``, ``customer_id_value`` and ``email``) with its ``customer_id``.
-
-    The provider identifier is looked up first, then the email; rows neither finds keep their typed identifier.
-    """
-    from pyspark.sql import functions as F
-
-    own = F.when(
-        F.col("customer_id_value").isNotNull(), F.concat_ws(":", F.col("customer_id_type"), F.col("customer_id_value"))
-    )
-    if identity_map is None:
-        return df.withColumn("customer_id", own)
-    if "linked" in identity_map.columns:  # A value a guard cut (a shared inbox) names no one in particular.
-        identity_map = identity_map.where(F.col("linked"))
-    ids = identity_map.select(
-        F.col("id_type").alias("_cdp_map_type"), F.col("id_value").alias("_cdp_map_value"), "customer_id"
-    ).dropDuplicates(["_cdp_map_type", "_cdp_map_value"])
-    by_id = ids.withColumnRenamed("customer_id", "_cdp_by_id")
-    by_email = ids.where(F.col("_cdp_map_type") == "email").select(
-        F.col("_cdp_map_value").alias("_cdp_map_email"), F.col("customer_id").alias("_cdp_by_email")
-    )
-    joined = df.join(
-        by_id,
-        (F.col("customer_id_type") == F.col("_cdp_map_type")) & (F.col("customer_id_value") == F.col("_cdp_map_value")),
-        "left",
-    ).join(by_email, F.col("email") == F.col("_cdp_map_email"), "left")
-    return joined.withColumn("customer_id", F.coalesce("_cdp_by_id", "_cdp_by_email", own)).drop(
-        "_cdp_map_type", "_cdp_map_value", "_cdp_by_id", "_cdp_map_email", "_cdp_by_email"
-    )
 
 
 def engagement_score(event_weight_sum: Column) -> Column:

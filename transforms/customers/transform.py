@@ -2,9 +2,10 @@
 
 Identity resolution (``plugins/transforms/identity.py``) links the ``customer_records`` (and the customer ids and
 emails that ``events`` carry) into people; this transform feeds it the changed rows, commits the identity map, and
-builds the profiles of the people a run affected: each field by survivorship over all their records, their
-identifiers, their sources and their consent per channel (the most recent statement winning, events' unsubscribes
-included). Merged-away ids, and ids the map no longer holds, come out as deleted keys.
+builds the profiles of the people a run affected: each field by survivorship over all their records, their custom
+fields merged per key in the same order, their identifiers, their sources and their consent per channel (the most
+recent statement winning, events' unsubscribes included). Merged-away ids, and ids the map no longer holds, come out
+as deleted keys.
 
 Crash safety: the identity tables commit inside this function, before the runner commits ``customers``. Should the
 run stop in between, the next run is given the same changed rows again (the runner records what ``customers`` read
@@ -44,6 +45,7 @@ CONSENT_STATES = ("granted", "denied", "unknown")
 #: The fields survivorship picks; ``run.settings.survivorship.source_priority`` may name any of them.
 SURVIVING_FIELDS = ("email", "phone", "name", "address", "country")
 EVENTS_SOURCE = "events"
+CUSTOM_FIELD_KEY = "_cdp_custom_field"  # (customer_id, key): what a custom field's value survives per.
 OUTPUT_COLUMNS = (
     "customer_id",
     "email",
@@ -55,6 +57,7 @@ OUTPUT_COLUMNS = (
     *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
     "sources",
     "record_count",
+    "custom_fields",
     *CONSENT_COLUMNS,
     "first_seen",
     "updated_at",
@@ -114,6 +117,39 @@ def event_observations(events: DataFrame) -> DataFrame:
     )
 
 
+def merged_custom_fields(records: DataFrame) -> DataFrame:
+    """``customer_id, custom_fields`` of ``records`` (``customer_records`` rows with their ``customer_id``): the keys
+    of their ``custom_fields`` merged into one JSON object (keys sorted), each key's value from the record that
+    survivorship would pick (the most recent ``updated_at``, then the smallest source, then the smallest value).
+
+    Values keep their JSON type (``7`` stays a number, ``"7"`` text). A JSON ``null`` says nothing, like a null field
+    (an older record's value of that key survives); text that is not a JSON object (Shopify's list of metafields)
+    gives no key. A customer with no key has no row (the profile's ``custom_fields`` is null).
+    """
+    from pyspark.sql import functions as F
+
+    entries = records.select(
+        "customer_id",
+        "source",
+        "updated_at",
+        F.explode(F.from_json("custom_fields", "map<string, variant>")).alias("field", "value"),
+    )
+    candidates = entries.where(~F.is_variant_null("value")).select(
+        F.struct("customer_id", "field").alias(CUSTOM_FIELD_KEY),
+        "source",
+        "updated_at",
+        F.to_json("value").alias("value"),  # JSON text: orderable, so survivorship's last tie-break applies.
+    )
+    survived = survive_fields(candidates, ["value"], key=CUSTOM_FIELD_KEY)
+    pairs = F.array_sort(F.collect_list(F.struct(F.col(f"{CUSTOM_FIELD_KEY}.field").alias("field"), "value")))
+    as_object = F.map_from_entries(
+        F.transform(pairs, lambda pair: F.struct(pair["field"], F.parse_json(pair["value"])))
+    )
+    return survived.groupBy(F.col(f"{CUSTOM_FIELD_KEY}.customer_id").alias("customer_id")).agg(
+        F.to_json(as_object).alias("custom_fields")
+    )
+
+
 def _tombstones(run: TransformRun) -> DataFrame | None:
     identifier = table_identifier(run.tenant, ERASURES_TABLE)
     if not run.catalog.table_exists(identifier):
@@ -165,6 +201,7 @@ def _profiles(
             "country",
         )
         counts = mine.groupBy("customer_id").agg(F.countDistinct("record_id").alias("record_count"))
+        custom = merged_custom_fields(mine)
         for channel in CHANNELS:
             statements = statements.unionByName(
                 mine.where(F.col(f"consent_{channel}").isNotNull()).select(
@@ -178,6 +215,7 @@ def _profiles(
     else:
         candidates = run.spark.createDataFrame([], candidate_schema)
         counts = run.spark.createDataFrame([], "customer_id string, record_count long")
+        custom = run.spark.createDataFrame([], "customer_id string, custom_fields string")
     if events is not None:
         said = event_statements(events)
         holders = identity_map.select("id_type", "id_value", "customer_id").distinct()
@@ -189,6 +227,7 @@ def _profiles(
     survived = survive_fields(candidates, SURVIVING_FIELDS, run.settings.survivorship)
     consent = latest_consent(statements, ["customer_id"])
     profile = identifiers.join(survived, "customer_id", "left").join(counts, "customer_id", "left")
+    profile = profile.join(custom, "customer_id", "left")
     profile = profile.join(consent, "customer_id", "left")
     consent_columns = []
     for channel in CHANNELS:
@@ -207,6 +246,7 @@ def _profiles(
         *(f"{id_type}_ids" for id_type in PROVIDER_ID_TYPES),
         "sources",
         F.coalesce(F.col("record_count"), F.lit(0)).cast("long").alias("record_count"),
+        "custom_fields",
         *consent_columns,
         "first_seen",
         "updated_at",

@@ -488,6 +488,8 @@ class ActivatorDescriptor:
     member for it (email: yes; an ad audience: no). ``sandbox`` names a factory ``(SandboxOptions) -> ASGI app`` that
     emulates an HTTP provider; ``sandbox_server`` a factory ``(SandboxOptions, host, port) -> ContextManager[str]``
     for a provider that does not speak HTTP (SMTP), yielding its URL. ``cdp sandbox serve NAME`` serves either.
+    ``receiver_routes`` names a factory of Starlette routes the webhook receiver serves beside the webhooks (email:
+    ``/unsubscribe/{tenant}/{token}``), for what a channel's recipients call back.
     """
 
     name: str
@@ -500,6 +502,15 @@ class ActivatorDescriptor:
     sandbox: str | None = None
     sandbox_server: str | None = None
     sandbox_port: int = 0
+    receiver_routes: str | None = None
+
+    def load_receiver_routes(self) -> Callable[..., Sequence[Any]] | None:
+        """The factory of the endpoints this destination adds to the webhook receiver (``receiver_routes``: email's
+        one-click unsubscribe), called as ``factory(environ, tenants)``; None when it adds none."""
+        if self.receiver_routes is None:
+            return None
+        factory: Callable[..., Sequence[Any]] = load_object(self.receiver_routes)
+        return factory
 
     def load_sender(self) -> Callable[..., Sender]:
         """The sender's factory."""

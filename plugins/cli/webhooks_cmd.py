@@ -86,6 +86,7 @@ def serve(
         parse_allowlist,
         parse_networks,
         registered_handlers,
+        registered_routes,
     )
 
     settings = ReceiverSettings(
@@ -110,7 +111,7 @@ def serve(
     log = open_log(log_url)
     try:
         log.start_writer()
-        receiver = WebhookReceiver(log, registered_handlers(), settings)
+        receiver = WebhookReceiver(log, registered_handlers(), settings, registered_routes(settings))
     except BaseException:
         listener.close()
         log.close()

@@ -6,6 +6,8 @@ as ``webhook_invalid``); 401 bad, missing or stale signature (nothing stored); 4
 404 unknown tenant or provider; 408 body not received in time; 413 body over the limit; 429 tenant over its rate
 (counted on verified requests only), or the source address over its rate of failed signatures (with Retry-After);
 503 the log or the DLQ could not be written (the provider retries). ``GET /healthz``; ``GET /metrics`` (Prometheus).
+Activation destinations add their own endpoints beside these (``ActivatorDescriptor.receiver_routes``: email's
+``/unsubscribe/{tenant}/{token}``); they go through Starlette, never through the webhook path.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plugins.connectors.webhook_signing import (
@@ -277,11 +279,16 @@ class WebhookReceiver:
     """
 
     def __init__(
-        self, log: WebhookLog, handlers: Mapping[str, WebhookHandler], settings: ReceiverSettings | None = None
+        self,
+        log: WebhookLog,
+        handlers: Mapping[str, WebhookHandler],
+        settings: ReceiverSettings | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.log = log
         self.handlers = dict(handlers)
         self.settings = settings or ReceiverSettings()
+        self.routes = list(routes)  # The activation destinations' endpoints (registered_routes).
         self.limiter = TokenBucketLimiter(self.settings.rate_per_second, self.settings.burst)
         self.unverified_limiter = TokenBucketLimiter(
             self.settings.unverified_rate_per_second, self.settings.unverified_burst
@@ -568,6 +575,7 @@ class WebhookReceiver:
                 Route("/webhooks/{tenant}/{provider}", self, methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                *self.routes,
             ],
             lifespan=self.lifespan,
         )
@@ -607,8 +615,25 @@ def registered_handlers() -> dict[str, WebhookHandler]:
     }
 
 
+def registered_routes(settings: ReceiverSettings | None = None) -> list[BaseRoute]:
+    """The endpoints the ``cdp_activators`` plugins add to the receiver (email's one-click unsubscribe), built with
+    the receiver's environment and tenants."""
+    from plugins.manager import activators
+
+    settings = settings or ReceiverSettings()
+    environ = settings.environ if settings.environ is not None else os.environ
+    routes: list[BaseRoute] = []
+    for activator in activators().values():
+        factory = activator.load_receiver_routes()
+        if factory is not None:
+            routes.extend(factory(environ, settings.tenants))
+    return routes
+
+
 def create_app(
     log: WebhookLog, handlers: Mapping[str, WebhookHandler] | None = None, settings: ReceiverSettings | None = None
 ) -> ASGIApp:
-    """The receiver's ASGI app (handlers from the plugins unless given)."""
-    return WebhookReceiver(log, registered_handlers() if handlers is None else handlers, settings).app()
+    """The receiver's ASGI app (handlers and activation endpoints from the plugins unless handlers are given)."""
+    if handlers is None:
+        return WebhookReceiver(log, registered_handlers(), settings, registered_routes(settings)).app()
+    return WebhookReceiver(log, handlers, settings).app()

@@ -37,6 +37,7 @@ from taps.campaign_events.webhook import (
     sendgrid_signature,
 )
 from taps.webhooks.streams import event_schema
+from transforms.events.transform import OUTPUT_COLUMNS as EVENT_COLUMNS
 
 TENANT = "acme"
 HMAC_SECRET = "cdp_feedback_secret"
@@ -272,3 +273,86 @@ def test_hard_bounces_complaints_and_unsubscribes_suppress_but_a_soft_bounce_doe
         "cp@example.com": "complaint",
         "un@example.com": "unsubscribe",
     }
+
+
+# --- end to end: receiver -> log -> raw zone (the real target) -> events transform -> PostgreSQL -> metrics -------
+
+
+def _drained_records(receiver: Receiver, provider: str, stream: str) -> list[dict[str, Any]]:
+    """The records tap-webhooks emits for the stored events (taps/webhooks/streams.py's get_records)."""
+    records = []
+    for stored in receiver.log.read(TENANT, provider, stream):
+        received = stored.entry.received_at
+        records.append(
+            {
+                **stored.entry.payload,
+                "_webhook_event_id": stored.entry.event_id,
+                "_webhook_topic": stored.entry.topic,
+                "_webhook_received_at": received.isoformat() if hasattr(received, "isoformat") else received,
+                "_webhook_log_position": stored.position,
+            }
+        )
+    return records
+
+
+def test_signed_feedback_of_each_type_lands_in_events_and_is_counted_in_campaign_metrics(
+    receiver: Receiver, spark: Any, tmp_path: Path, postgres_url: str
+) -> None:
+    from tests.test_transforms_builtins import RawZone
+    from transforms.events.transform import events
+
+    for number, kind in enumerate(("delivered", "opened", "clicked", "unsubscribed", "converted")):
+        extra = {"revenue": 25, "currency": "EUR"} if kind == "converted" else {}
+        body = campaign_event(f"ev-{number}", kind, "c1", **extra)
+        assert receiver.post("campaign-events", body, hmac_headers(body)).status_code == 200
+    sendgrid = [
+        {"email": "c2@example.com", "timestamp": 1764489600, "event": "delivered", "sg_event_id": "sg-d",
+         "campaign": "spring", "variant": "a", "customer_id": "c2"},
+        {"email": "c2@example.com", "timestamp": 1764489700, "event": "spamreport", "sg_event_id": "sg-x",
+         "campaign": "spring", "variant": "a", "customer_id": "c2"},
+        {"email": "c3@example.com", "timestamp": 1764489800, "event": "bounce", "type": "bounce",
+         "bounce_classification": "Invalid Address", "sg_event_id": "sg-b", "campaign": "spring", "variant": "a",
+         "customer_id": "c3"},
+    ]  # fmt: skip
+    body = json.dumps(sendgrid).encode()
+    assert receiver.post("sendgrid", body, sendgrid_headers(body)).status_code == 200
+
+    zone = RawZone(spark, tmp_path / "zone")
+    for handler, stream in (
+        (CampaignEventsWebhookHandler(), "campaign_events"),
+        (SendGridWebhookHandler(), "email_events"),
+    ):
+        schema = event_schema(handler.stream_properties[stream])
+        records = _drained_records(receiver, handler.provider, stream)
+        zone.land(handler.provider, f"webhook_{stream}", schema, records, key="_webhook_event_id")
+    frame = events(
+        **{
+            "campaign-events_webhook_campaign_events": zone.read("campaign-events", "webhook_campaign_events"),
+            "sendgrid_webhook_email_events": zone.read("sendgrid", "webhook_email_events"),
+        }
+    )
+    rows = [row.asDict() for row in frame.collect()]
+    by_id = {row["event_id"]: row for row in rows}
+    assert by_id["sendgrid:sg-x"]["type"] == "complained"
+    assert json.loads(by_id["sendgrid:sg-b"]["payload"])["bounce_type"] == "hard"
+    assert by_id["campaign-events:ev-4"]["type"] == "converted"
+    assert json.loads(by_id["campaign-events:ev-4"]["payload"])["revenue"] == 25
+
+    tenant = "feedback_end_to_end"
+    with psycopg.connect(postgres_url) as conn:
+        ensure_schema(conn, tenant)
+        _sent(conn, tenant, ["c1", "c2", "c3"], "a")
+        _load_events(conn, tenant, [])
+        for row in rows:
+            conn.execute(
+                f'INSERT INTO "{tenant}".events VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)',
+                tuple(row[column] for column in EVENT_COLUMNS),
+            )
+        conn.commit()
+        assert apply_feedback_suppressions(conn, tenant) == 3  # c1 unsubscribed, c2 complained, c3 hard bounce.
+        ensure_metrics_view(conn, tenant)
+        (metrics,) = campaign_metrics(conn, tenant, "spring")
+    assert (metrics["sent"], metrics["delivered"], metrics["opened"], metrics["clicked"]) == (3, 2, 1, 1)
+    assert (metrics["bounced"], metrics["unsubscribed"], metrics["complained"], metrics["converted"]) == (1, 1, 1, 1)
+    assert float(metrics["revenue"]) == 25.0
+    assert float(metrics["complaint_rate"]) == 0.5

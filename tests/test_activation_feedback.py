@@ -356,3 +356,22 @@ def test_signed_feedback_of_each_type_lands_in_events_and_is_counted_in_campaign
     assert (metrics["bounced"], metrics["unsubscribed"], metrics["complained"], metrics["converted"]) == (1, 1, 1, 1)
     assert float(metrics["revenue"]) == 25.0
     assert float(metrics["complaint_rate"]) == 0.5
+
+
+def test_cdp_campaign_metrics_suppresses_and_prints_and_names_a_missing_load(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plugins.cli.app import main
+
+    tenant = "feedback_cli"
+    common = ["--tenant", tenant, "--postgres-url", postgres_url]
+    assert main(["campaign", "metrics", "--json", *common]) != 0
+    assert "no events table yet" in capsys.readouterr().err
+    with psycopg.connect(postgres_url) as conn:
+        ensure_schema(conn, tenant)
+        _sent(conn, tenant, ["c1"], "")
+        _load_events(conn, tenant, [("x1", "sendgrid", "complained", "c1", {"campaign": "spring", "variant": ""})])
+    assert main(["campaign", "metrics", "spring", "--json", *common]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["suppressed"] == 1
+    assert [(m["campaign"], m["sent"], m["complained"]) for m in printed["metrics"]] == [("spring", 1, 1)]

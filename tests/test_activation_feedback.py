@@ -27,7 +27,7 @@ from activators.campaigns.metrics import (
 )
 from plugins.activation import ensure_schema, is_suppressed
 from plugins.connectors.sandbox import SandboxServer
-from plugins.connectors.webhook_signing import WebhookSignatureError
+from plugins.connectors.webhook_signing import WebhookHandler, WebhookSignatureError
 from plugins.manager import sources
 from plugins.webhooks.file_log import FileWebhookLog
 from plugins.webhooks.receiver import ReceiverSettings, WebhookReceiver, registered_handlers
@@ -66,7 +66,10 @@ class Receiver:
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Receiver]:
     log = FileWebhookLog(tmp_path / "log", segment_bytes=256 * 1024)
-    handlers = {"campaign-events": CampaignEventsWebhookHandler(), "sendgrid": SendGridWebhookHandler()}
+    handlers: dict[str, WebhookHandler] = {
+        "campaign-events": CampaignEventsWebhookHandler(),
+        "sendgrid": SendGridWebhookHandler(),
+    }
     app = WebhookReceiver(log, handlers, ReceiverSettings(dlq_url=str(tmp_path / "dlq"), environ=SECRETS))
     with SandboxServer(app.app(), **app.uvicorn_options()) as server:
         yield Receiver(server.url, log)
@@ -266,7 +269,7 @@ def test_hard_bounces_complaints_and_unsubscribes_suppress_but_a_soft_bounce_doe
         assert apply_feedback_suppressions(conn, tenant) == 3
         assert apply_feedback_suppressions(conn, tenant) == 0  # Idempotent.
         suppressed = {c: is_suppressed(conn, tenant, "email", f"{c}@example.com") for c in ("hb", "sb", "cp", "un")}
-        reasons = dict(conn.execute(f'SELECT address, reason FROM "{tenant}".suppressions').fetchall())
+        reasons: dict[str, str] = dict(conn.execute(f'SELECT address, reason FROM "{tenant}".suppressions').fetchall())
     assert suppressed == {"hb": True, "sb": False, "cp": True, "un": True}
     assert reasons == {
         "hb@example.com": "hard_bounce",

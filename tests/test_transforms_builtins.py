@@ -630,13 +630,20 @@ def test_every_built_in_declares_quality_rules_and_erasure_keys_on_its_own_colum
 
 
 def test_the_events_transform_reads_every_stream_the_webhook_handlers_feed() -> None:
+    from taps.campaign_events.webhook import CampaignEventsWebhookHandler, SendGridWebhookHandler
     from taps.salesforce.webhook import SalesforceWebhookHandler
     from taps.shopify.webhook import ShopifyWebhookHandler
     from taps.stripe.webhook import StripeWebhookHandler
     from taps.webhooks.streams import drained_stream_name
     from transforms.events import webhook_inputs
 
-    handlers = [StripeWebhookHandler(), ShopifyWebhookHandler(), SalesforceWebhookHandler()]
+    handlers = [
+        StripeWebhookHandler(),
+        ShopifyWebhookHandler(),
+        SalesforceWebhookHandler(),
+        CampaignEventsWebhookHandler(),
+        SendGridWebhookHandler(),
+    ]
     expected = {(h.provider, drained_stream_name(stream)) for h in handlers for stream in h.streams}
 
     assert {(source.provider, source.stream) for source in webhook_inputs()} == expected

@@ -381,3 +381,31 @@ def preview_command(
         console.print(row["text"], highlight=False)
         if row["html"] is not None:
             console.print(f"[html] {row['html']}", highlight=False)
+
+
+@app.command("metrics")
+def metrics_command(
+    tenant: TenantOption,
+    name: Annotated[str | None, typer.Argument(help="One campaign; all of them without it.")] = None,
+    postgres_url: PostgresUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Apply the loaded feedback (hard bounces, complaints, unsubscribes) to the suppression list, (re)create the
+    campaign_metrics view and print it per campaign and variant (docs/activation.md#feedback-loop)."""
+    from rich.table import Table
+
+    from activators.campaigns.metrics import apply_feedback_suppressions, campaign_metrics, ensure_metrics_view
+
+    with _connection(postgres_url) as conn:
+        suppressed = apply_feedback_suppressions(conn, tenant)
+        ensure_metrics_view(conn, tenant)
+        rows = campaign_metrics(conn, tenant, name)
+    if json_output:
+        print_json({"suppressed": suppressed, "metrics": rows})
+        return
+    console.print(f"{suppressed} address(es) newly suppressed from feedback", highlight=False)
+    if rows:
+        table = Table(*rows[0], title="campaign metrics")
+        for row in rows:
+            table.add_row(*("" if value is None else str(value) for value in row.values()))
+        console.print(table)

@@ -29,11 +29,14 @@ def drained_stream_name(log_stream: str) -> str:
     return f"{STREAM_PREFIX}{log_stream}"
 
 
-def event_schema() -> dict[str, Any]:
+def event_schema(payload_properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The drained record's schema: the envelope, plus the payload properties the handler declares for the stream
+    (``stream_properties``), so the raw zone's readers see them."""
     return {
         "type": "object",
         "additionalProperties": True,
         "properties": {
+            **(payload_properties or {}),
             EVENT_ID: {"type": "string", "description": "The provider's event id (the dedupe key)."},
             TOPIC: {"type": "string", "description": "The provider's topic or event type."},
             RECEIVED_AT: {"type": "string", "format": "date-time", "description": "When the receiver stored it."},
@@ -55,10 +58,12 @@ class WebhookEventStream(Stream):
     primary_keys = (EVENT_ID,)
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE  # Raw: the payload lands exactly as the provider sent it.
 
-    def __init__(self, tap: Tap, log_stream: str, log: WebhookLog) -> None:
+    def __init__(
+        self, tap: Tap, log_stream: str, log: WebhookLog, payload_properties: Mapping[str, Any] | None = None
+    ) -> None:
         self.webhook_log = log
         self.log_stream = log_stream
-        super().__init__(tap=tap, name=drained_stream_name(log_stream), schema=event_schema())
+        super().__init__(tap=tap, name=drained_stream_name(log_stream), schema=event_schema(payload_properties))
 
     def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         tenant = self.config["tenant"]

@@ -76,7 +76,10 @@ class TapWebhooks(Tap):
 
     def discover_streams(self) -> list[Stream]:
         validate_name("tenant", self.config["tenant"])
-        return [WebhookEventStream(self, name, self.webhook_log) for name in self.handler.streams]
+        # A handler may declare its payload's properties per stream (``stream_properties``; the campaign feedback
+        # handlers do) so the transforms can read them from the raw zone.
+        declared = getattr(self.handler, "stream_properties", {})
+        return [WebhookEventStream(self, name, self.webhook_log, declared.get(name)) for name in self.handler.streams]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ WEBHOOK_STREAMS: dict[str, tuple[str, ...]] = {
         "inventory_items",
     ),
     "salesforce": ("Account", "Contact", "Lead", "Opportunity", "Campaign", "CampaignMember"),
+    # Campaign feedback (taps/campaign_events): mapped to one vocabulary by transform.py's _campaign_feedback.
+    "campaign-events": ("campaign_events",),
+    "sendgrid": ("email_events",),
 }
 
 

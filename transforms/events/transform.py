@@ -107,8 +107,81 @@ def _stripe_api(df: DataFrame) -> DataFrame:
     )
 
 
+# SendGrid's event names in the campaign feedback vocabulary (delivered, opened, clicked, bounced, complained,
+# unsubscribed, converted); others (processed, deferred, group_resubscribe) keep SendGrid's name.
+SENDGRID_TYPES = {
+    "delivered": "delivered",
+    "open": "opened",
+    "click": "clicked",
+    "bounce": "bounced",
+    "dropped": "bounced",
+    "spamreport": "complained",
+    "unsubscribe": "unsubscribed",
+    "group_unsubscribe": "unsubscribed",
+}
+# (provider, drained stream) of the campaign feedback webhooks (taps/campaign_events/webhook.py).
+CAMPAIGN_FEEDBACK_STREAMS = {("campaign-events", "campaign_events"), ("sendgrid", "email_events")}
+
+
+def _campaign_feedback(df: DataFrame, provider: str) -> DataFrame:
+    """Campaign feedback events in one shape: ``type`` from the feedback vocabulary, ``customer_id_value`` the
+    campaign's customer id, ``payload`` the JSON ``{campaign, variant, bounce_type, revenue, currency, reason}`` that
+    campaign_metrics (activators/campaigns/metrics.py) reads."""
+    from pyspark.sql import functions as F
+
+    received = timestamp_utc(field_or_null(df, "_webhook_received_at"))["value"]
+    if provider == "sendgrid":
+        event = field_or_null(df, "event")
+        mapping = F.create_map(*[F.lit(part) for pair in SENDGRID_TYPES.items() for part in pair])
+        event_type = F.coalesce(mapping[event], event)
+        occurred = timestamp_utc(field_or_null(df, "timestamp", "long"))["value"]
+        # SendGrid's `type` on a bounce: `bounce` is permanent (hard), `blocked` temporary (soft); a `dropped`
+        # message was never sent (SendGrid's own suppression or an invalid address): treated as hard.
+        bounce = F.when(event == "dropped", F.lit("hard")).when(
+            event == "bounce",
+            F.when(field_or_null(df, "type") == "blocked", F.lit("soft")).otherwise(F.lit("hard")),
+        )
+        revenue = F.lit(None).cast("double")
+        currency = F.lit(None).cast("string")
+        reason = field_or_null(df, "reason")
+    else:
+        event_type = field_or_null(df, "type")
+        occurred = timestamp_utc(field_or_null(df, "occurred_at"))["value"]
+        bounce = field_or_null(df, "bounce_type")
+        revenue = field_or_null(df, "revenue", "double")
+        currency = field_or_null(df, "currency")
+        reason = F.lit(None).cast("string")
+    payload = F.to_json(
+        F.struct(
+            field_or_null(df, "campaign").alias("campaign"),
+            F.coalesce(field_or_null(df, "variant"), F.lit("")).alias("variant"),
+            bounce.alias("bounce_type"),
+            revenue.alias("revenue"),
+            currency.alias("currency"),
+            reason.alias("reason"),
+        )
+    )
+    return _rows(
+        df,
+        provider=provider,
+        channel="webhook",
+        event_id=field_or_null(df, "_webhook_event_id"),
+        event_type=event_type,
+        object_type=F.lit("campaign_event"),
+        object_id=field_or_null(df, "campaign"),
+        customer=field_or_null(df, "customer_id"),
+        email_address=field_or_null(df, "email"),
+        occurred_at=F.coalesce(occurred, received),
+        received_at=received,
+        payload=payload,
+    )
+
+
 def _webhook(df: DataFrame, provider: str, stream: str) -> DataFrame:
     from pyspark.sql import functions as F
+
+    if (provider, stream) in CAMPAIGN_FEEDBACK_STREAMS:
+        return _campaign_feedback(df, provider)
 
     received = timestamp_utc(field_or_null(df, "_webhook_received_at"))["value"]
     return _rows(

@@ -396,7 +396,7 @@ def metrics_command(
 
     from activators.campaigns.metrics import apply_feedback_suppressions, campaign_metrics, ensure_metrics_view
 
-    with _connection(postgres_url) as conn:
+    with postgres_connection(postgres_url) as conn:
         suppressed = apply_feedback_suppressions(conn, tenant)
         ensure_metrics_view(conn, tenant)
         rows = campaign_metrics(conn, tenant, name)

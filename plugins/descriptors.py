@@ -502,6 +502,9 @@ class ActivatorDescriptor:
     sandbox: str | None = None
     sandbox_server: str | None = None
     sandbox_port: int = 0
+    # The name ``cdp sandbox serve`` also knows the sandbox by, when it is the protocol's rather than the
+    # destination's (``smtp`` for ``email``).
+    sandbox_alias: str = ""
     receiver_routes: str | None = None
 
     def load_receiver_routes(self) -> Callable[..., Sequence[Any]] | None:

@@ -636,7 +636,10 @@ def test_cdp_sandbox_list_names_sources_and_destinations() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
-    kinds = {row["name"]: row["kind"] for row in json.loads(result.stdout)}
+    rows = json.loads(result.stdout)
+    kinds = {row["name"]: row["kind"] for row in rows}
     assert kinds["stripe"] == "source"
+    # The email destination's SMTP relay answers to the protocol's name too: `cdp sandbox serve smtp`.
+    assert {row["name"]: row.get("alias") for row in rows}["email"] == "smtp"
     assert kinds["http-audience"] == kinds["http-audience-server"] == "activation destination"
     assert "jsonl" not in kinds  # no sandbox

@@ -61,6 +61,7 @@ def cdp_activators() -> list[ActivatorDescriptor]:
             settings_schema=SETTINGS_SCHEMA,
             sandbox_server="activators.email.sandbox:sandbox_server",
             sandbox_port=2525,
+            sandbox_alias="smtp",
             receiver_routes="activators.email.unsubscribe:receiver_routes",
         )
     ]

@@ -60,7 +60,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve PROVIDER's sandbox API (a source's or an activation destination's) until interrupted."""
-    destination = activators().get(provider)
+    destination = next((d for name, d in activators().items() if provider in (name, d.sandbox_alias)), None)
     if destination is not None and provider not in sources():
         _serve_destination(destination, host, port, _options(records, seed, fault, credential), tls)
         return
@@ -145,7 +145,7 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         for name, s in sorted(sources().items())
         if s.sandbox is not None
     ] + [
-        {"name": name, "kind": "activation destination", "port": d.sandbox_port}
+        {"name": name, "kind": "activation destination", "port": d.sandbox_port, "alias": d.sandbox_alias}
         for name, d in sorted(activators().items())
         if d.sandbox is not None or d.sandbox_server is not None
     ]
@@ -153,4 +153,5 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         print_json(rows)
         return
     for row in rows:
-        console.print(f"{row['name']:<20} {row['kind']:<24} port {row['port']}", highlight=False)
+        alias = f" (also: {row['alias']})" if row.get("alias") else ""
+        console.print(f"{row['name']:<20} {row['kind']:<24} port {row['port']}{alias}", highlight=False)

@@ -253,7 +253,7 @@ class GoogleAudienceSender:
                     "google Data Manager API refused the credentials and they could not be refreshed; check "
                     "access_token / credentials_file"
                 ) from None
-            if isinstance(exc, requests.RequestException):
+            if isinstance(exc, requests.RequestException | google.auth.exceptions.TransportError):
                 raise RetryableSendError(f"google Data Manager API unreachable: {type(exc).__name__}") from None
             raise
         # The API processes members asynchronously: the request id is what requestStatus:retrieve reports on.

@@ -216,6 +216,20 @@ def test_throttling_and_outages_are_retryable_with_googles_delay(served: Any) ->
     sender.close()
 
 
+def test_a_dropped_connection_or_a_cut_off_answer_is_retryable(served: Any) -> None:
+    server, app = served(FaultPlan(malformed_every=1))
+    sender = GoogleAudienceSender(settings_for(server))
+    with pytest.raises(RetryableSendError, match="answered with a body that is not its JSON"):
+        sender.add([delivery(1)])
+    sender.close()
+    assert app.state.requests[0]["status"] == 200
+    server.stop()  # nothing listens there any more
+    sender = GoogleAudienceSender(settings_for(server))
+    with pytest.raises(RetryableSendError, match="unreachable: ConnectionError"):
+        sender.add([delivery(1)])
+    sender.close()
+
+
 def test_bad_credentials_are_a_send_error_that_never_shows_the_token(served: Any) -> None:
     server, app = served()
     sender = GoogleAudienceSender(settings_for(server, access_token="ya29.not-the-token"))

@@ -22,6 +22,7 @@ from typing import Any
 from google.ads import datamanager_v1 as dm
 from google.api_core import exceptions as google_errors
 from google.api_core.client_options import ClientOptions
+from google.protobuf import json_format
 
 from activators.google.normalize import MAX_IDENTIFIERS, UserIdentifiers, user_identifiers
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
@@ -255,6 +256,10 @@ class GoogleAudienceSender:
                 ) from None
             if isinstance(exc, requests.RequestException | google.auth.exceptions.TransportError):
                 raise RetryableSendError(f"google Data Manager API unreachable: {type(exc).__name__}") from None
+            if isinstance(exc, json_format.ParseError):
+                # A cut-off answer: whether Google took the members is unknown, and adding or removing the same
+                # members again changes nothing, so the batch is sent again.
+                raise RetryableSendError("google Data Manager API answered with a body that is not its JSON") from None
             raise
         # The API processes members asynchronously: the request id is what requestStatus:retrieve reports on.
         accepted = [

@@ -352,6 +352,14 @@ def export_row(i: int) -> Delivery:
     return delivery(i, consent_ads="granted" if i % 2 == 0 else None)
 
 
+def test_google_is_an_installed_ads_destination_with_its_sender_and_sandbox() -> None:
+    installed = activators()["google"]  # through the cdp entry point in pyproject.toml
+    assert (installed.channel, installed.content, installed.limits.max_batch_size) == ("ads", False, 10_000)
+    assert installed.load_sender() is GoogleAudienceSender
+    assert installed.load_sandbox() is create_sandbox
+    assert installed.settings_schema["properties"]["access_token"]["secret"] is True
+
+
 def test_25k_members_go_in_three_requests_then_left_members_are_removed(
     conn: psycopg.Connection[Any], tenant: str, destination: ActivatorDescriptor, served: Any
 ) -> None:

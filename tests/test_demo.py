@@ -1,6 +1,8 @@
 """`cdp demo` (what `make demo` runs), end to end: three sandboxes through Meltano into the raw zone, the transforms
 into the processed zone, the unified customers read back, loaded into PostgreSQL and the search emulator; run again,
-nothing new and the same counts."""
+nothing new and the same counts; then the
+activation chain: a segment, a campaign to each destination sandbox, signed feedback, campaign_metrics, and a second
+run that sends nobody twice."""
 
 from __future__ import annotations
 
@@ -28,6 +30,13 @@ RECORDS = 20
 # Each run: three taps through Meltano, then Spark over every transform; the limit leaves room for a loaded machine.
 RUN_TIMEOUT = 600
 UNIFIED = re.compile(r"unified customers: (\d+) profiles from (\d+) source records; (\d+) merged across providers")
+SEGMENT = re.compile(r"segment demo-buyers: size (\d+), entered (\d+), left (\d+)")
+LAUNCH = re.compile(r"│ (demo-buyers-\w+|high-value-thanks)\s+│ (\w+)\s+│ (\d+)\s+│ (\d+)\s+│ (\d+)\s+│ (\d+)\s+│")
+SMTP = re.compile(r"SMTP sandbox: (\d+) messages received this run, (\d+) with a valid DKIM signature")
+AUDIENCE = re.compile(r"(facebook|google) sandbox audience \d+: (\d+) members")
+POSTED = re.compile(r"feedback posted: (.+), revenue ([\d.]+) USD")
+METRICS = re.compile(r"demo-buyers-email metrics, all variants: (.+)")
+SUPPRESSIONS = re.compile(r"suppressions: (\d+) \(email")
 
 
 def _person_records(raw: ObjectStore) -> dict[str, int]:
@@ -57,7 +66,7 @@ def _run_demo(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.
 
 
 @pytest.mark.timeout(2 * RUN_TIMEOUT)
-def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_counts(tmp_path: Path) -> None:
+def test_demo_runs_the_chain_to_campaign_metrics_and_reruns_with_the_same_counts_sending_nobody_twice(tmp_path: Path) -> None:
     postgres_data = tmp_path / "data" / "postgres"
     try:
         _run_the_demo_twice(tmp_path)
@@ -69,6 +78,8 @@ def test_demo_lands_three_providers_unifies_customers_and_reruns_with_the_same_c
 
 def _run_the_demo_twice(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "meltano.yml", tmp_path / "meltano.yml")
+    for folder in ("segments", "campaigns", "contents"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
     command = [str(Path(sys.executable).parent / "cdp"), "demo", "--records", str(RECORDS)]
     env = {**os.environ, "COLUMNS": "200"}
 
@@ -93,6 +104,7 @@ def _run_the_demo_twice(tmp_path: Path) -> None:
     searched = re.search(r"search demo_customers for '(.+?)': (\d+) customers", first.stdout)
     assert searched, first.stdout[-3000:]
     assert int(searched.group(2)) >= 1
+    metrics = _assert_the_first_activation(first.stdout)
 
     second = _run_demo(command, tmp_path, env)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -103,3 +115,65 @@ def _run_the_demo_twice(tmp_path: Path) -> None:
     assert again, second.stdout[-3000:]
     assert again.groups() == found.groups()
     assert "PostgreSQL demo.customers joined to customer_metrics" in second.stdout
+    _assert_the_second_activation_sends_nobody(second.stdout, metrics)
+
+
+def _counts(text: str) -> dict[str, str]:
+    """``"sent 16, delivered 4"`` as ``{"sent": "16", "delivered": "4"}``."""
+    return dict(part.split(" ", 1) for part in text.split(", "))
+
+
+def _launches(stdout: str) -> dict[str, tuple[str, int, int, int, int]]:
+    """campaign -> (destination, members, sent, accepted, rejected), from the launches table."""
+    return {
+        found[0]: (found[1], int(found[2]), int(found[3]), int(found[4]), int(found[5]))
+        for found in LAUNCH.findall(stdout)
+    }
+
+
+def _assert_the_first_activation(stdout: str) -> dict[str, str]:
+    """The segment, a launch per destination, DKIM-valid mail, audience sizes, and metrics equal to the feedback."""
+    segment = SEGMENT.search(stdout)
+    assert segment, stdout[-3000:]
+    size, entered, left = map(int, segment.groups())
+    assert size > 0
+    assert entered == size
+    assert left == 0
+    launches = _launches(stdout)
+    assert {"demo-buyers-email", "demo-buyers-facebook", "demo-buyers-google"} <= set(launches), stdout[-3000:]
+    for destination, members, sent, accepted, rejected in launches.values():
+        assert 0 < sent == accepted, (destination, members, sent)
+        assert rejected == 0, (destination, members, rejected)
+    emailed = sum(sent for destination, _, sent, _, _ in launches.values() if destination == "email")
+    smtp = SMTP.search(stdout)
+    assert smtp, stdout[-3000:]
+    assert int(smtp.group(1)) == int(smtp.group(2)) == emailed  # every message the relay got was validly signed
+    audiences = {name: int(count) for name, count in AUDIENCE.findall(stdout)}
+    assert audiences == {"facebook": launches["demo-buyers-facebook"][3], "google": launches["demo-buyers-google"][3]}
+    posted = POSTED.search(stdout)
+    assert posted, stdout[-3000:]
+    events = _counts(posted.group(1))
+    assert int(events["bounced"]) == int(events["unsubscribed"]) == int(events["converted"]) == 1
+    metrics_line = METRICS.search(stdout)
+    assert metrics_line, stdout[-3000:]
+    metrics = _counts(metrics_line.group(1))
+    assert int(metrics["sent"]) == launches["demo-buyers-email"][3]
+    assert {kind: metrics[kind] for kind in events} == events  # one person per event type and member
+    assert metrics["revenue"] == posted.group(2)
+    suppressions = SUPPRESSIONS.search(stdout)
+    assert suppressions, stdout[-3000:]
+    assert int(suppressions.group(1)) >= 2  # the hard bounce and the unsubscribe
+    return metrics
+
+
+def _assert_the_second_activation_sends_nobody(stdout: str, metrics: dict[str, str]) -> None:
+    launches = _launches(stdout)
+    assert launches, stdout[-3000:]
+    assert all(sent == 0 for _, _, sent, _, _ in launches.values()), launches
+    smtp = SMTP.search(stdout)
+    assert smtp, stdout[-3000:]
+    assert int(smtp.group(1)) == 0
+    assert "feedback posted: none" in stdout
+    again = METRICS.search(stdout)
+    assert again, stdout[-3000:]
+    assert _counts(again.group(1)) == metrics

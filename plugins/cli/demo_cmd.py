@@ -56,8 +56,10 @@ def demo(
     """Sandboxes to served customers: three providers through meltano run, the transforms, PostgreSQL and search."""
     root = find_project_root()
     zones = _zone_env(root)
+    from plugins.cli.demo_activation import ACTIVATION_STEPS, run_activation
+
     with_utility = has_transform_utility(root)
-    steps = 2 if with_utility else 4
+    pipeline_steps = 2 if with_utility else 4
     started = datetime.now(UTC).replace(microsecond=0)
     with ExitStack() as stack:
         sandbox_env: dict[str, str] = {}
@@ -68,6 +70,8 @@ def demo(
             sandbox_env.update(sandbox_settings(name, server.url))
             serving.append(f"{name} {server.url}")
         stores = start_local_stores(stack, root)
+        # Activation needs the profile store: segments are computed in PostgreSQL.
+        steps = pipeline_steps + (ACTIVATION_STEPS if "postgres" in stores else 0)
         console.print(
             styled((f"1/{steps}", "bold"), f" sandboxes with {records} records per resource, one population of people")
         )
@@ -101,6 +105,8 @@ def demo(
             _print_top_customers(stores["postgres"])
         if "elasticsearch" in stores:
             _print_search(stores["elasticsearch"], stores.get("postgres"))
+        if "postgres" in stores:
+            run_activation(root, stack, stores["postgres"], {**zones, **store_env}, pipeline_steps + 1, steps)
     console.print(
         "Re-running is safe: each tap resumes from its bookmark in .meltano/state, the transforms read only raw files "
         "they have not processed and the loads only snapshots they have not loaded, so a second run finds nothing new "

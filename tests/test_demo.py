@@ -1,8 +1,7 @@
 """`cdp demo` (what `make demo` runs), end to end: three sandboxes through Meltano into the raw zone, the transforms
-into the processed zone, the unified customers read back, loaded into PostgreSQL and the search emulator; run again,
-nothing new and the same counts; then the
-activation chain: a segment, a campaign to each destination sandbox, signed feedback, campaign_metrics, and a second
-run that sends nobody twice."""
+into the processed zone, the unified customers read back, loaded into PostgreSQL and the search emulator; then the
+activation chain: a segment, a campaign to each destination's sandbox, signed feedback, campaign_metrics. Run again:
+nothing new, the same counts, and nobody sent twice."""
 
 from __future__ import annotations
 

@@ -574,11 +574,11 @@ def test_the_projects_example_segments_apply_and_preview(tenant_url, capsys):
     url, tenant = tenant_url
     common = ["--tenant", tenant, "--postgres-url", url]
     folder = REPO_ROOT / "segments"
-    assert sorted(path.name for path in folder.glob("*.yml")) == ["high-value.yml", "lapsed-buyers.yml"]
+    assert sorted(path.name for path in folder.glob("*.yml")) == ["demo-buyers.yml", "high-value.yml", "lapsed-buyers.yml"]
     code, out, err = cdp(capsys, "segment", "apply", str(folder), *common, "--json")
     assert (code, err) == (0, "")
-    assert set(json.loads(out)["created"]) | set(json.loads(out)["unchanged"]) == {"high-value", "lapsed-buyers"}
-    for name in ("high-value", "lapsed-buyers"):
+    assert set(json.loads(out)["created"]) | set(json.loads(out)["unchanged"]) == {"demo-buyers", "high-value", "lapsed-buyers"}
+    for name in ("demo-buyers", "high-value", "lapsed-buyers"):
         code, out, err = cdp(capsys, "segment", "preview", name, *common, "--json")
         assert (code, err) == (0, "")
         assert json.loads(out)["segment"] == name
@@ -609,7 +609,7 @@ def test_meltano_applies_the_projects_segments_and_refreshes_the_due_ones(tenant
     for command in ("cdp:segment-apply", "cdp:segment-refresh-due"):
         run_meltano(["invoke", command], project_root=project, extra_env=env, capture=True, timeout=240)
     stored = {item.name: item for item in store.list_segments(conn, tenant)}
-    assert sorted(stored) == ["high-value", "lapsed-buyers"]
+    assert sorted(stored) == ["demo-buyers", "high-value", "lapsed-buyers"]
     assert all(item.last_refresh_id is not None for item in stored.values())
 
 

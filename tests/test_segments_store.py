@@ -574,11 +574,12 @@ def test_the_projects_example_segments_apply_and_preview(tenant_url, capsys):
     url, tenant = tenant_url
     common = ["--tenant", tenant, "--postgres-url", url]
     folder = REPO_ROOT / "segments"
-    assert sorted(path.name for path in folder.glob("*.yml")) == ["demo-buyers.yml", "high-value.yml", "lapsed-buyers.yml"]
+    examples = ("demo-buyers", "high-value", "lapsed-buyers")
+    assert sorted(path.name for path in folder.glob("*.yml")) == [f"{name}.yml" for name in examples]
     code, out, err = cdp(capsys, "segment", "apply", str(folder), *common, "--json")
     assert (code, err) == (0, "")
-    assert set(json.loads(out)["created"]) | set(json.loads(out)["unchanged"]) == {"demo-buyers", "high-value", "lapsed-buyers"}
-    for name in ("demo-buyers", "high-value", "lapsed-buyers"):
+    assert set(json.loads(out)["created"]) | set(json.loads(out)["unchanged"]) == set(examples)
+    for name in examples:
         code, out, err = cdp(capsys, "segment", "preview", name, *common, "--json")
         assert (code, err) == (0, "")
         assert json.loads(out)["segment"] == name

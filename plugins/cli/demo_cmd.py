@@ -1,6 +1,7 @@
 """``cdp demo``: the pipeline on embedded defaults, from local Stripe, Shopify and Salesforce sandboxes to served
 customers: the taps land raw batches through Meltano, the transforms build the processed zone's tables, and the loaders
-keep the embedded PostgreSQL and the search emulator in step with them."""
+keep the embedded PostgreSQL and the search emulator in step with them; then a segment, campaigns to each
+activation destination's sandbox, signed feedback and the campaign metrics (plugins/cli/demo_activation.py)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class UnifiedCustomers:
 def demo(
     records: Annotated[int, typer.Option(help="Synthetic records per sandbox resource.")] = 500,
 ) -> None:
-    """Sandboxes to served customers: three providers through meltano run, the transforms, PostgreSQL and search."""
+    """Sandboxes to served customers and campaign results: three providers through meltano run, the transforms,
+    PostgreSQL and search, then a segment, campaigns to the destinations' sandboxes, feedback and metrics."""
     root = find_project_root()
     zones = _zone_env(root)
     from plugins.cli.demo_activation import ACTIVATION_STEPS, run_activation

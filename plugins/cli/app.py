@@ -39,7 +39,8 @@ BUILT_IN_COMMANDS: dict[str, tuple[str, str]] = {
     "load": ("plugins.cli.load_cmd:app", "Load processed tables into the serving stores: run, status, rollback."),
     "demo": (
         "plugins.cli.demo_cmd:demo",
-        "Sandboxes to served customers: three providers through meltano run, the transforms, PostgreSQL and search.",
+        "Sandboxes to served customers and campaign results: three providers through meltano run, the transforms, "
+        "PostgreSQL and search, then a segment, campaigns to the destinations' sandboxes, feedback and metrics.",
     ),
 }
 

@@ -19,7 +19,6 @@ fields (the sandbox takes both); the token goes in the ``Authorization`` header.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
@@ -35,6 +34,7 @@ import pyarrow.compute as pc
 from activators.facebook.normalize import members_table, payload_json, payload_rows
 from plugins.core.errors import ConfigError
 from plugins.core.events import log_event
+from plugins.core.http_headers import retry_after_seconds
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
 
 logger = logging.getLogger(__name__)
@@ -92,10 +92,9 @@ def _wait_from_usage(headers: httpx.Headers) -> float | None:
                 waits.append(float(seconds))
         except (ValueError, AttributeError):
             pass
-    retry_after = headers.get("retry-after")
-    if retry_after:
-        with contextlib.suppress(ValueError):
-            waits.append(float(retry_after))
+    retry_after = retry_after_seconds(headers.get("retry-after"))
+    if retry_after is not None:
+        waits.append(retry_after)
     return max(waits) if waits else None
 
 

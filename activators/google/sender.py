@@ -25,6 +25,7 @@ from google.api_core.client_options import ClientOptions
 from google.protobuf import json_format
 
 from activators.google.normalize import MAX_IDENTIFIERS, UserIdentifiers, user_identifiers
+from plugins.core.http_headers import retry_after_seconds
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
 
 DEFAULT_ENDPOINT = "https://datamanager.googleapis.com"
@@ -140,12 +141,9 @@ def _credentials(settings: Mapping[str, Any]) -> Any:
 def _retry_delay(exc: google_errors.GoogleAPICallError) -> float | None:
     """The wait Google asked for: the ``Retry-After`` header, else the error's ``RetryInfo.retryDelay``."""
     response = getattr(exc, "response", None)
-    header = response.headers.get("Retry-After") if response is not None else None
-    if header:
-        try:
-            return float(header)
-        except ValueError:
-            pass  # An HTTP-date: fall back to RetryInfo, then the engine's backoff.
+    header = retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
+    if header is not None:
+        return header
     for detail in exc.details or ():
         if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             match = _DURATION.match(str(detail.get("retryDelay", "")))

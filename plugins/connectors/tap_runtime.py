@@ -21,7 +21,6 @@ pages: sorted streams keep their progress, the others keep their last checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
@@ -30,7 +29,6 @@ import time
 import typing as t
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
 
@@ -44,6 +42,7 @@ from singer_sdk.streams import RESTStream
 from plugins.core.dead_letters import DeadLetter, DeadLetterQueue, ErrorType
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
+from plugins.core.http_headers import retry_after_seconds
 from plugins.core.layout import NAME_PATTERN, validate_name
 from plugins.core.redaction import REDACTED, is_secret_name, redact_params, redact_text, redact_url
 from plugins.core.storage import ObjectStore
@@ -172,19 +171,6 @@ class StreamFailure:
     dlq_urls: list[str] = field(default_factory=list)
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """The delay of a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    with contextlib.suppress(ValueError):  # Not delta-seconds: try an HTTP date.
-        return max(0.0, float(value))
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 class CdpRESTStream(RESTStream[_TToken]):
     """A REST stream with the CDP's retry, throttling, redaction and run-budget behaviour.
 
@@ -221,7 +207,7 @@ class CdpRESTStream(RESTStream[_TToken]):
         error in the body, a 403 with a rate-limit code) override this.
         """
         if response.status_code == HTTPStatus.TOO_MANY_REQUESTS:
-            return _retry_after_seconds(response.headers.get("Retry-After")) or 0.0
+            return retry_after_seconds(response.headers.get("Retry-After")) or 0.0
         return None
 
     def pace_after_response(self, response: requests.Response) -> float:

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from plugins.connectors.sandbox import COUNTED_FAULT_SETTINGS, Fault, SandboxOptions, SandboxServer
+from plugins.core.http_headers import retry_after_seconds
 from plugins.descriptors import Delivery, MemberOutcome, MemberResult, RetryableSendError, SendError
 
 MAX_MEMBERS = 1000
@@ -81,11 +82,7 @@ def create_sandbox(options: SandboxOptions | None = None, *, retry_after_seconds
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # An HTTP-date: the engine's backoff applies.
+    return retry_after_seconds(response.headers.get("retry-after"))
 
 
 class HttpAudienceSender:

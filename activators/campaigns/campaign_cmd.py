@@ -14,6 +14,7 @@ from activators.segments.segment_cmd import (
     ConsentModeOption,
     ExportsUrlOption,
     TenantOption,
+    format_when,
     postgres_connection,
     yaml_files,
 )
@@ -66,10 +67,6 @@ def read_definitions(paths: Sequence[Path]) -> tuple[list[Campaign], list[Conten
         else:
             campaigns.append(parse_campaign(data, source=str(path)))
     return campaigns, contents
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
 
 def _print_summary(summary: dict[str, list[str]]) -> None:
@@ -149,7 +146,7 @@ def list_command(
             item.campaign.segment,
             item.campaign.content or "",
             when,
-            _when(item.launched_at),
+            format_when(item.launched_at),
         )
     console.print(view)
 
@@ -325,7 +322,7 @@ def status_command(
         return
     console.print(
         f"{name}: {status['status']} ({status['type']} to segment {status['segment']}); last launch "
-        f"{_when(status['launched_at'])}, refresh {status['last_refresh_id'] or '-'}",
+        f"{format_when(status['launched_at'])}, refresh {status['last_refresh_id'] or '-'}",
         highlight=False,
     )
     sends = Table("action", "variant", "status", "members", title="send log")

@@ -130,7 +130,8 @@ def say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
-def _when(value: datetime | None) -> str:
+def format_when(value: datetime | None) -> str:
+    """A moment as UTC ``YYYY-MM-DD HH:MM:SS`` in tables, ``never`` when there is none."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
 
@@ -195,7 +196,12 @@ def list_command(
     for item in segments:
         size = "-" if item.size is None else str(item.size)
         view.add_row(
-            item.name, item.type.value, size, _when(item.last_refreshed), item.refresh_frequency or "", item.description
+            item.name,
+            item.type.value,
+            size,
+            format_when(item.last_refreshed),
+            item.refresh_frequency or "",
+            item.description,
         )
     console.print(view)
 
@@ -220,7 +226,7 @@ def show_command(
     definition = yaml.safe_dump(dict(stored.definition), sort_keys=False, allow_unicode=True)
     say(definition.rstrip())
     size = "-" if stored.size is None else str(stored.size)
-    say(f"# size {size}, last refreshed {_when(stored.last_refreshed)} (refresh {stored.last_refresh_id or '-'})")
+    say(f"# size {size}, last refreshed {format_when(stored.last_refreshed)} (refresh {stored.last_refresh_id or '-'})")
 
 
 @app.command("preview")

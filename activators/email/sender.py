@@ -15,6 +15,7 @@ Messages the relay already accepted are remembered, so the framework's retry of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -375,8 +376,8 @@ class EmailSender:
         if self._smtp is None:
             return
         try:
-            self._smtp.quit()
-        except (smtplib.SMTPException, OSError):
-            pass  # The messages are sent; a QUIT that fails changes nothing.
+            # The messages are sent; a QUIT that fails changes nothing.
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.quit()
         finally:
             self._drop()

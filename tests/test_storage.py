@@ -40,6 +40,29 @@ def test_reading_a_missing_object_raises_not_found(store: ObjectStore) -> None:
         store.read_bytes("missing.json")
 
 
+def test_an_s3_object_deleted_between_opening_and_reading_is_not_found(s3_url: str) -> None:
+    """Another process deletes the object after pyarrow's HEAD and before its GET (a journal that its run retires while
+    a second run reads it): the GET fails with a generic error, which must still read as not found. (A local file
+    deleted while open is still read whole.)"""
+    store = ObjectStore(s3_url)
+    store.write_bytes("journal.json", b"{}" * 100)
+    filesystem = store.fs
+    opened = filesystem.open_input_stream
+
+    class DeletingFileSystem:
+        def __getattr__(self, name: str) -> object:
+            return getattr(filesystem, name)
+
+        def open_input_stream(self, path: str, **options: object) -> object:
+            stream = opened(path, **options)
+            filesystem.delete_file(path)
+            return stream
+
+    store.fs = DeletingFileSystem()  # type: ignore[assignment]
+    with pytest.raises(ObjectNotFoundError, match=r"journal\.json"):
+        store.read_bytes("journal.json")
+
+
 def test_put_if_absent_creates_once(store: ObjectStore) -> None:
     assert store.put_if_absent("subjects/v1.json", b"first") is True
     assert store.put_if_absent("subjects/v1.json", b"second") is False

@@ -213,7 +213,9 @@ class ObjectStore:
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
         except OSError as exc:
-            if _is_not_found(exc):
+            # An S3 object deleted between pyarrow's HEAD and its GET fails the GET with a generic error
+            # ("INTERNAL_FAILURE ... Failed to flush response stream"), not a 404: look again before calling it failed.
+            if _is_not_found(exc) or not self.exists(key):
                 raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
             raise StorageError(f"could not read {self.url_for(key)}: {exc}") from exc
 
@@ -247,7 +249,7 @@ class ObjectStore:
 
 
 def _is_not_found(exc: OSError) -> bool:
-    """Whether pyarrow's error says the object is not there (also when it went between its HEAD and its GET)."""
+    """Whether pyarrow's error says the object is not there."""
     text = str(exc)
     return any(sign in text for sign in ("NoSuchKey", "NO_SUCH_KEY", "does not exist", "HTTP status 404"))
 

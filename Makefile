@@ -21,8 +21,12 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/cdp demo
 
+# Worker processes (pytest-xdist); the tests on the shared SparkSession form one group, run by one worker on one JVM
+# (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 3
+
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -28,6 +28,20 @@ _S3_ENV = {
 }
 
 
+#: Tests on the in-process SparkSession (the ``spark`` fixture, directly or through another fixture).
+SPARK_GROUP = "spark"
+
+
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist's own hook reads the group marks (``make test``: loadgroup).
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the shared SparkSession ``spark`` and put them in one xdist group: under
+    ``make test`` they run on one worker, one JVM, while the other workers take the rest of the suite."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+            item.add_marker(pytest.mark.xdist_group(SPARK_GROUP))
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server over HTTP on 127.0.0.1, with the AWS variables every client (and subprocess) reads."""
@@ -126,6 +140,17 @@ def spark(s3_endpoint: str) -> Iterator[Any]:
     """
     from plugins.transforms.spark import spark_session, stop_spark
 
-    session = spark_session("local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"})
+    # Test data is a few rows: one shuffle partition and no adaptive re-planning or whole-stage code generation
+    # halve the jobs and cut the planning of each (measured: a run of every transform 27 s -> 20 s). Results do not
+    # depend on them; the demo test and the subprocess tests run the production settings.
+    small_data = {
+        "spark.sql.shuffle.partitions": "1",
+        "spark.default.parallelism": "1",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.sql.codegen.wholeStage": "false",
+    }
+    session = spark_session(
+        "local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **small_data}
+    )
     yield session
     stop_spark()

@@ -18,6 +18,7 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
+from plugins.transforms.spark import spark_conf
 from tests.conftest import REPO_ROOT
 
 
@@ -164,5 +165,7 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
         assert running_home == CHOSEN_AT_START.home.resolve()
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert spark.conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
-    assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
-    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"  # Two per core of local[2].
+    # The production defaults (the test session overrides these two for its few rows, tests/conftest.py).
+    defaults = spark_conf("local[2]")
+    assert defaults["spark.sql.adaptive.enabled"] == "true"
+    assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].

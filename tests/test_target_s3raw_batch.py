@@ -191,6 +191,8 @@ def test_by_default_only_the_sdk_default_batch_folder_is_read(tmp_path: Path, ba
         ),
         ("big.jsonl", b'{"id": "c1"}\n' * 10_000, {"format": "jsonl"}, "max_batch_file_bytes"),
     ],
+    # Named: gzip's header holds the time, and xdist's workers must collect the same test ids.
+    ids=["not-gzip", "cut-gzip", "not-parquet", "gzip-bomb", "too-big"],
 )
 def test_an_unreadable_batch_file_goes_to_the_dlq_and_the_run_goes_on(
     tmp_path: Path, batches: Path, name: str, content: bytes, encoding: dict[str, Any], problem: str, capsys: Any

@@ -102,8 +102,12 @@ class ErasureSplit(NamedTuple):
     erased: DataFrame
 
 
-def drop_erased(df: DataFrame, tombstones: DataFrame, keys: Sequence[ErasureKey]) -> ErasureSplit:
-    """``df`` without the rows whose identifier (any of ``keys``) has a tombstone, and those rows apart."""
+#: The column :func:`mark_erased` adds: whether a tombstone names one of the row's identifiers.
+ERASED_COLUMN = "_cdp_erased"
+
+
+def mark_erased(df: DataFrame, tombstones: DataFrame, keys: Sequence[ErasureKey]) -> DataFrame:
+    """``df`` with :data:`ERASED_COLUMN`, true where one of the row's identifiers (any of ``keys``) has a tombstone."""
     from pyspark.sql import functions as F
 
     distinct = tombstones.select("id_type", "id_value").distinct()
@@ -123,7 +127,14 @@ def drop_erased(df: DataFrame, tombstones: DataFrame, keys: Sequence[ErasureKey]
         marked = marked.join(found, condition, "left").drop(type_name, value_name)
         markers.append(F.coalesce(F.col(marker), F.lit(False)))
     erased_flag = F.greatest(*markers) if len(markers) > 1 else (markers[0] if markers else F.lit(False))
-    marked = marked.withColumn("_cdp_erased", erased_flag).drop(*[f"_cdp_erased_{i}" for i in range(len(keys))])
-    kept = marked.where(~F.col("_cdp_erased")).drop("_cdp_erased")
-    erased = marked.where(F.col("_cdp_erased")).drop("_cdp_erased")
+    return marked.withColumn(ERASED_COLUMN, erased_flag).drop(*[f"_cdp_erased_{i}" for i in range(len(keys))])
+
+
+def drop_erased(df: DataFrame, tombstones: DataFrame, keys: Sequence[ErasureKey]) -> ErasureSplit:
+    """``df`` without the rows whose identifier (any of ``keys``) has a tombstone, and those rows apart."""
+    from pyspark.sql import functions as F
+
+    marked = mark_erased(df, tombstones, keys)
+    kept = marked.where(~F.col(ERASED_COLUMN)).drop(ERASED_COLUMN)
+    erased = marked.where(F.col(ERASED_COLUMN)).drop(ERASED_COLUMN)
     return ErasureSplit(kept, erased)

@@ -109,6 +109,38 @@ class Allowed:
 QualityRule = Required | Format | Range | Allowed
 
 
+#: The column :func:`mark_broken_rules` adds: the index of the first rule a row breaks, null when it breaks none.
+BROKEN_RULE_COLUMN = "_cdp_broken_rule"
+
+
+def mark_broken_rules(df: DataFrame, rules: Sequence[QualityRule]) -> DataFrame:
+    """``df`` with :data:`BROKEN_RULE_COLUMN`: the first rule (in ``rules`` order) each row breaks, or null."""
+    from pyspark.sql import functions as F
+
+    if missing := sorted({rule.column for rule in rules} - set(df.columns)):
+        raise QualityRuleError(f"quality rules name column(s) {', '.join(missing)} the table does not have")
+    first_broken: Column = F.lit(None).cast("int")
+    for index in reversed(range(len(rules))):  # Built inside out, so the earliest broken rule wins.
+        first_broken = F.when(rules[index].broken(F.col(rules[index].column)), F.lit(index)).otherwise(first_broken)
+    return df.withColumn(BROKEN_RULE_COLUMN, first_broken)
+
+
+def rejected_rows(marked: DataFrame, rules: Sequence[QualityRule]) -> DataFrame:
+    """The rows of ``marked`` (:func:`mark_broken_rules`) that break a rule, as :func:`split_by_rules` returns them."""
+    from pyspark.sql import functions as F
+
+    names = F.array(*[F.lit(rule.name) for rule in rules]) if rules else F.array().cast("array<string>")
+    columns = F.array(*[F.lit(rule.column) for rule in rules]) if rules else F.array().cast("array<string>")
+    row_columns = [name for name in marked.columns if not name.startswith("_cdp_")]
+    source = F.col(SOURCE_FILE_COLUMN) if SOURCE_FILE_COLUMN in marked.columns else F.lit(None).cast("string")
+    return marked.where(F.col(BROKEN_RULE_COLUMN).isNotNull()).select(
+        F.element_at(names, F.col(BROKEN_RULE_COLUMN) + 1).alias(RULE_COLUMN),
+        F.element_at(columns, F.col(BROKEN_RULE_COLUMN) + 1).alias(RULE_COLUMN_NAME),
+        source.alias(SOURCE_FILE_COLUMN),
+        F.to_json(F.struct(*[F.col(name) for name in row_columns])).alias(ROW_COLUMN),
+    )
+
+
 def split_by_rules(df: DataFrame, rules: Sequence[QualityRule]) -> tuple[DataFrame, DataFrame]:
     """``(valid, rejected)``: the rows of ``df`` that pass every rule, and the others.
 
@@ -118,25 +150,9 @@ def split_by_rules(df: DataFrame, rules: Sequence[QualityRule]) -> tuple[DataFra
     """
     from pyspark.sql import functions as F
 
-    if missing := sorted({rule.column for rule in rules} - set(df.columns)):
-        raise QualityRuleError(f"quality rules name column(s) {', '.join(missing)} the table does not have")
-    first_broken: Column = F.lit(None).cast("int")
-    for index in reversed(range(len(rules))):  # Built inside out, so the earliest broken rule wins.
-        first_broken = F.when(rules[index].broken(F.col(rules[index].column)), F.lit(index)).otherwise(first_broken)
-    marker = "_cdp_broken_rule"
-    marked = df.withColumn(marker, first_broken)
-    valid = marked.where(F.col(marker).isNull()).drop(marker)
-    names = F.array(*[F.lit(rule.name) for rule in rules]) if rules else F.array().cast("array<string>")
-    columns = F.array(*[F.lit(rule.column) for rule in rules]) if rules else F.array().cast("array<string>")
-    row_columns = [name for name in df.columns if not name.startswith("_cdp_")]
-    source = F.col(SOURCE_FILE_COLUMN) if SOURCE_FILE_COLUMN in df.columns else F.lit(None).cast("string")
-    rejected = marked.where(F.col(marker).isNotNull()).select(
-        F.element_at(names, F.col(marker) + 1).alias(RULE_COLUMN),
-        F.element_at(columns, F.col(marker) + 1).alias(RULE_COLUMN_NAME),
-        source.alias(SOURCE_FILE_COLUMN),
-        F.to_json(F.struct(*[F.col(name) for name in row_columns])).alias(ROW_COLUMN),
-    )
-    return valid, rejected
+    marked = mark_broken_rules(df, rules)
+    valid = marked.where(F.col(BROKEN_RULE_COLUMN).isNull()).drop(BROKEN_RULE_COLUMN)
+    return valid, rejected_rows(marked, rules)
 
 
 def reason_counts(df: DataFrame) -> DataFrame:

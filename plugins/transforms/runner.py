@@ -62,6 +62,7 @@ REPORTS_PREFIX = "_reports"
 LINEAGE_COLUMNS = (SOURCE_FILE_COLUMN,)
 _ORIGIN = "_cdp_origin"  # 0: a row of this run's batch; 1: a row already in the table.
 _DELETED = "_cdp_deleted"
+_BATCH_ROWS = "_cdp_batch_rows"  # How many of this run's rows share the key.
 
 
 class TransformRunError(CdpError):
@@ -618,13 +619,20 @@ class _TableRun:
         self, output: TransformOutput, *, complete: bool, raw_keys: Sequence[str], properties: dict[str, str]
     ) -> TableSummary:
         from pyspark import StorageLevel
+        from pyspark.sql import Window
         from pyspark.sql import functions as F
         from pyspark.sql.types import StructType
 
-        from plugins.transforms.erasure import drop_erased
+        from plugins.transforms.erasure import ERASED_COLUMN, mark_erased
         from plugins.transforms.frames import latest_per_key
         from plugins.transforms.normalize import REASON_PREFIX
-        from plugins.transforms.quality import RULE_COLUMN, reason_counts, split_by_rules, write_rejected
+        from plugins.transforms.quality import (
+            BROKEN_RULE_COLUMN,
+            mark_broken_rules,
+            reason_counts,
+            rejected_rows,
+            write_rejected,
+        )
 
         context, key = self.context, list(self.descriptor.key)
         rows = output.rows
@@ -633,9 +641,8 @@ class _TableRun:
         columns = [name for name in rows.columns if not name.startswith("_cdp_") or name in LINEAGE_COLUMNS]
         table = self._prepare_table(StructType([rows.schema[name] for name in columns]))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        winners: DataFrame | None = None
+        marked: DataFrame | None = None
         try:
-            batch_rows = rows.count()
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
             if complete:
@@ -647,6 +654,10 @@ class _TableRun:
                 affected = self._files_holding(table, keys, key) if live else []
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)
                 candidates = batch.unionByName(existing.withColumn(_ORIGIN, F.lit(1)), allowMissingColumns=True)
+            # This run's rows per key, summed over the winners below: the rows in, without a count of their own (the
+            # window shares the fold's partitioning, so it adds no shuffle).
+            in_batch = F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(Window.partitionBy(*key))
+            candidates = candidates.withColumn(_BATCH_ROWS, in_batch)
             merge_order = self._merge_order(candidates.columns)
             # A transform reading raw data keeps the latest version of a key, whichever run brought it; one reading
             # tables recomputed its rows from their current state, so its new rows replace the table's.
@@ -658,45 +669,69 @@ class _TableRun:
                 folded = folded.join(marks, _same_key(folded, key), "left").drop(*_key_aliases(key))
             else:
                 folded = folded.withColumn(_DELETED, F.lit(None).cast("boolean"))
-            winners = folded.withColumn(_DELETED, F.coalesce(F.col(_DELETED), F.lit(False))).persist(
+            winners = folded.withColumn(_DELETED, F.coalesce(F.col(_DELETED), F.lit(False)))
+            # Erasure and the quality rules judge this run's surviving rows; the table's own rows stay as they are.
+            fresh = (F.col(_ORIGIN) == 0) & ~F.col(_DELETED)
+            if context.tombstones is not None and self.descriptor.erasure_keys:
+                winners = mark_erased(winners, context.tombstones, self.descriptor.erasure_keys)
+                winners = winners.withColumn(ERASED_COLUMN, F.col(ERASED_COLUMN) & fresh)
+            else:
+                winners = winners.withColumn(ERASED_COLUMN, F.lit(False))
+            rules = self.descriptor.load_quality_rules()
+            marked = mark_broken_rules(winners, rules)
+            judged = fresh & ~F.col(ERASED_COLUMN)
+            marked = marked.withColumn(BROKEN_RULE_COLUMN, F.when(judged, F.col(BROKEN_RULE_COLUMN))).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
-            tally = {
-                (row[_ORIGIN], row[_DELETED]): row["count"]
-                for row in winners.groupBy(_ORIGIN, _DELETED).count().collect()
-            }
-            new_winners, existing_kept = tally.get((0, False), 0), tally.get((1, False), 0)
-            fresh = winners.where((F.col(_ORIGIN) == 0) & ~F.col(_DELETED)).drop(_ORIGIN, _DELETED)
-            kept, erased_count = fresh, 0
-            if context.tombstones is not None and self.descriptor.erasure_keys:
-                kept, erased = drop_erased(fresh, context.tombstones, self.descriptor.erasure_keys)
-                erased_count = erased.count()
-            valid, rejected = split_by_rules(kept, self.descriptor.load_quality_rules())
-            rejected_rows = rejected.collect()
-            rows_out = new_winners - erased_count - len(rejected_rows)
+            # Every count of the run in one aggregation (one job): rows in, winners by origin, deleted, erased and
+            # rejected per rule.
+            outcomes = marked.groupBy(_ORIGIN, _DELETED, ERASED_COLUMN, BROKEN_RULE_COLUMN).agg(
+                F.count(F.lit(1)).alias("rows"), F.sum(_BATCH_ROWS).alias("batch_rows")
+            )
+            batch_rows = new_winners = existing_kept = deleted_count = erased_count = rejected_count = 0
             quality = QualityReport(counters=dict(self.counters))
-            for row in rejected_rows:
-                rule = str(row[RULE_COLUMN])
-                quality.rejected_by_rule[rule] = quality.rejected_by_rule.get(rule, 0) + 1
+            for outcome in outcomes.collect():
+                count = int(outcome["rows"])
+                batch_rows += int(outcome["batch_rows"] or 0)
+                if outcome[_DELETED]:
+                    deleted_count += count if outcome[_ORIGIN] == 1 else 0
+                    continue
+                if outcome[_ORIGIN] == 1:
+                    existing_kept += count
+                    continue
+                new_winners += count
+                if outcome[ERASED_COLUMN]:
+                    erased_count += count
+                elif outcome[BROKEN_RULE_COLUMN] is not None:
+                    rule = rules[int(outcome[BROKEN_RULE_COLUMN])].name
+                    quality.rejected_by_rule[rule] = quality.rejected_by_rule.get(rule, 0) + count
+                    rejected_count += count
+            rejected = rejected_rows(marked, rules).collect() if rejected_count else []
+            if len(rejected) != rejected_count:
+                raise TransformRunError(
+                    f"table {self.name}: {rejected_count} rows broke a rule but {len(rejected)} were read back; "
+                    "nothing committed"
+                )
+            rows_out = new_winners - erased_count - rejected_count
             nulled = reason_counts(rows).collect() if any(n.startswith(REASON_PREFIX) for n in rows.columns) else []
             for row in nulled:
                 quality.nulled.setdefault(str(row["column"]), {})[str(row["reason"])] = int(row["rows"])
-            kept_rows = winners.where((F.col(_ORIGIN) == 1) & ~F.col(_DELETED)).select(*columns)
-            to_write = kept_rows.unionByName(valid.select(*columns))
+            kept = ~F.col(_DELETED) & ~F.col(ERASED_COLUMN) & F.col(BROKEN_RULE_COLUMN).isNull()
+            to_write = marked.where(kept).select(*columns)
             expected = existing_kept + rows_out
-            if rejected_rows:  # Before the commit: a crash after it re-rejects them (a duplicate), never loses them.
+            if rejected:  # Before the commit: a crash after it re-rejects them (a duplicate), never loses them.
                 write_rejected(
-                    context.dlq_store, context.tenant, self.descriptor.output, rejected_rows, run_id=context.run_id
+                    context.dlq_store, context.tenant, self.descriptor.output, rejected, run_id=context.run_id
                 )
             files = write_data_files(to_write, table, run_id=context.run_id) if expected else []
             self._check(table, files, to_write, key, expected, unique=complete)
             counts = {
                 "rows_in": batch_rows,
                 "rows_out": rows_out,
-                "rejected": len(rejected_rows),
+                "rejected": rejected_count,
                 "erased": erased_count,
                 "merged": batch_rows - new_winners,
-                "deleted": tally.get((1, True), 0),
+                "deleted": deleted_count,
             }
             properties[RUN_ID_PROPERTY] = context.run_id
             properties.update(
@@ -707,8 +742,8 @@ class _TableRun:
             committed = commit_files(table, add=files, remove=affected, raw_files=raw_keys, properties=properties)
         finally:
             rows.unpersist()
-            if winners is not None:
-                winners.unpersist()
+            if marked is not None:
+                marked.unpersist()
         mode = "full-refresh" if context.full_refresh else ("complete" if complete else "incremental")
         log_event(
             logger,

@@ -328,9 +328,17 @@ def resolve_identities(
             known = known.join(gone_records, "record_id", "left_anti")
     else:
         erased_customers = None
+    stale = None
+    if known is not None:
+        # A record observed again is what its latest version says: the identifiers its new version no longer has leave
+        # the map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
+        restated = known.join(fresh.select("record_id").distinct(), "record_id", "left_semi")
+        stale = restated.select(*keys).join(fresh.select(*keys), keys, "left_anti")
     usable = ~_blocked(chosen)
     touched = None
-    population = fresh.select(*keys) if known is None else fresh.select(*keys).unionByName(known.select(*keys))
+    population = fresh.select(*keys)
+    if known is not None and stale is not None:
+        population = population.unionByName(known.select(*keys).join(stale, keys, "left_anti"))
     if known is not None and scope is IdentityScope.TOUCHED:
         fresh_values = fresh.select("id_type", "id_value").distinct()
         may_link = known.filter(~F.col("cut_for_good"))
@@ -345,6 +353,8 @@ def resolve_identities(
         # Only what the observations still say; the previous map lends its ids and first sightings.
         known = known.join(fresh.select(*keys), keys, "left_semi")
         population = fresh.select(*keys)
+    if known is not None and stale is not None:
+        known = known.join(stale, keys, "left_anti")
     rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good"))
     links = rows.groupBy(*keys).agg(
         F.min("first_seen").alias("first_seen"),
@@ -529,10 +539,21 @@ def _customer_ids(placed: DataFrame) -> DataFrame:
     # A guard may now split an earlier profile: its id stays with one part only (the smallest component).
     once = Window.partitionBy("previous_id").orderBy("component")
     survivors = candidates.withColumn("rank", F.row_number().over(once)).filter("rank = 1")
-    hashed = F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(F.sha2(F.col("birth.node"), 256), 1, 24))
-    return births.join(survivors.select("component", "previous_id"), "component", "left").select(
-        "component", F.coalesce("previous_id", hashed).alias("customer_id")
+
+    def hashed(value: Column) -> Column:
+        return F.concat(F.lit(CUSTOMER_ID_PREFIX), F.substring(F.sha2(value, 256), 1, 24))
+
+    # A part split off an earlier profile (a record's new version dropped the identifier that linked them) may be born
+    # from the identifier that profile was born from: its hash is the id the other part keeps, so it hashes its birth
+    # identifier with its own smallest node instead.
+    kept = survivors.select(F.col("previous_id").alias("kept_id")).distinct()
+    placed_ids = births.join(survivors.select("component", "previous_id"), "component", "left").join(
+        kept, hashed(F.col("birth.node")) == F.col("kept_id"), "left"
     )
+    born_anew = F.when(F.col("kept_id").isNull(), hashed(F.col("birth.node"))).otherwise(
+        hashed(F.concat_ws("|", F.col("birth.node"), F.col("component")))
+    )
+    return placed_ids.select("component", F.coalesce("previous_id", born_anew).alias("customer_id"))
 
 
 def _merges(resolved: DataFrame, run_id: str, resolved_at: datetime) -> DataFrame:

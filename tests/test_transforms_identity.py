@@ -241,13 +241,23 @@ def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_re
     assert people(rebuilt) == {frozenset({"stripe:cus_ann"}), frozenset({"shopify:101"})}
 
     for scope in (IdentityScope.ALL, IdentityScope.TOUCHED):
+        observed = observations(spark, newer)
         again = resolve_identities(
-            observations(spark, newer), run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope
+            observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed
         )
         assert people(again) == people(rebuilt), scope
         kept = {(row["record_id"], row["id_value"]) for row in again.identity_map.collect()}
         assert ("stripe:cus_ann", "ann@x.io") not in kept, scope
         assert {("stripe:cus_ann", "cus_ann"), ("stripe:cus_ann", "ann.new@x.io"), ("shopify:101", "ann@x.io")} <= kept
+
+    # Not restated (an events record: each run says only what its new events said), the earlier email stays.
+    gathered = resolve_identities(
+        observations(spark, newer), run_id="r3", resolved_at=RESOLVED_AT, previous=previous, scope=IdentityScope.TOUCHED
+    )
+    assert people(gathered) == {frozenset({"stripe:cus_ann", "shopify:101"})}
+    assert ("stripe:cus_ann", "ann@x.io") in {
+        (row["record_id"], row["id_value"]) for row in gathered.identity_map.collect()
+    }
 
 
 def test_survivorship_takes_the_most_recent_non_null_or_the_first_source_of_a_priority_list(spark) -> None:

@@ -285,6 +285,7 @@ def resolve_identities(
     previous: DataFrame | None = None,
     scope: IdentityScope = IdentityScope.ALL,
     erased: DataFrame | None = None,
+    restated: DataFrame | None = None,
 ) -> IdentityResolution:
     """Resolve ``observations`` (``source, record_id, id_type, id_value, observed_at``; values already normalised)
     together with the ``previous`` identity map (:func:`load_identity_map`; None on the first run).
@@ -294,6 +295,9 @@ def resolve_identities(
     or shared stays cut, since counts only grow, so it touches no one) with the observations, whole; the shared-value
     guard still counts the records of each value over the whole map. Either way the people are those of one run on
     everything. ``erased`` (``id_type, id_value`` tombstones): every record holding one leaves the map.
+    ``restated`` (``record_id``): records whose observations here are their whole current state (a record's new
+    version): identifiers the previous map holds for them and the observations lack leave the map. Other records'
+    observations add to what the map holds (an ``event:`` record gathers what every event said).
 
     Ids: a component holding earlier customers keeps the one born first (its earliest identifier: ``first_seen``,
     then the smallest) and records the others as merged; a new component's id is ``cus_`` and a hash of its
@@ -329,11 +333,11 @@ def resolve_identities(
     else:
         erased_customers = None
     stale = None
-    if known is not None:
-        # A record observed again is what its latest version says: the identifiers its new version no longer has leave
-        # the map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
-        restated = known.join(fresh.select("record_id").distinct(), "record_id", "left_semi")
-        stale = restated.select(*keys).join(fresh.select(*keys), keys, "left_anti")
+    if known is not None and restated is not None:
+        # A restated record is what its latest version says: the identifiers its new version no longer has leave the
+        # map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
+        again = known.join(restated.select("record_id").distinct(), "record_id", "left_semi")
+        stale = again.select(*keys).join(fresh.select(*keys), keys, "left_anti")
     usable = ~_blocked(chosen)
     touched = None
     population = fresh.select(*keys)

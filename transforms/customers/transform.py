@@ -277,6 +277,8 @@ def customers(
         previous=previous,
         scope=IdentityScope.REBUILD if run.full_refresh else IdentityScope.TOUCHED,
         erased=_tombstones(run),
+        # A changed customer record is its latest version whole; events only add to what was said before.
+        restated=changed_records.select("record_id") if changed_records is not None else None,
     )
     commit_identity(run.catalog, run.tenant, resolution, run_id=run.run_id)
     guards = resolution.guard_counts()

@@ -215,9 +215,16 @@ class ObjectStore:
         except OSError as exc:
             # An S3 object deleted between pyarrow's HEAD and its GET fails the GET with a generic error
             # ("INTERNAL_FAILURE ... Failed to flush response stream"), not a 404: look again before calling it failed.
-            if _is_not_found(exc) or not self.exists(key):
+            if _is_not_found(exc) or self._gone(key):
                 raise ObjectNotFoundError(f"no object at {self.url_for(key)}") from exc
             raise StorageError(f"could not read {self.url_for(key)}: {exc}") from exc
+
+    def _gone(self, key: str) -> bool:
+        """Whether ``key`` is now known to be absent (a failed look says nothing: False)."""
+        try:
+            return not self.exists(key)
+        except OSError:
+            return False
 
     def exists(self, key: str) -> bool:
         """Whether an object has this key."""

@@ -341,8 +341,9 @@ def resolve_identities(
     usable = ~_blocked(chosen)
     touched = None
     population = fresh.select(*keys)
-    if known is not None and stale is not None:
-        population = population.unionByName(known.select(*keys).join(stale, keys, "left_anti"))
+    if known is not None:
+        still_held = known.select(*keys) if stale is None else known.select(*keys).join(stale, keys, "left_anti")
+        population = population.unionByName(still_held)
     if known is not None and scope is IdentityScope.TOUCHED:
         fresh_values = fresh.select("id_type", "id_value").distinct()
         may_link = known.filter(~F.col("cut_for_good"))

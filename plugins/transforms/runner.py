@@ -654,8 +654,8 @@ class _TableRun:
                 affected = self._files_holding(table, keys, key) if live else []
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)
                 candidates = batch.unionByName(existing.withColumn(_ORIGIN, F.lit(1)), allowMissingColumns=True)
-            # This run's rows per key, summed over the winners below: the rows in, without a count of their own (the
-            # window shares the fold's partitioning, so it adds no shuffle).
+            # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
+            # window is partitioned like the fold's, by the key).
             in_batch = F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(Window.partitionBy(*key))
             candidates = candidates.withColumn(_BATCH_ROWS, in_batch)
             merge_order = self._merge_order(candidates.columns)

@@ -32,14 +32,24 @@ _S3_ENV = {
 SPARK_GROUP = "spark"
 
 
+#: The modules of the longest single tests (the demo runs the whole pipeline twice; the others install packages or
+#: start Spark in a process of their own). They are collected first, whole, so that pytest-xdist hands them out at
+#: the start, beside the Spark group (collected early too), instead of last, where they alone would set the
+#: suite's length.
+START_FIRST = ("test_demo.py", "test_installed_wheel.py", "test_transform_scaffold.py", "test_destination_scaffold.py")
+
+
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist's own hook reads the group marks (``make test``: loadgroup).
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs the shared SparkSession ``spark`` and put them in one xdist group: under
-    ``make test`` they run on one worker, one JVM, while the other workers take the rest of the suite."""
+    ``make test`` they run on one worker, one JVM, while the other workers take the rest of the suite. The
+    :data:`START_FIRST` modules go to the front (a stable sort: every worker collects the same order)."""
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
             item.add_marker(pytest.mark.xdist_group(SPARK_GROUP))
+    first = {name: rank for rank, name in enumerate(START_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))
 
 
 @pytest.fixture(scope="session")

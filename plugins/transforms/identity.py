@@ -292,8 +292,9 @@ def resolve_identities(
 
     ``scope`` says which previous rows take part (:class:`IdentityScope`). With ``TOUCHED`` a run resolves only the
     profiles its observations touch: those sharing a record or an identifier that may link (a value cut as blocked
-    or shared stays cut, since counts only grow, so it touches no one) with the observations, whole; the shared-value
-    guard still counts the records of each value over the whole map. Either way the people are those of one run on
+    or shared stays cut, since counts only grow, so it touches no one) with the observations, whole, and the profiles
+    sharing a value the profile cap cut with those (the cap judges whole components); the shared-value guard still
+    counts the records of each value over the whole map. Either way the people are those of one run on
     everything. ``erased`` (``id_type, id_value`` tombstones): every record holding one leaves the map.
     ``restated`` (``record_id``): records whose observations here are their whole current state (a record's new
     version): identifiers the previous map holds for them and the observations lack leave the map. Other records'
@@ -319,8 +320,14 @@ def resolve_identities(
     if previous is not None:
         # A value the previous map cut as blocked or shared stays cut however the map grows (counts only grow).
         for_good = F.coalesce(F.col("cut_rule").isin(RULE_BLOCKED, RULE_SHARED), F.lit(False))
+        cap_cut = F.coalesce(F.col("cut_rule") == RULE_PROFILE_CAP, F.lit(False))
         known = previous.select(
-            *keys, "first_seen", "last_seen", F.col("customer_id").alias("previous_id"), for_good.alias("cut_for_good")
+            *keys,
+            "first_seen",
+            "last_seen",
+            F.col("customer_id").alias("previous_id"),
+            for_good.alias("cut_for_good"),
+            cap_cut.alias("capped"),
         )
     if erased is not None:
         tombstones = F.broadcast(erased.select("id_type", "id_value").distinct())
@@ -352,15 +359,16 @@ def resolve_identities(
         reached = by_value.union(by_record)
         if erased_customers is not None:
             reached = reached.union(erased_customers)
-        touched = _materialise(reached.distinct().withColumnRenamed("previous_id", "customer_id"), reliable=True)
-        known = known.join(touched.withColumnRenamed("customer_id", "previous_id"), "previous_id", "left_semi")
+        touched = _close_over_capped(_materialise(reached.distinct(), reliable=True), may_link, chosen)
+        known = known.join(touched, "previous_id", "left_semi")
+        touched = touched.withColumnRenamed("previous_id", "customer_id")
     elif known is not None and scope is IdentityScope.REBUILD:
         # Only what the observations still say; the previous map lends its ids and first sightings.
         known = known.join(fresh.select(*keys), keys, "left_semi")
         population = fresh.select(*keys)
     if known is not None and stale is not None:
         known = known.join(stale, keys, "left_anti")
-    rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good"))
+    rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good", "capped"))
     links = rows.groupBy(*keys).agg(
         F.min("first_seen").alias("first_seen"),
         F.max("last_seen").alias("last_seen"),
@@ -431,6 +439,29 @@ def resolve_identities(
         audit=_materialise(audit, reliable=True, eager=False),
         touched=touched,
         values=None if touched is None else values,
+    )
+
+
+def _close_over_capped(touched: DataFrame, may_link: DataFrame, settings: IdentitySettings) -> DataFrame:
+    """``touched`` (``previous_id``) with every earlier profile that shares, directly or through others, a value the
+    profile cap cut in one of them. The cap cut it within the profiles of one component, which a run on everything
+    links first and then cuts again; resolving only some of them would cap a smaller component, and differently."""
+    from pyspark.sql import functions as F
+
+    capped = may_link.filter(F.col("capped")).select("id_type", "id_value", "previous_id")
+    for _ in range(settings.max_rounds):
+        values = capped.join(touched, "previous_id", "left_semi").select("id_type", "id_value").distinct()
+        further = (
+            may_link.join(values, ["id_type", "id_value"], "left_semi")
+            .select("previous_id")
+            .distinct()
+            .join(touched, "previous_id", "left_anti")
+        )
+        if further.isEmpty():
+            return touched
+        touched = _materialise(touched.unionByName(further), reliable=True)
+    raise IdentityError(
+        f"the profiles sharing values cut by the profile cap did not close within {settings.max_rounds} rounds"
     )
 
 

@@ -397,8 +397,8 @@ def test_meltano_runs_the_transforms_as_the_cdp_utility_with_its_settings(tmp_pa
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO_ROOT / "meltano.yml", project / "meltano.yml")
-    # Where the dev environment's target-s3raw lands. Only landing here, and Spark runs in Meltano's process: the
-    # test stays out of the shared session's group and runs beside it.
+    # Where the dev environment's target-s3raw lands. This test only lands (Spark runs in the cdp process Meltano
+    # starts), so it stays out of the shared session's group and runs beside it.
     zone = RawZone(None, project / "data")
     # Products only, to keep the run short: the other transforms find no input and commit nothing.
     zone.land("stripe", "products", tap_schema("stripe", "products"), [{"id": "prod_1", "object": "product",

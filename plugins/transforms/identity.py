@@ -461,7 +461,8 @@ def _close_over_capped(touched: DataFrame, may_link: DataFrame, settings: Identi
             return touched
         touched = _materialise(touched.unionByName(further), reliable=True)
     raise IdentityError(
-        f"the profiles sharing values cut by the profile cap did not close within {settings.max_rounds} rounds"
+        f"the profiles sharing values cut by the profile cap did not close within {settings.max_rounds} rounds; "
+        "raise identity max_rounds"
     )
 
 

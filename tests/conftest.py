@@ -20,6 +20,14 @@ from plugins.core.storage import ObjectStore
 pytest_plugins = ["tests.segments_support"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def nested_pytest_options(base: Path) -> list[str]:
+    """Options for a pytest run inside this one: quiet, no cache, and a base folder of its own. Under pytest's default
+    base a nested run resets that folder to 0700, closing it, under root, to the embedded PostgreSQL's own user."""
+    return ["-q", "-p", "no:cacheprovider", "--basetemp", str(base)]
+
+
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

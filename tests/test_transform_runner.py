@@ -235,6 +235,17 @@ def test_a_rerun_with_nothing_new_commits_nothing(spark, stepwise) -> None:
             assert last[name].snapshot_id == snapshot.snapshot_id
 
 
+def test_a_run_with_nothing_new_starts_no_spark(stepwise, monkeypatch) -> None:
+    # A nightly schedule that finds nothing new must not pay for a JVM (the tenant has tombstones, read only by a
+    # table that has something to write).
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a run with nothing to do asked for a SparkSession")
+
+    monkeypatch.setattr("plugins.transforms.spark.spark_session", refuse)
+    rerun = by_table(run(stepwise["zone"], stepwise["processed"]))
+    assert {name: rerun[name].status for name in ALL_TABLES} == dict.fromkeys(ALL_TABLES, "up to date")
+
+
 def test_counts_conserve_and_rejected_rows_reach_the_dlq(spark, stepwise, capsys) -> None:
     for summary in [*stepwise["runs"], stepwise["full"]]:
         assert_conserved(summary)

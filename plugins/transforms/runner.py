@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -175,7 +176,7 @@ Progress = Callable[[TableSummary], None]
 class _Context:
     """What every transform of one tenant's run shares."""
 
-    spark: SparkSession
+    spark_master: str | None
     tenant: str
     run_id: str
     started_at: datetime
@@ -185,7 +186,27 @@ class _Context:
     dlq_store: ObjectStore
     registry: SchemaRegistry
     settings: TransformSettings
-    tombstones: DataFrame | None  # None: the tenant has erased nobody
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        """Started on first use: a run that finds every table up to date (a schedule with nothing new) starts no
+        JVM, which takes 8 s on an idle machine and several times that on a busy one."""
+        from plugins.transforms.spark import spark_session
+
+        return spark_session(self.spark_master)
+
+    @cached_property
+    def tombstones(self) -> DataFrame | None:
+        """The tenant's erasure tombstones; None when it has erased nobody."""
+        from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
+
+        identifier = table_identifier(self.tenant, ERASURES_TABLE)
+        if not self.catalog.table_exists(identifier):
+            return None
+        table = self.catalog.load_table(identifier)
+        if table.current_snapshot() is None or not live_data_files(table):
+            return None
+        return read_tombstones(self.spark, table).cache()
 
 
 def run_transforms(
@@ -205,7 +226,6 @@ def run_transforms(
 ) -> RunSummary:
     """Run the transforms (all registered ones, or ``transforms``) for ``tenants`` (default: every tenant of the raw
     zone), restricted to the output ``tables`` if given. See the module doc and docs/transforms.md."""
-    from plugins.transforms.spark import spark_session
     from schema_registry import SchemaRegistry
 
     tenant_settings = settings if isinstance(settings, TenantSettings) else TenantSettings.resolve(base=settings)
@@ -228,7 +248,6 @@ def run_transforms(
     summary = RunSummary(run_id=uuid.uuid4().hex, started_at=datetime.now(UTC), full_refresh=full_refresh)
     if not chosen:
         return summary
-    spark = spark_session(spark_master)
     catalog = zone.open()
     leases = LeaseManager(zone_store, LEASE_PREFIX, run_id=summary.run_id)
     for tenant in chosen:
@@ -241,7 +260,7 @@ def run_transforms(
         heartbeat = _Heartbeat(lease)
         try:
             context = _Context(
-                spark=spark,
+                spark_master=spark_master,
                 tenant=tenant,
                 run_id=summary.run_id,
                 started_at=summary.started_at,
@@ -251,7 +270,6 @@ def run_transforms(
                 dlq_store=dlq_store,
                 registry=registry,
                 settings=tenant_settings.for_tenant(tenant),
-                tombstones=_tombstones(spark, catalog, tenant),
             )
             done = _run_tenant(context, ordered, heartbeat, progress)
             summary.tables.extend(done)
@@ -319,18 +337,6 @@ def raw_tenants(store: ObjectStore) -> list[str]:
         except CdpError:
             continue
     return sorted(found)
-
-
-def _tombstones(spark: SparkSession, catalog: SqlCatalog, tenant: str) -> DataFrame | None:
-    from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
-
-    identifier = table_identifier(tenant, ERASURES_TABLE)
-    if not catalog.table_exists(identifier):
-        return None
-    table = catalog.load_table(identifier)
-    if table.current_snapshot() is None or not live_data_files(table):
-        return None
-    return read_tombstones(spark, table).cache()
 
 
 def _run_tenant(

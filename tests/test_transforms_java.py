@@ -18,7 +18,7 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
-from plugins.transforms.spark import spark_conf
+from plugins.transforms.spark import local_driver_memory, spark_conf
 from tests.conftest import REPO_ROOT
 
 
@@ -169,3 +169,25 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
     defaults = spark_conf("local[2]")
     assert defaults["spark.sql.adaptive.enabled"] == "true"
     assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].
+    # The launcher gave the driver the heap chosen for it (nothing here sets SPARK_DRIVER_MEMORY or a defaults file).
+    wanted = local_driver_memory()
+    assert wanted is not None
+    heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
+    assert heap >= 0.9 * int(wanted.removesuffix("m")) * 2**20
+
+
+def test_a_local_driver_gets_half_the_memory_unless_the_operator_chose_its_own(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // 2**20
+    assert spark_conf("local[2]")["spark.driver.memory"] == f"{max(1024, half)}m"
+    assert "spark.driver.memory" not in spark_conf("spark://host:7077")  # A cluster's driver is the cluster's own.
+    defaults = tmp_path / "spark-defaults.conf"
+    defaults.write_text("# tuned\nspark.driver.memoryOverhead 1g\nspark.executor.memory 2g\n")
+    assert "spark.driver.memory" in spark_conf("local[2]")
+    for line in ("spark.driver.memory 3g", "spark.driver.memory=3g", "  spark.driver.memory: 3g"):
+        defaults.write_text(f"spark.executor.memory 2g\n{line}\n")
+        assert "spark.driver.memory" not in spark_conf("local[2]"), line
+    defaults.unlink()
+    monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
+    assert "spark.driver.memory" not in spark_conf("local[2]")

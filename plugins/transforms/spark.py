@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugins.core.errors import CdpError
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 SPARK_MASTER_ENV_VAR = "CDP_SPARK_MASTER"
 DEFAULT_SPARK_MASTER = "local[*]"
 _LOCAL_RE = re.compile(r"^local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?$")
+
+#: The memory limit of the process's cgroup: v2, then v1.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 _lock = threading.Lock()
 _session: SparkSession | None = None
@@ -97,6 +101,15 @@ def local_driver_memory() -> str | None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Not a POSIX system: Spark's own default.
         return None
+    # In a container the machine's memory is the host's: its cgroup's limit is what the process may use.
+    for limit_file in CGROUP_MEMORY_LIMITS:
+        try:
+            limit = Path(limit_file).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if limit.isdigit():  # cgroup v2 says "max" when there is no limit; v1 gives a huge number.
+            total = min(total, int(limit))
+        break
     return f"{max(1024, total // 2 // 2**20)}m"
 
 
@@ -109,11 +122,10 @@ def _spark_defaults_set(key: str) -> bool:
         if home is None:
             import pyspark
 
-            home = os.path.dirname(pyspark.__file__)
-        folder = os.path.join(home, "conf")
+            home = str(Path(pyspark.__file__).parent)
+        folder = str(Path(home) / "conf")
     try:
-        with open(os.path.join(folder, "spark-defaults.conf"), encoding="utf-8") as defaults:
-            lines = defaults.read().splitlines()
+        lines = (Path(folder) / "spark-defaults.conf").read_text(encoding="utf-8").splitlines()
     except OSError:
         return False
     return any(re.split(r"[\s=:]", line.strip(), maxsplit=1)[0] == key for line in lines)

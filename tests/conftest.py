@@ -160,8 +160,10 @@ def spark(s3_endpoint: str) -> Iterator[Any]:
 
     # Test data is a few rows: one shuffle partition and no adaptive re-planning or whole-stage code generation
     # halve the jobs and cut the planning of each (measured: a run of every transform 27 s -> 20 s). Results do not
-    # depend on them; the demo test and the subprocess tests run the production settings.
+    # depend on them; the demo test and the subprocess tests run the production settings. 2g of heap, not half the
+    # machine's memory: the Spark JVMs of subprocess tests run beside this one.
     small_data = {
+        "spark.driver.memory": "2g",
         "spark.sql.shuffle.partitions": "1",
         "spark.default.parallelism": "1",
         "spark.sql.adaptive.enabled": "false",

@@ -246,6 +246,24 @@ def test_a_run_with_nothing_new_starts_no_spark(stepwise, monkeypatch) -> None:
     assert {name: rerun[name].status for name in ALL_TABLES} == dict.fromkeys(ALL_TABLES, "up to date")
 
 
+def test_a_spark_that_cannot_start_stops_the_run_with_one_error_and_frees_the_tenant(tmp_path, monkeypatch) -> None:
+    from plugins.transforms.spark import SparkSessionError
+
+    zone = RawZone(None, tmp_path)  # Landing needs no Spark, and this test must not start one.
+    land_step(zone, 1)
+    starts = []
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        starts.append(args)
+        raise SparkSessionError("Spark did not start on 'local[*]' with Java 17")
+
+    monkeypatch.setattr("plugins.transforms.spark.spark_session", broken)
+    for _ in range(2):  # The second run is not refused as busy: the first freed the tenant's lease.
+        with pytest.raises(SparkSessionError, match="did not start"):
+            run(zone, tmp_path / "processed")
+    assert len(starts) == 2  # Once per run, not once per table.
+
+
 def test_counts_conserve_and_rejected_rows_reach_the_dlq(spark, stepwise, capsys) -> None:
     for summary in [*stepwise["runs"], stepwise["full"]]:
         assert_conserved(summary)

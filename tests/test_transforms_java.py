@@ -19,7 +19,7 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
-from plugins.transforms.spark import local_driver_memory, spark_conf
+from plugins.transforms.spark import spark_conf
 from tests.conftest import REPO_ROOT
 
 
@@ -170,33 +170,54 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
     defaults = spark_conf("local[2]")
     assert defaults["spark.sql.adaptive.enabled"] == "true"
     assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].
-    # The launcher gave the driver the heap chosen for it (nothing here sets SPARK_DRIVER_MEMORY or a defaults file).
-    wanted = local_driver_memory()
-    assert wanted is not None
-    heap = spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory()
-    assert heap >= 0.9 * int(wanted.removesuffix("m")) * 2**20
+    # The session's spark.driver.memory (2g, tests/conftest.py; a local master's default is set the same way) reached
+    # the launcher's -Xmx.
+    assert spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory() >= 0.9 * 2 * 2**30
 
 
-def test_a_local_driver_gets_half_the_memory_unless_the_operator_chose_its_own(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("SPARK_DRIVER_MEMORY", raising=False)
-    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
-    limit = tmp_path / "memory.max"
-    monkeypatch.setattr(spark_module, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "absent"), str(limit)))
-    limit.write_text("max\n")  # cgroup v2 without a limit: the machine's memory.
-    half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // 2**20
-    assert spark_conf("local[2]")["spark.driver.memory"] == f"{max(1024, half)}m"
-    limit.write_text(f"{6 * 2**30}\n")  # A container limited to 6 GiB, on a host with more.
-    assert spark_conf("local[2]")["spark.driver.memory"] == f"{min(3072, max(1024, half))}m"
-    limit.write_text(f"{2**30}\n")  # Never below Spark's own 1g.
-    assert spark_conf("local[2]")["spark.driver.memory"] == "1024m"
-    limit.unlink()
+def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chose_its_own(
+    tmp_path: Path, monkeypatch
+) -> None:
+    for name in ("SPARK_DRIVER_MEMORY", "SPARK_MEM"):
+        monkeypatch.delenv(name, raising=False)
+    conf, cgroups = tmp_path / "conf", tmp_path / "cgroup"
+    conf.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+    monkeypatch.setattr(spark_module, "CGROUP_ROOT", cgroups)
+    monkeypatch.setattr(spark_module, "PROC_CGROUP", tmp_path / "proc-self-cgroup")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def heap_for(limit: int) -> str:
+        return f"{min(31 * 1024, max(1024, min(physical, limit) // 2 // 2**20))}m"
+
+    assert spark_conf("local[2]")["spark.driver.memory"] == heap_for(physical)  # No cgroup file: the machine's.
     assert "spark.driver.memory" not in spark_conf("spark://host:7077")  # A cluster's driver is the cluster's own.
-    defaults = tmp_path / "spark-defaults.conf"
-    defaults.write_text("# tuned\nspark.driver.memoryOverhead 1g\nspark.executor.memory 2g\n")
-    assert "spark.driver.memory" in spark_conf("local[2]")
+
+    # cgroup v2, the limit on a parent of the process's group (a container or a systemd slice); "max" is no limit.
+    (tmp_path / "proc-self-cgroup").write_text("0::/machine.slice/job\n")
+    (cgroups / "machine.slice" / "job").mkdir(parents=True)
+    (cgroups / "machine.slice" / "job" / "memory.max").write_text("max\n")
+    (cgroups / "machine.slice" / "memory.max").write_text(f"{6 * 2**30}\n")
+    assert spark_conf("local[2]")["spark.driver.memory"] == heap_for(6 * 2**30)
+    # cgroup v1, the memory controller beside others; never below Spark's own 1g.
+    (tmp_path / "proc-self-cgroup").write_text("5:cpu,cpuacct:/\n4:memory:/docker/abc\n")
+    (cgroups / "memory" / "docker" / "abc").mkdir(parents=True)
+    (cgroups / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{2**30}\n")
+    (cgroups / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert spark_conf("local[2]")["spark.driver.memory"] == "1024m"
+
+    # The operator's own choice: Spark's defaults file, its environment script, or the environment.
+    defaults, environment = conf / "spark-defaults.conf", conf / "spark-env.sh"
+    defaults.write_bytes(b"# tuned \xe9\nspark.driver.memoryOverhead 1g\n! spark.driver.memory 3g\n")
+    environment.write_text("# SPARK_DRIVER_MEMORY=3g\nSPARK_EXECUTOR_MEMORY=2g\n")
+    assert "spark.driver.memory" in spark_conf("local[2]")  # Comments and other keys are not a choice.
     for line in ("spark.driver.memory 3g", "spark.driver.memory=3g", "  spark.driver.memory: 3g"):
         defaults.write_text(f"spark.executor.memory 2g\n{line}\n")
         assert "spark.driver.memory" not in spark_conf("local[2]"), line
     defaults.unlink()
+    for line in ("SPARK_DRIVER_MEMORY=3g", "export SPARK_MEM=3g"):
+        environment.write_text(f"SPARK_EXECUTOR_MEMORY=2g\n{line}\n")
+        assert "spark.driver.memory" not in spark_conf("local[2]"), line
+    environment.unlink()
     monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
     assert "spark.driver.memory" not in spark_conf("local[2]")

@@ -37,10 +37,12 @@ from plugins.transforms.commit import (
     processed_raw_files,
     write_data_files,
 )
+from plugins.transforms.java import NoUsableJavaError
 from plugins.transforms.raw_reader import RawFile, list_raw_files, pending_raw_files, read_raw
 from plugins.transforms.raw_schema import SOURCE_FILE_COLUMN, subject_struct
 from plugins.transforms.run import TransformOutput, TransformRun, TransformSettings
 from plugins.transforms.settings import TenantSettings
+from plugins.transforms.spark import SparkSessionError
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table, table_struct
 
 if TYPE_CHECKING:
@@ -359,6 +361,8 @@ def _run_tenant(
         else:
             try:
                 result = _TableRun(context, descriptor, lease).run()
+            except (SparkSessionError, NoUsableJavaError):
+                raise  # Spark starts with the first table that has work; if it cannot, no table can: one error.
             except CdpError as exc:
                 result = TableSummary(context.tenant, descriptor.output, descriptor.name, "failed", error=str(exc))
                 broken.add(descriptor.output)

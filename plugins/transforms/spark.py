@@ -31,8 +31,11 @@ SPARK_MASTER_ENV_VAR = "CDP_SPARK_MASTER"
 DEFAULT_SPARK_MASTER = "local[*]"
 _LOCAL_RE = re.compile(r"^local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?$")
 
-#: The memory limit of the process's cgroup: v2, then v1.
-CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+#: Where the process's cgroups are named, and where their hierarchies are mounted.
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: A default heap above 32 GB loses the JVM's compressed object pointers.
+MAX_DEFAULT_DRIVER_MB = 31 * 1024
 
 _lock = threading.Lock()
 _session: SparkSession | None = None
@@ -91,31 +94,55 @@ def spark_conf(master: str) -> dict[str, str]:
 
 
 def local_driver_memory() -> str | None:
-    """The heap of a local master's driver, which runs every task too: half the machine's memory (at least Spark's
-    own 1g), unless the operator chose it (``SPARK_DRIVER_MEMORY``, or ``spark.driver.memory`` in
+    """The heap of a local master's driver, which runs every task too: half the memory the process may use (the
+    machine's, or its cgroup's limit in a container), at least Spark's own 1g and at most 31g; None when the operator
+    chose it (``SPARK_DRIVER_MEMORY`` or ``SPARK_MEM`` here or in ``spark-env.sh``, ``spark.driver.memory`` in
     ``spark-defaults.conf``). Spark's 1g spills and runs out of heap on a million raw records; DuckDB, the
     single-node reference, takes 80 % of the memory by default."""
-    if os.environ.get("SPARK_DRIVER_MEMORY") or _spark_defaults_set("spark.driver.memory"):
+    if os.environ.get("SPARK_DRIVER_MEMORY") or os.environ.get("SPARK_MEM") or _operator_set_driver_memory():
         return None
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Not a POSIX system: Spark's own default.
         return None
-    # In a container the machine's memory is the host's: its cgroup's limit is what the process may use.
-    for limit_file in CGROUP_MEMORY_LIMITS:
-        try:
-            limit = Path(limit_file).read_text(encoding="ascii").strip()
-        except OSError:
+    if (limit := _cgroup_memory_limit()) is not None:
+        total = min(total, limit)
+    return f"{min(MAX_DEFAULT_DRIVER_MB, max(1024, total // 2 // 2**20))}m"
+
+
+def _cgroup_memory_limit() -> int | None:
+    """The smallest memory limit on the process's cgroup and the groups above it (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``); None where there is none. A container's limit may sit on a parent group."""
+    try:
+        lines = PROC_CGROUP.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            root, name = CGROUP_ROOT, "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = CGROUP_ROOT / "memory", "memory.limit_in_bytes"
+        else:
             continue
-        if limit.isdigit():  # cgroup v2 says "max" when there is no limit; v1 gives a huge number.
-            total = min(total, int(limit))
-        break
-    return f"{max(1024, total // 2 // 2**20)}m"
+        folder = root / group.lstrip("/")
+        for candidate in (folder, *folder.parents):
+            try:
+                value = (candidate / name).read_text(encoding="ascii").strip()
+            except OSError:
+                value = ""
+            if value.isdigit():  # v2 says "max" where there is no limit; v1 gives a huge number.
+                limits.append(int(value))
+            if candidate == root:
+                break
+    return min(limits, default=None)
 
 
-def _spark_defaults_set(key: str) -> bool:
-    """Whether the ``spark-defaults.conf`` Spark's launcher reads (``SPARK_CONF_DIR``, else ``$SPARK_HOME/conf``, else
-    the pyspark package's ``conf``) sets ``key``; the file is a Java properties file."""
+def _operator_set_driver_memory() -> bool:
+    """Whether the files Spark's launcher reads set the driver's memory: ``spark.driver.memory`` in
+    ``spark-defaults.conf`` (a Java properties file), or ``SPARK_DRIVER_MEMORY`` / ``SPARK_MEM`` in ``spark-env.sh``
+    (which ``spark-class`` sources after this process has started it)."""
     folder = os.environ.get("SPARK_CONF_DIR")
     if folder is None:
         home = os.environ.get("SPARK_HOME")
@@ -124,11 +151,19 @@ def _spark_defaults_set(key: str) -> bool:
 
             home = str(Path(pyspark.__file__).parent)
         folder = str(Path(home) / "conf")
+    defaults = _lines(Path(folder) / "spark-defaults.conf")
+    environment = _lines(Path(folder) / "spark-env.sh")
+    return any(re.split(r"[\s=:]", line, maxsplit=1)[0] == "spark.driver.memory" for line in defaults) or any(
+        re.match(r"(export\s+)?SPARK_(DRIVER_MEMORY|MEM)=", line) for line in environment
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    """The stripped lines of a configuration file; none if it cannot be read (Spark's reader is as lenient)."""
     try:
-        lines = (Path(folder) / "spark-defaults.conf").read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     except OSError:
-        return False
-    return any(re.split(r"[\s=:]", line.strip(), maxsplit=1)[0] == key for line in lines)
+        return []
 
 
 def spark_session(master: str | None = None, *, conf: Mapping[str, str] | None = None) -> SparkSession:

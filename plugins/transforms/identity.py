@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING
 
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
+from plugins.transforms import frames
 from plugins.transforms.catalog import create_table
 from plugins.transforms.commit import CommitResult, commit_files, live_data_files, write_data_files
+from plugins.transforms.frames import broadcast_if
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ CUSTOMER_ID_PREFIX = "cus_"
 IDENTITY_MAP_PARTITIONING = ("bucket(16, customer_id)",)
 #: A record none of whose identifiers may link is a person of its own, under this node.
 RECORD_NODE_PREFIX = "record:"
+#: The edges a large-star/small-star round changed (connected components stop at a round that changed none).
+CHANGED_COLUMN = "_cdp_changed"
 
 #: Placeholders that sources put where they have no value; compared lower-cased and trimmed, for every type.
 DEFAULT_BLOCKED_VALUES = frozenset(
@@ -177,50 +181,40 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     """``node, component`` for every node of ``edges`` (``src, dst`` strings, undirected; a self-loop ``(n, n)``
     brings in a node without links). ``component`` is the smallest node of the node's component.
 
-    Large-star/small-star alternated until the edges form one star per component (a fixed point of both). The edge
-    set is checkpointed every ``checkpoint_every`` rounds so its lineage stays short (a reliable checkpoint where the
-    SparkContext has a checkpoint directory, a local one otherwise) and cached in the rounds between.
+    Large-star/small-star alternated until the edges form one star per component (a fixed point of both). Each round
+    flags the edges it changed, so one small aggregation over the round's own output tells whether its input was
+    already that fixed point: convergence costs no shuffle of its own (the round that finds it changed nothing is
+    the one extra). The edge set is checkpointed every ``checkpoint_every`` rounds so its lineage stays short (a
+    reliable checkpoint where the SparkContext has a checkpoint directory, a local one otherwise) and cached in the
+    rounds between.
     """
     from pyspark.sql import functions as F
 
     nodes = edges.select(F.col("src").alias("node")).union(edges.select(F.col("dst").alias("node"))).distinct()
     links = edges.filter(F.col("src") != F.col("dst")).select(F.col("src").alias("u"), F.col("dst").alias("v"))
-    current = _canonical(links).cache()
-    rounds, previous = 0, None
-    while not _is_star_forest(current):  # This action also computes the cached edges of the round.
+    current, rounds, previous = _canonical(links), 0, None
+    while True:
+        following = _small_star(_large_star(current))
+        following = _materialise(following, reliable=(rounds + 1) % checkpoint_every == 0, eager=False)
+        # This action also computes (and caches or checkpoints) the round's edges.
+        changed = following.agg(F.max(CHANGED_COLUMN).alias("changed")).first()
         if previous is not None:
             previous.unpersist()
+        previous, current = current, following
+        if changed is None or not changed["changed"]:
+            break
         rounds += 1
         if rounds > max_rounds:
+            previous.unpersist()
+            current.unpersist()
             raise IdentityError(
                 f"connected components did not converge in {max_rounds} rounds; raise identity max_rounds"
             )
-        following = _small_star(_large_star(current))
-        following = _materialise(following, reliable=rounds % checkpoint_every == 0, eager=False)
-        previous, current = current, following
-    if previous is not None:
-        previous.unpersist()
+    previous.unpersist()
     log_event(logger, "identity_components_converged", rounds=rounds)
     parents = current.select(F.col("u").alias("node"), F.col("v").alias("parent"))
     labels = nodes.join(parents, "node", "left").select("node", F.coalesce("parent", "node").alias("component"))
     return _materialise(labels, reliable=True, eager=False)
-
-
-def _is_star_forest(edges: DataFrame) -> bool:
-    """Whether every node has at most one parent and no parent has one: the fixed point of both operations, each
-    component one star around its smallest node. One Spark job, one shuffle."""
-    from pyspark.sql import functions as F
-
-    roles = edges.select(
-        F.explode(
-            F.array(
-                F.struct(F.col("u").alias("node"), F.lit(1).alias("child"), F.lit(0).alias("parent")),
-                F.struct(F.col("v").alias("node"), F.lit(0).alias("child"), F.lit(1).alias("parent")),
-            )
-        ).alias("role")
-    ).select("role.*")
-    per_node = roles.groupBy("node").agg(F.sum("child").alias("child"), F.sum("parent").alias("parent"))
-    return per_node.filter("child > 1 OR (child > 0 AND parent > 0)").isEmpty()
 
 
 def _canonical(edges: DataFrame) -> DataFrame:
@@ -233,7 +227,8 @@ def _canonical(edges: DataFrame) -> DataFrame:
 def _large_star(edges: DataFrame) -> DataFrame:
     """Every node links its larger neighbours to the smallest of its neighbourhood (itself included).
 
-    The result is oriented ``u > v`` and may repeat an edge; :func:`_small_star` removes repeats."""
+    The result is oriented ``u > v`` and may repeat an edge; :func:`_small_star` removes repeats. An edge is flagged
+    changed (``_cdp_changed``) when it now points elsewhere: where none is, the output is the input."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -249,18 +244,24 @@ def _large_star(edges: DataFrame) -> DataFrame:
     return (
         both.withColumn("m", smallest)
         .filter(F.col("b") > F.col("a"))
-        .select(F.col("b").alias("u"), F.col("m").alias("v"))
+        .select(F.col("b").alias("u"), F.col("m").alias("v"), (F.col("m") != F.col("a")).alias(CHANGED_COLUMN))
     )
 
 
 def _small_star(edges: DataFrame) -> DataFrame:
-    """Every node links itself and its smaller neighbours to the smallest of them; each edge once, as ``u > v``."""
+    """Every node links itself and its smaller neighbours to the smallest of them; each edge once, as ``u > v``.
+
+    An output edge stays flagged changed when an input edge it comes from was, or when its node had more than one
+    smaller neighbour (those now link to the smallest): where nothing is flagged, input and output are one star
+    forest, the fixed point of both operations."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    smallest = F.min("v").over(Window.partitionBy("u"))
-    linked = edges.select(F.explode(F.array("u", "v")).alias("u"), smallest.alias("v"))
-    return linked.filter(F.col("u") != F.col("v")).distinct()
+    around = Window.partitionBy("u")
+    smallest = F.min("v").over(around)
+    changed = F.col(CHANGED_COLUMN) | (F.max("v").over(around) != smallest)
+    linked = edges.select(F.explode(F.array("u", "v")).alias("u"), smallest.alias("v"), changed.alias(CHANGED_COLUMN))
+    return linked.filter(F.col("u") != F.col("v")).groupBy("u", "v").agg(F.max(CHANGED_COLUMN).alias(CHANGED_COLUMN))
 
 
 def _materialise(frame: DataFrame, *, reliable: bool, eager: bool = True) -> DataFrame:
@@ -339,28 +340,43 @@ def resolve_identities(
             known = known.join(gone_records, "record_id", "left_anti")
     else:
         erased_customers = None
+    # An incremental run meets a few changed rows with the whole map: those few, when at most MAX_BROADCAST_ROWS, go
+    # to every task, so the map is read where it lies instead of being shuffled to meet them at each step.
+    few_fresh = few_restated = few_touched = False
+    if known is not None and scope is IdentityScope.TOUCHED:
+        fresh = _materialise(fresh, reliable=True)
+        few_fresh = fresh.count() <= frames.MAX_BROADCAST_ROWS
+        if restated is not None:
+            restated = _materialise(restated.select("record_id").distinct(), reliable=True)
+            few_restated = restated.count() <= frames.MAX_BROADCAST_ROWS
+    elif restated is not None:
+        restated = restated.select("record_id").distinct()
     stale = None
     if known is not None and restated is not None:
         # A restated record is what its latest version says: the identifiers its new version no longer has leave the
         # map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
-        again = known.join(restated.select("record_id").distinct(), "record_id", "left_semi")
-        stale = again.select(*keys).join(fresh.select(*keys), keys, "left_anti")
+        again = known.join(broadcast_if(restated, few_restated), "record_id", "left_semi")
+        stale = again.select(*keys).join(broadcast_if(fresh.select(*keys), few_fresh), keys, "left_anti")
     usable = ~_blocked(chosen)
     touched = None
     population = fresh.select(*keys)
     if known is not None:
-        still_held = known.select(*keys) if stale is None else known.select(*keys).join(stale, keys, "left_anti")
+        still_held = known.select(*keys)
+        if stale is not None:  # At most the map's rows of the restated records.
+            still_held = still_held.join(broadcast_if(stale, few_restated), keys, "left_anti")
         population = population.unionByName(still_held)
     if known is not None and scope is IdentityScope.TOUCHED:
-        fresh_values = fresh.select("id_type", "id_value").distinct()
+        fresh_values = broadcast_if(fresh.select("id_type", "id_value").distinct(), few_fresh)
         may_link = known.filter(~F.col("cut_for_good"))
         by_value = may_link.join(fresh_values, ["id_type", "id_value"], "left_semi").select("previous_id")
-        by_record = known.join(fresh.select("record_id").distinct(), "record_id", "left_semi").select("previous_id")
+        fresh_records = broadcast_if(fresh.select("record_id").distinct(), few_fresh)
+        by_record = known.join(fresh_records, "record_id", "left_semi").select("previous_id")
         reached = by_value.union(by_record)
         if erased_customers is not None:
             reached = reached.union(erased_customers)
         touched = _close_over_capped(_materialise(reached.distinct(), reliable=True), may_link, chosen)
-        known = known.join(touched, "previous_id", "left_semi")
+        few_touched = touched.count() <= frames.MAX_BROADCAST_ROWS
+        known = known.join(broadcast_if(touched, few_touched), "previous_id", "left_semi")
         touched = touched.withColumnRenamed("previous_id", "customer_id")
     elif known is not None and scope is IdentityScope.REBUILD:
         # Only what the observations still say; the previous map lends its ids and first sightings.
@@ -378,7 +394,8 @@ def resolve_identities(
     # Checkpointed (lazily): the shared-value guard and the audit both read it, and in a TOUCHED run it counts over
     # the whole map, which must not be scanned twice.
     counts = _materialise(
-        _join_identifiers(population, values, "left_semi")
+        # The touched profiles' values: few when the changed rows and the profiles they reach are.
+        _join_identifiers(population, broadcast_if(values, few_fresh and few_touched), "left_semi")
         .groupBy("id_type", "id_value")
         .agg(F.countDistinct("record_id").cast("long").alias("records")),
         reliable=True,

@@ -633,8 +633,9 @@ class _TableRun:
         from pyspark.sql import functions as F
         from pyspark.sql.types import StructType
 
+        from plugins.transforms import frames
         from plugins.transforms.erasure import ERASED_COLUMN, mark_erased
-        from plugins.transforms.frames import latest_per_key
+        from plugins.transforms.frames import broadcast_if, latest_per_key
         from plugins.transforms.normalize import REASON_PREFIX
         from plugins.transforms.quality import (
             BROKEN_RULE_COLUMN,
@@ -652,18 +653,29 @@ class _TableRun:
         table = self._prepare_table(StructType([rows.schema[name] for name in columns]))
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         marked: DataFrame | None = None
+        touched: DataFrame | None = None
         try:
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
+            untouched: DataFrame | None = None  # Rows of the rewritten files whose key this run does not touch.
             if complete:
                 affected, candidates = sorted(live), batch
             else:
                 keys = rows.select(*key)
                 if output.deleted_keys is not None:
                     keys = keys.unionByName(output.deleted_keys.select(*key))
-                affected = self._files_holding(table, keys, key) if live else []
+                touched = _renamed_keys(keys, key).distinct().persist(StorageLevel.MEMORY_AND_DISK)
+                # Few keys, an incremental run's usual case: every task gets them all, so finding the files and
+                # splitting their rows shuffle nothing, and only the touched keys' rows go through the fold.
+                few = bool(live) and touched.count() <= frames.MAX_BROADCAST_ROWS
+                wanted = broadcast_if(touched, few)
+                affected = self._files_holding(table, wanted, key) if live else []
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)
-                candidates = batch.unionByName(existing.withColumn(_ORIGIN, F.lit(1)), allowMissingColumns=True)
+                existing = existing.withColumn(_ORIGIN, F.lit(1))
+                if affected and few:
+                    untouched = existing.join(wanted, _same_key(existing, key), "left_anti")
+                    existing = existing.join(wanted, _same_key(existing, key), "left_semi")
+                candidates = batch.unionByName(existing, allowMissingColumns=True)
             # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
             # window is partitioned like the fold's, by the key).
             in_batch = F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(Window.partitionBy(*key))
@@ -680,6 +692,10 @@ class _TableRun:
             else:
                 folded = folded.withColumn(_DELETED, F.lit(None).cast("boolean"))
             winners = folded.withColumn(_DELETED, F.coalesce(F.col(_DELETED), F.lit(False)))
+            if untouched is not None:
+                # Kept as they are: no row of this run shares their key, none of their keys is deleted.
+                untouched = untouched.withColumns({_BATCH_ROWS: F.lit(0).cast("long"), _DELETED: F.lit(False)})
+                winners = winners.unionByName(untouched, allowMissingColumns=True)
             # Erasure and the quality rules judge this run's surviving rows; the table's own rows stay as they are.
             fresh = (F.col(_ORIGIN) == 0) & ~F.col(_DELETED)
             if context.tombstones is not None and self.descriptor.erasure_keys:
@@ -752,8 +768,9 @@ class _TableRun:
             committed = commit_files(table, add=files, remove=affected, raw_files=raw_keys, properties=properties)
         finally:
             rows.unpersist()
-            if marked is not None:
-                marked.unpersist()
+            for frame in (marked, touched):
+                if frame is not None:
+                    frame.unpersist()
         mode = "full-refresh" if context.full_refresh else ("complete" if complete else "incremental")
         log_event(
             logger,
@@ -766,11 +783,11 @@ class _TableRun:
         )
         return self._summary("committed", mode=mode, snapshot_id=committed.snapshot_id, quality=quality, **counts)
 
-    def _files_holding(self, table: Table, keys: DataFrame, key: Sequence[str]) -> list[str]:
-        """The table's live data files holding any of ``keys`` (reading only the key columns)."""
+    def _files_holding(self, table: Table, wanted: DataFrame, key: Sequence[str]) -> list[str]:
+        """The table's live data files holding any of the ``wanted`` keys (:func:`_renamed_keys`), reading only the
+        key columns."""
         live = sorted(live_data_files(table))
         located = read_data_files(self.context.spark, table, live).select(*key, DATA_FILE_COLUMN)
-        wanted = _renamed_keys(keys, key).distinct()
         found = located.join(wanted, _same_key(located, key), "left_semi").select(DATA_FILE_COLUMN).distinct()
         return sorted(str(row[DATA_FILE_COLUMN]) for row in found.collect())
 

@@ -391,11 +391,15 @@ def resolve_identities(
         F.max("previous_id").alias("previous_id"),
     )
     values = links.select("id_type", "id_value").distinct()
+    few_values = False
+    if touched is not None:  # The touched profiles' values, counted over their few rows, materialised once.
+        links = _materialise(links, reliable=True)
+        values = links.select("id_type", "id_value").distinct()
+        few_values = values.count() <= frames.MAX_BROADCAST_ROWS
     # Checkpointed (lazily): the shared-value guard and the audit both read it, and in a TOUCHED run it counts over
     # the whole map, which must not be scanned twice.
     counts = _materialise(
-        # The touched profiles' values: few when the changed rows and the profiles they reach are.
-        _join_identifiers(population, broadcast_if(values, few_fresh and few_touched), "left_semi")
+        _join_identifiers(population, broadcast_if(values, few_values), "left_semi")
         .groupBy("id_type", "id_value")
         .agg(F.countDistinct("record_id").cast("long").alias("records")),
         reliable=True,

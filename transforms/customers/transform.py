@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from plugins.transforms import frames
 from plugins.transforms.catalog import table_identifier
 from plugins.transforms.consent import CHANNELS, event_statements, latest_consent
 from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
-from plugins.transforms.frames import union_all
+from plugins.transforms.frames import broadcast_if, union_all
 from plugins.transforms.identity import (
     RULE_BLOCKED,
     RULE_PROFILE_CAP,
@@ -175,6 +176,8 @@ def _profiles(
         F.max("last_seen").alias("updated_at"),
     )
     members = identity_map.select("record_id", "customer_id").distinct()
+    if not run.full_refresh:  # The affected people's records: when few, sent to the tasks that read every record.
+        members = broadcast_if(members, members.count() <= frames.MAX_BROADCAST_ROWS)
     candidate_schema = (
         "customer_id string, source string, updated_at timestamp, email string, phone string, "
         "name struct<first_name: string, last_name: string, full_name: string>, "

@@ -357,13 +357,18 @@ def resolve_identities(
         # map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
         again = known.join(broadcast_if(restated, few_restated), "record_id", "left_semi")
         stale = again.select(*keys).join(broadcast_if(fresh.select(*keys), few_fresh), keys, "left_anti")
+    few_stale = False
+    if stale is not None and scope is IdentityScope.TOUCHED:
+        # Read twice below; counted on its own (a record may hold many identifiers).
+        stale = _materialise(stale, reliable=True)
+        few_stale = stale.count() <= frames.MAX_BROADCAST_ROWS
     usable = ~_blocked(chosen)
     touched = None
     population = fresh.select(*keys)
     if known is not None:
         still_held = known.select(*keys)
-        if stale is not None:  # At most the map's rows of the restated records.
-            still_held = still_held.join(broadcast_if(stale, few_restated), keys, "left_anti")
+        if stale is not None:
+            still_held = still_held.join(broadcast_if(stale, few_stale), keys, "left_anti")
         population = population.unionByName(still_held)
     if known is not None and scope is IdentityScope.TOUCHED:
         fresh_values = broadcast_if(fresh.select("id_type", "id_value").distinct(), few_fresh)

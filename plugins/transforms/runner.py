@@ -692,10 +692,6 @@ class _TableRun:
             else:
                 folded = folded.withColumn(_DELETED, F.lit(None).cast("boolean"))
             winners = folded.withColumn(_DELETED, F.coalesce(F.col(_DELETED), F.lit(False)))
-            if untouched is not None:
-                # Kept as they are: no row of this run shares their key, none of their keys is deleted.
-                untouched = untouched.withColumns({_BATCH_ROWS: F.lit(0).cast("long"), _DELETED: F.lit(False)})
-                winners = winners.unionByName(untouched, allowMissingColumns=True)
             # Erasure and the quality rules judge this run's surviving rows; the table's own rows stay as they are.
             fresh = (F.col(_ORIGIN) == 0) & ~F.col(_DELETED)
             if context.tombstones is not None and self.descriptor.erasure_keys:
@@ -706,9 +702,20 @@ class _TableRun:
             rules = self.descriptor.load_quality_rules()
             marked = mark_broken_rules(winners, rules)
             judged = fresh & ~F.col(ERASED_COLUMN)
-            marked = marked.withColumn(BROKEN_RULE_COLUMN, F.when(judged, F.col(BROKEN_RULE_COLUMN))).persist(
-                StorageLevel.MEMORY_AND_DISK
-            )
+            marked = marked.withColumn(BROKEN_RULE_COLUMN, F.when(judged, F.col(BROKEN_RULE_COLUMN)))
+            if untouched is not None:
+                # Kept as they are, as the fold, erasure and rules would keep them: no row of this run shares their
+                # key, none of their keys is deleted, and only this run's rows are judged.
+                untouched = untouched.withColumns(
+                    {
+                        _BATCH_ROWS: F.lit(0).cast("long"),
+                        _DELETED: F.lit(False),
+                        ERASED_COLUMN: F.lit(False),
+                        BROKEN_RULE_COLUMN: F.lit(None).cast(marked.schema[BROKEN_RULE_COLUMN].dataType),
+                    }
+                )
+                marked = marked.unionByName(untouched, allowMissingColumns=True)
+            marked = marked.persist(StorageLevel.MEMORY_AND_DISK)
             # Every count of the run in one aggregation (one job): rows in, winners by origin, deleted, erased and
             # rejected per rule.
             outcomes = marked.groupBy(_ORIGIN, _DELETED, ERASED_COLUMN, BROKEN_RULE_COLUMN).agg(

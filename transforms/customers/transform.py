@@ -176,7 +176,7 @@ def _profiles(
         F.max("last_seen").alias("updated_at"),
     )
     members = identity_map.select("record_id", "customer_id").distinct()
-    if not run.full_refresh:  # The affected people's records: when few, sent to the tasks that read every record.
+    if records is not None and not run.full_refresh:  # When few, sent to the tasks that read every record.
         members = broadcast_if(members, members.count() <= frames.MAX_BROADCAST_ROWS)
     candidate_schema = (
         "customer_id string, source string, updated_at timestamp, email string, phone string, "

@@ -63,3 +63,8 @@ def broadcast_if(frame: DataFrame, few: bool) -> DataFrame:
     from pyspark.sql import functions as F
 
     return F.broadcast(frame) if few else frame
+
+
+def is_few(frame: DataFrame) -> bool:
+    """Whether ``frame`` has at most ``MAX_BROADCAST_ROWS`` rows (one job): few enough for :func:`broadcast_if`."""
+    return frame.count() <= MAX_BROADCAST_ROWS

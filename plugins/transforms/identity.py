@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING
 
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
-from plugins.transforms import frames
 from plugins.transforms.catalog import create_table
 from plugins.transforms.commit import CommitResult, commit_files, live_data_files, write_data_files
-from plugins.transforms.frames import broadcast_if
+from plugins.transforms.frames import broadcast_if, is_few
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
 if TYPE_CHECKING:
@@ -345,10 +344,10 @@ def resolve_identities(
     few_fresh = few_restated = few_touched = False
     if known is not None and scope is IdentityScope.TOUCHED:
         fresh = _materialise(fresh, reliable=True)
-        few_fresh = fresh.count() <= frames.MAX_BROADCAST_ROWS
+        few_fresh = is_few(fresh)
         if restated is not None:
             restated = _materialise(restated.select("record_id").distinct(), reliable=True)
-            few_restated = restated.count() <= frames.MAX_BROADCAST_ROWS
+            few_restated = is_few(restated)
     elif restated is not None:
         restated = restated.select("record_id").distinct()
     stale = None
@@ -361,7 +360,7 @@ def resolve_identities(
     if stale is not None and scope is IdentityScope.TOUCHED:
         # Read twice below; counted on its own (a record may hold many identifiers).
         stale = _materialise(stale, reliable=True)
-        few_stale = stale.count() <= frames.MAX_BROADCAST_ROWS
+        few_stale = is_few(stale)
     usable = ~_blocked(chosen)
     touched = None
     population = fresh.select(*keys)
@@ -380,7 +379,7 @@ def resolve_identities(
         if erased_customers is not None:
             reached = reached.union(erased_customers)
         touched = _close_over_capped(_materialise(reached.distinct(), reliable=True), may_link, chosen)
-        few_touched = touched.count() <= frames.MAX_BROADCAST_ROWS
+        few_touched = is_few(touched)
         known = known.join(broadcast_if(touched, few_touched), "previous_id", "left_semi")
         touched = touched.withColumnRenamed("previous_id", "customer_id")
     elif known is not None and scope is IdentityScope.REBUILD:
@@ -400,7 +399,7 @@ def resolve_identities(
     if touched is not None:  # The touched profiles' values, counted over their few rows, materialised once.
         links = _materialise(links, reliable=True)
         values = links.select("id_type", "id_value").distinct()
-        few_values = values.count() <= frames.MAX_BROADCAST_ROWS
+        few_values = is_few(values)
     # Checkpointed (lazily): the shared-value guard and the audit both read it, and in a TOUCHED run it counts over
     # the whole map, which must not be scanned twice.
     counts = _materialise(

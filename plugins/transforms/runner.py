@@ -633,9 +633,8 @@ class _TableRun:
         from pyspark.sql import functions as F
         from pyspark.sql.types import StructType
 
-        from plugins.transforms import frames
         from plugins.transforms.erasure import ERASED_COLUMN, mark_erased
-        from plugins.transforms.frames import broadcast_if, latest_per_key
+        from plugins.transforms.frames import broadcast_if, is_few, latest_per_key
         from plugins.transforms.normalize import REASON_PREFIX
         from plugins.transforms.quality import (
             BROKEN_RULE_COLUMN,
@@ -666,8 +665,8 @@ class _TableRun:
                     keys = keys.unionByName(output.deleted_keys.select(*key))
                 touched = _renamed_keys(keys, key).distinct().persist(StorageLevel.MEMORY_AND_DISK)
                 # Few keys, an incremental run's usual case: every task gets them all, so finding the files and
-                # splitting their rows shuffle nothing, and only the touched keys' rows go through the fold.
-                few = bool(live) and touched.count() <= frames.MAX_BROADCAST_ROWS
+                # splitting their rows shuffle none of the table's rows; only the touched keys' rows are folded.
+                few = bool(live) and is_few(touched)
                 wanted = broadcast_if(touched, few)
                 affected = self._files_holding(table, wanted, key) if live else []
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)

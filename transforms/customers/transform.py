@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from plugins.transforms import frames
 from plugins.transforms.catalog import table_identifier
 from plugins.transforms.consent import CHANNELS, event_statements, latest_consent
 from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
-from plugins.transforms.frames import broadcast_if, union_all
+from plugins.transforms.frames import broadcast_if, is_few, union_all
 from plugins.transforms.identity import (
     RULE_BLOCKED,
     RULE_PROFILE_CAP,
@@ -177,7 +176,7 @@ def _profiles(
     )
     members = identity_map.select("record_id", "customer_id").distinct()
     if records is not None and not run.full_refresh:  # When few, sent to the tasks that read every record.
-        members = broadcast_if(members, members.count() <= frames.MAX_BROADCAST_ROWS)
+        members = broadcast_if(members, is_few(members))
     candidate_schema = (
         "customer_id string, source string, updated_at timestamp, email string, phone string, "
         "name struct<first_name: string, last_name: string, full_name: string>, "

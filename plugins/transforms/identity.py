@@ -18,7 +18,7 @@ records (most recent non-null, or a source priority per field).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -32,6 +32,7 @@ from plugins.transforms.frames import broadcast_if, is_few
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -104,8 +105,9 @@ def default_type_rules() -> dict[str, IdTypeRules]:
 class IdentitySettings:
     """Identity resolution settings. ``types`` holds the rules per ``id_type``; other types follow ``other_types``
     (no limits: provider ids such as ``stripe_customer`` are referenced by any number of events of the same person).
-    ``blocked_values`` never link, whatever their type. The connected-components loop checkpoints every
-    ``checkpoint_every`` rounds and gives up after ``max_rounds`` (it needs O(log² n) rounds for n nodes)."""
+    ``blocked_values`` never link, whatever their type. The connected-components loop (a graph too large for one task)
+    checkpoints every ``checkpoint_every`` rounds and gives up after ``max_rounds`` (it needs O(log² n) rounds for n
+    nodes)."""
 
     types: Mapping[str, IdTypeRules] = field(default_factory=default_type_rules)
     other_types: IdTypeRules = IdTypeRules()
@@ -180,17 +182,36 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     """``node, component`` for every node of ``edges`` (``src, dst`` strings, undirected; a self-loop ``(n, n)``
     brings in a node without links). ``component`` is the smallest node of the node's component.
 
-    Large-star/small-star alternated until the edges form one star per component (a fixed point of both). Each round
-    flags the edges it changed, so one small aggregation over the round's own output tells whether its input was
-    already that fixed point: convergence costs no shuffle of its own (the round that finds it changed nothing is
-    the one extra). The edge set is checkpointed every ``checkpoint_every`` rounds so its lineage stays short (a
+    A graph of at most ``MAX_BROADCAST_ROWS`` edges (an incremental run's touched profiles) is solved in ONE task by a
+    union-find over its edges (:func:`_union_find_components`, on an executor, never the driver): a few hundred
+    thousand edges take a second there, where every round below costs several shuffles whatever the size.
+
+    A larger one goes through large-star/small-star, alternated until the edges form one star per component (a fixed
+    point of both). Each round flags the edges it changed, so one small aggregation over the round's own output tells
+    whether its input was already that fixed point: convergence costs no shuffle of its own (the round that finds it
+    changed nothing is the one extra). The rounds run on numbers, not the node strings: each node gets a unique long
+    once (fixed by a checkpoint), so every round shuffles and sorts 8-byte keys, and the strings come back in two
+    joins at the end. The edge set is checkpointed every ``checkpoint_every`` rounds so its lineage stays short (a
     reliable checkpoint where the SparkContext has a checkpoint directory, a local one otherwise) and cached in the
     rounds between.
     """
     from pyspark.sql import functions as F
 
+    edges = _materialise(edges.select("src", "dst"), reliable=True)  # Counted, then read by either way.
+    if is_few(edges):
+        # coalesce, not repartition: the checkpointed partitions are read by the one task, with no shuffle.
+        labels = edges.coalesce(1).mapInArrow(_union_find_components, "node string, component string")
+        log_event(logger, "identity_components_found", method="union-find in one task")
+        return _materialise(labels, reliable=True, eager=False)
     nodes = edges.select(F.col("src").alias("node")).union(edges.select(F.col("dst").alias("node"))).distinct()
-    links = edges.filter(F.col("src") != F.col("dst")).select(F.col("src").alias("u"), F.col("dst").alias("v"))
+    # Unique, not dense, and not stable across recomputation: the checkpoint fixes them for every join below.
+    numbered = _materialise(nodes.withColumn("id", F.monotonically_increasing_id()), reliable=True)
+    links = (
+        edges.filter(F.col("src") != F.col("dst"))
+        .join(numbered.select(F.col("node").alias("src"), F.col("id").alias("u")), "src")
+        .join(numbered.select(F.col("node").alias("dst"), F.col("id").alias("v")), "dst")
+        .select("u", "v")
+    )
     current, rounds, previous = _canonical(links), 0, None
     while True:
         following = _small_star(_large_star(current))
@@ -211,9 +232,42 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
             )
     previous.unpersist()
     log_event(logger, "identity_components_converged", rounds=rounds)
-    parents = current.select(F.col("u").alias("node"), F.col("v").alias("parent"))
-    labels = nodes.join(parents, "node", "left").select("node", F.coalesce("parent", "node").alias("component"))
+    # In the star forest each non-root node points at its component's root; a root or a lonely node is its own.
+    parents = current.select(F.col("u").alias("id"), F.col("v").alias("root"))
+    placed = numbered.join(parents, "id", "left").select("node", F.coalesce("root", "id").alias("root"))
+    # The numbers follow no order of the strings: the component is named by its smallest node, as documented.
+    named = placed.groupBy("root").agg(F.min("node").alias("component"))
+    labels = placed.join(named, "root").select("node", "component")
     return _materialise(labels, reliable=True, eager=False)
+
+
+def _union_find_components(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """One task's whole graph (Arrow batches of ``src, dst``) -> ``node, component`` batches, the component being its
+    smallest node: a union-find whose root is always the smaller of two merged roots, with path splitting."""
+    import pyarrow as pa
+
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        while (up := parent[node]) != node:
+            parent[node] = parent[up]  # Path splitting: each node passed now points two steps up.
+            node = up
+        return node
+
+    for batch in batches:
+        for src, dst in zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist(), strict=True):
+            parent.setdefault(src, src)
+            parent.setdefault(dst, dst)
+            one, other = find(src), find(dst)
+            if one != other:
+                parent[max(one, other)] = min(one, other)
+    nodes = list(parent)
+    step = 65_536
+    for start in range(0, len(nodes), step):
+        chunk = nodes[start : start + step]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(chunk, pa.string()), pa.array([find(node) for node in chunk], pa.string())], ["node", "component"]
+        )
 
 
 def _canonical(edges: DataFrame) -> DataFrame:

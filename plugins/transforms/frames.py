@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 #: Up to this many rows, the small side of a join is sent to every task (a broadcast) instead of both sides being
-#: shuffled: how an incremental run meets its few changed rows with a whole table without moving the table.
+#: shuffled: how an incremental run meets its few changed rows with a whole table without moving the table. A graph
+#: of at most this many edges is also few enough for identity resolution to solve in one task.
 MAX_BROADCAST_ROWS = 250_000
 
 
@@ -66,5 +67,6 @@ def broadcast_if(frame: DataFrame, few: bool) -> DataFrame:
 
 
 def is_few(frame: DataFrame) -> bool:
-    """Whether ``frame`` has at most ``MAX_BROADCAST_ROWS`` rows (one job): few enough for :func:`broadcast_if`."""
+    """Whether ``frame`` has at most ``MAX_BROADCAST_ROWS`` rows (one job): few enough for :func:`broadcast_if`, or,
+    as edges, for connected components in one task."""
     return frame.count() <= MAX_BROADCAST_ROWS

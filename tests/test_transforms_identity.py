@@ -27,6 +27,7 @@ from plugins.transforms.identity import (
     IdentitySettings,
     IdTypeRules,
     SurvivorshipSettings,
+    _contracted_chunks,
     _union_find_components,
     commit_identity,
     connected_components,
@@ -164,6 +165,28 @@ def test_the_one_task_union_find_names_components_by_their_smallest_node_across_
     assert found == reference_components(edges)
     # Python orders strings by code point, Spark by UTF-8 bytes: the same order, so both ways pick the same node.
     assert sorted(found, key=lambda node: node.encode()) == sorted(found)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 50, 1_000])
+def test_contracting_chunks_of_edges_into_stars_keeps_every_component(chunk_rows) -> None:
+    rng = random.Random(3)
+    names = [f"n{i}" for i in range(400)] + ["é", "z", "ß"]
+    edges: list[tuple[str | None, str | None]] = [(rng.choice(names), rng.choice(names)) for _ in range(300)]
+    edges += [("lonely", "lonely"), ("half", None)]
+    batches = [
+        pa.RecordBatch.from_pylist([{"src": a, "dst": b} for a, b in edges[start : start + 37]])
+        for start in range(0, len(edges), 37)
+    ]
+
+    contracted = [
+        pair
+        for batch in _contracted_chunks(iter(batches), chunk_rows=chunk_rows)
+        for pair in zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist(), strict=True)
+    ]
+
+    assert reference_components(contracted) == reference_components(edges)
+    if chunk_rows >= len(edges):  # One chunk: already one star per component.
+        assert {dst for _, dst in contracted} == set(reference_components(edges).values())
 
 
 @pytest.fixture(params=["one task", "large-star/small-star"])

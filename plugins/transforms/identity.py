@@ -209,7 +209,7 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
         log_event(logger, "identity_components_found", method="union-find in one task")
         return _materialise(labels, reliable=True, eager=False)
     # Each task first solves its own share of the edges, a chunk of at most MAX_BROADCAST_ROWS at a time: the stars it
-    # finds replace those edges (the same components), so the rounds start from a graph that is mostly stars already.
+    # finds replace those edges (the same components), so the links found within a task need no round.
     chunk_rows = max(1, frames.MAX_BROADCAST_ROWS)
     edges = _materialise(
         edges.mapInArrow(partial(_contracted_chunks, chunk_rows=chunk_rows), "src string, dst string"), reliable=True
@@ -299,11 +299,13 @@ def _contracted_chunks(batches: Iterator[pa.RecordBatch], *, chunk_rows: int) ->
     chunk: list[pa.RecordBatch] = []
     held = 0
     for batch in batches:
-        for start in range(0, batch.num_rows, chunk_rows):
-            part = batch.slice(start, chunk_rows)
+        start = 0
+        while start < batch.num_rows:
+            part = batch.slice(start, chunk_rows - held)  # Only what the chunk still has room for.
             chunk.append(part)
             held += part.num_rows
-            if held >= chunk_rows:
+            start += part.num_rows
+            if held == chunk_rows:
                 yield from solved(chunk)
                 chunk, held = [], 0
     if chunk:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +15,6 @@ from pyspark.sql import functions as F
 
 from plugins.core.errors import ConfigError
 from plugins.transforms import frames
-from plugins.transforms import identity as identity_module
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.identity import (
     IDENTITY_MERGES_TABLE,
@@ -28,7 +27,6 @@ from plugins.transforms.identity import (
     IdentitySettings,
     IdTypeRules,
     SurvivorshipSettings,
-    _contracted_chunks,
     _union_find_components,
     commit_identity,
     connected_components,
@@ -166,44 +164,6 @@ def test_the_one_task_union_find_names_components_by_their_smallest_node_across_
     assert found == reference_components(edges)
     # Python orders strings by code point, Spark by UTF-8 bytes: the same order, so both ways pick the same node.
     assert sorted(found, key=lambda node: node.encode()) == sorted(found)
-
-
-@pytest.mark.parametrize("chunk_rows", [1, 7, 50, 1_000])
-def test_contracting_chunks_of_edges_into_stars_keeps_every_component(chunk_rows, monkeypatch) -> None:
-    rng = random.Random(3)
-    names = [f"n{i}" for i in range(400)] + ["é", "z", "ß"]
-    edges: list[tuple[str | None, str | None]] = [(rng.choice(names), rng.choice(names)) for _ in range(300)]
-    edges += [("lonely", "lonely"), ("half", None), (None, None)]
-    batches = [
-        pa.RecordBatch.from_pylist([{"src": a, "dst": b} for a, b in edges[start : start + 37]])
-        for start in range(0, len(edges), 37)
-    ]
-    batches.insert(2, batches[0].slice(0, 0))  # An empty batch changes nothing.
-    solved_chunks: list[int] = []
-    union_find = identity_module._union_find_components
-
-    def counting(chunk: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        parts = list(chunk)
-        solved_chunks.append(sum(part.num_rows for part in parts))
-        return union_find(iter(parts))
-
-    monkeypatch.setattr(identity_module, "_union_find_components", counting)
-
-    out = list(_contracted_chunks(iter(batches), chunk_rows=chunk_rows))
-    contracted = [
-        pair
-        for batch in out
-        for pair in zip(batch.column("src").to_pylist(), batch.column("dst").to_pylist(), strict=True)
-    ]
-
-    assert reference_components(contracted) == reference_components(edges)
-    assert all(batch.schema == pa.schema([("src", pa.string()), ("dst", pa.string())]) for batch in out)
-    # Every chunk but the last holds exactly chunk_rows edges: a task's memory is one chunk's.
-    assert solved_chunks[:-1] == [chunk_rows] * (len(solved_chunks) - 1)
-    assert sum(solved_chunks) == len(edges)
-    if chunk_rows >= len(edges):  # One chunk: already one star per component.
-        assert {dst for _, dst in contracted} == set(reference_components(edges).values())
-    assert list(_contracted_chunks(iter([]), chunk_rows=chunk_rows)) == []
 
 
 @pytest.fixture(params=["one task", "large-star/small-star"])

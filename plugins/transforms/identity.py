@@ -22,12 +22,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from functools import partial
 from typing import TYPE_CHECKING
 
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
-from plugins.transforms import frames
 from plugins.transforms.catalog import create_table
 from plugins.transforms.commit import CommitResult, commit_files, live_data_files, write_data_files
 from plugins.transforms.frames import broadcast_if, is_few
@@ -189,16 +187,14 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     union-find over its edges (:func:`_union_find_components`, on an executor, never the driver): 250,000 edges take
     about 1.3 s there, where every round below costs three shuffles whatever the size.
 
-    A larger one is first contracted where it lies: each task replaces its own edges, a chunk of at most
-    ``MAX_BROADCAST_ROWS`` at a time, by the stars of the components the chunk holds (:func:`_contracted_chunks`). Then
-    large-star/small-star alternate until the edges form one star per component (a fixed point of both). Each round
-    flags the edges it changed, so one small aggregation over the round's own output tells whether its input was already
-    that fixed point: convergence costs no shuffle of its own (the round that finds it changed nothing is the one
-    extra). The rounds run on numbers, not the node strings: each node gets a unique long once (fixed by a checkpoint),
-    so every round shuffles and sorts 8-byte keys; each component ends as a star around its smallest number and is then
-    named by its smallest node. The edge set is checkpointed every ``checkpoint_every`` rounds so its lineage stays
-    short (a reliable checkpoint where the SparkContext has a checkpoint directory, a local one otherwise) and cached in
-    the rounds between.
+    A larger one goes through large-star/small-star, alternated until the edges form one star per component (a fixed
+    point of both). Each round flags the edges it changed, so one small aggregation over the round's own output tells
+    whether its input was already that fixed point: convergence costs no shuffle of its own (the round that finds it
+    changed nothing is the one extra). The rounds run on numbers, not the node strings: each node gets a unique long
+    once (fixed by a checkpoint), so every round shuffles and sorts 8-byte keys; each component ends as a star around
+    its smallest number and is then named by its smallest node. The edge set is checkpointed every ``checkpoint_every``
+    rounds so its lineage stays short (a reliable checkpoint where the SparkContext has a checkpoint directory, a local
+    one otherwise) and cached in the rounds between.
     """
     from pyspark.sql import functions as F
 
@@ -208,12 +204,6 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
         labels = edges.coalesce(1).mapInArrow(_union_find_components, "node string, component string")
         log_event(logger, "identity_components_found", method="union-find in one task")
         return _materialise(labels, reliable=True, eager=False)
-    # Each task first solves its own share of the edges, a chunk of at most MAX_BROADCAST_ROWS at a time: the stars it
-    # finds replace those edges (the same components), so the links found within a task need no round.
-    chunk_rows = max(1, frames.MAX_BROADCAST_ROWS)
-    edges = _materialise(
-        edges.mapInArrow(partial(_contracted_chunks, chunk_rows=chunk_rows), "src string, dst string"), reliable=True
-    )
     ends = edges.select(F.col("src").alias("node")).union(edges.select(F.col("dst").alias("node")))
     nodes = ends.filter(F.col("node").isNotNull()).distinct()
     # Unique, not dense, and not stable across recomputation: the checkpoint fixes them for every join below.
@@ -284,32 +274,6 @@ def _union_find_components(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Rec
         yield pa.RecordBatch.from_arrays(
             [pa.array(chunk, pa.string()), pa.array([find(node) for node in chunk], pa.string())], ["node", "component"]
         )
-
-
-def _contracted_chunks(batches: Iterator[pa.RecordBatch], *, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-    """``src, dst`` batches -> ``src, dst`` batches with the same connected components: every node of each chunk of
-    ``chunk_rows`` edges linked to its component's smallest node within the chunk (:func:`_union_find_components`), so
-    a task holds one chunk at a time."""
-    import pyarrow as pa
-
-    def solved(chunk: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for labels in _union_find_components(iter(chunk)):
-            yield pa.RecordBatch.from_arrays(labels.columns, ["src", "dst"])
-
-    chunk: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
-        start = 0
-        while start < batch.num_rows:
-            part = batch.slice(start, chunk_rows - held)  # Only what the chunk still has room for.
-            chunk.append(part)
-            held += part.num_rows
-            start += part.num_rows
-            if held == chunk_rows:
-                yield from solved(chunk)
-                chunk, held = [], 0
-    if chunk:
-        yield from solved(chunk)
 
 
 def _canonical(edges: DataFrame) -> DataFrame:

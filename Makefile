@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	# Compile bytecode at install: with PYTHONDONTWRITEBYTECODE set (as on some machines) every tap, target and cdp
 	# process would otherwise recompile its imports, about a second each.
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	# Where a proxy strips the HTTP caching headers, uv cannot revalidate the pyspark source archive: it downloads and
+	# builds it again at every install and keeps every build (1.4 GB each). Pruning drops the builds nothing reaches.
+	$(BIN)/uv cache prune --quiet
 	touch $@
 
 demo: install

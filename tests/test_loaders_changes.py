@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
@@ -58,3 +59,105 @@ def test_a_table_without_its_key_columns_is_refused(table: Any) -> None:
         plan_changes(table, ["order_id"], snapshot, None)
     with pytest.raises(LoadPlanError, match="no key"):
         plan_changes(table, [], snapshot, None)
+
+
+def _commit_row_level_deletes(table: Any, data_path: str, content: Any) -> None:
+    """Commit what an engine writing merge-on-read leaves (Spark with ``write.merge.mode=merge-on-read``): a delete
+    file in a manifest of delete content. pyiceberg writes neither, so this builds them from its manifest classes:
+    a position delete of row 1 of ``data_path``, or an equality delete of ``customer_id = cus_00001``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import (
+        DataFile,
+        DataFileContent,
+        FileFormat,
+        ManifestContent,
+        ManifestEntry,
+        ManifestEntryStatus,
+        ManifestWriterV2,
+    )
+    from pyiceberg.table.snapshots import Operation
+    from pyiceberg.table.update.snapshot import _FastAppendFiles
+    from pyiceberg.typedef import Record
+
+    class DeleteManifestWriter(ManifestWriterV2):
+        def content(self) -> ManifestContent:
+            return ManifestContent.DELETES
+
+        @property
+        def _meta(self) -> dict[str, str]:
+            return {**super()._meta, "content": "deletes"}
+
+    class AddDeletes(_FastAppendFiles):
+        def _manifests(self) -> Any:
+            writer = DeleteManifestWriter(
+                self._transaction.table_metadata.spec(),
+                self.schema(),
+                self.new_manifest_output(),
+                self._snapshot_id,
+                self._compression,
+            )
+            with writer:
+                writer.add(
+                    ManifestEntry.from_args(
+                        status=ManifestEntryStatus.ADDED,
+                        snapshot_id=self._snapshot_id,
+                        sequence_number=None,
+                        file_sequence_number=None,
+                        data_file=delete_file,
+                    )
+                )
+            return [*super()._manifests(), writer.to_manifest_file()]
+
+    location = urlparse(table.location()).path
+    path = f"{location}/data/deletes-{content.name.lower()}.parquet"
+    if content is DataFileContent.POSITION_DELETES:
+        # The spec's reserved field ids of a position delete file's columns.
+        file_path = pa.field("file_path", pa.string(), False, {"PARQUET:field_id": "2147483546"})
+        pos = pa.field("pos", pa.int64(), False, {"PARQUET:field_id": "2147483545"})
+        rows = pa.table({"file_path": [data_path], "pos": [1]}, pa.schema([file_path, pos]))
+        equality_ids = None
+    else:
+        field_id = table.schema().find_field("customer_id").field_id
+        rows = pa.table(
+            {"customer_id": ["cus_00001"]},
+            pa.schema([pa.field("customer_id", pa.string(), True, {"PARQUET:field_id": str(field_id)})]),
+        )
+        equality_ids = [field_id]
+    pq.write_table(rows, path)
+    delete_file = DataFile.from_args(
+        content=content,
+        file_path=f"file://{path}",
+        file_format=FileFormat.PARQUET,
+        partition=Record(),
+        record_count=1,
+        file_size_in_bytes=Path(path).stat().st_size,
+        equality_ids=equality_ids,
+    )
+    delete_file.spec_id = table.metadata.default_spec_id
+    with table.transaction() as transaction, AddDeletes(Operation.DELETE, transaction, transaction._table.io):
+        pass
+    table.refresh()
+
+
+@pytest.mark.parametrize("kind", ["position", "equality"])
+def test_a_table_with_row_level_deletes_from_another_engine_is_refused_not_read_whole(table: Any, kind: str) -> None:
+    from pyiceberg.manifest import DataFileContent
+
+    from plugins.transforms.commit import RowLevelDeletesError, live_data_files
+
+    loaded, data_path = commit(table, [customer(n) for n in range(3)])
+    content = DataFileContent.POSITION_DELETES if kind == "position" else DataFileContent.EQUALITY_DELETES
+    _commit_row_level_deletes(table, data_path, content)
+    if kind == "position":  # The delete is real: pyiceberg's own reader no longer returns the row.
+        assert sorted(table.scan().to_arrow().column("customer_id").to_pylist()) == ["cus_00000", "cus_00002"]
+
+    what = "position delete files on 1 of its 1 data files" if kind == "position" else "equality delete files"
+    expected = f"table acme.customers has {what} \\(row-level deletes written by another engine\\)"
+    with pytest.raises(RowLevelDeletesError, match=expected) as raised:
+        live_data_files(table)
+    assert "\n" not in str(raised.value)
+    assert "rewrite_data_files" in str(raised.value)
+    with pytest.raises(RowLevelDeletesError, match=expected):  # Loaders refuse too, instead of loading cus_00001.
+        plan_changes(table, ["customer_id"], table.current_snapshot().snapshot_id, loaded)
+    assert set(live_data_files(table, loaded)) == {data_path}  # The snapshot before the deletes still reads.

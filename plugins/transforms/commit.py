@@ -53,6 +53,11 @@ class CommitError(CdpError):
     """Data files could not be committed (the table changed meanwhile, or a file to replace is not in it)."""
 
 
+class RowLevelDeletesError(CommitError):
+    """A table's snapshot has row-level delete files (Iceberg v2 position or equality deletes), which another engine
+    wrote: cdp reads and replaces whole data files, so it would bring the deleted rows back."""
+
+
 @dataclass(frozen=True)
 class CommitResult:
     """One committed snapshot: its id, what it did and how many raw files the table has now processed."""
@@ -184,10 +189,36 @@ def _write_with_pyarrow(output: DataFrame, target: str, hidden: list[str]) -> li
 
 
 def live_data_files(table: Table, snapshot_id: int | None = None) -> dict[str, DataFile]:
-    """The data files of a snapshot (the current one by default), by URL."""
+    """The data files of a snapshot (the current one by default), by URL.
+
+    Every reader and writer of cdp plans its files here. cdp commits whole files only (appends and file-level
+    replaces); a snapshot whose data files have row-level delete files, as an engine writing merge-on-read leaves
+    (Spark with the Iceberg runtime and ``write.merge.mode=merge-on-read``, Flink, Trino), raises
+    :class:`RowLevelDeletesError` instead of being read as if those rows were still there.
+    """
     if table.current_snapshot() is None and snapshot_id is None:
         return {}
-    return {task.file.file_path: task.file for task in table.scan(snapshot_id=snapshot_id).plan_files()}
+    try:
+        tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
+    except ValueError as exc:  # pyiceberg refuses to plan equality deletes.
+        if "equality deletes" not in str(exc):
+            raise
+        raise RowLevelDeletesError(_row_level_deletes_message(table, "equality delete files")) from exc
+    if deleted := sum(1 for task in tasks if task.delete_files):
+        raise RowLevelDeletesError(
+            _row_level_deletes_message(table, f"position delete files on {deleted} of its {len(tasks)} data files")
+        )
+    return {task.file.file_path: task.file for task in tasks}
+
+
+def _row_level_deletes_message(table: Table, what: str) -> str:
+    name = ".".join(table.name())
+    return (
+        f"table {name} has {what} (row-level deletes written by another engine), which cdp does not apply; "
+        "rewrite its data files with that engine so the deletes are applied (Spark: CALL "
+        "<catalog>.system.rewrite_data_files(table => ..., options => map('delete-file-threshold', '1'))), then run "
+        "again"
+    )
 
 
 def processed_raw_files(table: Table, snapshot_id: int | None = None) -> frozenset[str]:

@@ -133,6 +133,9 @@ def _commit_row_level_deletes(table: Any, data_path: str, content: Any) -> None:
         record_count=1,
         file_size_in_bytes=Path(path).stat().st_size,
         equality_ids=equality_ids,
+        # As Spark writes them: a position delete file of one data file bounds its file_path column to that path.
+        lower_bounds={2147483546: data_path.encode()} if equality_ids is None else {},
+        upper_bounds={2147483546: data_path.encode()} if equality_ids is None else {},
     )
     delete_file.spec_id = table.metadata.default_spec_id
     with table.transaction() as transaction, AddDeletes(Operation.DELETE, transaction, transaction._table.io):
@@ -161,3 +164,17 @@ def test_a_table_with_row_level_deletes_from_another_engine_is_refused_not_read_
     with pytest.raises(RowLevelDeletesError, match=expected):  # Loaders refuse too, instead of loading cus_00001.
         plan_changes(table, ["customer_id"], table.current_snapshot().snapshot_id, loaded)
     assert set(live_data_files(table, loaded)) == {data_path}  # The snapshot before the deletes still reads.
+
+
+def test_a_position_delete_of_a_file_no_longer_in_the_table_applies_to_nothing_and_is_not_refused(table: Any) -> None:
+    from pyiceberg.manifest import DataFileContent
+
+    from plugins.transforms.commit import live_data_files
+
+    _, replaced = commit(table, [customer(n) for n in range(3)])
+    latest, kept = commit(table, [customer(n, version=1) for n in range(3)], remove=[replaced])
+    _commit_row_level_deletes(table, replaced, DataFileContent.POSITION_DELETES)  # Dangling: its file is gone.
+
+    assert set(live_data_files(table)) == {kept}
+    changes = plan_changes(table, ["customer_id"], table.current_snapshot().snapshot_id, latest)
+    assert changes.unchanged

@@ -200,24 +200,38 @@ def live_data_files(table: Table, snapshot_id: int | None = None) -> dict[str, D
         return {}
     try:
         tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
-    except ValueError as exc:  # pyiceberg refuses to plan equality deletes.
-        if "equality deletes" not in str(exc):
-            raise
-        raise RowLevelDeletesError(_row_level_deletes_message(table, "equality delete files")) from exc
-    if deleted := sum(1 for task in tasks if task.delete_files):
-        raise RowLevelDeletesError(
-            _row_level_deletes_message(table, f"position delete files on {deleted} of its {len(tasks)} data files")
-        )
+    except ValueError:  # pyiceberg 0.12 refuses to plan a snapshot with equality deletes.
+        if _has_equality_deletes(table, snapshot_id):
+            raise RowLevelDeletesError(_row_level_deletes_message(table, "equality delete files")) from None
+        raise
+    if deleted := [task for task in tasks if task.delete_files]:
+        # "position delete", "equality delete" (should pyiceberg come to plan those).
+        kinds = sorted({d.content.name.lower().replace("_deletes", " delete") for t in deleted for d in t.delete_files})
+        what = f"{' and '.join(kinds)} files on {len(deleted)} of its {len(tasks)} data files"
+        raise RowLevelDeletesError(_row_level_deletes_message(table, what))
     return {task.file.file_path: task.file for task in tasks}
+
+
+def _has_equality_deletes(table: Table, snapshot_id: int | None) -> bool:
+    from pyiceberg.manifest import DataFileContent, ManifestContent
+
+    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else table.current_snapshot()
+    if snapshot is None:
+        return False
+    return any(
+        entry.data_file.content == DataFileContent.EQUALITY_DELETES
+        for manifest in snapshot.manifests(table.io)
+        if manifest.content == ManifestContent.DELETES
+        for entry in manifest.fetch_manifest_entry(table.io)
+    )
 
 
 def _row_level_deletes_message(table: Table, what: str) -> str:
     name = ".".join(table.name())
     return (
         f"table {name} has {what} (row-level deletes written by another engine), which cdp does not apply; "
-        "rewrite its data files with that engine so the deletes are applied (Spark: CALL "
-        "<catalog>.system.rewrite_data_files(table => ..., options => map('delete-file-threshold', '1'))), then run "
-        "again"
+        "have that engine apply them and drop them (Spark: CALL <catalog>.system.rewrite_data_files(table => ..., "
+        "options => map('delete-file-threshold', '1', 'remove-dangling-deletes', 'true'))), then run again"
     )
 
 

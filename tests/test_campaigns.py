@@ -638,7 +638,10 @@ def test_cli_run_due_launches_what_fired_and_goes_on_past_a_failure(
 ) -> None:
     from plugins.cli.app import main
 
-    past = {"cron": "0 * * * *", "timezone": "Europe/Berlin", "start_at": "2020-01-01T00:00:00Z"}
+    # Hourly, half an hour away from now: it fired about 30 minutes ago and fires next in about 30, so the second
+    # call below cannot meet a new firing (an "0 * * * *" made this test fail when the hour turned between the calls).
+    minute = (datetime.now(UTC).minute + 30) % 60
+    past = {"cron": f"{minute} * * * *", "timezone": "Europe/Berlin", "start_at": "2020-01-01T00:00:00Z"}
     store.apply(launched.conn, launched.tenant, [
         parse_campaign(campaign_mapping(tmp_path, status="scheduled", schedule=past)),
         parse_campaign(campaign_mapping(tmp_path, name="broken", segment="gone", status="scheduled", schedule=past)),

@@ -138,8 +138,8 @@ def _commit_row_level_deletes(table: Any, data_path: str, content: Any) -> None:
         upper_bounds={2147483546: data_path.encode()} if equality_ids is None else {},
     )
     delete_file.spec_id = table.metadata.default_spec_id
-    with table.transaction() as transaction, AddDeletes(Operation.DELETE, transaction, transaction._table.io):
-        pass
+    with table.transaction() as transaction:  # The snapshot holds the existing manifests and the delete manifest.
+        AddDeletes(Operation.DELETE, transaction, transaction._table.io).commit()
     table.refresh()
 
 

@@ -38,6 +38,7 @@ from plugins.transforms.commit import (
     PROCESSED_FILES_PROPERTY,
     QUALITY_PROPERTY,
     CommitError,
+    RowLevelDeletesError,
     commit_files,
     data_file,
     live_data_files,
@@ -350,6 +351,8 @@ def compact(spark: SparkSession, table: Table, target_size: int = DEFAULT_TARGET
             remove=[file.file_path for file in removed],
             properties={MAINTENANCE_PROPERTY: "compact"},
         )
+    except RowLevelDeletesError:  # Its own line says what to do; running again would not help.
+        raise
     except CommitError as exc:
         raise CommitError(f"table {name} changed while compacting; run 'cdp tables compact {name}' again") from exc
     result = CompactResult(

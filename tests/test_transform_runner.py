@@ -598,6 +598,35 @@ def test_an_incremental_merge_replaces_newer_versions_deletes_keys_and_keeps_eve
     assert second.mode == "incremental"
 
 
+def test_a_merge_whose_copied_rows_miscount_commits_nothing(spark, tmp_path, monkeypatch) -> None:
+    """The rows copied from the rewritten files are counted by Spark apart from the copy: a copy that drops a row it
+    should keep fails the check before the commit."""
+    import pyarrow as pa
+
+    from plugins.transforms import runner
+
+    zone = RawZone(spark, tmp_path)
+    processed = tmp_path / "processed"
+    schema = tap_schema("stripe", "charges")
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_1", 100, "usd"), stripe_charge("ch_kept", 50, "usd")])
+    run(zone, processed, transforms=[charges_transform("v1")])
+    before = load_table(ProcessedZone.resolve(str(processed), None).open(), "acme", "charge_view").current_snapshot()
+    copy = runner.rewrite_keeping_rows
+
+    def copy_dropping_one_more(spark_, table, replaced, written, dropped, **options):
+        one_more = pa.table({"charge_id": pa.array(["ch_kept"], dropped.schema[0].type)})
+        return copy(spark_, table, replaced, written, pa.concat_tables([dropped, one_more]), **options)
+
+    monkeypatch.setattr(runner, "rewrite_keeping_rows", copy_dropping_one_more)
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_1", 150, "usd")])
+    failed = by_table(run(zone, processed, transforms=[charges_transform("v1")]))["charge_view"]
+
+    assert failed.status == "failed"
+    assert "the written files hold 1 rows, the output 2; nothing committed" in (failed.error or "")
+    after = load_table(ProcessedZone.resolve(str(processed), None).open(), "acme", "charge_view").current_snapshot()
+    assert after.snapshot_id == before.snapshot_id
+
+
 def test_settings_per_tenant_from_the_environment_and_meltanos_flattened_object(monkeypatch) -> None:
     monkeypatch.setenv("CDP_DEFAULT_REGION", "fr")
     monkeypatch.setenv("CDP_TENANT_SETTINGS", '{"acme": {"default_region": "gb"}}')

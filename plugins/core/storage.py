@@ -113,6 +113,10 @@ class ObjectStore:
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key.strip('/')}".strip("/")
 
+    def fs_path(self, key: str = "") -> str:
+        """The path of ``key`` in :attr:`fs` (``bucket/prefix/key`` on S3, an absolute path locally)."""
+        return self._path(key)
+
     def url_for(self, key: str) -> str:
         """The full URL of ``key``: what a person pastes into another tool."""
         if self.is_s3:

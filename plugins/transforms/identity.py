@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 from plugins.core.errors import CdpError, ConfigError
 from plugins.core.events import log_event
 from plugins.transforms.catalog import create_table
-from plugins.transforms.commit import CommitResult, commit_files, live_data_files, write_data_files
+from plugins.transforms.commit import (
+    CommitResult,
+    commit_files,
+    live_data_files,
+    rewrite_keeping_rows,
+    write_data_files,
+)
 from plugins.transforms.frames import broadcast_if, is_few
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
@@ -725,12 +731,13 @@ def commit_identity(
     """Persist a resolution: the merges are appended first, then the audit and the identity map are replaced.
 
     A resolution of the whole map replaces every file; one of the profiles a run touched (``resolution.touched``)
-    replaces only the map files holding their rows (the files' other rows are written again beside the new ones),
+    replaces only the map files holding their rows (the files' other rows are copied beside the new ones),
     and in the audit only the rows of its identifiers. The map commits last: a crash before it leaves the previous
     map, and the next run finds the same merges again (a merge may then be recorded twice; deleting a merged-away id
     downstream is idempotent). ``raw_files`` are the raw-zone keys the observations came from, recorded with the
     map's snapshot.
     """
+    import pyarrow as pa
     from pyspark.sql import functions as F
 
     merges_table = create_table(catalog, tenant, IDENTITY_MERGES_TABLE, resolution.merges.schema)
@@ -753,12 +760,21 @@ def commit_identity(
         hit = current.join(resolution.touched, "customer_id", "left_semi").select(DATA_FILE_COLUMN).distinct()
         # The paths of the files to rewrite: a few per run (the map is bucketed by customer_id), never its rows.
         files = sorted(row[DATA_FILE_COLUMN] for row in hit.collect())
-        others = read_data_files(spark, map_table, files).drop(DATA_FILE_COLUMN)
-        others = others.join(resolution.touched, "customer_id", "left_anti")
-        rewritten = others.unionByName(resolution.identity_map).where(F.col("customer_id").isNotNull())
-        identity_map = commit_files(
-            map_table, add=write_data_files(rewritten, map_table, run_id=run_id), remove=files, raw_files=raw_files
-        )
+        fresh = resolution.identity_map.where(F.col("customer_id").isNotNull())
+        if is_few(resolution.touched):
+            # The files' rows of untouched profiles are copied as they are (rows without a customer_id dropped, as
+            # below), and the new rows join the copies of their buckets.
+            touched = resolution.touched.select("customer_id").toArrow()
+            no_id = pa.table([pa.nulls(1, touched.schema[0].type)], schema=touched.schema)
+            dropped = pa.concat_tables([touched, no_id])
+            written = write_data_files(fresh, map_table, run_id=run_id)
+            added = sorted(rewrite_keeping_rows(spark, map_table, files, written, dropped, run_id=run_id))
+        else:
+            others = read_data_files(spark, map_table, files).drop(DATA_FILE_COLUMN)
+            others = others.join(resolution.touched, "customer_id", "left_anti")
+            rewritten = others.unionByName(fresh).where(F.col("customer_id").isNotNull())
+            added = write_data_files(rewritten, map_table, run_id=run_id)
+        identity_map = commit_files(map_table, add=added, remove=files, raw_files=raw_files)
     log_event(
         logger,
         "identity_committed",

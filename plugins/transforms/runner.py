@@ -35,6 +35,7 @@ from plugins.transforms.commit import (
     data_file,
     live_data_files,
     processed_raw_files,
+    rewrite_keeping_rows,
     write_data_files,
 )
 from plugins.transforms.java import NoUsableJavaError
@@ -66,6 +67,7 @@ LINEAGE_COLUMNS = (SOURCE_FILE_COLUMN,)
 _ORIGIN = "_cdp_origin"  # 0: a row of this run's batch; 1: a row already in the table.
 _DELETED = "_cdp_deleted"
 _BATCH_ROWS = "_cdp_batch_rows"  # How many of this run's rows share the key.
+_TABLE_ROWS = "_cdp_table_rows"  # How many of the table's rows share the key.
 
 
 class TransformRunError(CdpError):
@@ -656,7 +658,7 @@ class _TableRun:
         try:
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
-            untouched: DataFrame | None = None  # Rows of the rewritten files whose key this run does not touch.
+            copy_untouched = False  # Whether the affected files' rows of untouched keys are copied apart.
             if complete:
                 affected, candidates = sorted(live), batch
             else:
@@ -672,13 +674,21 @@ class _TableRun:
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)
                 existing = existing.withColumn(_ORIGIN, F.lit(1))
                 if affected and few:
-                    untouched = existing.join(wanted, _same_key(existing, key), "left_anti")
+                    # Only the touched keys' rows are folded; the files' other rows are copied as they are (below),
+                    # as the fold, erasure and rules would keep them: no row of this run shares their key, none of
+                    # their keys is deleted, and only this run's rows are judged.
+                    copy_untouched = True
                     existing = existing.join(wanted, _same_key(existing, key), "left_semi")
                 candidates = batch.unionByName(existing, allowMissingColumns=True)
             # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
             # window is partitioned like the fold's, by the key).
-            in_batch = F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(Window.partitionBy(*key))
-            candidates = candidates.withColumn(_BATCH_ROWS, in_batch)
+            same_key = Window.partitionBy(*key)
+            candidates = candidates.withColumns(
+                {
+                    _BATCH_ROWS: F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(same_key),
+                    _TABLE_ROWS: F.count(F.when(F.col(_ORIGIN) == 1, F.lit(1))).over(same_key),
+                }
+            )
             merge_order = self._merge_order(candidates.columns)
             # A transform reading raw data keeps the latest version of a key, whichever run brought it; one reading
             # tables recomputed its rows from their current state, so its new rows replace the table's.
@@ -702,29 +712,21 @@ class _TableRun:
             marked = mark_broken_rules(winners, rules)
             judged = fresh & ~F.col(ERASED_COLUMN)
             marked = marked.withColumn(BROKEN_RULE_COLUMN, F.when(judged, F.col(BROKEN_RULE_COLUMN)))
-            if untouched is not None:
-                # Kept as they are, as the fold, erasure and rules would keep them: no row of this run shares their
-                # key, none of their keys is deleted, and only this run's rows are judged.
-                untouched = untouched.withColumns(
-                    {
-                        _BATCH_ROWS: F.lit(0).cast("long"),
-                        _DELETED: F.lit(False),
-                        ERASED_COLUMN: F.lit(False),
-                        BROKEN_RULE_COLUMN: F.lit(None).cast(marked.schema[BROKEN_RULE_COLUMN].dataType),
-                    }
-                )
-                marked = marked.unionByName(untouched, allowMissingColumns=True)
             marked = marked.persist(StorageLevel.MEMORY_AND_DISK)
             # Every count of the run in one aggregation (one job): rows in, winners by origin, deleted, erased and
             # rejected per rule.
             outcomes = marked.groupBy(_ORIGIN, _DELETED, ERASED_COLUMN, BROKEN_RULE_COLUMN).agg(
-                F.count(F.lit(1)).alias("rows"), F.sum(_BATCH_ROWS).alias("batch_rows")
+                F.count(F.lit(1)).alias("rows"),
+                F.sum(_BATCH_ROWS).alias("batch_rows"),
+                F.sum(_TABLE_ROWS).alias("table_rows"),
             )
             batch_rows = new_winners = existing_kept = deleted_count = erased_count = rejected_count = 0
+            table_rows = 0  # The table's rows of the keys this run touched, whichever version wins.
             quality = QualityReport(counters=dict(self.counters))
             for outcome in outcomes.collect():
                 count = int(outcome["rows"])
                 batch_rows += int(outcome["batch_rows"] or 0)
+                table_rows += int(outcome["table_rows"] or 0)
                 if outcome[_DELETED]:
                     deleted_count += count if outcome[_ORIGIN] == 1 else 0
                     continue
@@ -756,6 +758,14 @@ class _TableRun:
                     context.dlq_store, context.tenant, self.descriptor.output, rejected, run_id=context.run_id
                 )
             files = write_data_files(to_write, table, run_id=context.run_id) if expected else []
+            if copy_untouched and touched is not None:
+                dropped = touched.toDF(*key).toArrow()
+                files = sorted(
+                    rewrite_keeping_rows(context.spark, table, affected, files, dropped, run_id=context.run_id)
+                )
+                # Counted apart from the copies, which _check then verifies: the affected files' rows but the
+                # touched keys' ones.
+                expected += sum(live[path].record_count for path in affected) - table_rows
             self._check(table, files, to_write, key, expected, unique=complete)
             counts = {
                 "rows_in": batch_rows,

@@ -8,6 +8,7 @@ from (``_cdp_data_file``, the path exactly as the table lists it), so a merge kn
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -56,22 +57,30 @@ def read_data_files(spark: SparkSession, table: Table, paths: Sequence[str]) -> 
         return frame.withColumn(DATA_FILE_COLUMN, mapping[found]).select(*columns)
     endpoint = ObjectStore(paths[0]).s3_endpoint_url or ""
     with_file = StructType([*schema.fields, StructField(DATA_FILE_COLUMN, StringType())])
-    return read_files(spark, DATA_SOURCE_NAME, paths, with_file, read_parquet_files, {"endpoint": endpoint})
+    options = {"endpoint": endpoint, "schema": schema.json()}
+    return read_files(spark, DATA_SOURCE_NAME, paths, with_file, read_parquet_files, options)
 
 
 def read_parquet_files(
     paths: Sequence[str], options: Mapping[str, str], names: Sequence[str]
 ) -> Iterator[pa.RecordBatch]:
-    """The batches of each Parquet file with its path, read with pyarrow (runs on the executors)."""
+    """The batches of each Parquet file with its path, read with pyarrow (runs on the executors). A column the file
+    lacks (added to the table after it was written) reads as nulls, as with Spark's reader."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
 
+    from plugins.transforms.commit import conformed
+
+    table_schema = to_arrow_schema(StructType.fromJson(json.loads(options["schema"])), timezone="UTC")
     columns = [name for name in names if name != DATA_FILE_COLUMN]
+    schema = pa.schema([table_schema.field(name) for name in columns])
     for path in paths:
         store = ObjectStore(path, s3_endpoint_url=options.get("endpoint") or None)
-        with store.fs.open_input_file(f"{store.bucket}/{store.prefix}") as stream:
-            for batch in pq.ParquetFile(stream).iter_batches(columns=columns):
-                file_column = pa.array([path] * batch.num_rows, pa.string())
-                yield pa.RecordBatch.from_arrays(
-                    [*batch.select(columns).columns, file_column], [*columns, DATA_FILE_COLUMN]
-                )
+        with store.fs.open_input_file(store.fs_path()) as stream:
+            parquet = pq.ParquetFile(stream)
+            present = [name for name in columns if name in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(columns=present):
+                rows = conformed(pa.Table.from_batches([batch]), schema)
+                yield from rows.append_column(DATA_FILE_COLUMN, pa.array([path] * rows.num_rows)).to_batches()

@@ -206,9 +206,9 @@ def rewrite_keeping_rows(
     rarely adds a file to a partition; a written file not appended stays as it is. A copy left without rows is not
     written; an appended written file is deleted.
 
-    An incremental merge touches a few keys in many files: their other rows are copied here by pyarrow, in batches on
-    the executors, instead of Spark decoding, shuffling, re-bucketing and encoding them again (the merge of a 1 %
-    increment spent most of its write there).
+    An incremental merge touches a few keys in many files: their other rows are copied here by pyarrow, in batches (in
+    Spark tasks, or on the driver up to ``COPY_ON_DRIVER_ROWS``), instead of Spark decoding, shuffling, re-bucketing
+    and encoding them again (the merge of a 1 % increment spent most of its write there).
     """
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
@@ -329,7 +329,7 @@ def _copy_kept_rows(
         gathered: list[pa.Table] = []
         for batch in _kept_batches(source, keep, others):
             gathered.append(conformed(pa.Table.from_batches([batch]), schema))
-            if sum(part.num_rows for part in gathered) >= COPY_ROW_GROUP_ROWS:
+            if sum(part.num_rows for part in gathered) >= COPY_ROW_GROUP_ROWS:  # A few batches: cheap to add up.
                 writer.write_table(pa.concat_tables(gathered), row_group_size=COPY_ROW_GROUP_ROWS)
                 gathered = []
         if gathered:

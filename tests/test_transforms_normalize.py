@@ -6,10 +6,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugins.transforms.normalize import (
     INVALID_TIMESTAMP,
     UNKNOWN_COUNTRY,
+    _checked_email,
+    _validated_email,
     email,
     person_name,
     phone,
@@ -164,3 +168,58 @@ def test_timestamps_become_utc_from_epoch_seconds_and_offset_strings(spark, as_n
     for row, (raw, value, reason) in zip(rows, TIMESTAMPS, strict=True):
         assert row["at"] == value, raw
         assert row[reason_column("at")] == reason, raw
+
+
+# The email fast path: a plain ASCII address is checked in two parts (its local part by the dot-atom rule, its domain by
+# email-validator once per domain), so it must answer exactly as email-validator on the whole address does.
+_LOCAL_PIECES = [
+    "ada",
+    "b",
+    "x1",
+    "first.last",
+    "a+tag",
+    "o'neil",
+    "q=x",
+    "_",
+    "-",
+    "~u",
+    "#",
+    "a..b",
+    ".a",
+    "a.",
+    "é",
+    '"quoted"',
+    "a b",
+    "a@b",
+    "a(b)",
+    "z" * 64,
+    "y" * 65,
+    "x" * 200,
+    "postmaster",
+    "a\tb",
+    "",
+]
+_DOMAIN_LABELS = ["example", "com", "org", "co", "uk", "mail", "xn--bcher-kva", "xn--abc", "ab--cd", "-a", "a-",
+                  "a-b", "localhost", "test", "local", "arpa", "onion", "invalid", "123", "1a", "a" * 63, "b" * 64,
+                  "ünï", "_srv", "a_b", "", " ", "ex ample", "[1.2.3.4]", "com\n"]  # fmt: skip
+
+
+@given(
+    local=st.one_of(st.sampled_from(_LOCAL_PIECES), st.text(alphabet="ab.+-_@\"' é", max_size=12)),
+    labels=st.lists(st.sampled_from(_DOMAIN_LABELS), min_size=0, max_size=4),
+    trailer=st.sampled_from(["", ".", "..", "@example.com", " "]),
+)
+@settings(max_examples=3000, deadline=None)
+def test_the_email_fast_path_answers_as_email_validator_on_the_whole_address(
+    local: str, labels: list[str], trailer: str
+) -> None:
+    address = f"{local}@{'.'.join(labels)}{trailer}".lower()
+    assert _checked_email.__wrapped__(address) == _validated_email(address)
+
+
+def test_the_email_fast_path_keeps_the_length_limit_and_gives_each_domain_its_own_answer() -> None:
+    long_domain = ".".join(["a" * 60] * 4) + ".com"  # 248 characters: valid on its own
+    for address in [f"abcd@{long_domain}", f"abcdefgh@{long_domain}", "ada@example.com", "ada@example.test"]:
+        assert _checked_email.__wrapped__(address) == _validated_email(address)
+    assert _checked_email.__wrapped__(f"abcdefgh@{long_domain}")[0] is None  # 257 characters: over the limit
+    assert _checked_email.__wrapped__("ada@example.test") == (None, _validated_email("ada@example.test")[1])

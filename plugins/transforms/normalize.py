@@ -11,6 +11,7 @@ the two into a column and its ``_cdp_reason_<column>`` companion, which the qual
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -52,10 +53,39 @@ def _blank_to_null(column: Column) -> Column:
 # -- emails -------------------------------------------------------------------------------------------------------
 
 
+# email-validator spends about 50 microseconds on an address, most of it checking the domain character by character
+# (UTS-46): at a million records that was the largest cost of customer_records (benchmarks/transform_customers.py). So
+# a plain ASCII address is checked in two parts: its local part by the dot-atom rule email-validator applies to such a
+# part (RFC 5322 atext, without its upper case, as addresses arrive here lower-cased), its domain by email-validator
+# itself, once per domain per worker (the same few domains come back in every batch). Anything else (quotes, non-ASCII,
+# a domain it rejects, an address near the length limit) goes to email-validator whole, which also words the reason.
+# tests/test_transforms_normalize.py checks on generated addresses that both ways give the same answer.
+_PLAIN_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_LOCAL_PART = re.compile(rf"{_PLAIN_ATOM}(?:\.{_PLAIN_ATOM})*\Z")
+_PLAIN_LENGTH_LIMIT = 254  # email-validator's limit on a whole address (RFC 5321 4.5.3.1.3)
+
+
 @lru_cache(maxsize=65_536)
 def _checked_email(text: str) -> tuple[str | None, str | None]:
     """``(value, reason)`` of one trimmed, lower-cased address: email-validator's normal form, or why it is not one.
     Cached per worker process: the same addresses come back in every batch (versions, shared inboxes)."""
+    local_part, at, domain = text.rpartition("@")
+    if at and text.isascii() and len(text) <= _PLAIN_LENGTH_LIMIT and _PLAIN_LOCAL_PART.match(local_part):
+        normal_domain = _checked_domain(domain)
+        if normal_domain is not None:
+            return f"{local_part}@{normal_domain}", None
+    return _validated_email(text)
+
+
+@lru_cache(maxsize=4_096)
+def _checked_domain(domain: str) -> str | None:
+    """email-validator's normal form of an address's domain, lower-cased, or None where it rejects the domain."""
+    value, _reason = _validated_email(f"x@{domain}")
+    return None if value is None else value.partition("@")[2]
+
+
+def _validated_email(text: str) -> tuple[str | None, str | None]:
+    """``(value, reason)`` of one address by email-validator alone (no DNS)."""
     from email_validator import EmailNotValidError, validate_email
 
     try:

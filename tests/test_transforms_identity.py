@@ -223,6 +223,38 @@ def test_components_stop_only_at_the_star_forest_whatever_the_shape_and_give_up_
             connected_components(spark.createDataFrame(middle, "src string, dst string"), max_rounds=1)
 
 
+def test_records_become_the_people_of_a_reference_search_whichever_identifiers_they_share(
+    spark, components_way
+) -> None:
+    """Only identifiers two records hold enter the graph: on random records drawing emails and phones from small pools
+    (many held once, some by several records, records holding two or three shared ones), the people are those of a
+    breadth-first search over every record and identifier."""
+    rng = random.Random(11)
+    rows: list[Row] = []
+    for number in range(160):
+        identifiers: dict[str, str | list[str | None] | None] = {"stripe_customer": f"cus_{number}"}
+        if rng.random() < 0.8:
+            identifiers["email"] = [f"e{rng.randrange(120)}@x.io" for _ in range(rng.choice([1, 1, 2]))]
+        if rng.random() < 0.6:
+            identifiers["phone"] = f"+1555{rng.randrange(150):07d}"
+        rows += record("stripe", f"stripe:{number}", identifiers, 1 + number % 5)
+    unlimited = IdTypeRules()  # No guard cuts: every shared identifier links.
+    settings = IdentitySettings(types={"email": unlimited, "phone": unlimited})
+
+    resolution = resolve_identities(
+        observations(spark, rows), run_id="run-1", resolved_at=RESOLVED_AT, settings=settings
+    )
+
+    # The reference links each record to each of its identifiers, shared or not.
+    reference = reference_components((row[1], f"{row[2]}:{row[3]}") for row in rows)
+    by_component: dict[str, set[str]] = {}
+    for row in rows:
+        by_component.setdefault(reference[row[1]], set()).add(row[1])
+    assert people(resolution) == {frozenset(members) for members in by_component.values()}
+    assert len(by_component) < 150  # Records did link.
+    assert any(len(members) >= 3 for members in by_component.values())
+
+
 def test_a_shared_email_a_shared_phone_and_a_chain_across_three_providers_link_records_into_people(
     resolved,
 ) -> None:

@@ -659,8 +659,12 @@ class _TableRun:
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
             copy_untouched = False  # Whether the affected files' rows of untouched keys are copied apart.
+            folding = True  # Whether keys may repeat among the candidates, so the fold below must pick one row each.
             if complete:
                 affected, candidates = sorted(live), batch
+                # A complete output is often one row per key already (an aggregation's): checked on the key columns
+                # alone, since the fold would shuffle and sort whole rows. The rows are persisted: computed once.
+                folding = bool(rows.groupBy(*key).count().where(F.col("count") > 1).limit(1).collect())
             else:
                 keys = rows.select(*key)
                 if output.deleted_keys is not None:
@@ -682,19 +686,22 @@ class _TableRun:
                 candidates = batch.unionByName(existing, allowMissingColumns=True)
             # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
             # window is partitioned like the fold's, by the key).
-            same_key = Window.partitionBy(*key)
-            candidates = candidates.withColumns(
-                {
-                    _BATCH_ROWS: F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(same_key),
-                    _TABLE_ROWS: F.count(F.when(F.col(_ORIGIN) == 1, F.lit(1))).over(same_key),
-                }
-            )
-            merge_order = self._merge_order(candidates.columns)
-            # A transform reading raw data keeps the latest version of a key, whichever run brought it; one reading
-            # tables recomputed its rows from their current state, so its new rows replace the table's.
-            origin = F.col(_ORIGIN).asc()
-            order = [*merge_order, origin] if self.raw_inputs else [origin, *merge_order]
-            folded = latest_per_key(candidates, key, order)
+            if folding:
+                same_key = Window.partitionBy(*key)
+                candidates = candidates.withColumns(
+                    {
+                        _BATCH_ROWS: F.count(F.when(F.col(_ORIGIN) == 0, F.lit(1))).over(same_key),
+                        _TABLE_ROWS: F.count(F.when(F.col(_ORIGIN) == 1, F.lit(1))).over(same_key),
+                    }
+                )
+                merge_order = self._merge_order(candidates.columns)
+                # A transform reading raw data keeps the latest version of a key, whichever run brought it; one
+                # reading tables recomputed its rows from their current state, so its new rows replace the table's.
+                origin = F.col(_ORIGIN).asc()
+                order = [*merge_order, origin] if self.raw_inputs else [origin, *merge_order]
+                folded = latest_per_key(candidates, key, order)
+            else:  # Every row is its key's only one, from this run.
+                folded = candidates.withColumns({_BATCH_ROWS: F.lit(1), _TABLE_ROWS: F.lit(0)})
             if output.deleted_keys is not None:
                 marks = _renamed_keys(output.deleted_keys, key).distinct().withColumn(_DELETED, F.lit(True))
                 folded = folded.join(marks, _same_key(folded, key), "left").drop(*_key_aliases(key))

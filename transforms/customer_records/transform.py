@@ -289,7 +289,6 @@ def customer_records(
 
     Phones without a ``+country`` code are read in the record's country, else ``run.settings.default_region``.
     """
-    from pyspark.sql import functions as F
 
     sources: list[tuple[DataFrame | None, Callable[[DataFrame], DataFrame]]] = [
         (stripe_customers, _stripe),
@@ -298,10 +297,7 @@ def customer_records(
         (salesforce_lead, lambda df: _salesforce(df, "lead", "Lead", "")),
     ]
     everything = union_all([build(frame) for frame, build in sources if frame is not None], "customer_records")
-    everything = with_country(everything, "country")
-    latest = latest_per_key(
-        everything, ["record_id"], [F.col("updated_at").desc_nulls_last(), F.col(SOURCE_FILE_COLUMN).desc_nulls_last()]
-    )
-    latest = _normalised(latest, run.settings.default_region if run is not None else None)
+    # Each source kept its latest versions (``_latest``), so a record_id is already one row: no fold again here.
+    latest = _normalised(with_country(everything, "country"), run.settings.default_region if run is not None else None)
     extra = [name for name in latest.columns if name.startswith("_cdp_")]
     return latest.select(*OUTPUT_COLUMNS, *extra)

@@ -202,7 +202,6 @@ def _profiles(
             unit(ADDRESS_COLUMNS).alias("address"),
             "country",
         )
-        counts = mine.groupBy("customer_id").agg(F.countDistinct("record_id").alias("record_count"))
         custom = merged_custom_fields(mine)
         for channel in CHANNELS:
             statements = statements.unionByName(
@@ -216,7 +215,6 @@ def _profiles(
             )
     else:
         candidates = run.spark.createDataFrame([], candidate_schema)
-        counts = run.spark.createDataFrame([], "customer_id string, record_count long")
         custom = run.spark.createDataFrame([], "customer_id string, custom_fields string")
     if events is not None:
         said = event_statements(events)
@@ -226,9 +224,11 @@ def _profiles(
                 "customer_id", "channel", "granted", "stated_at", "source"
             )
         )
-    survived = survive_fields(candidates, SURVIVING_FIELDS, run.settings.survivorship)
+    # A record has one customer_id in the map and one row in customer_records: its customer's rows are its records.
+    record_count = F.count(F.lit(1)).alias("record_count")
+    survived = survive_fields(candidates, SURVIVING_FIELDS, run.settings.survivorship, also=[record_count])
     consent = latest_consent(statements, ["customer_id"])
-    profile = identifiers.join(survived, "customer_id", "left").join(counts, "customer_id", "left")
+    profile = identifiers.join(survived, "customer_id", "left")
     profile = profile.join(custom, "customer_id", "left")
     profile = profile.join(consent, "customer_id", "left")
     consent_columns = []

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,7 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.table import TableProperties
 from pyiceberg.transforms import BucketTransform
-from pyiceberg.types import StringType
+from pyiceberg.types import (
+    BinaryType,
+    DateType,
+    DecimalType,
+    IntegerType,
+    LongType,
+    StringType,
+    TimestamptzType,
+)
 from pyspark.sql import functions as F
 
 from plugins.core.errors import ConfigError
@@ -33,6 +41,7 @@ from plugins.transforms.catalog import (
 from plugins.transforms.commit import (
     PROCESSED_ADDED_PROPERTY,
     CommitError,
+    bucket_values,
     commit_files,
     key_matches,
     live_data_files,
@@ -187,6 +196,28 @@ def test_a_rewrite_copies_kept_rows_and_appends_the_new_files_so_no_partition_ga
     appended = [path for path in written if path not in rewritten]
     assert len(appended) == 3
     assert not any(table.io.new_input(path).exists() for path in appended)
+
+
+@pytest.mark.parametrize(
+    ("source_type", "values"),
+    [
+        (IntegerType(), pa.array([1, -3, None, 127], pa.int8())),  # Spark's byte: stored by Iceberg as int
+        (IntegerType(), pa.array([1, -300, None], pa.int16())),  # Spark's short
+        (IntegerType(), pa.array([1, -3, None], pa.int32())),
+        (LongType(), pa.array([1, -3, None, 2**40], pa.int64())),
+        (StringType(), pa.array(["cus_0a", "é", "", None])),
+        (DateType(), pa.array([date(2020, 1, 2), None])),
+        (TimestamptzType(), pa.array([datetime(2020, 1, 2, 3, 4, 5, 6, tzinfo=UTC), None], pa.timestamp("us", "UTC"))),
+        (DecimalType(10, 2), pa.array([Decimal("1.23"), Decimal("-0.01"), None], pa.decimal128(10, 2))),
+        (BinaryType(), pa.array([b"ab", b"", None])),
+    ],
+)
+def test_bucket_values_are_pyicebergs_bucket_of_each_value(source_type, values) -> None:
+    """The vectorised bucket (pyiceberg-core) gives what pyiceberg's own transform gives value by value."""
+    transform = BucketTransform(16)
+    one_by_one = transform.transform(source_type)
+    expected = [None if value is None else one_by_one(value) for value in values.to_pylist()]
+    assert bucket_values(transform, source_type, values).to_pylist() == expected
 
 
 def test_key_matches_compares_keys_null_safely_on_every_part() -> None:

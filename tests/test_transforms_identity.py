@@ -377,6 +377,37 @@ def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_re
     }
 
 
+def test_a_split_profile_keeps_its_id_in_the_part_holding_its_smallest_identifier(spark, tmp_path, monkeypatch) -> None:
+    """Three records share a phone; the third's new version drops it, splitting the profile in two. Its id stays with
+    the part holding the profile's smallest identifier (``email:ann@x.io``), even where the phone, the one identifier
+    two records share, is not that part's smallest (found in review: components named by their shared identifiers
+    alone gave the id to the other part)."""
+    catalog = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}").open()
+    phone = "+15550001000"
+    ann = record("stripe", "stripe:s1", {"stripe_customer": "s1", "email": "ann@x.io", "phone": phone}, 1)
+    shop = record("shopify", "shopify:2", {"shopify_customer": "2", "phone": phone}, 2)
+    mia = record("salesforce", "salesforce:3", {"salesforce_contact": "3", "email": "mia@x.io", "phone": phone}, 3)
+    first = resolve_identities(observations(spark, [*ann, *shop, *mia]), run_id="r1", resolved_at=RESOLVED_AT)
+    commit_identity(catalog, "acme", first, run_id="r1")
+    (profile,) = {row["customer_id"] for row in first.records.collect()}
+    previous = load_identity_map(spark, catalog, "acme")
+    newer = record("salesforce", "salesforce:3", {"salesforce_contact": "3", "email": "mia@x.io"}, 4)
+
+    for scope, broadcast_rows in (
+        (IdentityScope.ALL, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, 0),
+    ):
+        monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
+        observed = observations(spark, newer)
+        again = resolve_identities(
+            observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed
+        )
+        ids = {row["record_id"]: row["customer_id"] for row in again.records.collect()}
+        assert ids["stripe:s1"] == ids["shopify:2"] == profile, scope
+        assert ids["salesforce:3"] != profile, scope
+
+
 def _persisted_people(spark, catalog) -> set[frozenset[str]]:
     persisted = load_identity_map(spark, catalog, "acme")
     assert persisted is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import idna
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -223,3 +224,8 @@ def test_the_email_fast_path_keeps_the_length_limit_and_gives_each_domain_its_ow
         assert _checked_email.__wrapped__(address) == _validated_email(address)
     assert _checked_email.__wrapped__(f"abcdefgh@{long_domain}")[0] is None  # 257 characters: over the limit
     assert _checked_email.__wrapped__("ada@example.test") == (None, _validated_email("ada@example.test")[1])
+    # A punycode domain is written in Unicode by email-validator, longer in UTF-8: its length counts there too.
+    punycode = "a" * 90 + "@" + idna.encode("中" * 55).decode() + ".com"
+    assert len(punycode) <= 254 < len(("a" * 90 + "@" + "中" * 55 + ".com").encode())
+    assert _checked_email.__wrapped__(punycode) == _validated_email(punycode)
+    assert _checked_email.__wrapped__(punycode)[0] is None

@@ -144,11 +144,23 @@ def _iceberg_bucket(transform: Any, source_type: Any) -> Callable[[Column], Colu
 
     def bucket(values: pa.Array) -> pa.Array:
         # Made on the executor: the Rust function does not pickle, pyiceberg's transform and type do.
-        return transform.pyarrow_transform(source_type)(values).cast(pa.int64())
+        return bucket_values(transform, source_type, values)
 
     # This module postpones annotations (strings); Spark reads the UDF's kind from real ones.
     bucket.__annotations__ = {"values": pa.Array, "return": pa.Array}
     return arrow_udf(bucket, "long")  # type: ignore[call-overload,no-any-return]
+
+
+def bucket_values(transform: Any, source_type: Any, values: pa.Array) -> pa.Array:
+    """Iceberg's bucket (``transform``) of each value (null stays null) as int64, by pyiceberg's vectorised transform.
+    Spark's byte and short columns arrive as int8 and int16, which Iceberg stores as int and pyiceberg-core does not
+    take: they are widened first (the same numbers, the same hash)."""
+    import pyarrow as pa
+
+    if pa.types.is_int8(values.type) or pa.types.is_int16(values.type):
+        values = values.cast(pa.int32())
+    result: pa.Array = transform.pyarrow_transform(source_type)(values).cast(pa.int64())
+    return result
 
 
 def _write_with_pyarrow(output: DataFrame, target: str, hidden: list[str]) -> list[str]:

@@ -613,20 +613,19 @@ def _per_type(settings: IdentitySettings, limit_of: Callable[[IdTypeRules], int 
 
 def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
     """``record_id, component`` for every record holding an identifier that may link: records sharing one, directly
-    or through others, are one component (one person).
+    or through others, are one component (one person), named by its smallest identifier.
 
     Only an identifier two or more records hold can join records, so the graph is made of those alone, each record
     linking its joining identifiers to the smallest of them. Identifiers that one record holds (most provider ids,
     most phones) never reach connected components: of the benchmark's 1,000,000 raw records, about 140,000 edges
-    are left of 2.4 million identifier rows, few enough for the union-find in one task instead of the rounds. A
-    component is named by its smallest joining identifier; a record sharing none with another is a component of its
-    own, named by its
-    smallest identifier.
+    are left of 2.4 million identifier rows, few enough for the union-find in one task instead of the rounds. The
+    name is the one a graph of every identifier would give (the smallest of its records' smallest identifiers): it
+    decides which part of a split profile keeps the profile's id.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    linking = links.filter(F.col("cut").isNull())
+    linking = links.filter(F.col("cut").isNull() & F.col("record_id").isNotNull())
     # Held by two records or more: the smallest and largest record of the identifier differ.
     same_node = Window.partitionBy("node")
     joining = F.min("record_id").over(same_node) != F.max("record_id").over(same_node)
@@ -643,11 +642,13 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
         .filter(F.col("src") != F.col("dst"))
     )
     labels = connected_components(edges, checkpoint_every=settings.checkpoint_every, max_rounds=settings.max_rounds)
-    # A hub in no edge (its records share no other joining identifier) is its own component.
+    # A hub in no edge (its records share no other joining identifier) is its own component; a record without a hub
+    # (sharing nothing) is one alone.
     hubs = per_record.select("record_id", "anchor", hub.alias("hub"))
-    named = hubs.join(labels.withColumnRenamed("node", "hub"), "hub", "left").select(
-        "record_id", F.coalesce("component", "hub", "anchor").alias("component")
+    joined = hubs.join(labels.withColumnRenamed("node", "hub"), "hub", "left").withColumn(
+        "joined", F.coalesce("component", "hub", "anchor")
     )
+    named = joined.select("record_id", F.min("anchor").over(Window.partitionBy("joined")).alias("component"))
     return _materialise(named, reliable=True, eager=False)
 
 

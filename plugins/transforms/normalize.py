@@ -58,7 +58,8 @@ def _blank_to_null(column: Column) -> Column:
 # a plain ASCII address is checked in two parts: its local part by the dot-atom rule email-validator applies to such a
 # part (RFC 5322 atext, without its upper case, as addresses arrive here lower-cased), its domain by email-validator
 # itself, once per domain per worker (the same few domains come back in every batch). Anything else (quotes, non-ASCII,
-# a domain it rejects, an address near the length limit) goes to email-validator whole, which also words the reason.
+# a domain it rejects or writes otherwise, such as punycode, an address over the length limit) goes to email-validator
+# whole, which also words the reason.
 # tests/test_transforms_normalize.py checks on generated addresses that both ways give the same answer.
 _PLAIN_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_LOCAL_PART = re.compile(rf"{_PLAIN_ATOM}(?:\.{_PLAIN_ATOM})*\Z")
@@ -70,10 +71,11 @@ def _checked_email(text: str) -> tuple[str | None, str | None]:
     """``(value, reason)`` of one trimmed, lower-cased address: email-validator's normal form, or why it is not one.
     Cached per worker process: the same addresses come back in every batch (versions, shared inboxes)."""
     local_part, at, domain = text.rpartition("@")
-    if at and text.isascii() and len(text) <= _PLAIN_LENGTH_LIMIT and _PLAIN_LOCAL_PART.match(local_part):
-        normal_domain = _checked_domain(domain)
-        if normal_domain is not None:
-            return f"{local_part}@{normal_domain}", None
+    plain = at and text.isascii() and len(text) <= _PLAIN_LENGTH_LIMIT and _PLAIN_LOCAL_PART.match(local_part)
+    # Only a domain that is its own normal form: a punycode one becomes Unicode, longer in UTF-8, and email-validator
+    # checks the normal form's length too.
+    if plain and _checked_domain(domain) == domain:
+        return text, None
     return _validated_email(text)
 
 

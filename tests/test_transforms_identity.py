@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -333,6 +333,26 @@ def test_a_second_run_through_the_persisted_map_gives_the_people_of_one_run_and_
     assert newer not in {row["customer_id"] for row in persisted.collect()}
 
 
+def restated_through_the_map(
+    spark, monkeypatch, previous, newer: list[Row]
+) -> Iterator[tuple[IdentityScope, IdentityResolution]]:
+    """``newer`` (records' new versions, restated) resolved through the ``previous`` map each way a run may: ALL, and
+    TOUCHED with its few rows broadcast or (none counted as few) shuffled."""
+    for scope, broadcast_rows in (
+        (IdentityScope.ALL, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, frames.MAX_BROADCAST_ROWS),
+        (IdentityScope.TOUCHED, 0),
+    ):
+        monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
+        observed = observations(spark, newer)
+        yield (
+            scope,
+            resolve_identities(
+                observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed
+            ),
+        )
+
+
 def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_rebuild_would(
     spark, tmp_path, monkeypatch
 ) -> None:
@@ -352,16 +372,7 @@ def test_a_records_new_version_without_an_identifier_stops_linking_by_it_as_a_re
     rebuilt = resolve_identities(observations(spark, [*shopify, *newer]), run_id="full", resolved_at=RESOLVED_AT)
     assert people(rebuilt) == {frozenset({"stripe:cus_ann"}), frozenset({"shopify:101"})}
 
-    for scope, broadcast_rows in (
-        (IdentityScope.ALL, frames.MAX_BROADCAST_ROWS),
-        (IdentityScope.TOUCHED, frames.MAX_BROADCAST_ROWS),
-        (IdentityScope.TOUCHED, 0),
-    ):
-        monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
-        observed = observations(spark, newer)
-        again = resolve_identities(
-            observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed
-        )
+    for scope, again in restated_through_the_map(spark, monkeypatch, previous, newer):
         assert people(again) == people(rebuilt), scope
         kept = {(row["record_id"], row["id_value"]) for row in again.identity_map.collect()}
         assert ("stripe:cus_ann", "ann@x.io") not in kept, scope
@@ -393,16 +404,7 @@ def test_a_split_profile_keeps_its_id_in_the_part_holding_its_smallest_identifie
     previous = load_identity_map(spark, catalog, "acme")
     newer = record("salesforce", "salesforce:3", {"salesforce_contact": "3", "email": "mia@x.io"}, 4)
 
-    for scope, broadcast_rows in (
-        (IdentityScope.ALL, frames.MAX_BROADCAST_ROWS),
-        (IdentityScope.TOUCHED, frames.MAX_BROADCAST_ROWS),
-        (IdentityScope.TOUCHED, 0),
-    ):
-        monkeypatch.setattr(frames, "MAX_BROADCAST_ROWS", broadcast_rows)
-        observed = observations(spark, newer)
-        again = resolve_identities(
-            observed, run_id="r2", resolved_at=RESOLVED_AT, previous=previous, scope=scope, restated=observed
-        )
+    for scope, again in restated_through_the_map(spark, monkeypatch, previous, newer):
         ids = {row["record_id"]: row["customer_id"] for row in again.records.collect()}
         assert ids["stripe:s1"] == ids["shopify:2"] == profile, scope
         assert ids["salesforce:3"] != profile, scope

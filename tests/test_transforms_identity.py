@@ -27,6 +27,7 @@ from plugins.transforms.identity import (
     IdentitySettings,
     IdTypeRules,
     SurvivorshipSettings,
+    _close_over_capped,
     _union_find_components,
     commit_identity,
     connected_components,
@@ -287,6 +288,56 @@ def test_the_guards_cut_a_shared_phone_placeholders_and_values_beyond_the_cap_an
     }
     assert resolved.guard_counts() == {RULE_BLOCKED: 4, RULE_SHARED: 1, RULE_PROFILE_CAP: 1}
     assert {row["run_id"] for row in resolved.audit.collect()} == {"run-1"}
+
+
+def test_the_shared_value_guard_counts_records_not_rows(spark) -> None:
+    """A record seen under two sources, or a row without a record, adds no record to a value's count: two records
+    hold ``s@x.io`` (one of them twice), so a limit of two keeps it linking and a limit of one cuts it, audited as two
+    records."""
+    rows = [
+        ("stripe", "a", "email", "s@x.io", 1),
+        ("shopify", "a", "email", "s@x.io", 2),
+        ("stripe", "b", "email", "s@x.io", 3),
+        ("stripe", None, "email", "s@x.io", 4),
+    ]
+    frame = spark.createDataFrame([(*row[:4], day(row[4])) for row in rows], OBSERVATION_DDL)
+
+    def resolve(limit: int) -> IdentityResolution:
+        rules = IdentitySettings(types={"email": IdTypeRules(max_records_per_value=limit)})
+        return resolve_identities(frame, run_id="r", resolved_at=RESOLVED_AT, settings=rules)
+
+    kept = resolve(2)
+    ids = {row["record_id"]: row["customer_id"] for row in kept.records.collect() if row["record_id"] is not None}
+    assert ids["a"] == ids["b"]
+    assert kept.audit.count() == 0
+    cut = resolve(1)
+    ids = {row["record_id"]: row["customer_id"] for row in cut.records.collect() if row["record_id"] is not None}
+    assert ids["a"] != ids["b"]
+    assert [(row["rule"], row["records_affected"]) for row in cut.audit.collect()] == [(RULE_SHARED, 2)]
+
+
+def test_the_cap_closure_follows_cut_values_from_profile_to_profile_and_no_other_value(spark) -> None:
+    """Touched P1 shares a value the cap cut with P2, which shares another with P3 (where it links): all three are
+    resolved again. P4's cut value is its own, and P5 shares with P3 only a value no cap cut: both stay out."""
+    held = spark.createDataFrame(
+        [
+            ("email", "v1", "P1", True),
+            ("email", "v1", "P2", True),
+            ("phone", "v2", "P2", True),
+            ("phone", "v2", "P3", False),
+            ("email", "v9", "P3", False),
+            ("email", "v3", "P4", True),
+            ("email", "v9", "P5", False),
+        ],
+        "id_type string, id_value string, previous_id string, capped boolean",
+    )
+    touched = spark.createDataFrame([("P1",)], "previous_id string")
+
+    closed = _close_over_capped(touched, held, IdentitySettings())
+
+    assert {row["previous_id"] for row in closed.collect()} == {"P1", "P2", "P3"}
+    with pytest.raises(IdentityError, match="max_rounds"):
+        _close_over_capped(touched, held, IdentitySettings(max_rounds=1))
 
 
 def test_the_same_input_twice_gives_the_same_ids_whichever_way_the_components_are_found(

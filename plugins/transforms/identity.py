@@ -373,6 +373,7 @@ def resolve_identities(
     earliest identifier, so the same input always gives the same ids, and a run on the later half of the data gives
     the ids of one run on all of it as long as each person's earliest identifier came in the earlier half.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     chosen = settings or IdentitySettings()
@@ -475,37 +476,44 @@ def resolve_identities(
         F.max("last_seen").alias("last_seen"),
         F.max("previous_id").alias("previous_id"),
     )
-    # Read by the counts (unless TOUCHED), the guards' join and, through it, the rest: computed once.
-    links = _materialise(links, reliable=True)
-    values = links.select("id_type", "id_value").distinct()
+    # ``records``: how many records hold the identifier, over the whole map (the shared-value guard's count, and
+    # the audit's; an identifier two records hold may join them).
+    values = None
     if touched is not None:  # The touched profiles' values, counted over the whole map.
+        links = _materialise(links, reliable=True)  # Read twice: for its values, then joined to their counts.
+        values = links.select("id_type", "id_value").distinct()
         counted = _join_identifiers(population, broadcast_if(values, is_few(values)), "left_semi")
-    else:  # The population is what links holds: its rows are counted, not its lineage computed again.
-        counted = links
-    # Checkpointed (lazily): the shared-value guard and the audit both read it, and in a TOUCHED run it counts over
-    # the whole map, which must not be scanned twice.
-    counts = _materialise(
-        counted.groupBy("id_type", "id_value").agg(F.countDistinct("record_id").cast("long").alias("records")),
-        reliable=True,
-        eager=False,
-    )
+        counts = counted.groupBy("id_type", "id_value").agg(F.countDistinct("record_id").cast("long").alias("records"))
+        links = _join_identifiers(links, counts, "left")
+    else:
+        # The population is what links holds: counted where its rows are, by a window rather than an aggregation
+        # joined back. The records of a value: the rank of its largest record_id (a null one is no record).
+        same_value = Window.partitionBy("id_type", "id_value")
+        rank = F.dense_rank().over(same_value.orderBy(F.col("record_id").asc_nulls_first()))
+        links = (
+            links.withColumn("_cdp_rank", rank)
+            .withColumn(
+                "records",
+                (
+                    F.max("_cdp_rank").over(same_value)
+                    - F.max(F.col("record_id").isNull().cast("int")).over(same_value)
+                ).cast("long"),
+            )
+            .drop("_cdp_rank")
+        )
     limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
-    shared = counts.filter(limit.isNotNull() & (F.col("records") > limit)).select(
-        "id_type", "id_value", F.lit(RULE_SHARED).alias("rule")
-    )
     # ``cut``: the guard that keeps an identifier from linking (null: it links).
-    links = (
-        links.withColumn("node", F.concat_ws(":", "id_type", "id_value"))
-        .join(shared, ["id_type", "id_value"], "left")
-        .withColumn("cut", F.when(~usable, F.lit(RULE_BLOCKED)).otherwise(F.col("rule")))
-        .drop("rule")
+    links = links.withColumn("node", F.concat_ws(":", "id_type", "id_value")).withColumn(
+        "cut",
+        F.when(~usable, F.lit(RULE_BLOCKED)).when(limit.isNotNull() & (F.col("records") > limit), F.lit(RULE_SHARED)),
     )
     links = _materialise(links, reliable=True)
 
     labels = _components(links, chosen)
     capped = _over_cap(links.filter(F.col("cut").isNull()), labels, chosen).cache()
     if not capped.isEmpty():
-        links = links.join(capped.withColumn("rule", F.lit(RULE_PROFILE_CAP)), ["id_type", "id_value"], "left")
+        cut_here = capped.select("id_type", "id_value", F.lit(RULE_PROFILE_CAP).alias("rule"))
+        links = links.join(cut_here, ["id_type", "id_value"], "left")
         links = _materialise(links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule"), reliable=True)
         labels = _recut_components(links, labels, chosen)
     capped.unpersist()
@@ -525,12 +533,9 @@ def resolve_identities(
     )
     audit = (
         resolved.filter(F.col("cut").isNotNull())
-        .select(F.col("cut").alias("rule"), "id_type", "id_value")
+        .select(F.col("cut").alias("rule"), "id_type", "id_value", F.col("records").alias("records_affected"))
         .distinct()
-        .transform(lambda cut: _join_identifiers(cut, counts, "left"))
-        .select(
-            "rule", "id_type", "id_value", F.col("records").alias("records_affected"), F.lit(run_id).alias("run_id")
-        )
+        .withColumn("run_id", F.lit(run_id))
     )
     # The audit and the merges are small and each is read twice (written, then counted for the quality report):
     # checkpointed lazily, so the second read costs no shuffle.
@@ -540,7 +545,7 @@ def resolve_identities(
         merges=_materialise(_merges(resolved, run_id, resolved_at), reliable=True, eager=False),
         audit=_materialise(audit, reliable=True, eager=False),
         touched=touched,
-        values=None if touched is None else values,
+        values=values,
     )
 
 
@@ -550,11 +555,20 @@ def _close_over_capped(touched: DataFrame, may_link: DataFrame, settings: Identi
     links first and then cuts again; resolving only some of them would cap a smaller component, and differently."""
     from pyspark.sql import functions as F
 
-    capped = may_link.filter(F.col("capped")).select("id_type", "id_value", "previous_id")
+    # The rounds only ever follow values the cap cut somewhere: the map's rows holding one are all the rounds read
+    # (a few, however large the map), found in one pass.
+    capped_values = may_link.filter(F.col("capped")).select("id_type", "id_value").distinct()
+    sharing = _materialise(
+        may_link.join(broadcast_if(capped_values, is_few(capped_values)), ["id_type", "id_value"], "left_semi").select(
+            "id_type", "id_value", "previous_id", "capped"
+        ),
+        reliable=True,
+    )
+    capped = sharing.filter(F.col("capped"))
     for _ in range(settings.max_rounds):
         values = capped.join(touched, "previous_id", "left_semi").select("id_type", "id_value").distinct()
         further = (
-            may_link.join(values, ["id_type", "id_value"], "left_semi")
+            sharing.join(values, ["id_type", "id_value"], "left_semi")
             .select("previous_id")
             .distinct()
             .join(touched, "previous_id", "left_anti")
@@ -615,20 +629,18 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
     """``record_id, component`` for every record holding an identifier that may link: records sharing one, directly
     or through others, are one component (one person), named by its smallest identifier.
 
-    Only an identifier two or more records hold can join records, so the graph is made of those alone, each record
-    linking its joining identifiers to the smallest of them. Identifiers that one record holds (most provider ids,
-    most phones) never reach connected components: of the benchmark's 1,000,000 raw records, about 140,000 edges
-    are left of 2.4 million identifier rows, few enough for the union-find in one task instead of the rounds. The
-    name is the one a graph of every identifier would give (the smallest of its records' smallest identifiers): it
-    decides which part of a split profile keeps the profile's id.
+    Only an identifier two or more records hold (``records``, counted over the whole map) can join records, so the
+    graph is made of those alone, each record linking its joining identifiers to the smallest of them. Identifiers
+    that one record holds (most provider ids, most phones) never reach connected components: of the benchmark's
+    1,000,000 raw records, about 140,000 edges are left of 2.4 million identifier rows, few enough for the union-find
+    in one task instead of the rounds. The name is the one a graph of every identifier would give (the smallest of its
+    records' smallest identifiers): it decides which part of a split profile keeps the profile's id.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     linking = links.filter(F.col("cut").isNull() & F.col("record_id").isNotNull())
-    # Held by two records or more: the smallest and largest record of the identifier differ.
-    same_node = Window.partitionBy("node")
-    joining = F.min("record_id").over(same_node) != F.max("record_id").over(same_node)
+    joining = F.col("records") >= 2
     per_record = _materialise(
         linking.select("record_id", "node", F.when(joining, F.col("node")).alias("joining"))
         .groupBy("record_id")

@@ -380,9 +380,21 @@ def resolve_identities(
     if missing := [name for name in OBSERVATION_COLUMNS if name not in observations.columns]:
         raise IdentityError(f"identity observations lack column(s) {', '.join(missing)}; give {OBSERVATION_COLUMNS}")
     keys = ["id_type", "id_value", "record_id", "source"]
-    fresh = observations.groupBy(*keys).agg(
-        F.min("observed_at").alias("first_seen"),
-        F.max("observed_at").alias("last_seen"),
+
+    def per_key(rows: DataFrame, *more: Column) -> DataFrame:
+        """One row per key: its first and last sighting, its previous id."""
+        return rows.groupBy(*keys).agg(
+            F.min("first_seen").alias("first_seen"),
+            F.max("last_seen").alias("last_seen"),
+            F.max("previous_id").alias("previous_id"),
+            *more,
+        )
+
+    # One row per observation: grouped by key with the previous map's rows below (or first, in a TOUCHED run).
+    fresh = observations.select(
+        *keys,
+        F.col("observed_at").alias("first_seen"),
+        F.col("observed_at").alias("last_seen"),
         F.lit(None).cast("string").alias("previous_id"),
     )
     known = None
@@ -412,7 +424,7 @@ def resolve_identities(
     # to every task, so the map is read where it lies instead of being shuffled to meet them at each step.
     few_fresh = few_restated = few_touched = False
     if known is not None and scope is IdentityScope.TOUCHED:
-        fresh = _materialise(fresh, reliable=True)
+        fresh = _materialise(per_key(fresh), reliable=True)
         few_fresh = is_few(fresh)
         if restated is not None:
             restated = _materialise(restated.select("record_id").distinct(), reliable=True)
@@ -452,30 +464,23 @@ def resolve_identities(
         known = known.join(broadcast_if(touched, few_touched), "previous_id", "left_semi")
         touched = touched.withColumnRenamed("previous_id", "customer_id")
     if known is not None and scope is IdentityScope.REBUILD:
-        # Only what the observations still say; the previous map lends its ids and first sightings. A left join on
-        # the keys the observations are grouped by, so the aggregation below shuffles nothing more.
-        lent = known.select(
-            *keys,
-            F.col("first_seen").alias("_cdp_first_seen"),
-            F.col("last_seen").alias("_cdp_last_seen"),
-            F.col("previous_id").alias("_cdp_previous_id"),
-        )
-        rows = fresh.join(lent, keys, "left").select(
-            *keys,
-            F.least("first_seen", "_cdp_first_seen").alias("first_seen"),
-            F.greatest("last_seen", "_cdp_last_seen").alias("last_seen"),
-            F.col("_cdp_previous_id").alias("previous_id"),
-        )
+        # Only what the observations still say; the previous map lends its ids and first sightings, in the one
+        # aggregation by key of the observations and the previous rows together.
+        said = F.lit(True).alias("_cdp_said")
+        lent = known.select(*keys, "first_seen", "last_seen", "previous_id", F.lit(False).alias("_cdp_said"))
+        rows = fresh.select("*", said).unionByName(lent)
         population = fresh.select(*keys)
     else:
         if known is not None and stale is not None:
             known = known.join(stale, keys, "left_anti")
         rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good", "capped"))
-    links = rows.groupBy(*keys).agg(
-        F.min("first_seen").alias("first_seen"),
-        F.max("last_seen").alias("last_seen"),
-        F.max("previous_id").alias("previous_id"),
-    )
+    # Partitioned by identifier: the aggregation by key and the window by identifier below (the counts) then share
+    # one shuffle, and the window's order is the aggregation's.
+    rows = rows.repartition("id_type", "id_value")
+    if known is not None and scope is IdentityScope.REBUILD:
+        links = per_key(rows, F.max("_cdp_said").alias("_cdp_said")).where("_cdp_said").drop("_cdp_said")
+    else:
+        links = per_key(rows)
     # ``records``: how many records hold the identifier, over the whole map (the shared-value guard's count, and
     # the audit's; an identifier two records hold may join them).
     values = None
@@ -518,10 +523,12 @@ def resolve_identities(
         labels = _recut_components(links, labels, chosen)
     capped.unpersist()
 
-    # A record none of whose identifiers may link is a component of its own.
+    # A record none of whose identifiers may link is a component of its own. Computed once: the ids' aggregations
+    # and the join that gives each row its id each read different columns, so their shuffles could not be shared.
     placed = links.join(labels, "record_id", "left").withColumn(
         "component", F.coalesce("component", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id"))
     )
+    placed = _materialise(placed, reliable=True)
     resolved = _materialise(placed.join(_customer_ids(placed), "component"), reliable=True)
     identity_map = resolved.select(
         *keys,

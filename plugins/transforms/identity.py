@@ -693,7 +693,8 @@ def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings)
         linking.filter(cap.isNotNull())  # Types without a cap (provider ids, by default) need no ranking.
         .join(labels, "record_id")
         .groupBy("component", "id_type", "id_value")
-        .agg(F.max("last_seen").alias("last_seen"), F.countDistinct("record_id").alias("records"))
+        # A linking identifier joins every record holding it: its records are all in this component.
+        .agg(F.max("last_seen").alias("last_seen"), F.max("records").alias("records"))
     )
     order = Window.partitionBy("component", "id_type").orderBy(
         F.col("last_seen").desc_nulls_last(), F.col("records").desc(), F.col("id_value")

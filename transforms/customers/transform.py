@@ -186,7 +186,9 @@ def _profiles(
     statements = run.spark.createDataFrame([], "customer_id string, channel string, granted boolean, "
                                                 "stated_at timestamp, source string")  # fmt: skip
     if records is not None:
-        mine = records.join(members, "record_id")
+        # By customer: the survivorship, custom fields and consent aggregations then need no shuffle (and no partial
+        # aggregation, which gains nothing on a customer's few records), and share this one.
+        mine = records.join(members, "record_id").repartition("customer_id")
 
         def unit(names: tuple[str, ...]) -> Column:
             present = F.greatest(*[F.col(name).isNotNull() for name in names])

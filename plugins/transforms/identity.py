@@ -523,8 +523,8 @@ def resolve_identities(
         labels = _recut_components(links, labels, chosen)
     capped.unpersist()
 
-    # A record none of whose identifiers may link is a component of its own. Computed once: the ids' aggregations
-    # and the join that gives each row its id each read different columns, so their shuffles could not be shared.
+    # A record none of whose identifiers may link is a component of its own. Computed once: the ids' aggregation
+    # and the join that gives each row its id read different columns, so their shuffles could not be shared.
     placed = links.join(labels, "record_id", "left").withColumn(
         "component", F.coalesce("component", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id"))
     )
@@ -715,15 +715,23 @@ def _customer_ids(placed: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     linking = F.when(F.col("cut").isNull(), F.struct(F.col("first_seen").alias("at"), F.col("node").alias("node")))
-    fallback = F.struct(F.min("first_seen").alias("at"), F.min("component").alias("node"))
-    births = placed.groupBy("component").agg(F.coalesce(F.min(linking), fallback).alias("birth"))
-    earlier = placed.filter(F.col("previous_id").isNotNull())
-    born = earlier.groupBy("previous_id").agg(
-        F.coalesce(F.min(linking), F.struct(F.min("first_seen").alias("at"), F.min("previous_id").alias("node"))).alias(
-            "born"
-        )
+    # Each (component, earlier id) pair's earliest linking identifier and first sighting, in one pass over the rows:
+    # the component's birth and each earlier profile's are the earliest of their pairs'.
+    pairs = _materialise(
+        placed.groupBy("component", "previous_id").agg(
+            F.min(linking).alias("linked"), F.min("first_seen").alias("first_seen")
+        ),
+        reliable=True,
     )
-    held = earlier.select("component", "previous_id").distinct().join(born, "previous_id")
+    fallback = F.struct(F.min("first_seen").alias("at"), F.min("component").alias("node"))
+    births = pairs.groupBy("component").agg(F.coalesce(F.min("linked"), fallback).alias("birth"))
+    earlier = pairs.filter(F.col("previous_id").isNotNull())
+    born = earlier.groupBy("previous_id").agg(
+        F.coalesce(
+            F.min("linked"), F.struct(F.min("first_seen").alias("at"), F.min("previous_id").alias("node"))
+        ).alias("born")
+    )
+    held = earlier.select("component", "previous_id").join(born, "previous_id")
     oldest = Window.partitionBy("component").orderBy(F.col("born").asc_nulls_last(), "previous_id")
     candidates = held.withColumn("rank", F.row_number().over(oldest)).filter("rank = 1")
     # A guard may now split an earlier profile: its id stays with one part only (the smallest component).

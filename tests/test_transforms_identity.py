@@ -316,6 +316,37 @@ def test_the_shared_value_guard_counts_records_not_rows(spark) -> None:
     assert [(row["rule"], row["records_affected"]) for row in cut.audit.collect()] == [(RULE_SHARED, 2)]
 
 
+def test_identifiers_with_a_null_part_neither_lend_an_earlier_id_nor_count_as_shared(spark, tmp_path) -> None:
+    """A previous row whose key has a null part matches no observation in a rebuild (r1's null email lends r1 no id,
+    so r2, which holds the linking identifier, keeps the profile's); an identifier without a type is no shared value
+    of any type."""
+    catalog = ProcessedZone.resolve(str(tmp_path / "processed"), f"sqlite:///{tmp_path / 'catalog.db'}").open()
+    first = [("s", "r1", "zid", "k", 1), ("s", "r1", "email", None, 1), ("s", "r2", "zid", "k", 2)]
+    earlier = resolve_identities(observations(spark, first), run_id="r1", resolved_at=RESOLVED_AT)
+    commit_identity(catalog, "acme", earlier, run_id="r1")
+    (profile,) = {row["customer_id"] for row in earlier.records.collect()}
+    later = [("s", "r1", "email", None, 5), ("s", "r2", "zid", "k", 2)]
+
+    rebuilt = resolve_identities(
+        observations(spark, later),
+        run_id="full",
+        resolved_at=RESOLVED_AT,
+        previous=load_identity_map(spark, catalog, "acme"),
+        scope=IdentityScope.REBUILD,
+    )
+
+    ids = {row["record_id"]: row["customer_id"] for row in rebuilt.records.collect()}
+    assert ids["r2"] == profile != ids["r1"]
+    (null_row,) = [row for row in rebuilt.identity_map.collect() if row["record_id"] == "r1"]
+    assert null_row["first_seen"] == day(5).replace(tzinfo=None)  # Spark gives naive UTC datetimes.
+
+    untyped = [("s", "r1", None, "x", 1), ("s", "r2", None, "x", 1)]
+    limit_one = IdentitySettings(other_types=IdTypeRules(max_records_per_value=1))
+    resolved = resolve_identities(observations(spark, untyped), run_id="r", resolved_at=RESOLVED_AT, settings=limit_one)
+    assert resolved.audit.count() == 0
+    assert len({row["customer_id"] for row in resolved.records.collect()}) == 1
+
+
 def test_the_cap_closure_follows_cut_values_from_profile_to_profile_and_no_other_value(spark) -> None:
     """Touched P1 shares a value the cap cut with P2, which shares another with P3 (where it links): all three are
     resolved again. P4's cut value is its own, and P5 shares with P3 only a value no cap cut: both stay out."""

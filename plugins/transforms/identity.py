@@ -467,7 +467,13 @@ def resolve_identities(
         # Only what the observations still say; the previous map lends its ids and first sightings, in the one
         # aggregation by key of the observations and the previous rows together.
         said = F.lit(True).alias("_cdp_said")
-        lent = known.select(*keys, "first_seen", "last_seen", "previous_id", F.lit(False).alias("_cdp_said"))
+        # A key with a null part is no key: it lends nothing (as a join on the keys would not match it).
+        whole = F.lit(True)
+        for name in keys:
+            whole = whole & F.col(name).isNotNull()
+        lent = known.where(whole).select(
+            *keys, "first_seen", "last_seen", "previous_id", F.lit(False).alias("_cdp_said")
+        )
         rows = fresh.select("*", said).unionByName(lent)
         population = fresh.select(*keys)
     else:
@@ -507,10 +513,11 @@ def resolve_identities(
             .drop("_cdp_rank")
         )
     limit = _per_type(chosen, lambda rules: rules.max_records_per_value)
-    # ``cut``: the guard that keeps an identifier from linking (null: it links).
+    # ``cut``: the guard that keeps an identifier from linking (null: it links). An identifier without a type is
+    # no shared value of any type.
+    shared = F.col("id_type").isNotNull() & limit.isNotNull() & (F.col("records") > limit)
     links = links.withColumn("node", F.concat_ws(":", "id_type", "id_value")).withColumn(
-        "cut",
-        F.when(~usable, F.lit(RULE_BLOCKED)).when(limit.isNotNull() & (F.col("records") > limit), F.lit(RULE_SHARED)),
+        "cut", F.when(~usable, F.lit(RULE_BLOCKED)).when(shared, F.lit(RULE_SHARED))
     )
     links = _materialise(links, reliable=True)
 
@@ -693,8 +700,7 @@ def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings)
         linking.filter(cap.isNotNull())  # Types without a cap (provider ids, by default) need no ranking.
         .join(labels, "record_id")
         .groupBy("component", "id_type", "id_value")
-        # A linking identifier joins every record holding it: its records are all in this component.
-        .agg(F.max("last_seen").alias("last_seen"), F.max("records").alias("records"))
+        .agg(F.max("last_seen").alias("last_seen"), F.countDistinct("record_id").alias("records"))
     )
     order = Window.partitionBy("component", "id_type").orderBy(
         F.col("last_seen").desc_nulls_last(), F.col("records").desc(), F.col("id_value")

@@ -480,8 +480,8 @@ def resolve_identities(
         if known is not None and stale is not None:
             known = known.join(stale, keys, "left_anti")
         rows = fresh if known is None else fresh.unionByName(known.drop("cut_for_good", "capped"))
-    # Partitioned by identifier: the aggregation by key and the window by identifier below (the counts) then share
-    # one shuffle, and the window's order is the aggregation's.
+    # Partitioned by identifier: the aggregation by key and, on a full refresh, the window by identifier below (the
+    # counts) share one shuffle, and the window's order is the aggregation's.
     rows = rows.repartition("id_type", "id_value")
     if known is not None and scope is IdentityScope.REBUILD:
         links = per_key(rows, F.max("_cdp_said").alias("_cdp_said")).where("_cdp_said").drop("_cdp_said")

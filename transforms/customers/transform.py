@@ -186,8 +186,8 @@ def _profiles(
     statements = run.spark.createDataFrame([], "customer_id string, channel string, granted boolean, "
                                                 "stated_at timestamp, source string")  # fmt: skip
     if records is not None:
-        # By customer: the survivorship, custom fields and consent aggregations then need no shuffle (and no partial
-        # aggregation, which gains nothing on a customer's few records), and share this one.
+        # By customer, once: the survivorship and consent aggregations then need no shuffle of their own (each had
+        # shuffled its partial aggregation, which gained nothing on a customer's few records).
         mine = records.join(members, "record_id").repartition("customer_id")
 
         def unit(names: tuple[str, ...]) -> Column:

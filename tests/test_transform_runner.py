@@ -33,6 +33,7 @@ from plugins.transforms.runner import (
     RunSummary,
     TableSummary,
     TransformBusyError,
+    recorded_property,
     run_transforms,
 )
 from plugins.transforms.settings import TenantSettings
@@ -524,6 +525,17 @@ def charges_v3(*, charges: Any) -> Any:
     return charge_rows(charges, "currency").withColumn("amount", charges["amount"].cast("string"))
 
 
+def charges_counting(*, charges: Any, run: TransformRun) -> TransformOutput:
+    """Its own bookkeeping in its snapshots: how many charges it has seen, read back by the next run."""
+    before = run.recorded("charges-seen")
+    seen = int(before or 0) + charges.count()
+    return TransformOutput(rows=charge_rows(charges), properties={"charges-seen": str(seen), "before": str(before)})
+
+
+def charges_claiming(*, charges: Any) -> TransformOutput:
+    return TransformOutput(rows=charge_rows(charges), properties={"cdp.run-id": "mine", "cdp.note": "x"})
+
+
 def charges_transform(version: str) -> TransformDescriptor:
     return TransformDescriptor(
         name="charge_view",
@@ -572,6 +584,42 @@ def test_a_new_column_evolves_the_table_another_change_needs_a_full_refresh_and_
         "ch_2": "300",
         "ch_3": "400",
     }
+
+
+def test_a_transform_records_its_own_properties_and_reads_them_back_through_a_compaction(spark, tmp_path) -> None:
+    from plugins.transforms.maintenance import compact
+
+    zone, processed = RawZone(spark, tmp_path), tmp_path / "processed"
+    schema = tap_schema("stripe", "charges")
+    counting = [charges_transform("counting")]
+
+    def table() -> Any:
+        return load_table(ProcessedZone.resolve(str(processed)).open(), "acme", "charge_view")
+
+    def recorded() -> tuple[str | None, str | None]:
+        return recorded_property(table(), "charges-seen"), recorded_property(table(), "before")
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_1", 100, "usd"), stripe_charge("ch_2", 200, "usd")])
+    run(zone, processed, transforms=counting)
+    assert recorded() == ("2", "None")
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_3", 300, "usd")])
+    run(zone, processed, transforms=counting)
+    assert recorded() == ("3", "2")
+    assert compact(spark, table()).snapshot_id is not None  # Two files into one: a snapshot without the property.
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_4", 400, "usd")])
+    run(zone, processed, transforms=counting)
+    assert recorded() == ("4", "3")
+    snapshot = table().current_snapshot().snapshot_id
+
+    zone.land("stripe", "charges", schema, [stripe_charge("ch_5", 500, "usd")])
+    claimed = run(zone, processed, transforms=[charges_transform("claiming")])
+
+    (result,) = claimed.tables
+    assert result.status == "failed"
+    assert result.error == (
+        "table acme.charge_view: property names starting 'cdp.' are the framework's; rename cdp.note, cdp.run-id"
+    )
+    assert table().current_snapshot().snapshot_id == snapshot  # Nothing committed.
 
 
 @pytest.mark.parametrize("broadcast_rows", [frames.MAX_BROADCAST_ROWS, 0], ids=["keys-broadcast", "rows-shuffled"])

@@ -43,6 +43,7 @@ from plugins.transforms.commit import (
     CommitError,
     bucket_values,
     commit_files,
+    files_in_partitions_of,
     key_matches,
     live_data_files,
     processed_raw_files,
@@ -218,6 +219,29 @@ def test_bucket_values_are_pyicebergs_bucket_of_each_value(source_type, values) 
     one_by_one = transform.transform(source_type)
     expected = [None if value is None else one_by_one(value) for value in values.to_pylist()]
     assert bucket_values(transform, source_type, values).to_pylist() == expected
+
+
+def test_the_files_of_keys_buckets_come_from_the_manifests_and_other_partitionings_say_so(spark, zone) -> None:
+    rows = [(f"cust-{i:02d}", f"{i}@x.io", at(1), i) for i in range(40)]
+    frame = customers(spark, rows)
+    bucketed = create_table(zone.open(), "acme", "customers", frame.schema, ["bucket(4, customer_id)"])
+    commit_files(bucketed, add=write_data_files(frame, bucketed))
+    commit_files(bucketed, add=write_data_files(customers(spark, rows[:3]), bucketed))  # A second file per bucket.
+    holding = read_table(spark, bucketed).select("customer_id", DATA_FILE_COLUMN).collect()
+    keys = ["cust-01", "cust-07", "nobody"]
+    bucket = BucketTransform(4).transform(StringType())
+    wanted = {bucket(key) for key in keys}
+
+    found = files_in_partitions_of(bucketed, pa.table({"customer_id": keys, "other": [1, 2, 3]}))
+
+    assert found == sorted(path for path, file in live_data_files(bucketed).items() if file.partition[0] in wanted)
+    assert {row[DATA_FILE_COLUMN] for row in holding if row["customer_id"] in keys} <= set(found)
+    assert files_in_partitions_of(bucketed, pa.table({"customer_id": pa.array([], pa.string())})) == []
+    plain = create_table(zone.open(), "acme", "plain", frame.schema)
+    by_day = create_table(zone.open(), "acme", "by_day", frame.schema, ["day(updated_at)"])
+    for table in (plain, by_day):
+        assert files_in_partitions_of(table, pa.table({"customer_id": keys, "updated_at": [at(1)] * 3})) is None
+    assert files_in_partitions_of(bucketed, pa.table({"email": ["1@x.io"]})) is None  # Not the bucket's column.
 
 
 def test_key_matches_compares_keys_null_safely_on_every_part() -> None:

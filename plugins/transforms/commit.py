@@ -48,6 +48,8 @@ QUALITY_PROPERTY = "cdp.quality"
 PROCESSED_FILES_PROPERTY = "cdp.processed-raw-files"
 PROCESSED_COUNT_PROPERTY = "cdp.processed-raw-files-count"
 PROCESSED_ADDED_PROPERTY = "cdp.processed-raw-files-added"
+#: Marks the snapshots maintenance commits (a compaction: the same rows), so history tells them from a transform's.
+MAINTENANCE_PROPERTY = "cdp.maintenance"
 PARTITION_COLUMN_PREFIX = "cdp_partition_"
 MAX_ROWS_PER_FILE = 5_000_000
 
@@ -295,6 +297,25 @@ def _copy_on_executors(
         return {str(row["path"]): int(row["rows"]) for row in copies.collect()}
     finally:
         keys.destroy()
+
+
+def files_in_partitions_of(table: Table, keys: pa.Table) -> list[str] | None:
+    """The live data files of ``table`` in the partitions that rows with these ``keys`` (key columns by name) belong
+    to, found from the manifests alone; None when the table's partitioning is not a bucket of key columns (its files
+    must then be read to find the keys). A file found may hold none of the keys: rewriting it copies it whole."""
+    schema = table.schema()
+    sources = [(field, schema.find_field(field.source_id)) for field in table.spec().fields]
+    if not sources or any(
+        str(field.transform).split("[")[0] != "bucket" or source.name not in keys.column_names
+        for field, source in sources
+    ):
+        return None
+    columns = [
+        bucket_values(field.transform, source.field_type, keys.column(source.name).combine_chunks()).to_pylist()
+        for field, source in sources
+    ]
+    wanted = set(zip(*columns, strict=True))
+    return sorted(path for path, file in live_data_files(table).items() if _partition_key(file) in wanted)
 
 
 def _partition_key(file: DataFile) -> tuple[Any, ...]:

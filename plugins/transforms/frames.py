@@ -70,3 +70,13 @@ def is_few(frame: DataFrame) -> bool:
     """Whether ``frame`` has at most ``MAX_BROADCAST_ROWS`` rows (one job): few enough for :func:`broadcast_if`, or,
     as edges, for connected components in one task."""
     return frame.count() <= MAX_BROADCAST_ROWS
+
+
+def materialise(frame: DataFrame, *, reliable: bool, eager: bool = True) -> DataFrame:
+    """Checkpoint (cutting the lineage) when ``reliable``, else cache; either way the frame is computed once, now or
+    (cached, or not ``eager``) by the next action."""
+    if not reliable:
+        return frame.cache()
+    if frame.sparkSession.sparkContext.getCheckpointDir():
+        return frame.checkpoint(eager=eager)
+    return frame.localCheckpoint(eager=eager)

@@ -34,6 +34,7 @@ from plugins.core.layout import validate_name
 from plugins.core.storage import ObjectStore
 from plugins.transforms.catalog import CatalogError, load_table
 from plugins.transforms.commit import (
+    MAINTENANCE_PROPERTY,
     PROCESSED_COUNT_PROPERTY,
     PROCESSED_FILES_PROPERTY,
     QUALITY_PROPERTY,
@@ -56,9 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The per-run quality report the transform runner puts in each snapshot's summary (JSON).
-#: Marks the snapshots maintenance commits, so history tells them from a transform's.
-MAINTENANCE_PROPERTY = "cdp.maintenance"
 MEGABYTE = 1024 * 1024
 MIN_TARGET_FILE_SIZE = 128 * MEGABYTE
 MAX_TARGET_FILE_SIZE = 512 * MEGABYTE

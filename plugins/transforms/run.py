@@ -17,7 +17,7 @@ previous one. A :class:`TransformOutput` says so explicitly and can delete keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -47,6 +47,8 @@ class TransformRun:
     ``changed(name)``: for a table input, the rows of the data files added to it since this output last read it,
     restricted to rows from raw batches it processed since when the table keeps its lineage column
     (on a full refresh or the first run: all of it; None if the table does not exist).
+    ``recorded(name)``: the property ``name`` this output's current snapshot was committed with
+    (:attr:`TransformOutput.properties`; a maintenance snapshot, which changes no row, carries its parent's), or None.
     """
 
     spark: SparkSession
@@ -60,6 +62,7 @@ class TransformRun:
     changed: Callable[[str], DataFrame | None]
     #: Free-form counters a transform adds to its quality report (``identity.shared_value``: 3).
     counters: dict[str, int] = field(default_factory=dict)
+    recorded: Callable[[str], str | None] = lambda name: None
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,15 @@ class TransformOutput:
     """A function's result when a plain DataFrame does not say enough.
 
     ``rows``: rows to upsert by key. ``deleted_keys``: key columns of rows to remove (a merged-away customer).
-    ``complete``: ``rows`` is the whole table; everything else is removed.
+    ``complete``: ``rows`` is the whole table; everything else is removed. ``properties``: the transform's own
+    bookkeeping, recorded in the summary of the snapshot that commits these rows and read back by the next run with
+    ``TransformRun.recorded`` (names starting ``cdp.`` are the framework's and refused).
     """
 
     rows: DataFrame
     deleted_keys: DataFrame | None = None
     complete: bool = False
+    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 __all__ = ["TransformOutput", "TransformRun", "TransformSettings"]

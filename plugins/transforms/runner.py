@@ -30,9 +30,11 @@ from plugins.core.zones import Zone, resolve_zone_url
 from plugins.descriptors import RawInput, TableInput, TransformDescriptor, order_transforms
 from plugins.transforms.catalog import ProcessedZone, create_table, table_identifier
 from plugins.transforms.commit import (
+    MAINTENANCE_PROPERTY,
     QUALITY_PROPERTY,
     commit_files,
     data_file,
+    files_in_partitions_of,
     live_data_files,
     processed_raw_files,
     rewrite_keeping_rows,
@@ -47,6 +49,7 @@ from plugins.transforms.spark import SparkSessionError
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table, table_struct
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -59,7 +62,9 @@ logger = logging.getLogger(__name__)
 #: Snapshot summary keys the runner adds (Iceberg keeps summaries as strings).
 INPUT_SNAPSHOTS_PROPERTY = "cdp.input-snapshots"
 RUN_ID_PROPERTY = "cdp.run-id"
-COUNT_PROPERTY_PREFIX = "cdp."
+#: Every snapshot property the framework writes starts so; a transform's own (``TransformOutput.properties``) may not.
+FRAMEWORK_PROPERTY_PREFIX = "cdp."
+COUNT_PROPERTY_PREFIX = FRAMEWORK_PROPERTY_PREFIX
 LEASE_PREFIX = "_leases/transform"
 REPORTS_PREFIX = "_reports"
 #: The framework's columns the table keeps: the raw file a row came from (the merge's tie-break, the DLQ's pointer).
@@ -413,6 +418,19 @@ def input_snapshots(table: Table) -> dict[str, int]:
     return {}
 
 
+def recorded_property(table: Table, name: str) -> str | None:
+    """The property ``name`` a transform recorded with the table's current snapshot (``TransformOutput.properties``),
+    or None. A maintenance snapshot changes no row: it carries its parent's."""
+    snapshot = table.current_snapshot()
+    while snapshot is not None:
+        summary = snapshot.summary.additional_properties if snapshot.summary else {}
+        if MAINTENANCE_PROPERTY not in summary:
+            return summary.get(name)
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    return None
+
+
 def pending_inputs(
     descriptor: TransformDescriptor,
     output: Table | None,
@@ -544,6 +562,9 @@ class _TableRun:
             return None
         return read_table(self.context.spark, table).drop(DATA_FILE_COLUMN)
 
+    def _recorded(self, name: str) -> str | None:
+        return recorded_property(self.table, name) if self.table is not None else None
+
     def _changed(self, name: str, recorded: Mapping[str, int]) -> DataFrame | None:
         """The rows of the files added to input table ``name`` since this output last read it."""
         table = self.upstream.get(name)
@@ -598,6 +619,7 @@ class _TableRun:
                 table=self._table_frame,
                 changed=lambda name: self._changed(name, recorded),
                 counters=self.counters,
+                recorded=self._recorded,
             )
         result = function(**arguments)
         output = result if isinstance(result, TransformOutput) else TransformOutput(rows=result)
@@ -605,8 +627,14 @@ class _TableRun:
             context.full_refresh or output.complete or (not isinstance(result, TransformOutput) and not self.raw_inputs)
         )
         raw_keys = [raw.key for files in pending.values() for raw in files]
+        if framework := sorted(name for name in output.properties if name.startswith(FRAMEWORK_PROPERTY_PREFIX)):
+            raise TransformRunError(
+                f"table {self.name}: property names starting '{FRAMEWORK_PROPERTY_PREFIX}' are the framework's; "
+                f"rename {', '.join(framework)}"
+            )
         properties = {
-            INPUT_SNAPSHOTS_PROPERTY: orjson.dumps({k: v for k, v in current.items() if v is not None}).decode()
+            **output.properties,
+            INPUT_SNAPSHOTS_PROPERTY: orjson.dumps({k: v for k, v in current.items() if v is not None}).decode(),
         }
         summary = self._write(output, complete=complete, raw_keys=raw_keys, properties=properties)
         summary.raw_files = len(raw_keys)
@@ -655,6 +683,7 @@ class _TableRun:
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         marked: DataFrame | None = None
         touched: DataFrame | None = None
+        dropped: pa.Table | None = None  # The touched keys, when few: the rows the copies leave out.
         try:
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
@@ -674,7 +703,13 @@ class _TableRun:
                 # splitting their rows shuffle none of the table's rows; only the touched keys' rows are folded.
                 few = bool(live) and is_few(touched)
                 wanted = broadcast_if(touched, few)
-                affected = self._files_holding(table, wanted, key) if live else []
+                if few:
+                    dropped = touched.toDF(*key).toArrow()
+                    # Bucketed by the key (customers by customer_id): the manifests name the files, none is read.
+                    in_partitions = files_in_partitions_of(table, dropped)
+                    affected = self._files_holding(table, wanted, key) if in_partitions is None else in_partitions
+                else:
+                    affected = self._files_holding(table, wanted, key) if live else []
                 existing = read_data_files(context.spark, table, affected).drop(DATA_FILE_COLUMN)
                 existing = existing.withColumn(_ORIGIN, F.lit(1))
                 if affected and few:
@@ -682,6 +717,10 @@ class _TableRun:
                     # as the fold, erasure and rules would keep them: no row of this run shares their key, none of
                     # their keys is deleted, and only this run's rows are judged.
                     copy_untouched = True
+                    if not self.raw_inputs:
+                        # A row recomputed from tables replaces the table's row of its key, and a touched key without
+                        # one is deleted: the table's rows never win, so only their keys are read (to count them).
+                        existing = existing.select(*key, _ORIGIN)
                     existing = existing.join(wanted, _same_key(existing, key), "left_semi")
                 candidates = batch.unionByName(existing, allowMissingColumns=True)
             # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
@@ -753,6 +792,11 @@ class _TableRun:
                     f"table {self.name}: {rejected_count} rows broke a rule but {len(rejected)} were read back; "
                     "nothing committed"
                 )
+            if copy_untouched and not self.raw_inputs and existing_kept:
+                raise TransformRunError(  # Their rows were not read: never commit them as nulls.
+                    f"table {self.name}: {existing_kept} rows already in the table won over this run's; "
+                    "nothing committed"
+                )
             rows_out = new_winners - erased_count - rejected_count
             nulled = reason_counts(rows).collect() if any(n.startswith(REASON_PREFIX) for n in rows.columns) else []
             for row in nulled:
@@ -765,8 +809,7 @@ class _TableRun:
                     context.dlq_store, context.tenant, self.descriptor.output, rejected, run_id=context.run_id
                 )
             files = write_data_files(to_write, table, run_id=context.run_id) if expected else []
-            if copy_untouched and touched is not None:
-                dropped = touched.toDF(*key).toArrow()
+            if copy_untouched and dropped is not None:
                 files = sorted(
                     rewrite_keeping_rows(context.spark, table, affected, files, dropped, run_id=context.run_id)
                 )
@@ -925,6 +968,7 @@ __all__ = [
     "input_snapshots",
     "pending_inputs",
     "raw_tenants",
+    "recorded_property",
     "run_transforms",
     "transform_status",
 ]

@@ -436,6 +436,45 @@ def test_a_crash_between_the_identity_commit_and_the_profiles_commit_heals_on_th
     assert healed.deleted == 1
 
 
+def test_each_profiles_snapshot_names_its_map_and_a_rolled_back_table_out_of_step_still_loses_merged_ids(
+    spark, tmp_path
+) -> None:
+    """In step (the map unchanged since the profiles were built), the ids a run deletes are among the profiles it
+    touched. Rolled back past a merge, the table holds an id the map lost in a profile no run touches again: the
+    next run sees the map moved since the snapshot's and compares every id."""
+    from plugins.transforms.identity import IDENTITY_MAP_TABLE
+    from plugins.transforms.maintenance import rollback
+    from plugins.transforms.runner import recorded_property
+    from transforms.customers.transform import IDENTITY_MAP_SNAPSHOT_PROPERTY
+
+    zone, processed = RawZone(spark, tmp_path), tmp_path / "processed"
+    stripe, shopify = tap_schema("stripe", "customers"), tap_schema("shopify", "customers")
+    zone.land("stripe", "customers", stripe, [stripe_customer("cus_x", 1, email="x@x.io")])
+    zone.land("shopify", "customers", shopify, [shopify_customer(9, 2, phone="+33644444444")])
+    before = by_table(run(zone, processed))["customers"]
+    first = profiles(spark, processed)
+    older = owner(first, "stripe_customer:cus_x")["customer_id"]
+    newer = owner(first, "shopify_customer:gid://shopify/Customer/9")["customer_id"]
+    zone.land("salesforce", "Contact", CONTACT, [salesforce_record("003X", 3, LastName="X", Email="x@x.io",
+                                                                   Phone="+33644444444")], key="Id")  # fmt: skip
+    merged = by_table(run(zone, processed))["customers"]
+    assert (merged.deleted, set(profiles(spark, processed))) == (1, {older})
+
+    catalog = catalog_of(processed)
+    customers, identity_map = load_table(catalog, "acme", "customers"), load_table(catalog, "acme", IDENTITY_MAP_TABLE)
+    assert recorded_property(customers, IDENTITY_MAP_SNAPSHOT_PROPERTY) == str(
+        identity_map.current_snapshot().snapshot_id
+    )
+    assert before.snapshot_id is not None
+    rollback(customers, before.snapshot_id)  # Both profiles again, and the snapshot names the map before the merge.
+    assert set(profiles(spark, processed)) == {older, newer}
+    zone.land("stripe", "customers", stripe, [stripe_customer("cus_x", 4, email="x@x.io")])  # Touches older only.
+
+    healed = by_table(run(zone, processed))["customers"]
+
+    assert (healed.deleted, set(profiles(spark, processed))) == (1, {older})
+
+
 def test_both_register_through_the_cdp_entry_points_with_rules_and_erasure_keys_on_their_own_columns() -> None:
     from plugins.manager import create_plugin_manager, transforms
 

@@ -363,12 +363,17 @@ def test_the_cap_closure_follows_cut_values_from_profile_to_profile_and_no_other
         "id_type string, id_value string, previous_id string, capped boolean",
     )
     touched = spark.createDataFrame([("P1",)], "previous_id string")
+    capped_values = held.where("capped").select("id_type", "id_value").distinct()
 
-    closed = _close_over_capped(touched, held, IdentitySettings())
+    closed = _close_over_capped(touched, held, capped_values, IdentitySettings())
 
     assert {row["previous_id"] for row in closed.collect()} == {"P1", "P2", "P3"}
     with pytest.raises(IdentityError, match="max_rounds"):
-        _close_over_capped(touched, held, IdentitySettings(max_rounds=1))
+        _close_over_capped(touched, held, capped_values, IdentitySettings(max_rounds=1))
+    nothing_capped = capped_values.limit(0)
+    assert (
+        _close_over_capped(touched, held, nothing_capped, IdentitySettings(max_rounds=1)).collect() == touched.collect()
+    )
 
 
 def test_the_same_input_twice_gives_the_same_ids_whichever_way_the_components_are_found(

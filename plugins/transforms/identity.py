@@ -32,11 +32,12 @@ from plugins.transforms.catalog import create_table
 from plugins.transforms.commit import (
     CommitResult,
     commit_files,
+    files_in_partitions_of,
     live_data_files,
     rewrite_keeping_rows,
     write_data_files,
 )
-from plugins.transforms.frames import broadcast_if, is_few
+from plugins.transforms.frames import broadcast_if, is_few, materialise
 from plugins.transforms.table_reader import DATA_FILE_COLUMN, read_data_files, read_table
 
 if TYPE_CHECKING:
@@ -206,16 +207,16 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     """
     from pyspark.sql import functions as F
 
-    edges = _materialise(edges.select("src", "dst"), reliable=True)  # Counted, then read by either way.
+    edges = materialise(edges.select("src", "dst"), reliable=True)  # Counted, then read by either way.
     if is_few(edges):
         # coalesce, not repartition: the checkpointed partitions are read by the one task, with no shuffle.
         labels = edges.coalesce(1).mapInArrow(_union_find_components, "node string, component string")
         log_event(logger, "identity_components_found", method="union-find in one task")
-        return _materialise(labels, reliable=True, eager=False)
+        return materialise(labels, reliable=True, eager=False)
     ends = edges.select(F.col("src").alias("node")).union(edges.select(F.col("dst").alias("node")))
     nodes = ends.filter(F.col("node").isNotNull()).distinct()
     # Unique, not dense, and not stable across recomputation: the checkpoint fixes them for every join below.
-    numbered = _materialise(nodes.withColumn("id", F.monotonically_increasing_id()), reliable=True)
+    numbered = materialise(nodes.withColumn("id", F.monotonically_increasing_id()), reliable=True)
     links = (
         edges.filter(F.col("src") != F.col("dst"))
         .join(numbered.select(F.col("node").alias("src"), F.col("id").alias("u")), "src")
@@ -225,7 +226,7 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     current, rounds, previous = _canonical(links), 0, None
     while True:
         following = _small_star(_large_star(current))
-        following = _materialise(following, reliable=(rounds + 1) % checkpoint_every == 0, eager=False)
+        following = materialise(following, reliable=(rounds + 1) % checkpoint_every == 0, eager=False)
         # This action also computes (and caches or checkpoints) the round's edges.
         changed = following.agg(F.max(CHANGED_COLUMN).alias("changed")).first()
         if previous is not None:
@@ -248,7 +249,7 @@ def connected_components(edges: DataFrame, *, checkpoint_every: int = 2, max_rou
     # The numbers follow no order of the strings: the component is named by its smallest node, as documented.
     named = placed.groupBy("root").agg(F.min("node").alias("component"))
     labels = placed.join(named, "root").select("node", "component")
-    return _materialise(labels, reliable=True, eager=False)
+    return materialise(labels, reliable=True, eager=False)
 
 
 def _union_find_components(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -331,15 +332,9 @@ def _small_star(edges: DataFrame) -> DataFrame:
     return linked.filter(F.col("u") != F.col("v")).groupBy("u", "v").agg(F.max(CHANGED_COLUMN).alias(CHANGED_COLUMN))
 
 
-def _materialise(frame: DataFrame, *, reliable: bool, eager: bool = True) -> DataFrame:
-    """Checkpoint (cutting the lineage) when ``reliable``, else cache; either way the frame is computed once, now or
-    (cached, or not ``eager``) by the next action."""
-    if not reliable:
-        return frame.cache()
-    if frame.sparkSession.sparkContext.getCheckpointDir():
-        return frame.checkpoint(eager=eager)
-    return frame.localCheckpoint(eager=eager)
-
+_FRESH_RECORD = "_cdp_fresh_record"  # A previous map row of a record observed again.
+_RESTATED = "_cdp_restated"  # A previous map row of a record restated whole by its latest version.
+_FRESH_VALUE = "_cdp_fresh_value"  # A previous map row holding an identifier observed again.
 
 # -- resolution ------------------------------------------------------------------------------------------------------
 
@@ -422,25 +417,46 @@ def resolve_identities(
         erased_customers = None
     # An incremental run meets a few changed rows with the whole map: those few, when at most MAX_BROADCAST_ROWS, go
     # to every task, so the map is read where it lies instead of being shuffled to meet them at each step.
-    few_fresh = few_restated = few_touched = False
+    few_fresh = few_touched = False
+    near = None  # TOUCHED: the previous map's rows the observations reach, flagged by how (one read of the map).
     if known is not None and scope is IdentityScope.TOUCHED:
-        fresh = _materialise(per_key(fresh), reliable=True)
+        fresh = materialise(per_key(fresh), reliable=True)
         few_fresh = is_few(fresh)
+        by_record = fresh.select(
+            "record_id", F.lit(True).alias(_FRESH_RECORD), F.lit(None).cast("boolean").alias(_RESTATED)
+        )
         if restated is not None:
-            restated = _materialise(restated.select("record_id").distinct(), reliable=True)
-            few_restated = is_few(restated)
+            by_record = by_record.unionByName(
+                restated.select(
+                    "record_id", F.lit(None).cast("boolean").alias(_FRESH_RECORD), F.lit(True).alias(_RESTATED)
+                )
+            )
+        records_said = materialise(
+            by_record.groupBy("record_id").agg(
+                F.max(_FRESH_RECORD).alias(_FRESH_RECORD), F.max(_RESTATED).alias(_RESTATED)
+            ),
+            reliable=True,
+        )
+        values_said = fresh.select("id_type", "id_value").distinct().withColumn(_FRESH_VALUE, F.lit(True))
+        flagged = known.join(broadcast_if(records_said, is_few(records_said)), "record_id", "left").join(
+            broadcast_if(values_said, few_fresh), ["id_type", "id_value"], "left"
+        )
+        reach = F.lit(False)
+        for flag in (_FRESH_RECORD, _RESTATED, _FRESH_VALUE, "capped"):
+            reach = reach | F.coalesce(F.col(flag), F.lit(False))
+        near = materialise(flagged.where(reach), reliable=True)
     elif restated is not None:
         restated = restated.select("record_id").distinct()
     stale = None
     if known is not None and restated is not None:
         # A restated record is what its latest version says: the identifiers its new version no longer has leave the
         # map, as they would in a rebuild (which sees only latest versions); the ones it keeps keep their history.
-        again = known.join(broadcast_if(restated, few_restated), "record_id", "left_semi")
+        again = known.join(restated, "record_id", "left_semi") if near is None else near.where(F.col(_RESTATED))
         stale = again.select(*keys).join(broadcast_if(fresh.select(*keys), few_fresh), keys, "left_anti")
     few_stale = False
     if stale is not None and scope is IdentityScope.TOUCHED:
         # Read twice below; counted on its own (a record may hold many identifiers).
-        stale = _materialise(stale, reliable=True)
+        stale = materialise(stale, reliable=True)
         few_stale = is_few(stale)
     usable = ~_blocked(chosen)
     touched = None
@@ -450,16 +466,17 @@ def resolve_identities(
         if stale is not None:
             still_held = still_held.join(broadcast_if(stale, few_stale), keys, "left_anti")
         population = population.unionByName(still_held)
-    if known is not None and scope is IdentityScope.TOUCHED:
-        fresh_values = broadcast_if(fresh.select("id_type", "id_value").distinct(), few_fresh)
-        may_link = known.filter(~F.col("cut_for_good"))
-        by_value = may_link.join(fresh_values, ["id_type", "id_value"], "left_semi").select("previous_id")
-        fresh_records = broadcast_if(fresh.select("record_id").distinct(), few_fresh)
-        by_record = known.join(fresh_records, "record_id", "left_semi").select("previous_id")
-        reached = by_value.union(by_record)
+    if known is not None and near is not None:
+        # The profiles holding a value or a record the run observed (a value a guard cut for good links no one).
+        may_link = ~F.col("cut_for_good")
+        by_value = near.where(may_link & F.col(_FRESH_VALUE)).select("previous_id")
+        reached = by_value.union(near.where(F.col(_FRESH_RECORD)).select("previous_id"))
         if erased_customers is not None:
             reached = reached.union(erased_customers)
-        touched = _close_over_capped(_materialise(reached.distinct(), reliable=True), may_link, chosen)
+        capped_values = near.where(may_link & F.col("capped")).select("id_type", "id_value").distinct()
+        touched = _close_over_capped(
+            materialise(reached.distinct(), reliable=True), known.where(may_link), capped_values, chosen
+        )
         few_touched = is_few(touched)
         known = known.join(broadcast_if(touched, few_touched), "previous_id", "left_semi")
         touched = touched.withColumnRenamed("previous_id", "customer_id")
@@ -491,7 +508,7 @@ def resolve_identities(
     # the audit's; an identifier two records hold may join them).
     values = None
     if touched is not None:  # The touched profiles' values, counted over the whole map.
-        links = _materialise(links, reliable=True)  # Read twice: for its values, then joined to their counts.
+        links = materialise(links, reliable=True)  # Read twice: for its values, then joined to their counts.
         values = links.select("id_type", "id_value").distinct()
         counted = _join_identifiers(population, broadcast_if(values, is_few(values)), "left_semi")
         counts = counted.groupBy("id_type", "id_value").agg(F.countDistinct("record_id").cast("long").alias("records"))
@@ -519,14 +536,14 @@ def resolve_identities(
     links = links.withColumn("node", F.concat_ws(":", "id_type", "id_value")).withColumn(
         "cut", F.when(~usable, F.lit(RULE_BLOCKED)).when(shared, F.lit(RULE_SHARED))
     )
-    links = _materialise(links, reliable=True)
+    links = materialise(links, reliable=True)
 
     labels = _components(links, chosen)
     capped = _over_cap(links.filter(F.col("cut").isNull()), labels, chosen).cache()
     if not capped.isEmpty():
         cut_here = capped.select("id_type", "id_value", F.lit(RULE_PROFILE_CAP).alias("rule"))
         links = links.join(cut_here, ["id_type", "id_value"], "left")
-        links = _materialise(links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule"), reliable=True)
+        links = materialise(links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule"), reliable=True)
         labels = _recut_components(links, labels, chosen)
     capped.unpersist()
 
@@ -535,8 +552,8 @@ def resolve_identities(
     placed = links.join(labels, "record_id", "left").withColumn(
         "component", F.coalesce("component", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id"))
     )
-    placed = _materialise(placed, reliable=True)
-    resolved = _materialise(placed.join(_customer_ids(placed), "component"), reliable=True)
+    placed = materialise(placed, reliable=True)
+    resolved = materialise(placed.join(_customer_ids(placed), "component"), reliable=True)
     identity_map = resolved.select(
         *keys,
         "customer_id",
@@ -556,23 +573,27 @@ def resolve_identities(
     return IdentityResolution(
         identity_map=identity_map,
         records=resolved.select("record_id", "source", "customer_id").distinct(),
-        merges=_materialise(_merges(resolved, run_id, resolved_at), reliable=True, eager=False),
-        audit=_materialise(audit, reliable=True, eager=False),
+        merges=materialise(_merges(resolved, run_id, resolved_at), reliable=True, eager=False),
+        audit=materialise(audit, reliable=True, eager=False),
         touched=touched,
         values=values,
     )
 
 
-def _close_over_capped(touched: DataFrame, may_link: DataFrame, settings: IdentitySettings) -> DataFrame:
+def _close_over_capped(
+    touched: DataFrame, may_link: DataFrame, capped_values: DataFrame, settings: IdentitySettings
+) -> DataFrame:
     """``touched`` (``previous_id``) with every earlier profile that shares, directly or through others, a value the
-    profile cap cut in one of them. The cap cut it within the profiles of one component, which a run on everything
-    links first and then cuts again; resolving only some of them would cap a smaller component, and differently."""
+    profile cap cut in one of them (``capped_values``: every such value of ``may_link``, the previous map's rows no
+    guard cut for good). The cap cut it within the profiles of one component, which a run on everything links first
+    and then cuts again; resolving only some of them would cap a smaller component, and differently."""
     from pyspark.sql import functions as F
 
+    if capped_values.isEmpty():
+        return touched
     # The rounds only ever follow values the cap cut somewhere: the map's rows holding one are all the rounds read
     # (a few, however large the map), found in one pass.
-    capped_values = may_link.filter(F.col("capped")).select("id_type", "id_value").distinct()
-    sharing = _materialise(
+    sharing = materialise(
         may_link.join(broadcast_if(capped_values, is_few(capped_values)), ["id_type", "id_value"], "left_semi").select(
             "id_type", "id_value", "previous_id", "capped"
         ),
@@ -589,7 +610,7 @@ def _close_over_capped(touched: DataFrame, may_link: DataFrame, settings: Identi
         )
         if further.isEmpty():
             return touched
-        touched = _materialise(touched.unionByName(further), reliable=True)
+        touched = materialise(touched.unionByName(further), reliable=True)
     raise IdentityError(
         f"the profiles sharing values cut by the profile cap did not close within {settings.max_rounds} rounds; "
         "raise identity max_rounds"
@@ -655,7 +676,7 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
 
     linking = links.filter(F.col("cut").isNull() & F.col("record_id").isNotNull())
     joining = F.col("records") >= 2
-    per_record = _materialise(
+    per_record = materialise(
         linking.select("record_id", "node", F.when(joining, F.col("node")).alias("joining"))
         .groupBy("record_id")
         .agg(F.min("node").alias("anchor"), F.collect_list("joining").alias("joining")),  # Nulls are left out.
@@ -675,7 +696,7 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
         "joined", F.coalesce("component", "hub", "anchor")
     )
     named = joined.select("record_id", F.min("anchor").over(Window.partitionBy("joined")).alias("component"))
-    return _materialise(named, reliable=True, eager=False)
+    return materialise(named, reliable=True, eager=False)
 
 
 def _recut_components(links: DataFrame, labels: DataFrame, settings: IdentitySettings) -> DataFrame:
@@ -723,7 +744,7 @@ def _customer_ids(placed: DataFrame) -> DataFrame:
     linking = F.when(F.col("cut").isNull(), F.struct(F.col("first_seen").alias("at"), F.col("node").alias("node")))
     # Each (component, earlier id) pair's earliest linking identifier and first sighting, in one pass over the rows:
     # the component's birth and each earlier profile's are the earliest of their pairs'.
-    pairs = _materialise(
+    pairs = materialise(
         placed.groupBy("component", "previous_id").agg(
             F.min(linking).alias("linked"), F.min("first_seen").alias("first_seen")
         ),
@@ -788,6 +809,17 @@ def _merges(resolved: DataFrame, run_id: str, resolved_at: datetime) -> DataFram
 # -- persistence -----------------------------------------------------------------------------------------------------
 
 
+def identity_map_snapshot(catalog: SqlCatalog, tenant: str) -> int | None:
+    """The id of the tenant's identity map's current snapshot, or None before its first commit."""
+    from plugins.transforms.catalog import table_identifier
+
+    identifier = table_identifier(tenant, IDENTITY_MAP_TABLE)
+    if not catalog.table_exists(identifier):
+        return None
+    snapshot = catalog.load_table(identifier).current_snapshot()
+    return None if snapshot is None else snapshot.snapshot_id
+
+
 def load_identity_map(spark: SparkSession, catalog: SqlCatalog, tenant: str) -> DataFrame | None:
     """The tenant's persisted identity map, or None before its first commit."""
     from plugins.transforms.catalog import table_identifier
@@ -832,20 +864,28 @@ def commit_identity(
         kept_audit = read_table(spark, audit_table).drop(DATA_FILE_COLUMN)
         kept_audit = _join_identifiers(kept_audit, resolution.values, "left_anti")
         audit = _replace(audit_table, kept_audit.unionByName(resolution.audit), run_id, ())
-        current = read_table(spark, map_table)
-        hit = current.join(resolution.touched, "customer_id", "left_semi").select(DATA_FILE_COLUMN).distinct()
-        # The paths of the files to rewrite: a few per run (the map is bucketed by customer_id), never its rows.
-        files = sorted(row[DATA_FILE_COLUMN] for row in hit.collect())
+        touched_profiles = resolution.touched
+
+        def holding_touched() -> list[str]:
+            """The paths of the map's files holding a touched profile's rows (never the rows)."""
+            current = read_table(spark, map_table)
+            hit = current.join(touched_profiles, "customer_id", "left_semi").select(DATA_FILE_COLUMN).distinct()
+            return sorted(row[DATA_FILE_COLUMN] for row in hit.collect())
+
         fresh = resolution.identity_map.where(F.col("customer_id").isNotNull())
         if is_few(resolution.touched):
-            # The files' rows of untouched profiles are copied as they are (rows without a customer_id dropped, as
-            # below), and the new rows join the copies of their buckets.
+            # The files to rewrite are those of the touched profiles' buckets (the map is bucketed by customer_id),
+            # named by the manifests. Their rows of untouched profiles are copied as they are (rows without a
+            # customer_id dropped, as below), and the new rows join the copies of their buckets.
             touched = resolution.touched.select("customer_id").toArrow()
+            found = files_in_partitions_of(map_table, touched)
+            files = holding_touched() if found is None else found
             no_id = pa.table([pa.nulls(1, touched.schema[0].type)], schema=touched.schema)
             dropped = pa.concat_tables([touched, no_id])
             written = write_data_files(fresh, map_table, run_id=run_id)
             added = sorted(rewrite_keeping_rows(spark, map_table, files, written, dropped, run_id=run_id))
         else:
+            files = holding_touched()
             others = read_data_files(spark, map_table, files).drop(DATA_FILE_COLUMN)
             others = others.join(resolution.touched, "customer_id", "left_anti")
             rewritten = others.unionByName(fresh).where(F.col("customer_id").isNotNull())
@@ -935,6 +975,7 @@ __all__ = [
     "commit_identity",
     "connected_components",
     "default_type_rules",
+    "identity_map_snapshot",
     "load_identity_map",
     "resolve_identities",
     "survive_fields",

@@ -9,9 +9,11 @@ as deleted keys.
 
 Crash safety: the identity tables commit inside this function, before the runner commits ``customers``. Should the
 run stop in between, the next run is given the same changed rows again (the runner records what ``customers`` read
-in ``customers``' own snapshot), touches the same profiles and rebuilds them; the deleted keys are every
-``customer_id`` of the ``customers`` table that the identity map no longer holds, not just this run's merges, so a
-merge whose profile deletion was lost still comes out.
+in ``customers``' own snapshot), touches the same profiles and rebuilds them. Each ``customers`` snapshot records the
+identity map snapshot its profiles come from (``identity-map-snapshot``). When the map has not moved since, the ids
+it loses are among the profiles this run touched, so those are the deleted keys. Otherwise (a run stopped between
+the two commits, a rollback or a compaction of either table) the deleted keys are every ``customer_id`` of the
+``customers`` table that the identity map no longer holds, so a merge whose profile deletion was lost still comes out.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from typing import TYPE_CHECKING
 from plugins.transforms.catalog import table_identifier
 from plugins.transforms.consent import CHANNELS, event_statements, latest_consent
 from plugins.transforms.erasure import ERASURES_TABLE, read_tombstones
-from plugins.transforms.frames import broadcast_if, is_few, union_all
+from plugins.transforms.frames import broadcast_if, is_few, materialise, union_all
 from plugins.transforms.identity import (
     RULE_BLOCKED,
     RULE_PROFILE_CAP,
     RULE_SHARED,
+    IdentityResolution,
     IdentityScope,
     commit_identity,
+    identity_map_snapshot,
     load_identity_map,
     resolve_identities,
     survive_fields,
@@ -46,6 +50,8 @@ CONSENT_STATES = ("granted", "denied", "unknown")
 SURVIVING_FIELDS = ("email", "phone", "name", "address", "country")
 EVENTS_SOURCE = "events"
 CUSTOM_FIELD_KEY = "_cdp_custom_field"  # (customer_id, key): what a custom field's value survives per.
+#: ``customers``' own snapshot property: the identity map snapshot its profiles were built from.
+IDENTITY_MAP_SNAPSHOT_PROPERTY = "identity-map-snapshot"
 OUTPUT_COLUMNS = (
     "customer_id",
     "email",
@@ -175,20 +181,25 @@ def _profiles(
         F.max("last_seen").alias("updated_at"),
     )
     members = identity_map.select("record_id", "customer_id").distinct()
+    few = False
     if records is not None and not run.full_refresh:  # When few, sent to the tasks that read every record.
-        members = broadcast_if(members, is_few(members))
+        few = is_few(members)
+        members = broadcast_if(members, few)
     candidate_schema = (
         "customer_id string, source string, updated_at timestamp, email string, phone string, "
         "name struct<first_name: string, last_name: string, full_name: string>, "
         "address struct<address_line1: string, address_line2: string, city: string, region: string, "
         "postal_code: string, country: string>, country string"
     )
-    statements = run.spark.createDataFrame([], "customer_id string, channel string, granted boolean, "
-                                                "stated_at timestamp, source string")  # fmt: skip
+    statement_schema = "customer_id string, channel string, granted boolean, stated_at timestamp, source string"
     if records is not None:
         # By customer, once: the survivorship and consent aggregations then need no shuffle of their own (each had
         # shuffled its partial aggregation, which gained nothing on a customer's few records).
         mine = records.join(members, "record_id").repartition("customer_id")
+        if few:
+            # A few profiles' records: kept after the one read of every record that finds them, for the three
+            # aggregations below (each would read every record again: their columns differ).
+            mine = materialise(mine, reliable=True, eager=False)
 
         def unit(names: tuple[str, ...]) -> Column:
             present = F.greatest(*[F.col(name).isNotNull() for name in names])
@@ -205,19 +216,25 @@ def _profiles(
             "country",
         )
         custom = merged_custom_fields(mine)
-        for channel in CHANNELS:
-            statements = statements.unionByName(
-                mine.where(F.col(f"consent_{channel}").isNotNull()).select(
-                    "customer_id",
+        # Every channel's statement from one read of the records (a read per channel pushed its own filter down to
+        # the scan, so the reads and their shuffles could not be shared).
+        said_per_channel = F.array(
+            *(
+                F.struct(
                     F.lit(channel).alias("channel"),
                     (F.col(f"consent_{channel}") == "granted").alias("granted"),
                     F.col(f"consent_{channel}_at").alias("stated_at"),
-                    "source",
                 )
+                for channel in CHANNELS
             )
+        )
+        statements = mine.select("customer_id", "source", F.inline(said_per_channel)).where(
+            F.col("granted").isNotNull()
+        )
     else:
         candidates = run.spark.createDataFrame([], candidate_schema)
         custom = run.spark.createDataFrame([], "customer_id string, custom_fields string")
+        statements = run.spark.createDataFrame([], statement_schema)
     if events is not None:
         said = event_statements(events)
         holders = identity_map.select("id_type", "id_value", "customer_id").distinct()
@@ -262,7 +279,6 @@ def customers(
 ) -> TransformOutput:
     """Resolve the changed records and events into people, commit the identity map, and return the profiles of the
     people this run affected (all of them on a full refresh, as the complete table)."""
-    from pyspark.sql import functions as F
 
     changed_records, changed_events = run.changed("customer_records"), run.changed("events")
     observed = [
@@ -272,6 +288,7 @@ def customers(
     # Nothing changed still runs: tombstones added since the last run take records out of the map.
     empty = "source string, record_id string, id_type string, id_value string, observed_at timestamp"
     observations = union_all(observed, "customers") if observed else run.spark.createDataFrame([], empty)
+    map_before = identity_map_snapshot(run.catalog, run.tenant)
     previous = load_identity_map(run.spark, run.catalog, run.tenant)
     resolution = resolve_identities(
         observations,
@@ -284,7 +301,8 @@ def customers(
         # A changed customer record is its latest version whole; events only add to what was said before.
         restated=changed_records.select("record_id") if changed_records is not None else None,
     )
-    commit_identity(run.catalog, run.tenant, resolution, run_id=run.run_id)
+    committed = commit_identity(run.catalog, run.tenant, resolution, run_id=run.run_id)
+    properties = {IDENTITY_MAP_SNAPSHOT_PROPERTY: str(committed.identity_map.snapshot_id)}
     guards = resolution.guard_counts()
     for rule in (RULE_BLOCKED, RULE_SHARED, RULE_PROFILE_CAP):
         run.counters[f"identity.{rule}"] = run.counters.get(f"identity.{rule}", 0) + guards[rule]
@@ -292,17 +310,33 @@ def customers(
 
     profiles = _profiles(resolution.identity_map, customer_records, events, run)
     if run.full_refresh:
-        return TransformOutput(rows=profiles, complete=True)
-    deleted = None
+        return TransformOutput(rows=profiles, complete=True, properties=properties)
+    return TransformOutput(rows=profiles, deleted_keys=_deleted_ids(run, resolution, map_before), properties=properties)
+
+
+def _deleted_ids(run: TransformRun, resolution: IdentityResolution, map_before: int | None) -> DataFrame | None:
+    """``customer_id`` of every published profile the identity map no longer holds (merged away, erased)."""
+    from pyspark.sql import functions as F
+
     published = run.table("customers")
+    if published is None or map_before is None:
+        return None
+    in_step = run.recorded(IDENTITY_MAP_SNAPSHOT_PROPERTY) == str(map_before)
+    if in_step and resolution.touched is not None:
+        # The published profiles are the previous map's, and this run replaced only the touched profiles' rows: an id
+        # the map lost is a touched one its new rows no longer hold. Both are small; no table is read.
+        kept = resolution.identity_map.select("customer_id").where(F.col("customer_id").isNotNull()).distinct()
+        return resolution.touched.select("customer_id").join(kept, "customer_id", "left_anti")
+    # Out of step: every published id the map no longer holds, this run's merges and erasures and those of a run that
+    # committed the map but stopped before committing customers. Read twice (the keys, then their rows): computed
+    # once, kept in memory.
     current = load_identity_map(run.spark, run.catalog, run.tenant)
-    if published is not None and current is not None:
-        # Every published id the map no longer holds: this run's merges and erasures, and those of a run that
-        # committed the map but crashed before committing customers.
-        deleted = (
-            published.select("customer_id")
-            .distinct()
-            .join(current.select("customer_id").distinct(), "customer_id", "left_anti")
-            .where(F.col("customer_id").isNotNull())
-        )
-    return TransformOutput(rows=profiles, deleted_keys=deleted)
+    if current is None:
+        return None
+    gone = (
+        published.select("customer_id")
+        .distinct()
+        .join(current.select("customer_id").distinct(), "customer_id", "left_anti")
+        .where(F.col("customer_id").isNotNull())
+    )
+    return materialise(gone, reliable=False)

@@ -684,6 +684,7 @@ class _TableRun:
         marked: DataFrame | None = None
         touched: DataFrame | None = None
         dropped: pa.Table | None = None  # The touched keys, when few: the rows the copies leave out.
+        whole_rows: DataFrame | None = None  # When the fold read only the table rows' deciding columns: all of them.
         try:
             live = live_data_files(table)
             batch = rows.withColumn(_ORIGIN, F.lit(0))
@@ -721,6 +722,12 @@ class _TableRun:
                         # A row recomputed from tables replaces the table's row of its key, and a touched key without
                         # one is deleted: the table's rows never win, so only their keys are read (to count them).
                         existing = existing.select(*key, _ORIGIN)
+                    elif self.descriptor.load_merge_order() is None:
+                        # The table's row of a key wins only over an older version (late data: rare). The default
+                        # order's columns decide, so the fold reads those alone; the winners are read whole below.
+                        whole_rows = existing
+                        deciding = [name for name in ("updated_at", SOURCE_FILE_COLUMN) if name in existing.columns]
+                        existing = existing.select(*key, *deciding, _ORIGIN)
                     existing = existing.join(wanted, _same_key(existing, key), "left_semi")
                 candidates = batch.unionByName(existing, allowMissingColumns=True)
             # This run's rows per key, summed over the winners below: the rows in, without a job of their own (the
@@ -803,6 +810,12 @@ class _TableRun:
                 quality.nulled.setdefault(str(row["column"]), {})[str(row["reason"])] = int(row["rows"])
             kept = ~F.col(_DELETED) & ~F.col(ERASED_COLUMN) & F.col(BROKEN_RULE_COLUMN).isNull()
             to_write = marked.where(kept).select(*columns)
+            if whole_rows is not None and existing_kept:
+                # The table's rows that won, read whole (one per key, as the fold would pick among duplicates).
+                won = _renamed_keys(marked.where(kept & (F.col(_ORIGIN) == 1)).select(*key), key)
+                again = whole_rows.join(F.broadcast(won), _same_key(whole_rows, key), "left_semi")
+                won_rows = latest_per_key(again, key, self._merge_order(again.columns)).select(*columns)
+                to_write = marked.where(kept & (F.col(_ORIGIN) == 0)).select(*columns).unionByName(won_rows)
             expected = existing_kept + rows_out
             if rejected:  # Before the commit: a crash after it re-rejects them (a duplicate), never loses them.
                 write_rejected(

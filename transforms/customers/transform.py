@@ -12,8 +12,9 @@ run stop in between, the next run is given the same changed rows again (the runn
 in ``customers``' own snapshot), touches the same profiles and rebuilds them. Each ``customers`` snapshot records the
 identity map snapshot its profiles come from (``identity-map-snapshot``). When the map has not moved since, the ids
 it loses are among the profiles this run touched, so those are the deleted keys. Otherwise (a run stopped between
-the two commits, a rollback or a compaction of either table) the deleted keys are every ``customer_id`` of the
-``customers`` table that the identity map no longer holds, so a merge whose profile deletion was lost still comes out.
+the two commits, a rollback of either table, a compaction of the map) the deleted keys are every ``customer_id`` of
+the ``customers`` table that the identity map no longer holds, so a merge whose profile deletion was lost still comes
+out.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from plugins.transforms.run import TransformOutput, TransformRun
 from plugins.transforms.runner import (
     INPUT_SNAPSHOTS_PROPERTY,
     LEASE_PREFIX,
+    RUN_ID_PROPERTY,
     RunSummary,
     TableSummary,
     TransformBusyError,
@@ -533,7 +534,13 @@ def charges_counting(*, charges: Any, run: TransformRun) -> TransformOutput:
 
 
 def charges_claiming(*, charges: Any) -> TransformOutput:
-    return TransformOutput(rows=charge_rows(charges), properties={"cdp.run-id": "mine", "cdp.note": "x"})
+    """Names that Iceberg's summary and the framework use for their own figures."""
+    names = {"added-records": "7", "operation": "mine", "cdp.run-id": "mine"}
+    return TransformOutput(rows=charge_rows(charges), properties=names)
+
+
+def charges_untyped(*, charges: Any) -> TransformOutput:
+    return TransformOutput(rows=charge_rows(charges), properties={"seen": 5})  # type: ignore[dict-item]
 
 
 def charges_transform(version: str) -> TransformDescriptor:
@@ -586,7 +593,7 @@ def test_a_new_column_evolves_the_table_another_change_needs_a_full_refresh_and_
     }
 
 
-def test_a_transform_records_its_own_properties_and_reads_them_back_through_a_compaction(spark, tmp_path) -> None:
+def test_a_transform_records_its_own_properties_apart_and_reads_them_back_through_a_compaction(spark, tmp_path) -> None:
     from plugins.transforms.maintenance import compact
 
     zone, processed = RawZone(spark, tmp_path), tmp_path / "processed"
@@ -612,14 +619,20 @@ def test_a_transform_records_its_own_properties_and_reads_them_back_through_a_co
     snapshot = table().current_snapshot().snapshot_id
 
     zone.land("stripe", "charges", schema, [stripe_charge("ch_5", 500, "usd")])
-    claimed = run(zone, processed, transforms=[charges_transform("claiming")])
-
-    (result,) = claimed.tables
+    untyped = run(zone, processed, transforms=[charges_transform("untyped")])
+    (result,) = untyped.tables
     assert result.status == "failed"
-    assert result.error == (
-        "table acme.charge_view: property names starting 'cdp.' are the framework's; rename cdp.note, cdp.run-id"
-    )
+    assert result.error == "table acme.charge_view: snapshot properties are text; give a string name and value for seen"
     assert table().current_snapshot().snapshot_id == snapshot  # Nothing committed.
+
+    claimed = by_table(run(zone, processed, transforms=[charges_transform("claiming")]))["charge_view"]
+
+    summary = table().current_snapshot().summary
+    assert (claimed.status, summary.operation.value, summary["added-records"]) == ("committed", "append", "1")
+    assert summary[RUN_ID_PROPERTY] != "mine"
+    assert [recorded_property(table(), name) for name in ("added-records", "operation", "cdp.run-id")] == [
+        "7", "mine", "mine"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("broadcast_rows", [frames.MAX_BROADCAST_ROWS, 0], ids=["keys-broadcast", "rows-shuffled"])

@@ -71,8 +71,9 @@ class TransformOutput:
 
     ``rows``: rows to upsert by key. ``deleted_keys``: key columns of rows to remove (a merged-away customer).
     ``complete``: ``rows`` is the whole table; everything else is removed. ``properties``: the transform's own
-    bookkeeping, recorded in the summary of the snapshot that commits these rows and read back by the next run with
-    ``TransformRun.recorded`` (names starting ``cdp.`` are the framework's and refused).
+    bookkeeping (text names and values), recorded in the summary of the snapshot that commits these rows (under
+    ``cdp.transform.``, apart from the framework's and Iceberg's own) and read back by the next run with
+    ``TransformRun.recorded``.
     """
 
     rows: DataFrame

@@ -62,9 +62,10 @@ logger = logging.getLogger(__name__)
 #: Snapshot summary keys the runner adds (Iceberg keeps summaries as strings).
 INPUT_SNAPSHOTS_PROPERTY = "cdp.input-snapshots"
 RUN_ID_PROPERTY = "cdp.run-id"
-#: Every snapshot property the framework writes starts so; a transform's own (``TransformOutput.properties``) may not.
-FRAMEWORK_PROPERTY_PREFIX = "cdp."
-COUNT_PROPERTY_PREFIX = FRAMEWORK_PROPERTY_PREFIX
+COUNT_PROPERTY_PREFIX = "cdp."
+#: A transform's own properties (``TransformOutput.properties``) are recorded under this prefix, so no name of theirs
+#: can be one of the framework's or of Iceberg's own summary (``added-records``, ``operation``...).
+TRANSFORM_PROPERTY_PREFIX = "cdp.transform."
 LEASE_PREFIX = "_leases/transform"
 REPORTS_PREFIX = "_reports"
 #: The framework's columns the table keeps: the raw file a row came from (the merge's tie-break, the DLQ's pointer).
@@ -425,7 +426,7 @@ def recorded_property(table: Table, name: str) -> str | None:
     while snapshot is not None:
         summary = snapshot.summary.additional_properties if snapshot.summary else {}
         if MAINTENANCE_PROPERTY not in summary:
-            return summary.get(name)
+            return summary.get(f"{TRANSFORM_PROPERTY_PREFIX}{name}")
         parent = snapshot.parent_snapshot_id
         snapshot = table.snapshot_by_id(parent) if parent is not None else None
     return None
@@ -627,13 +628,16 @@ class _TableRun:
             context.full_refresh or output.complete or (not isinstance(result, TransformOutput) and not self.raw_inputs)
         )
         raw_keys = [raw.key for files in pending.values() for raw in files]
-        if framework := sorted(name for name in output.properties if name.startswith(FRAMEWORK_PROPERTY_PREFIX)):
+        given = output.properties.items()
+        if untyped := sorted(
+            str(name) for name, value in given if not (isinstance(name, str) and isinstance(value, str))
+        ):
             raise TransformRunError(
-                f"table {self.name}: property names starting '{FRAMEWORK_PROPERTY_PREFIX}' are the framework's; "
-                f"rename {', '.join(framework)}"
+                f"table {self.name}: snapshot properties are text; give a string name and value for "
+                f"{', '.join(untyped)}"
             )
         properties = {
-            **output.properties,
+            **{f"{TRANSFORM_PROPERTY_PREFIX}{name}": value for name, value in output.properties.items()},
             INPUT_SNAPSHOTS_PROPERTY: orjson.dumps({k: v for k, v in current.items() if v is not None}).decode(),
         }
         summary = self._write(output, complete=complete, raw_keys=raw_keys, properties=properties)

@@ -320,9 +320,9 @@ def _deleted_ids(run: TransformRun, resolution: IdentityResolution, map_before: 
     from pyspark.sql import functions as F
 
     published = run.table("customers")
-    if published is None or map_before is None:
+    if published is None:
         return None
-    in_step = run.recorded(IDENTITY_MAP_SNAPSHOT_PROPERTY) == str(map_before)
+    in_step = map_before is not None and run.recorded(IDENTITY_MAP_SNAPSHOT_PROPERTY) == str(map_before)
     if in_step and resolution.touched is not None:
         # The published profiles are the previous map's, and this run replaced only the touched profiles' rows: an id
         # the map lost is a touched one its new rows no longer hold. Both are small; no table is read.

@@ -139,6 +139,25 @@ def received(*apps: Starlette) -> list[str]:
     return [i for app in apps for request in app.state.requests if request["status"] == 200 for i in request["ids"]]
 
 
+def named_session(postgres_url: str, name: str) -> str:
+    """``postgres_url`` for a run about to be killed, its session named ``name`` for :func:`wait_for_session_end`."""
+    return f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name={name}"
+
+
+def wait_for_session_end(conn: psycopg.Connection[Any], name: str) -> None:
+    """Until PostgreSQL has ended the killed client's session ``name``, and so released its advisory lock: it does when
+    it notices the closed socket, soon after the kill but not at once (a run started before is refused as busy)."""
+
+    def ended() -> bool:
+        (gone,) = conn.execute(
+            "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchone()
+        conn.commit()  # pg_stat_activity is read once per transaction.
+        return bool(gone)
+
+    wait_until(lambda: ended() or None, 30, f"PostgreSQL to end the killed session {name}")
+
+
 def send_log(conn: psycopg.Connection[Any], tenant: str) -> dict[str, int]:
     rows = conn.execute(f'SELECT status, count(*) FROM "{tenant}".send_log GROUP BY status').fetchall()
     return {str(status): int(count) for status, count in rows}
@@ -449,7 +468,15 @@ def test_a_run_killed_half_way_then_run_again_sends_nobody_twice(
     first_server, first_app = served(FaultPlan(slow_every=1000, slow_burst=998, slow_seconds=3))
     dlq_url = str(tmp_path / "dlq")
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, postgres_url, tenant, first_server.url, dlq_url],
+        [
+            sys.executable,
+            "-c",
+            KILLED_RUN,
+            named_session(postgres_url, f"killed-{tenant}"),
+            tenant,
+            first_server.url,
+            dlq_url,
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -460,6 +487,7 @@ def test_a_run_killed_half_way_then_run_again_sends_nobody_twice(
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL
+    wait_for_session_end(conn, f"killed-{tenant}")
     assert send_log(conn, tenant) == {"accepted": 2000, "sending": 1000}
 
     second_server, second_app = served()

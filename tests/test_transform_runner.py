@@ -21,6 +21,7 @@ from plugins.core.leases import Lease, LeaseManager
 from plugins.core.storage import ObjectStore
 from plugins.descriptors import RawInput, TableInput, TransformDescriptor
 from plugins.meltano.project import MeltanoError, run_meltano
+from plugins.transforms import commit as commit_module
 from plugins.transforms import frames
 from plugins.transforms.catalog import ProcessedZone, load_table
 from plugins.transforms.commit import live_data_files, processed_raw_files
@@ -717,15 +718,24 @@ def test_a_bad_setting_is_one_clear_line(region, tenants, message) -> None:
 
 
 def changed_charges(*, charge_view: Any, run: TransformRun) -> TransformOutput:
-    run.counters["changed"] = run.changed("charge_view").count()
+    changed = run.changed("charge_view")
+    run.counters["changed"] = len(changed.collect())
+    # What the Parquet reader produced: the files whose dictionaries hold none of the batches are skipped whole.
+    leaves = changed._jdf.queryExecution().executedPlan().collectLeaves()
+    run.counters["scanned"] = sum(
+        int(leaves.apply(index).metrics().apply("numOutputRows").value()) for index in range(leaves.size())
+    )
     return TransformOutput(rows=charge_view.select("charge_id", "amount"), complete=True)
 
 
 def test_changed_rows_of_an_input_table_are_those_of_its_new_raw_batches_not_whole_rewritten_files(
-    spark, tmp_path
+    spark, tmp_path, monkeypatch
 ) -> None:
     """A merge rewrites every file holding a changed key, unchanged neighbours included; a downstream transform that
     recomputed from all of them would redo everything on a 1% increment."""
+    # The second run's new rows stay in a file of their own, beside the copy of the first file's other rows (a merge
+    # appends them to that copy while it stays under this size), so the reader can skip the copy.
+    monkeypatch.setattr(commit_module, "MAX_ROWS_PER_FILE", 100)
     zone = RawZone(spark, tmp_path)
     processed = tmp_path / "processed"
     schema = tap_schema("stripe", "charges")
@@ -739,17 +749,22 @@ def test_changed_rows_of_an_input_table_are_those_of_its_new_raw_batches_not_who
     transforms = [charges_transform("v1"), downstream]
     zone.land("stripe", "charges", schema, [stripe_charge(f"ch_{index}", 100 + index, "usd") for index in range(200)])
     first = by_table(run(zone, processed, transforms=transforms))
-    assert first["changed_charges"].quality.counters == {"changed": 200}
+    assert first["changed_charges"].quality.counters == {"changed": 200, "scanned": 200}  # All of it.
     catalog = ProcessedZone.resolve(str(processed)).open()
     before = set(live_data_files(load_table(catalog, "acme", "charge_view")))
 
+    # More batches than Spark pushes down by default (ten, above which it would push a min-max range instead).
     zone.land("stripe", "charges", schema, [stripe_charge("ch_0", 999, "usd"), stripe_charge("ch_new", 7, "usd")])
+    for index in range(11):
+        zone.land("stripe", "charges", schema, [stripe_charge(f"ch_batch_{index}", index, "usd")])
     second = by_table(run(zone, processed, transforms=transforms))
     assert second["charge_view"].status == "committed"
+    assert second["charge_view"].raw_files == 12
     view = load_table(catalog, "acme", "charge_view")
     added = sorted(set(live_data_files(view)) - before)
-    assert read_data_files(spark, view, added).count() > 2  # The merge rewrote ch_0's neighbours too.
-    assert second["changed_charges"].quality.counters == {"changed": 2}  # ch_0's new version and ch_new only.
+    assert read_data_files(spark, view, added).count() > 13  # The merge rewrote ch_0's neighbours too.
+    # ch_0's new version, ch_new and the eleven others only; the Parquet reader skipped the copy of the other 199.
+    assert second["changed_charges"].quality.counters == {"changed": 13, "scanned": 13}
     rows = {row["charge_id"]: row["amount"] for row in table_rows(spark, processed, "changed_charges")}
-    assert len(rows) == 201
-    assert (rows["ch_0"], rows["ch_1"], rows["ch_new"]) == (999, 101, 7)
+    assert len(rows) == 212
+    assert (rows["ch_0"], rows["ch_1"], rows["ch_new"], rows["ch_batch_10"]) == (999, 101, 7, 10)

@@ -581,10 +581,11 @@ class _TableRun:
             return rows
         # A merge rewrites whole files, so most rows of an added file were there before: the rows that changed are
         # those whose raw batch the input processed since (the benchmark's 1% run otherwise recomputed every profile).
+        # A filter rather than a join: pushed down to the Parquet reader, which skips the merge's copies of untouched
+        # rows without decoding them (their row groups' dictionaries name none of these batches).
         from pyspark.sql import functions as F
 
-        batches = self.context.spark.createDataFrame([(key,) for key in sorted(new_raw_files)], [SOURCE_FILE_COLUMN])
-        return rows.join(F.broadcast(batches), SOURCE_FILE_COLUMN, "left_semi")
+        return rows.where(F.col(SOURCE_FILE_COLUMN).isin(sorted(new_raw_files)))
 
     # -- the run --
 

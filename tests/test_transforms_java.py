@@ -235,7 +235,8 @@ def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chos
 
 
 def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:
-    for name in ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS"):
+    variables = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS", "PYSPARK_SUBMIT_ARGS")
+    for name in variables:
         monkeypatch.delenv(name, raising=False)
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -250,7 +251,7 @@ def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_on
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseGCOverheadLimit -XX:-UseG1GC -Xss4m")
     assert options().endswith("-XX:+UseParallelGC")
     # A collector given anywhere the driver's JVM reads options: a second one would stop it starting.
-    for variable in ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS"):
+    for variable in variables:
         monkeypatch.setenv(variable, "-Xss4m -XX:+UseZGC")
         assert "UseParallelGC" not in options(), variable
         monkeypatch.delenv(variable)

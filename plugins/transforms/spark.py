@@ -39,8 +39,15 @@ MAX_DEFAULT_DRIVER_MB = 31 * 1024
 #: A local driver's garbage collector, unless the operator chose one (:func:`_operator_chose_collector`).
 LOCAL_COLLECTOR = "-XX:+UseParallelGC"
 _COLLECTOR_OPTION = re.compile(r"-XX:\+Use\w*GC\b")
-#: Where the JVM (and Spark's launcher, for the driver) take options besides the command line.
-_JAVA_OPTIONS_VARIABLES = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS")
+#: Where the JVM (and Spark's launcher, for the driver) take options besides the command line; pyspark passes
+#: ``PYSPARK_SUBMIT_ARGS`` to the launcher (``--driver-java-options``, ``--conf spark.driver.defaultJavaOptions=...``).
+_JAVA_OPTIONS_VARIABLES = (
+    "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "_JAVA_OPTIONS",
+    "SPARK_SUBMIT_OPTS",
+    "PYSPARK_SUBMIT_ARGS",
+)
 
 _lock = threading.Lock()
 _session: SparkSession | None = None

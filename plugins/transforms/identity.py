@@ -538,21 +538,13 @@ def resolve_identities(
     )
     links = materialise(links, reliable=True)
 
-    labels = _components(links, chosen)
-    capped = _over_cap(links.filter(F.col("cut").isNull()), labels, chosen).cache()
+    # Each row with its component; a record none of whose identifiers may link is a component of its own. Computed
+    # once: the profile cap, the ids' aggregation and the join that gives each row its id all read it.
+    placed = materialise(_placed(links, _components(links, chosen)), reliable=True)
+    capped = _over_cap(placed.filter(F.col("cut").isNull()), chosen).cache()
     if not capped.isEmpty():
-        cut_here = capped.select("id_type", "id_value", F.lit(RULE_PROFILE_CAP).alias("rule"))
-        links = links.join(cut_here, ["id_type", "id_value"], "left")
-        links = materialise(links.withColumn("cut", F.coalesce("cut", "rule")).drop("rule"), reliable=True)
-        labels = _recut_components(links, labels, chosen)
+        placed = _recut(placed, capped, chosen)
     capped.unpersist()
-
-    # A record none of whose identifiers may link is a component of its own. Computed once: the ids' aggregation
-    # and the join that gives each row its id read different columns, so their shuffles could not be shared.
-    placed = links.join(labels, "record_id", "left").withColumn(
-        "component", F.coalesce("component", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id"))
-    )
-    placed = materialise(placed, reliable=True)
     resolved = materialise(placed.join(_customer_ids(placed), "component"), reliable=True)
     identity_map = resolved.select(
         *keys,
@@ -699,27 +691,51 @@ def _components(links: DataFrame, settings: IdentitySettings) -> DataFrame:
     return materialise(named, reliable=True, eager=False)
 
 
-def _recut_components(links: DataFrame, labels: DataFrame, settings: IdentitySettings) -> DataFrame:
-    """The components once the profile cap cut some identifiers: only a component that held a cut one can split, so
-    only its records are resolved again (a small graph); every other record keeps its label."""
+def _placed(links: DataFrame, labels: DataFrame) -> DataFrame:
+    """``links`` with each row's ``component`` from ``labels``; a record without a label, its own record node."""
     from pyspark.sql import functions as F
 
-    holders = links.filter(F.col("cut") == RULE_PROFILE_CAP).select("record_id").distinct()
-    split = labels.join(holders, "record_id", "left_semi").select("component").distinct()
-    affected = labels.join(split, "component", "left_semi").select("record_id")
-    again = _components(links.join(affected, "record_id", "left_semi"), settings)
-    return labels.join(affected, "record_id", "left_anti").unionByName(again)
+    return links.join(labels, "record_id", "left").withColumn(
+        "component", F.coalesce("component", F.concat(F.lit(RECORD_NODE_PREFIX), "record_id"))
+    )
 
 
-def _over_cap(linking: DataFrame, labels: DataFrame, settings: IdentitySettings) -> DataFrame:
-    """The identifiers beyond their type's cap in their profile: ``id_type, id_value, records``."""
+def _recut(placed: DataFrame, capped: DataFrame, settings: IdentitySettings) -> DataFrame:
+    """``placed`` once the profile cap cut the ``capped`` identifiers: only a component that held one can split, so
+    only its records are resolved again (a small graph); every other row keeps its component. The cut identifiers and
+    the split components' records are few: sent to every task, the rows are updated where they lie, in one pass."""
+    from pyspark.sql import functions as F
+
+    cut_here = materialise(
+        capped.select("id_type", "id_value", F.lit(RULE_PROFILE_CAP).alias("_cdp_cap")).distinct(), reliable=True
+    )
+    cut_here = broadcast_if(cut_here, is_few(cut_here))
+    split = placed.join(cut_here, ["id_type", "id_value"], "left_semi").select("component").distinct()
+    affected = materialise(placed.join(split, "component", "left_semi").select("record_id").distinct(), reliable=True)
+    few = is_few(affected)
+
+    def with_cut(rows: DataFrame) -> DataFrame:
+        joined = rows.join(cut_here, ["id_type", "id_value"], "left")
+        return joined.withColumn("cut", F.coalesce("cut", "_cdp_cap")).drop("_cdp_cap")
+
+    again = _components(with_cut(placed.join(broadcast_if(affected, few), "record_id", "left_semi")), settings)
+    moved = affected.join(again.withColumnRenamed("component", "_cdp_again"), "record_id", "left")
+    moved = moved.withColumn("_cdp_moved", F.lit(True))
+    own = F.concat(F.lit(RECORD_NODE_PREFIX), "record_id")
+    component = F.when(F.col("_cdp_moved"), F.coalesce("_cdp_again", own)).otherwise(F.col("component"))
+    recut = with_cut(placed).join(broadcast_if(moved, few), "record_id", "left")
+    return materialise(recut.withColumn("component", component).drop("_cdp_again", "_cdp_moved"), reliable=True)
+
+
+def _over_cap(linking: DataFrame, settings: IdentitySettings) -> DataFrame:
+    """The identifiers beyond their type's cap in their profile: ``id_type, id_value, records`` (``linking``: the
+    rows no guard cut, with their ``component``)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     cap = _per_type(settings, lambda rules: rules.max_values_per_profile)
     values = (
-        linking.filter(cap.isNotNull())  # Types without a cap (provider ids, by default) need no ranking.
-        .join(labels, "record_id")
+        linking.filter(cap.isNotNull() & F.col("record_id").isNotNull())  # Types without a cap need no ranking.
         .groupBy("component", "id_type", "id_value")
         .agg(F.max("last_seen").alias("last_seen"), F.countDistinct("record_id").alias("records"))
     )

@@ -385,6 +385,28 @@ def test_the_same_input_twice_gives_the_same_ids_whichever_way_the_components_ar
     assert set(again.identity_map.collect()) == set(resolved.identity_map.collect())
 
 
+def test_an_identifier_held_over_a_span_resolves_as_one_row_per_moment_would(spark) -> None:
+    # Each record seen at its creation and again at an update three days later: two rows per identifier, or one
+    # spanning both (how the customers transform observes its records).
+    rows = scenario_rows()
+    per_moment = observations(spark, [*rows, *((*row[:4], row[4] + 3) for row in rows)])
+    spans = spark.createDataFrame(
+        [(*row[:4], day(row[4]), day(row[4] + 3)) for row in rows],
+        "source string, record_id string, id_type string, id_value string, first_seen timestamp, last_seen timestamp",
+    )
+
+    def resolved_map(given):
+        resolution = resolve_identities(given, run_id="run-1", resolved_at=RESOLVED_AT)
+        return {tuple(row) for row in resolution.identity_map.collect()}
+
+    by_span = resolved_map(spans)
+    assert by_span == resolved_map(per_moment)
+    assert {(row[0], row[5], row[6]) for row in by_span if row[0] == "email" and row[1] == "ann@x.io"} == {
+        ("email", day(1).replace(tzinfo=None), day(4).replace(tzinfo=None)),  # Collected in the session's UTC.
+        ("email", day(2).replace(tzinfo=None), day(5).replace(tzinfo=None)),
+    }
+
+
 def test_a_second_run_through_the_persisted_map_gives_the_people_of_one_run_and_the_older_id_survives_a_merge(
     spark, tmp_path, resolved
 ) -> None:
@@ -574,6 +596,9 @@ def test_bad_input_and_bad_settings_say_what_is_wrong(spark) -> None:
             run_id="x",
             resolved_at=RESOLVED_AT,
         )
+    half_a_span = "source string, record_id string, id_type string, id_value string, first_seen timestamp"
+    with pytest.raises(IdentityError, match=r"observed_at.*first_seen and last_seen in place of observed_at"):
+        resolve_identities(spark.createDataFrame([], half_a_span), run_id="x", resolved_at=RESOLVED_AT)
     with pytest.raises(ConfigError, match="max_values_per_profile"):
         IdTypeRules(max_values_per_profile=0)
     with pytest.raises(ConfigError, match="source_priority"):

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 #: The observation columns :func:`resolve_identities` needs, one row per (record, identifier).
 OBSERVATION_COLUMNS = ("source", "record_id", "id_type", "id_value", "observed_at")
+#: In place of ``observed_at``: the first and last moment of an identifier a record held over a span (a record's
+#: creation and its last update), one row instead of one per moment.
+OBSERVATION_SPAN_COLUMNS = ("first_seen", "last_seen")
 IDENTITY_MAP_TABLE = "identity_map"
 IDENTITY_MERGES_TABLE = "identity_merges"
 IDENTITY_AUDIT_TABLE = "identity_audit"
@@ -350,8 +353,9 @@ def resolve_identities(
     erased: DataFrame | None = None,
     restated: DataFrame | None = None,
 ) -> IdentityResolution:
-    """Resolve ``observations`` (``source, record_id, id_type, id_value, observed_at``; values already normalised)
-    together with the ``previous`` identity map (:func:`load_identity_map`; None on the first run).
+    """Resolve ``observations`` (``source, record_id, id_type, id_value, observed_at``, or ``first_seen, last_seen``
+    in place of ``observed_at``; values already normalised) together with the ``previous`` identity map
+    (:func:`load_identity_map`; None on the first run).
 
     ``scope`` says which previous rows take part (:class:`IdentityScope`). With ``TOUCHED`` a run resolves only the
     profiles its observations touch: those sharing a record or an identifier that may link (a value cut as blocked
@@ -372,8 +376,13 @@ def resolve_identities(
     from pyspark.sql import functions as F
 
     chosen = settings or IdentitySettings()
-    if missing := [name for name in OBSERVATION_COLUMNS if name not in observations.columns]:
-        raise IdentityError(f"identity observations lack column(s) {', '.join(missing)}; give {OBSERVATION_COLUMNS}")
+    spans = all(name in observations.columns for name in OBSERVATION_SPAN_COLUMNS)
+    needed = [*OBSERVATION_COLUMNS[:-1], *(() if spans else OBSERVATION_COLUMNS[-1:])]
+    if missing := [name for name in needed if name not in observations.columns]:
+        raise IdentityError(
+            f"identity observations lack column(s) {', '.join(missing)}; give {', '.join(OBSERVATION_COLUMNS)} "
+            f"(or {' and '.join(OBSERVATION_SPAN_COLUMNS)} in place of {OBSERVATION_COLUMNS[-1]})"
+        )
     keys = ["id_type", "id_value", "record_id", "source"]
 
     def per_key(rows: DataFrame, *more: Column) -> DataFrame:
@@ -386,10 +395,11 @@ def resolve_identities(
         )
 
     # One row per observation: grouped by key with the previous map's rows below (or first, in a TOUCHED run).
+    first_seen, last_seen = (F.col(name) for name in OBSERVATION_SPAN_COLUMNS) if spans else (F.col("observed_at"),) * 2
     fresh = observations.select(
         *keys,
-        F.col("observed_at").alias("first_seen"),
-        F.col("observed_at").alias("last_seen"),
+        first_seen.alias("first_seen"),
+        last_seen.alias("last_seen"),
         F.lit(None).cast("string").alias("previous_id"),
     )
     known = None

@@ -79,8 +79,9 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
 
 
 def record_observations(records: DataFrame) -> DataFrame:
-    """Identity observations of ``customer_records`` rows: the provider id, email and phone of each record, seen
-    when it was created and when last updated (so ``first_seen`` is its creation whatever version came first)."""
+    """Identity observations of ``customer_records`` rows: the provider id, email and phone of each record, each
+    held from its creation to its last update (so ``first_seen`` is its creation whatever version came first). One
+    row per identifier, spanning both moments: half the rows that identity resolution shuffles of one per moment."""
     from pyspark.sql import functions as F
 
     identifiers = F.array(
@@ -88,11 +89,17 @@ def record_observations(records: DataFrame) -> DataFrame:
         F.struct(F.lit("email").alias("id_type"), F.col("email").alias("id_value")),
         F.struct(F.lit("phone").alias("id_type"), F.col("phone").alias("id_value")),
     )
-    moments = F.array(F.coalesce("created_at", "updated_at"), F.coalesce("updated_at", "created_at"))
-    per_identifier = records.select("source", "record_id", moments.alias("moments"), F.explode(identifiers).alias("i"))
-    return per_identifier.select(
-        "source", "record_id", "i.id_type", "i.id_value", F.explode("moments").alias("observed_at")
-    ).where(F.col("id_value").isNotNull())
+    created, updated = F.coalesce("created_at", "updated_at"), F.coalesce("updated_at", "created_at")
+    per_identifier = records.select(
+        "source",
+        "record_id",
+        F.least(created, updated).alias("first_seen"),
+        F.greatest(created, updated).alias("last_seen"),
+        F.explode(identifiers).alias("i"),
+    )
+    return per_identifier.select("source", "record_id", "i.id_type", "i.id_value", "first_seen", "last_seen").where(
+        F.col("id_value").isNotNull()
+    )
 
 
 def event_observations(events: DataFrame) -> DataFrame:
@@ -117,9 +124,10 @@ def event_observations(events: DataFrame) -> DataFrame:
             F.lit(EVENTS_SOURCE).alias("source"),
             about.alias("record_id"),
             F.explode(identifiers).alias("i"),
-            F.col("occurred_at").alias("observed_at"),
+            F.col("occurred_at").alias("first_seen"),
+            F.col("occurred_at").alias("last_seen"),
         )
-        .select("source", "record_id", "i.id_type", "i.id_value", "observed_at")
+        .select("source", "record_id", "i.id_type", "i.id_value", "first_seen", "last_seen")
         .where(F.col("id_value").isNotNull() & F.col("id_type").isNotNull())
     )
 
@@ -286,7 +294,9 @@ def customers(
         *([event_observations(changed_events)] if changed_events is not None else []),
     ]
     # Nothing changed still runs: tombstones added since the last run take records out of the map.
-    empty = "source string, record_id string, id_type string, id_value string, observed_at timestamp"
+    empty = (
+        "source string, record_id string, id_type string, id_value string, first_seen timestamp, last_seen timestamp"
+    )
     observations = union_all(observed, "customers") if observed else run.spark.createDataFrame([], empty)
     map_before = identity_map_snapshot(run.catalog, run.tenant)
     previous = load_identity_map(run.spark, run.catalog, run.tenant)

@@ -387,11 +387,14 @@ def test_the_same_input_twice_gives_the_same_ids_whichever_way_the_components_ar
 
 def test_an_identifier_held_over_a_span_resolves_as_one_row_per_moment_would(spark) -> None:
     # Each record seen at its creation and again at an update three days later: two rows per identifier, or one
-    # spanning both (how the customers transform observes its records).
+    # spanning both (how the customers transform observes its records), its ends given either way round, and a
+    # span with one end missing as the moment it has.
     rows = scenario_rows()
-    per_moment = observations(spark, [*rows, *((*row[:4], row[4] + 3) for row in rows)])
+    per_moment = observations(spark, [*rows, *((*row[:4], row[4] + 3) for row in rows[1:])])
+    ends = [(day(row[4]), day(row[4] + 3))[:: 1 if index % 2 else -1] for index, row in enumerate(rows)]
+    ends[0] = (None, day(rows[0][4]))
     spans = spark.createDataFrame(
-        [(*row[:4], day(row[4]), day(row[4] + 3)) for row in rows],
+        [(*row[:4], *ends[index]) for index, row in enumerate(rows)],
         "source string, record_id string, id_type string, id_value string, first_seen timestamp, last_seen timestamp",
     )
 

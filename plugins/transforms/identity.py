@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 #: The observation columns :func:`resolve_identities` needs, one row per (record, identifier).
 OBSERVATION_COLUMNS = ("source", "record_id", "id_type", "id_value", "observed_at")
 #: In place of ``observed_at``: the first and last moment of an identifier a record held over a span (a record's
-#: creation and its last update), one row instead of one per moment.
+#: creation and its last update), one row instead of one per moment. Taken either way round; a null end is the other.
 OBSERVATION_SPAN_COLUMNS = ("first_seen", "last_seen")
 IDENTITY_MAP_TABLE = "identity_map"
 IDENTITY_MERGES_TABLE = "identity_merges"
@@ -395,7 +395,11 @@ def resolve_identities(
         )
 
     # One row per observation: grouped by key with the previous map's rows below (or first, in a TOUCHED run).
-    first_seen, last_seen = (F.col(name) for name in OBSERVATION_SPAN_COLUMNS) if spans else (F.col("observed_at"),) * 2
+    if spans:  # Its two ends, whichever way round they came (a null end: the other).
+        one, other = (F.col(name) for name in OBSERVATION_SPAN_COLUMNS)
+        first_seen, last_seen = F.least(one, other), F.greatest(one, other)
+    else:
+        first_seen = last_seen = F.col("observed_at")
     fresh = observations.select(
         *keys,
         first_seen.alias("first_seen"),

@@ -89,12 +89,11 @@ def record_observations(records: DataFrame) -> DataFrame:
         F.struct(F.lit("email").alias("id_type"), F.col("email").alias("id_value")),
         F.struct(F.lit("phone").alias("id_type"), F.col("phone").alias("id_value")),
     )
-    created, updated = F.coalesce("created_at", "updated_at"), F.coalesce("updated_at", "created_at")
     per_identifier = records.select(
         "source",
         "record_id",
-        F.least(created, updated).alias("first_seen"),
-        F.greatest(created, updated).alias("last_seen"),
+        F.col("created_at").alias("first_seen"),  # Identity orders a span's ends and fills a missing one.
+        F.col("updated_at").alias("last_seen"),
         F.explode(identifiers).alias("i"),
     )
     return per_identifier.select("source", "record_id", "i.id_type", "i.id_value", "first_seen", "last_seen").where(

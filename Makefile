@@ -24,12 +24,12 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/cdp demo
 
-# Worker processes (pytest-xdist); the tests on the shared SparkSession form one group, run by one worker on one JVM
-# (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+# Worker processes (pytest-xdist); the tests on the shared SparkSession are grouped by module, and units of work go out
+# in collection order (tests/conftest.py: the longest first). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 3
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -36,28 +36,37 @@ _S3_ENV = {
 }
 
 
-#: Tests on the in-process SparkSession (the ``spark`` fixture, directly or through another fixture).
+#: Tests on the in-process SparkSession (the ``spark`` fixture, directly or through another fixture): marked ``spark``,
+#: and under ``make test`` grouped by module (``spark-<module>``), so that a module's fixtures are built once.
 SPARK_GROUP = "spark"
 
 
 #: The modules of the longest single tests (the demo runs the whole pipeline twice; the others install packages or
 #: start Spark in a process of their own). They are collected first, whole, so that pytest-xdist hands them out at
-#: the start, beside the Spark group (collected early too), instead of last, where they alone would set the
-#: suite's length.
+#: the start instead of last, where they alone would set the suite's length.
 START_FIRST = ("test_demo.py", "test_installed_wheel.py", "test_transform_scaffold.py", "test_destination_scaffold.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist's own hook reads the group marks (``make test``: loadgroup).
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the shared SparkSession ``spark`` and put them in one xdist group: under
-    ``make test`` they run on one worker, one JVM, while the other workers take the rest of the suite. The
-    :data:`START_FIRST` modules go to the front (a stable sort: every worker collects the same order)."""
+    """Mark every test that needs the shared SparkSession ``spark`` and group it with its module's: under ``make
+    test`` each module's Spark tests run on one worker, and every worker that runs some starts its own session.
+    The :data:`START_FIRST` modules go to the front, then the Spark modules (whole modules, the longest units of
+    work), then the rest: pytest-xdist hands out units in this order (``--no-loadscope-reorder``), so the short
+    tests at the end fill the workers evenly. One group of every Spark test had left one worker running them alone
+    for the last third of the suite (a stable sort: every worker collects the same order)."""
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
-            item.add_marker(pytest.mark.xdist_group(SPARK_GROUP))
+            item.add_marker(pytest.mark.xdist_group(f"{SPARK_GROUP}-{item.path.stem}"))
     first = {name: rank for rank, name in enumerate(START_FIRST)}
-    items.sort(key=lambda item: first.get(item.path.name, len(first)))
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        if item.path.name in first:
+            return 0, first[item.path.name]
+        return (1, 0) if item.get_closest_marker("spark") else (2, 0)
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")

@@ -171,12 +171,19 @@ def spark(s3_endpoint: str) -> Iterator[Any]:
     # halve the jobs and cut the planning of each (measured: a run of every transform 27 s -> 20 s). Results do not
     # depend on them; the demo test and the subprocess tests run the production settings. 2g of heap, not half the
     # machine's memory: the Spark JVMs of subprocess tests run beside this one.
+    # On a few rows the JVM's CPU goes to compiling code, not to running it: every query's expressions compiled to
+    # Java classes (Spark's codegen), and those and Spark's own hot methods compiled again by the JIT's optimising
+    # tier (C2). Interpreted expressions (``factoryMode``, Spark's own test setting; the same results) and the quick
+    # tier alone: a run of four transforms on a warm JVM 14 s and 17 s of JVM CPU -> 13 s and 11 s, the first run
+    # of a JVM 49 s of CPU -> 23 s (the suite is bound by the CPU of its parallel workers).
     small_data = {
         "spark.driver.memory": "2g",
+        "spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
         "spark.sql.shuffle.partitions": "1",
         "spark.default.parallelism": "1",
         "spark.sql.adaptive.enabled": "false",
         "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }
     session = spark_session(
         "local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **small_data}

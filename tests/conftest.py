@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=order)
 
 
+def _conditional_writes_atomic(server: Any) -> None:
+    """Make a started moto server handle its writes one at a time. S3 makes a conditional write (``If-None-Match``,
+    ``If-Match``) atomic with its check; moto checks, then writes, in a handler that threads may interleave, so two
+    concurrent creations of one key could both succeed (seen under load: two registrations given one version)."""
+    lock = threading.Lock()
+    app = server._server.app  # moto's WSGI application; the server calls the attribute on every request.
+
+    def one_write_at_a_time(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+            return app(environ, start_response)
+        with lock:
+            return list(app(environ, start_response))
+
+    server._server.app = one_write_at_a_time
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server over HTTP on 127.0.0.1, with the AWS variables every client (and subprocess) reads."""
@@ -76,6 +93,7 @@ def s3_endpoint() -> Iterator[str]:
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # Port 0: the kernel picks, once.
     server.start()
+    _conditional_writes_atomic(server)
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     saved = {name: os.environ.get(name) for name in [*_S3_ENV, "AWS_ENDPOINT_URL"]}

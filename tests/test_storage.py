@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import sys
 import threading
 from pathlib import Path
 
@@ -70,21 +71,32 @@ def test_put_if_absent_creates_once(store: ObjectStore) -> None:
 
 
 def test_put_if_absent_has_one_winner_under_concurrency(store: ObjectStore) -> None:
-    results: list[bool] = []
+    # Threads switched as often as the interpreter can: a check and a write that are not one step interleave (on S3
+    # that is the server's to guarantee, which the tests' moto server does: tests/conftest.py).
+    writers, keys = 8, 60
+    results: dict[int, list[bool]] = {key: [] for key in range(keys)}
     lock = threading.Lock()
 
-    def attempt(n: int) -> None:
-        won = store.put_if_absent("race.json", f"writer {n}".encode())
+    def attempt(n: int, key: int, start: threading.Barrier) -> None:
+        start.wait()
+        won = store.put_if_absent(f"race/{key}.json", f"writer {n}".encode())
         with lock:
-            results.append(won)
+            results[key].append(won)
 
-    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results.count(True) == 1
-    assert store.read_bytes("race.json").startswith(b"writer ")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for key in range(keys):
+            start = threading.Barrier(writers)
+            threads = [threading.Thread(target=attempt, args=(n, key, start)) for n in range(writers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert {key: won.count(True) for key, won in results.items() if won.count(True) != 1} == {}
+    assert store.read_bytes("race/0.json").startswith(b"writer ")
 
 
 def test_move_and_delete(store: ObjectStore) -> None:

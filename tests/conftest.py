@@ -21,6 +21,10 @@ from plugins.core.storage import ObjectStore
 pytest_plugins = ["tests.segments_support"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Spark's defaults file for the few rows of the tests (its comments say why), for every Spark the tests start: the
+#: shared session and the subprocesses inherit it. Set at import, before any test can start a JVM.
+SPARK_CONF_DIR = REPO_ROOT / "tests" / "spark_conf"
+os.environ["SPARK_CONF_DIR"] = str(SPARK_CONF_DIR)
 
 
 def nested_pytest_options(base: Path) -> list[str]:
@@ -185,23 +189,16 @@ def spark(s3_endpoint: str) -> Iterator[Any]:
     """
     from plugins.transforms.spark import spark_session, stop_spark
 
-    # Test data is a few rows: one shuffle partition and no adaptive re-planning or whole-stage code generation
-    # halve the jobs and cut the planning of each (measured: a run of every transform 27 s -> 20 s). Results do not
-    # depend on them; the demo test and the subprocess tests run the production settings. 2g of heap, not half the
-    # machine's memory: the Spark JVMs of subprocess tests run beside this one.
-    # On a few rows the JVM's CPU goes to compiling code, not to running it: every query's expressions compiled to
-    # Java classes (Spark's codegen), and those and Spark's own hot methods compiled again by the JIT's optimising
-    # tier (C2). Interpreted expressions (``factoryMode``, Spark's own test setting; the same results) and the quick
-    # tier alone: a run of four transforms on a warm JVM 14 s and 17 s of JVM CPU -> 13 s and 11 s, the first run
-    # of a JVM 49 s of CPU -> 23 s (the suite is bound by the CPU of its parallel workers).
+    # Test data is a few rows: one shuffle partition and no adaptive re-planning halve the jobs and cut the planning
+    # of each (measured: a run of every transform 27 s -> 20 s). Results do not depend on them. They override what
+    # the production settings set, so they are given here, not in tests/spark_conf (whose interpreted expressions and
+    # quick JIT tier every Spark of the tests gets); the subprocess tests run the production values. 2g of heap, not
+    # half the machine's memory: the Spark JVMs of subprocess tests run beside this one.
     small_data = {
         "spark.driver.memory": "2g",
-        "spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
         "spark.sql.shuffle.partitions": "1",
         "spark.default.parallelism": "1",
         "spark.sql.adaptive.enabled": "false",
-        "spark.sql.codegen.wholeStage": "false",
-        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }
     session = spark_session(
         "local[2]", conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **small_data}

@@ -19,7 +19,7 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
-from plugins.transforms.spark import spark_conf
+from plugins.transforms.spark import DATAFRAME_DEBUGGING, spark_conf
 from tests.conftest import REPO_ROOT
 
 
@@ -175,6 +175,7 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
     defaults = spark_conf("local[2]")
     assert defaults["spark.sql.adaptive.enabled"] == "true"
     assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].
+    assert spark.conf.get(DATAFRAME_DEBUGGING) == "false"
     # The session's spark.driver.memory (2g, tests/conftest.py; a local master's default is set the same way) reached
     # the launcher's -Xmx.
     management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
@@ -232,6 +233,19 @@ def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chos
     environment.unlink()
     monkeypatch.setenv("SPARK_DRIVER_MEMORY", "2g")
     assert "spark.driver.memory" not in spark_conf("local[2]")
+
+
+def test_dataframe_debugging_is_off_unless_the_operator_sets_it(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+
+    assert spark_conf("local[2]")[DATAFRAME_DEBUGGING] == "false"
+    assert spark_conf("spark://host:7077")[DATAFRAME_DEBUGGING] == "false"  # The driver plans on a cluster too.
+    (conf / "spark-defaults.conf").write_text(f"# {DATAFRAME_DEBUGGING} false\nspark.executor.memory 2g\n")
+    assert spark_conf("local[2]")[DATAFRAME_DEBUGGING] == "false"  # A comment and other keys are no choice.
+    (conf / "spark-defaults.conf").write_text(f"{DATAFRAME_DEBUGGING}=true\n")
+    assert DATAFRAME_DEBUGGING not in spark_conf("local[2]")  # The operator's value reaches the session unchanged.
 
 
 def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:

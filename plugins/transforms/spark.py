@@ -49,6 +49,12 @@ _JAVA_OPTIONS_VARIABLES = (
     "PYSPARK_SUBMIT_ARGS",
 )
 
+#: pyspark's DataFrame debugging: the Python call site of every column function, kept for the query context of
+#: analysis errors. It costs about six JVM round trips and a walk of the Python stack per function, whatever the data
+#: size (Spark's own description: "a non-trivial performance overhead"): off, a run of four transforms on a few rows
+#: took 30 % less time. Left on when the operator sets it, e.g. while writing a transform.
+DATAFRAME_DEBUGGING = "spark.python.sql.dataFrameDebugging.enabled"
+
 _lock = threading.Lock()
 _session: SparkSession | None = None
 _master: str | None = None
@@ -89,6 +95,8 @@ def spark_conf(master: str) -> dict[str, str]:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.parquet.compression.codec": "snappy",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # The driver builds every plan, on a cluster too (DATAFRAME_DEBUGGING).
+        **({} if _operator_set(DATAFRAME_DEBUGGING) else {DATAFRAME_DEBUGGING: "false"}),
         # cdp transform prints its own progress per table; Spark's stage bars would interleave with it.
         "spark.ui.showConsoleProgress": "false",
         # Table folders hold only data files: no _SUCCESS markers, no .crc checksum files beside local Parquet.
@@ -116,7 +124,7 @@ def local_driver_memory() -> str | None:
     chose it (``SPARK_DRIVER_MEMORY`` or ``SPARK_MEM`` here or in ``spark-env.sh``, ``spark.driver.memory`` in
     ``spark-defaults.conf``). Spark's 1g spills and runs out of heap on a million raw records; DuckDB, the
     single-node reference, takes 80 % of the memory by default."""
-    if os.environ.get("SPARK_DRIVER_MEMORY") or os.environ.get("SPARK_MEM") or _operator_set_driver_memory():
+    if os.environ.get("SPARK_DRIVER_MEMORY") or os.environ.get("SPARK_MEM") or _operator_set("spark.driver.memory"):
         return None
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -159,15 +167,15 @@ def _cgroup_memory_limit() -> int | None:
     return min(limits, default=None)
 
 
-def _operator_set_driver_memory() -> bool:
-    """Whether the files Spark's launcher reads set the driver's memory: ``spark.driver.memory`` in
-    ``spark-defaults.conf`` (a Java properties file), or ``SPARK_DRIVER_MEMORY`` / ``SPARK_MEM`` in ``spark-env.sh``
-    (which ``spark-class`` sources after this process has started it)."""
+def _operator_set(name: str) -> bool:
+    """Whether the files Spark's launcher reads set ``name``: in ``spark-defaults.conf`` (a Java properties file), or,
+    for ``spark.driver.memory``, ``SPARK_DRIVER_MEMORY`` / ``SPARK_MEM`` in ``spark-env.sh`` (which ``spark-class``
+    sources after this process has started it)."""
     folder = _spark_conf_folder()
-    defaults = _lines(folder / "spark-defaults.conf")
-    environment = _lines(folder / "spark-env.sh")
-    return any(_property_name(line) == "spark.driver.memory" for line in defaults) or any(
-        re.match(r"(export\s+)?SPARK_(DRIVER_MEMORY|MEM)=", line) for line in environment
+    if any(_property_name(line) == name for line in _lines(folder / "spark-defaults.conf")):
+        return True
+    return name == "spark.driver.memory" and any(
+        re.match(r"(export\s+)?SPARK_(DRIVER_MEMORY|MEM)=", line) for line in _lines(folder / "spark-env.sh")
     )
 
 

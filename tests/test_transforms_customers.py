@@ -6,6 +6,8 @@ statement winning; a crash between the identity map's commit and the profiles' h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -287,10 +289,26 @@ CAT = frozenset({"stripe_customer:cus_cat", "shopify_customer:gid://shopify/Cust
 FRONT_DESK_PEOPLE = {frozenset({f"shopify_customer:gid://shopify/Customer/{200 + i}"}) for i in range(11)}
 
 
+@contextmanager
+def generated_code(spark: Any) -> Iterator[None]:
+    """Spark's code generation as in production, for the shared session whose defaults file turns it off for a few
+    rows (tests/spark_conf): whole-stage code, and expressions compiled with the interpreted ones as fallback."""
+    production = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
+    before = {name: spark.conf.get(name) for name in production}
+    for name, value in production.items():
+        spark.conf.set(name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            spark.conf.set(name, value)
+
+
 @pytest.fixture(scope="module")
 def history(spark, tmp_path_factory) -> dict[str, Any]:
-    """Two incremental runs over the halves and one full run from scratch over everything; then an erasure and a
-    full refresh of the incremental tables: every state the tests below look at."""
+    """Two incremental runs over the halves and one full run from scratch over everything (and one more with Spark's
+    generated code); then an erasure and a full refresh of the incremental tables: every state the tests below look
+    at."""
     base = tmp_path_factory.mktemp("customers")
     zone, incremental, scratch = RawZone(spark, base), base / "incremental", base / "scratch"
     seen: dict[str, Any] = {}
@@ -305,6 +323,9 @@ def history(spark, tmp_path_factory) -> dict[str, Any]:
     seen["audit"] = read_table(spark, load_table(catalog, "acme", IDENTITY_AUDIT_TABLE)).collect()
     run(zone, scratch, full_refresh=True)
     seen["scratch"] = profiles(spark, scratch)
+    with generated_code(spark):
+        run(zone, base / "compiled", full_refresh=True)
+    seen["compiled"] = profiles(spark, base / "compiled")
 
     add_tombstones(spark, erasure_table(catalog, "acme"), [Tombstone.email("ANN@x.io ")])
     zone.land("stripe", "customers", tap_schema("stripe", "customers"), [stripe_customer("cus_new", 9)])
@@ -362,6 +383,8 @@ def test_a_later_record_merges_two_profiles_and_the_older_id_survives(history) -
 
 def test_two_incremental_runs_equal_one_full_run_with_the_same_ids_and_a_full_refresh_keeps_them(history) -> None:
     assert history["after2"] == history["scratch"]
+    # The suite runs Spark on interpreted expressions (tests/spark_conf); production's generated code agrees.
+    assert history["compiled"] == history["scratch"]
     assert history["refreshed"] == history["erased"]  # Every id kept, every field the same.
     assert history["refresh"]["customers"].mode == "full-refresh"
 

@@ -245,7 +245,7 @@ def test_dataframe_debugging_is_off_unless_the_operator_sets_it(tmp_path: Path, 
     (conf / "spark-defaults.conf").write_text(f"# {DATAFRAME_DEBUGGING} false\nspark.executor.memory 2g\n")
     assert spark_conf("local[2]")[DATAFRAME_DEBUGGING] == "false"  # A comment and other keys are no choice.
     (conf / "spark-defaults.conf").write_text(f"{DATAFRAME_DEBUGGING}=true\n")
-    assert DATAFRAME_DEBUGGING not in spark_conf("local[2]")  # The operator's value reaches the session unchanged.
+    assert DATAFRAME_DEBUGGING not in spark_conf("local[2]")  # Left to the operator's file, which Spark reads.
 
 
 def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:

@@ -3,7 +3,7 @@
 The master comes from ``--spark-master`` (the ``spark_master`` setting), else ``CDP_SPARK_MASTER``, else ``local[*]``.
 One-machine defaults: adaptive execution, shuffle partitions sized to the cores, a driver heap of half the memory and
 the parallel garbage collector, UTC session time zone, Parquet with snappy and microsecond timestamps, Arrow between
-the JVM and Python. Java is chosen by :func:`find_java`.
+the JVM and Python; on any master, pyspark's DataFrame debugging off. Java is chosen by :func:`find_java`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
-from plugins.transforms.spark import DATAFRAME_DEBUGGING, spark_conf
+from plugins.transforms.spark import CODEGEN_CACHE, CODEGEN_CACHE_ENTRIES, DATAFRAME_DEBUGGING, spark_conf
 from tests.conftest import REPO_ROOT
 
 
@@ -176,6 +176,7 @@ def test_the_shared_session_runs_on_the_java_find_java_chose(spark) -> None:
     assert defaults["spark.sql.adaptive.enabled"] == "true"
     assert defaults["spark.sql.shuffle.partitions"] == "4"  # Two per core of local[2].
     assert spark.conf.get(DATAFRAME_DEBUGGING) == "false"
+    assert spark.conf.get(CODEGEN_CACHE) == str(CODEGEN_CACHE_ENTRIES)  # Static: it reached the session's start.
     # The session's spark.driver.memory (2g, tests/conftest.py; a local master's default is set the same way) reached
     # the launcher's -Xmx.
     management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
@@ -235,17 +236,23 @@ def test_a_local_driver_gets_half_the_memory_it_may_use_unless_the_operator_chos
     assert "spark.driver.memory" not in spark_conf("local[2]")
 
 
-def test_dataframe_debugging_is_off_unless_the_operator_sets_it(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "ours", "operators"),
+    [(DATAFRAME_DEBUGGING, "false", "true"), (CODEGEN_CACHE, str(CODEGEN_CACHE_ENTRIES), "200")],
+)
+def test_a_performance_default_is_left_to_the_operator_who_sets_it(
+    tmp_path: Path, monkeypatch, name: str, ours: str, operators: str
+) -> None:
     conf = tmp_path / "conf"
     conf.mkdir()
     monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
 
-    assert spark_conf("local[2]")[DATAFRAME_DEBUGGING] == "false"
-    assert spark_conf("spark://host:7077")[DATAFRAME_DEBUGGING] == "false"  # The driver plans on a cluster too.
-    (conf / "spark-defaults.conf").write_text(f"# {DATAFRAME_DEBUGGING} false\nspark.executor.memory 2g\n")
-    assert spark_conf("local[2]")[DATAFRAME_DEBUGGING] == "false"  # A comment and other keys are no choice.
-    (conf / "spark-defaults.conf").write_text(f"{DATAFRAME_DEBUGGING}=true\n")
-    assert DATAFRAME_DEBUGGING not in spark_conf("local[2]")  # Left to the operator's file, which Spark reads.
+    assert spark_conf("local[2]")[name] == ours
+    assert spark_conf("spark://host:7077")[name] == ours  # The driver plans and compiles on a cluster too.
+    (conf / "spark-defaults.conf").write_text(f"# {name} {ours}\nspark.executor.memory 2g\n")
+    assert spark_conf("local[2]")[name] == ours  # A comment and other keys are no choice.
+    (conf / "spark-defaults.conf").write_text(f"{name}={operators}\n")
+    assert name not in spark_conf("local[2]")  # Left to the operator's file, which Spark reads.
 
 
 def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:

@@ -57,9 +57,9 @@ DATAFRAME_DEBUGGING = "spark.python.sql.dataFrameDebugging.enabled"
 
 #: Spark compiles each query's generated Java code once per distinct source, keeping the classes in a cache of 100 by
 #: default. A run of the customers transforms builds more than that, so a second run in the same JVM generated and
-#: compiled its classes again (Janino, then the JIT). With 1,000 entries, repeated incremental runs at 1,000,000
-#: records took about a quarter less time (docs/transforms.md, Performance). Static: read once, when the session
-#: starts; left to the operator who sets it.
+#: compiled its classes again (Janino, then the JIT). With 1,000 entries, repeated runs of a 100-record increment on
+#: 1,000,000 records took about a quarter less time (docs/transforms.md, Performance). Static: read once, when the
+#: session starts; left to the operator who sets it.
 CODEGEN_CACHE = "spark.sql.codegen.cache.maxEntries"
 CODEGEN_CACHE_ENTRIES = 1000
 

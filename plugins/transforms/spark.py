@@ -36,9 +36,21 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: A default heap above 32 GB loses the JVM's compressed object pointers.
 MAX_DEFAULT_DRIVER_MB = 31 * 1024
-#: A local driver's garbage collector, unless the operator chose one (:func:`_operator_chose_collector`).
+#: A local driver's garbage collector, unless the operator chose one (:func:`_operator_chose`).
 LOCAL_COLLECTOR = "-XX:+UseParallelGC"
 _COLLECTOR_OPTION = re.compile(r"-XX:\+Use\w*GC\b")
+#: A local driver's JIT, unless the operator tuned it (:func:`_operator_chose`): the optimising compiler (C2) takes a
+#: method once it is three times as hot as Java's defaults ask (5,000 calls, 40,000 loop iterations, 15,000 of both).
+#: Each query's generated classes are new to the JVM, many run for moments, and C2 compiles them on the cores the
+#: tasks run on: at 1,000,000 records it used about a fifth of a full refresh's CPU. In three alternating pairs
+#: (docs/transforms.md, Performance) C2 used 7-18 % less CPU in the full refresh and 23-34 % less in the 1 %
+#: incremental run, which took 4-16 % less time (the full refresh 2-6 %). Code that runs long enough to matter still
+#: reaches C2, a few thousand calls later.
+LOCAL_JIT_OPTIONS = (
+    "-XX:Tier4InvocationThreshold=15000 -XX:Tier4MinInvocationThreshold=1800 "
+    "-XX:Tier4CompileThreshold=45000 -XX:Tier4BackEdgeThreshold=120000"
+)
+_JIT_OPTION = re.compile(r"-XX:[+-]?(Tier\w+|\w*CompileThreshold\w*)\b|-X(int|comp)\b")
 #: Where the JVM (and Spark's launcher, for the driver) take options besides the command line; pyspark passes
 #: ``PYSPARK_SUBMIT_ARGS`` to the launcher (``--driver-java-options``, ``--conf spark.driver.defaultJavaOptions=...``).
 _JAVA_OPTIONS_VARIABLES = (
@@ -120,11 +132,14 @@ def spark_conf(master: str) -> dict[str, str]:
         conf["spark.default.parallelism"] = str(max(2, 2 * cores))
         if (memory := local_driver_memory()) is not None:
             conf["spark.driver.memory"] = memory
-        if not _operator_chose_collector():
+        if not _operator_chose(_COLLECTOR_OPTION):
             # A local driver runs every task, so throughput is what counts: with Java's default collector (G1) a
             # 1,000,000-record full refresh took about 3 % more wall time and 4 % more CPU (benchmarks/README.md).
-            # Spark proposed the same default for any JVM options that name no collector (SPARK-53084).
+            # Spark proposed the same default for any JVM options that name no collector (SPARK-53084). A second
+            # collector would stop the JVM starting ("Multiple garbage collectors selected").
             conf["spark.driver.extraJavaOptions"] += f" {LOCAL_COLLECTOR}"
+        if not _operator_chose(_JIT_OPTION):
+            conf["spark.driver.extraJavaOptions"] += f" {LOCAL_JIT_OPTIONS}"
     return conf
 
 
@@ -189,10 +204,10 @@ def _operator_set(name: str) -> bool:
     )
 
 
-def _operator_chose_collector() -> bool:
-    """Whether the driver's JVM is given a garbage collector already: in an environment variable the JVM or Spark's
-    launcher reads, in ``spark-env.sh``, or in the driver's Java options in ``spark-defaults.conf``. A second one
-    stops the JVM from starting ("Multiple garbage collectors selected")."""
+def _operator_chose(option: re.Pattern[str]) -> bool:
+    """Whether the driver's JVM is given an option ``option`` matches already: in an environment variable the JVM or
+    Spark's launcher reads, in ``spark-env.sh``, or in the driver's Java options in ``spark-defaults.conf``. Where it
+    is, ours is left out, whichever of the two the JVM would read last."""
     folder = _spark_conf_folder()
     chosen = [os.environ.get(name, "") for name in _JAVA_OPTIONS_VARIABLES]
     chosen += [line for line in _lines(folder / "spark-env.sh") if not line.startswith("#")]
@@ -201,7 +216,7 @@ def _operator_chose_collector() -> bool:
         for line in _lines(folder / "spark-defaults.conf")
         if _property_name(line) in ("spark.driver.extraJavaOptions", "spark.driver.defaultJavaOptions")
     ]
-    return any(_COLLECTOR_OPTION.search(text) for text in chosen)
+    return any(option.search(text) for text in chosen)
 
 
 def _spark_conf_folder() -> Path:
